@@ -1,0 +1,2 @@
+//! End-to-end tests of vmt: one executable, a module per concern.
+
