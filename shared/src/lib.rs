@@ -7,8 +7,18 @@
 //! - [`image`]: the appliance image's identity (size + SHA-256) and block geometry.
 //! - [`envelope`]: the header every vmt file shares (magic, version, image identity, checksum).
 //! - [`trace`]: recorded block accesses, their file format and CSV / blkparse interchange.
+//! - [`overlay`]: the copy-on-write overlay that takes the VM's writes.
+//! - [`fusefs`]: the FUSE filesystem serving the image file over a pristine source + overlay.
+//! - [`record`]: recording a task or session through [`fusefs`] into a [`trace::Trace`].
+//! - [`appliance`]: real ext4 demo appliances (`mkfs.ext4 -d`) and loop mounts of them.
+//! - [`throughput`]: read-throughput passes for the benchmarks.
 #![deny(missing_docs)]
 
+pub mod appliance;
 pub mod envelope;
+pub mod fusefs;
 pub mod image;
+pub mod overlay;
+pub mod record;
+pub mod throughput;
 pub mod trace;

@@ -1,0 +1,529 @@
+//! vmt-record on real ext4 images made with `mkfs.ext4 -d`, served through a real FUSE mount and
+//! read through a real loop mount.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use vmt::image::BlockGeometry;
+use vmt::trace::{Op, Trace, TraceKind};
+use vmt_tests::{bin, run_with_timeout, wait_until};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Deterministic incompressible file content.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+/// An image with `files` (path, size), made by mkfs.ext4 -d.
+fn make_image(dir: &Path, files: &[(&str, usize)]) -> PathBuf {
+    let root = dir.join("root");
+    for (i, (rel, len)) in files.iter().enumerate() {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content(i as u64 + 1, *len)).unwrap();
+    }
+    let image = dir.join("app.img");
+    vmt::appliance::make_ext4(&root, &image, 64).expect("mkfs.ext4 -d");
+    image
+}
+
+/// Physical 4 KiB blocks of `path` inside `image`, per debugfs.
+fn debugfs_blocks(image: &Path, path: &str) -> BTreeSet<u64> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("blocks /{path}"))
+        .arg(image)
+        .output()
+        .expect("debugfs (e2fsprogs) is installed");
+    assert!(out.status.success(), "debugfs failed: {out:?}");
+    let blocks: BTreeSet<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|w| w.parse().expect("debugfs prints block numbers"))
+        .collect();
+    assert!(!blocks.is_empty(), "debugfs found no blocks for {path}");
+    blocks
+}
+
+fn sha256(path: &Path) -> Vec<u8> {
+    Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+fn blocks_of(trace: &Trace, op: Op, task: Option<&str>) -> BTreeSet<u64> {
+    let g = BlockGeometry::new(trace.image.size, 4096).unwrap();
+    trace
+        .records
+        .iter()
+        .filter(|r| r.op == op)
+        .filter(|r| task.is_none_or(|t| trace.tasks[r.task as usize] == t))
+        .flat_map(|r| g.blocks_of(r.offset, r.len as u64))
+        .map(|b| b.get() as u64)
+        .collect()
+}
+
+fn only_trace_in(dir: &Path) -> PathBuf {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "vmtrace"))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one trace in {}: {found:?}",
+        dir.display()
+    );
+    found.pop().unwrap()
+}
+
+const FILES: &[(&str, usize)] = &[
+    ("etc/config", 3000),
+    ("bin/tool", 300_000),
+    ("lib/big.so", 1_500_000),
+    ("data/unread1", 700_000),
+    ("data/unread2", 2_000_000),
+];
+
+#[test]
+fn trace_covers_exactly_the_blocks_of_the_files_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path(), FILES);
+    let before = sha256(&image);
+    let out = dir.path().join("traces");
+    let mnt = dir.path().join("loop");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "set -e; mount -t ext4 -o loop,ro,noload \"$VMT_IMAGE\" {m}; \
+         cat {m}/etc/config {m}/bin/tool {m}/lib/big.so > /dev/null; umount {m}",
+        m = mnt.display()
+    );
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["run", "--task", "readfiles", "--image"])
+            .arg(&image)
+            .arg("--out")
+            .arg(&out)
+            .args(["--", "sh", "-c", &script]),
+        LIMIT,
+    );
+    assert!(res.status.success(), "vmt-record run failed: {res:?}");
+    let trace_path = out.join("readfiles-1.vmtrace");
+    let trace = Trace::load(&trace_path).unwrap();
+    assert_eq!(trace.kind, TraceKind::Task);
+    assert_eq!(trace.tasks, vec!["readfiles"]);
+    assert_eq!(trace.image.size, std::fs::metadata(&image).unwrap().len());
+
+    let read = blocks_of(&trace, Op::Read, None);
+    let wanted: BTreeSet<u64> = FILES[..3]
+        .iter()
+        .flat_map(|(p, _)| debugfs_blocks(&image, p))
+        .collect();
+    let unread: BTreeSet<u64> = FILES[3..]
+        .iter()
+        .flat_map(|(p, _)| debugfs_blocks(&image, p))
+        .collect();
+    let missing: Vec<_> = wanted.difference(&read).collect();
+    assert!(
+        missing.is_empty(),
+        "blocks of read files missing from the trace: {missing:?}"
+    );
+    let leaked: Vec<_> = unread.intersection(&read).collect();
+    assert!(
+        leaked.is_empty(),
+        "blocks of unread files in the trace: {leaked:?}"
+    );
+    // Everything else is filesystem metadata (superblock, group descriptors, bitmaps, inode
+    // table, directories): a small share next to the data read.
+    let metadata = read.len() - wanted.len();
+    assert!(metadata > 0, "mounting reads the superblock at least");
+    assert!(
+        metadata < wanted.len(),
+        "{metadata} metadata blocks for {} data blocks",
+        wanted.len()
+    );
+    assert_eq!(sha256(&image), before, "the image must never be modified");
+
+    // A second run counts up and does not overwrite the first.
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["run", "--task", "readfiles", "--image"])
+            .arg(&image)
+            .arg("--out")
+            .arg(&out)
+            .args(["--", "true"]),
+        LIMIT,
+    );
+    assert!(res.status.success(), "{res:?}");
+    assert!(out.join("readfiles-2.vmtrace").exists());
+    assert_eq!(Trace::load(&trace_path).unwrap(), trace);
+}
+
+#[test]
+fn writes_are_recorded_but_never_reach_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path(), FILES);
+    let before = sha256(&image);
+    let out = dir.path().join("traces");
+    let mnt = dir.path().join("loop");
+    std::fs::create_dir(&mnt).unwrap();
+    // Write a new file and overwrite an old one, read them back through a fresh mount (so from
+    // the overlay, not the page cache), then check the content inside the task.
+    let script = format!(
+        "set -e; mount -t ext4 -o loop \"$VMT_IMAGE\" {m}; \
+         echo written-by-task > {m}/etc/new; dd if=/dev/zero of={m}/bin/tool bs=4096 count=8 conv=notrunc status=none; \
+         umount {m}; mount -t ext4 -o loop,ro \"$VMT_IMAGE\" {m}; \
+         grep -q written-by-task {m}/etc/new; cmp -n 32768 {m}/bin/tool /dev/zero; umount {m}; exit 7",
+        m = mnt.display()
+    );
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["run", "--task", "writer", "--image"])
+            .arg(&image)
+            .arg("--out")
+            .arg(&out)
+            .args(["--", "sh", "-c", &script]),
+        LIMIT,
+    );
+    assert_eq!(
+        res.status.code(),
+        Some(7),
+        "the task's exit status passes through: {res:?}"
+    );
+    let trace = Trace::load(&only_trace_in(&out)).unwrap();
+    let written = blocks_of(&trace, Op::Write, None);
+    let tool = debugfs_blocks(&image, "bin/tool");
+    let first_eight: BTreeSet<u64> = tool.iter().take(8).copied().collect();
+    assert!(
+        first_eight.is_subset(&written),
+        "the overwritten blocks of bin/tool are in the trace's writes"
+    );
+    assert_eq!(
+        sha256(&image),
+        before,
+        "writes went to the overlay, not the image"
+    );
+}
+
+#[test]
+fn session_with_two_marked_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path(), FILES);
+    let out = dir.path().join("traces");
+    let served = dir.path().join("served");
+    let mnt = dir.path().join("loop");
+    std::fs::create_dir(&served).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let mut session = Command::new(bin("vmt-record"))
+        .args(["session", "--name", "work", "--image"])
+        .arg(&image)
+        .arg("--out")
+        .arg(&out)
+        .arg("--mountpoint")
+        .arg(&served)
+        .spawn()
+        .unwrap();
+    let control = served.join(vmt::fusefs::CONTROL_FILE);
+    wait_until("the session mount", LIMIT, || control.exists());
+    let record = |cmd: &[&str]| {
+        let res = run_with_timeout(
+            Command::new(bin("vmt-record"))
+                .args(cmd)
+                .arg("--mountpoint")
+                .arg(&served),
+            LIMIT,
+        );
+        assert!(res.status.success(), "{cmd:?}: {res:?}");
+    };
+    let served_image = served.join("app.img");
+    let read_with_loop = |files: &[&str]| {
+        let lm = vmt::appliance::LoopMount::new(&served_image, &mnt).unwrap();
+        let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+        lm.read_files(&files).unwrap();
+        lm.unmount().unwrap();
+    };
+    record(&["mark", "alpha"]);
+    read_with_loop(&["etc/config", "bin/tool"]);
+    record(&["mark", "beta"]);
+    read_with_loop(&["data/unread2"]);
+    record(&["stop"]);
+    let status = {
+        let mut waited = None;
+        wait_until("the session to end", LIMIT, || {
+            waited = session.try_wait().unwrap();
+            waited.is_some()
+        });
+        waited.unwrap()
+    };
+    assert!(status.success());
+    assert!(!vmt::fusefs::is_mounted(&served), "the session unmounted");
+
+    let trace = Trace::load(&out.join("work-1.vmtrace")).unwrap();
+    assert_eq!(trace.kind, TraceKind::Session);
+    let labels: Vec<&str> = trace.segments().map(|s| s.task).collect();
+    assert_eq!(labels, vec!["alpha", "beta"], "segments follow the marks");
+    let alpha = blocks_of(&trace, Op::Read, Some("alpha"));
+    let beta = blocks_of(&trace, Op::Read, Some("beta"));
+    let tool = debugfs_blocks(&image, "bin/tool");
+    let unread2 = debugfs_blocks(&image, "data/unread2");
+    assert!(tool.is_subset(&alpha) && tool.is_disjoint(&beta));
+    assert!(unread2.is_subset(&beta) && unread2.is_disjoint(&alpha));
+}
+
+#[test]
+fn sigterm_unmounts_and_saves_what_was_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path(), &FILES[..2]);
+    let out = dir.path().join("traces");
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    let mut child = Command::new(bin("vmt-record"))
+        .args(["run", "--task", "longtask", "--image"])
+        .arg(&image)
+        .arg("--out")
+        .arg(&out)
+        .arg("--mountpoint")
+        .arg(&served)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "head -c 65536 \"$VMT_IMAGE\" > /dev/null; sleep 60",
+        ])
+        .spawn()
+        .unwrap();
+    let served_image = served.join("app.img");
+    wait_until("the task's first read", LIMIT, || {
+        Trace::load(&out.join("longtask-1.vmtrace")).is_ok_and(|t| !t.records.is_empty())
+    });
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    wait_until("vmt-record to exit after SIGTERM", LIMIT, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(
+        !vmt::fusefs::is_mounted(&served),
+        "no stale mount after SIGTERM"
+    );
+    assert!(!served_image.exists());
+    let trace = Trace::load(&out.join("longtask-1.vmtrace")).unwrap();
+    let read: u64 = trace.records.iter().map(|r| r.len as u64).sum();
+    assert!(
+        read >= 65536,
+        "the reads made before the signal were saved ({read} bytes)"
+    );
+}
+
+#[test]
+fn csv_export_import_round_trip_is_lossless() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path(), &FILES[..2]);
+    let out = dir.path().join("traces");
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["run", "--task", "t", "--image"])
+            .arg(&image)
+            .arg("--out")
+            .arg(&out)
+            .args(["--", "sh", "-c", "head -c 300000 \"$VMT_IMAGE\" > /dev/null; echo hi | dd of=\"$VMT_IMAGE\" bs=1 seek=5000 conv=notrunc status=none"]),
+        LIMIT,
+    );
+    assert!(res.status.success(), "{res:?}");
+    let original = out.join("t-1.vmtrace");
+    let csv = dir.path().join("t.csv");
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .arg("export")
+            .arg(&original)
+            .arg("--out")
+            .arg(&csv),
+        LIMIT,
+    );
+    assert!(res.status.success(), "{res:?}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.contains("# image_bytes="), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains(",W,")),
+        "the write is exported"
+    );
+    let back = dir.path().join("back.vmtrace");
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .arg("import")
+            .arg(&csv)
+            .arg("--out")
+            .arg(&back),
+        LIMIT,
+    );
+    assert!(res.status.success(), "{res:?}");
+    assert_eq!(
+        std::fs::read(&original).unwrap(),
+        std::fs::read(&back).unwrap(),
+        "import(export(trace)) is byte-identical"
+    );
+    // With the image at hand, import checks the identity; another image is refused.
+    let other = dir.path().join("other.img");
+    std::fs::write(
+        &other,
+        vec![0u8; std::fs::metadata(&image).unwrap().len() as usize],
+    )
+    .unwrap();
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .arg("import")
+            .arg(&csv)
+            .arg("--out")
+            .arg(dir.path().join("x.vmtrace"))
+            .arg("--image")
+            .arg(&other),
+        LIMIT,
+    );
+    assert!(!res.status.success());
+    assert!(
+        String::from_utf8_lossy(&res.stderr).contains("another image"),
+        "{res:?}"
+    );
+}
+
+#[test]
+fn broken_trace_files_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = Trace {
+        image: vmt::image::ImageId::size_only(1 << 20),
+        kind: TraceKind::Task,
+        label: "t".into(),
+        run: 1,
+        start_unix_us: 0,
+        recorder: "test".into(),
+        tasks: vec!["t".into()],
+        records: (0..100)
+            .map(|i| vmt::trace::Record {
+                t_us: i,
+                op: Op::Read,
+                offset: i * 4096,
+                len: 4096,
+                task: 0,
+            })
+            .collect(),
+    };
+    let good = dir.path().join("good.vmtrace");
+    trace.save(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), "truncated"),
+        ("header-only", bytes[..10].to_vec(), "truncated"),
+        ("magic", [b"NOTATRCE", &bytes[8..]].concat(), "wrong magic"),
+        ("empty", Vec::new(), "truncated"),
+    ];
+    let mut corrupt = bytes.clone();
+    let mid = corrupt.len() - 20;
+    corrupt[mid] ^= 0xff;
+    cases.push(("corrupt", corrupt, "corrupt"));
+    let mut newer = bytes.clone();
+    newer[8..12].copy_from_slice(&99u32.to_le_bytes());
+    cases.push(("newer", newer, "newer"));
+    for (name, content, expect) in cases {
+        let path = dir.path().join(format!("{name}.vmtrace"));
+        std::fs::write(&path, content).unwrap();
+        let res = run_with_timeout(
+            Command::new(bin("vmt-record")).arg("show").arg(&path),
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(1), "{name}: {res:?}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{name}: one line: {stderr}"
+        );
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "{name} names the file: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record")).arg("show").arg(&good),
+        LIMIT,
+    );
+    assert!(res.status.success());
+    assert!(String::from_utf8_lossy(&res.stdout).contains("good.vmtrace"));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path(), &FILES[..1]);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["run".into(), "--task".into(), "a/b".into()],
+            "invalid task name",
+        ),
+        (
+            vec![
+                "run".into(),
+                "--task".into(),
+                "ok".into(),
+                "--mountpoint".into(),
+                "/nonexistent-dir".into(),
+            ],
+            "not an existing directory",
+        ),
+        (
+            vec![
+                "run".into(),
+                "--task".into(),
+                "ok".into(),
+                "--mountpoint".into(),
+                dir.path().display().to_string(),
+            ],
+            "not empty",
+        ),
+    ];
+    for (args, expect) in cases {
+        let res = run_with_timeout(
+            Command::new(bin("vmt-record"))
+                .args(&args[..1])
+                .arg("--image")
+                .arg(&image)
+                .arg("--out")
+                .arg(dir.path().join("out"))
+                .args(&args[1..])
+                .args(["--", "true"]),
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success(), "{args:?}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["run", "--task", "x", "--image", "/nonexistent.img", "--out"])
+            .arg(dir.path().join("out"))
+            .args(["--", "true"]),
+        LIMIT,
+    );
+    assert!(String::from_utf8_lossy(&res.stderr).contains("/nonexistent.img"));
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["mark", "--mountpoint"])
+            .arg(dir.path())
+            .arg("t"),
+        LIMIT,
+    );
+    assert!(String::from_utf8_lossy(&res.stderr).contains("no vmt-record session"));
+}
