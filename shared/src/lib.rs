@@ -11,6 +11,7 @@
 //! - [`fusefs`]: the FUSE filesystem serving the image file over a pristine source + overlay.
 //! - [`record`]: recording a task or session through [`fusefs`] into a [`trace::Trace`].
 //! - [`appliance`]: real ext4 demo appliances (`mkfs.ext4 -d`) and loop mounts of them.
+//! - [`replay`]: replaying a trace's reads against a file to time a runtime.
 //! - [`throughput`]: read-throughput passes for the benchmarks.
 #![deny(missing_docs)]
 
@@ -20,5 +21,6 @@ pub mod fusefs;
 pub mod image;
 pub mod overlay;
 pub mod record;
+pub mod replay;
 pub mod throughput;
 pub mod trace;

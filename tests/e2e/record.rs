@@ -527,3 +527,61 @@ fn bad_input_is_a_clear_error() {
     );
     assert!(String::from_utf8_lossy(&res.stderr).contains("no vmt-record session"));
 }
+
+#[test]
+fn replay_reads_the_trace_against_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path(), &FILES[..3]);
+    let out = dir.path().join("traces");
+    let mnt = dir.path().join("loop");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "set -e; mount -t ext4 -o loop,ro,noload \"$VMT_IMAGE\" {m}; cat {m}/bin/tool > /dev/null; \
+         sleep 0.2; cat {m}/lib/big.so > /dev/null; umount {m}",
+        m = mnt.display()
+    );
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["run", "--task", "t", "--image"])
+            .arg(&image)
+            .arg("--out")
+            .arg(&out)
+            .args(["--", "sh", "-c", &script]),
+        LIMIT,
+    );
+    assert!(res.status.success(), "{res:?}");
+    let trace_path = out.join("t-1.vmtrace");
+    let trace = Trace::load(&trace_path).unwrap();
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["replay", "--json", "--cold", "--trace"])
+            .arg(&trace_path)
+            .arg("--file")
+            .arg(&image),
+        LIMIT,
+    );
+    assert!(res.status.success(), "{res:?}");
+    let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let reads = trace.records.iter().filter(|r| r.op == Op::Read).count() as u64;
+    assert_eq!(report["reads"].as_u64(), Some(reads));
+    let completion = report["completion_s"].as_f64().unwrap();
+    let own = report["trace_s"].as_f64().unwrap();
+    assert!(own >= 0.2, "the task's sleep is in the trace ({own} s)");
+    assert!(
+        completion >= own,
+        "replay keeps the recorded gaps: {completion} < {own}"
+    );
+    // Too small a file is refused.
+    let small = dir.path().join("small");
+    std::fs::write(&small, b"x").unwrap();
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["replay", "--trace"])
+            .arg(&trace_path)
+            .arg("--file")
+            .arg(&small),
+        LIMIT,
+    );
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("smaller than"));
+}

@@ -164,6 +164,29 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Replay a trace's reads against a file and report completion and stall time.
+    ///
+    /// Reads are issued in recorded order, one at a time, keeping the recorded compute gaps; a
+    /// slow read delays everything after it. Stall time = completion - the trace's own duration
+    /// - inserted think time. Writes are not replayed. Use it on a vmt-run mount, the raw image,
+    /// or a network mount to compare runtimes on the same trace.
+    Replay {
+        /// The trace to replay.
+        #[arg(long)]
+        trace: PathBuf,
+        /// The file to read (at least as large as the trace's image).
+        #[arg(long)]
+        file: PathBuf,
+        /// Idle time inserted at each task boundary of a session trace (e.g. 5s, 500ms).
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        think: Duration,
+        /// Evict FILE from the page cache first (a cold local disk).
+        #[arg(long)]
+        cold: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a small demo appliance, record a task on it, and print the trace summary.
     Demo,
 }
@@ -242,8 +265,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
             size,
             repeat,
         } => bench(image, size, repeat),
+        Cmd::Replay {
+            trace,
+            file,
+            think,
+            cold,
+            json,
+        } => {
+            let t = Trace::load(&trace)?;
+            let report = vmt::replay::replay(&t, &file, vmt::replay::ReplayParams { think, cold })
+                .with_context(|| {
+                    format!("replaying {} against {}", trace.display(), file.display())
+                })?;
+            if json {
+                print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+            } else {
+                let mut out = format!(
+                    "{}: {} reads, {:.1} MiB; completion {:.3} s = trace {:.3} s + think {:.3} s + stall {:.3} s; read latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
+                    report.trace,
+                    report.reads,
+                    report.bytes as f64 / (1 << 20) as f64,
+                    report.completion_s,
+                    report.trace_s,
+                    report.think_s,
+                    report.stall_s,
+                    report.read_p50_s * 1e3,
+                    report.read_p99_s * 1e3,
+                    report.read_max_s * 1e3
+                );
+                for s in &report.segments {
+                    out.push_str(&format!(
+                        "  {:<12} {:>6} reads  recorded {:>8.3} s  replayed {:>8.3} s  stall {:>8.3} s\n",
+                        s.task, s.reads, s.recorded_s, s.replayed_s, s.stall_s
+                    ));
+                }
+                print_stdout(&out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Demo => demo(),
     }
+}
+
+/// Parses "5s", "500ms", "2m", "1.5" (seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s or 500ms"))?;
+    let secs = match unit {
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        "us" => v / 1e6,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use us, ms, s, m)")),
+    };
+    if !(0.0..=1e7).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
