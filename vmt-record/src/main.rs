@@ -167,9 +167,9 @@ enum Cmd {
     /// Replay a trace's reads against a file and report completion and stall time.
     ///
     /// Reads are issued in recorded order, one at a time, keeping the recorded compute gaps; a
-    /// slow read delays everything after it. Stall time = completion - the trace's own duration
-    /// - inserted think time. Writes are not replayed. Use it on a vmt-run mount, the raw image,
-    /// or a network mount to compare runtimes on the same trace.
+    /// slow read delays everything after it. Stall time is completion minus the trace's own
+    /// duration minus inserted think time. Writes are not replayed. Use it on a vmt-run mount,
+    /// the raw image, or a network mount to compare runtimes on the same trace.
     Replay {
         /// The trace to replay.
         #[arg(long)]
