@@ -285,6 +285,29 @@ impl Trace {
         s
     }
 
+    /// Sorted, distinct blocks each task label touched (reads and writes), in label order.
+    pub fn blocks_by_task(&self, geometry: &BlockGeometry) -> Vec<(&str, Vec<u32>)> {
+        let mut sets: Vec<Vec<u32>> = vec![Vec::new(); self.tasks.len()];
+        for r in &self.records {
+            let set = &mut sets[r.task as usize];
+            set.extend(
+                geometry
+                    .blocks_of(r.offset, r.len as u64)
+                    .map(|b| b.get() as u32),
+            );
+        }
+        self.tasks
+            .iter()
+            .zip(sets)
+            .filter(|(_, set)| !set.is_empty())
+            .map(|(task, mut set)| {
+                set.sort_unstable();
+                set.dedup();
+                (task.as_str(), set)
+            })
+            .collect()
+    }
+
     /// The CSV interchange form (see the module doc).
     pub fn to_csv(&self) -> String {
         let mut out = String::with_capacity(64 + self.records.len() * 32);
@@ -616,6 +639,29 @@ pub struct TraceSummary {
     pub duration_us: u64,
 }
 
+/// Jaccard similarity |a ∩ b| / |a ∪ b| of two sorted, distinct block lists (1 when both are
+/// empty).
+pub fn jaccard(a: &[u32], b: &[u32]) -> f64 {
+    let (mut i, mut j, mut common) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                common += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - common;
+    if union == 0 {
+        1.0
+    } else {
+        common as f64 / union as f64
+    }
+}
+
 /// "12.345678" seconds as nanoseconds.
 fn parse_seconds_ns(s: &str) -> Option<u64> {
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
@@ -789,6 +835,19 @@ CPU0 (8,0):
         assert!(
             Trace::from_blkparse(Path::new("b"), "nothing", ImageId::size_only(1), "x").is_err()
         );
+    }
+
+    #[test]
+    fn task_block_sets_and_jaccard() {
+        let t = sample(TraceKind::Session);
+        let g = BlockGeometry::new(t.image.size, 4096).unwrap();
+        let sets = t.blocks_by_task(&g);
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[0].0, "boot");
+        assert!(sets[0].1.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(jaccard(&[1, 2, 3], &[2, 3, 4]), 0.5);
+        assert_eq!(jaccard(&[], &[]), 1.0);
+        assert_eq!(jaccard(&[1], &[]), 0.0);
     }
 
     #[test]

@@ -116,6 +116,16 @@ enum Cmd {
         #[arg(long, default_value_t = 4096)]
         block_size: u32,
     },
+    /// Compare tasks across traces: per task label its runs, distinct blocks and share of the
+    /// image, and the mean Jaccard similarity of block sets between (and within) tasks.
+    Tasks {
+        /// Trace files (task runs and sessions; session segments count as runs of their task).
+        #[arg(required = true)]
+        traces: Vec<PathBuf>,
+        /// Block size.
+        #[arg(long, default_value_t = 4096)]
+        block_size: u32,
+    },
     /// Print a trace as CSV (t_us,op,offset,len[,task] with '#' header lines).
     Export {
         /// The trace file.
@@ -242,6 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Stop { mountpoint } => control(&mountpoint, "stop\n"),
         Cmd::Show { traces, block_size } => show(&traces, block_size),
+        Cmd::Tasks { traces, block_size } => tasks_table(&traces, block_size),
         Cmd::Export { trace, out } => {
             let t = Trace::load(&trace)?;
             match out {
@@ -547,6 +558,83 @@ fn show(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
             s.duration_us as f64 / 1e6,
             t.tasks.join(",")
         ));
+    }
+    print_stdout(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Markdown tables: per task, and task-to-task similarity.
+fn tasks_table(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
+    use std::collections::BTreeMap;
+    let mut runs: BTreeMap<String, Vec<Vec<u32>>> = BTreeMap::new();
+    let mut image: Option<(ImageId, PathBuf)> = None;
+    for path in traces {
+        let t = Trace::load(path)?;
+        match &image {
+            None => image = Some((t.image, path.clone())),
+            Some((id, first)) if *id != t.image => bail!(
+                "{} belongs to another image ({}) than {} ({})",
+                path.display(),
+                t.image,
+                first.display(),
+                id
+            ),
+            Some(_) => {}
+        }
+        let g = BlockGeometry::new(t.image.size, block_size)?;
+        for (task, blocks) in t.blocks_by_task(&g) {
+            runs.entry(task.to_string()).or_default().push(blocks);
+        }
+    }
+    let Some((id, _)) = image else {
+        bail!("no traces")
+    };
+    let total = BlockGeometry::new(id.size, block_size)?.block_count() as f64;
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let mut out = String::from(
+        "| task | runs | mean distinct blocks | mean share of image | blocks in any run |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (task, sets) in &runs {
+        let sizes: Vec<f64> = sets.iter().map(|s| s.len() as f64).collect();
+        let mut union: Vec<u32> = sets.concat();
+        union.sort_unstable();
+        union.dedup();
+        out.push_str(&format!(
+            "| {task} | {} | {:.0} | {:.2}% | {} |\n",
+            sets.len(),
+            mean(&sizes),
+            100.0 * mean(&sizes) / total,
+            union.len()
+        ));
+    }
+    let names: Vec<&String> = runs.keys().collect();
+    out.push_str("\nMean Jaccard similarity of block sets between runs (diagonal: between runs of the same task)\n\n|   |");
+    for n in &names {
+        out.push_str(&format!(" {n} |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|".repeat(names.len()));
+    out.push('\n');
+    for a in &names {
+        out.push_str(&format!("| {a} |"));
+        for b in &names {
+            let mut sims = Vec::new();
+            for (i, x) in runs[*a].iter().enumerate() {
+                for (j, y) in runs[*b].iter().enumerate() {
+                    if a != b || i < j {
+                        sims.push(vmt::trace::jaccard(x, y));
+                    }
+                }
+            }
+            out.push_str(&format!(" {:.2} |", mean(&sims)));
+        }
+        out.push('\n');
     }
     print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
