@@ -9,6 +9,7 @@
 //! - [`trace`]: recorded block accesses, their file format and CSV / blkparse interchange.
 //! - [`overlay`]: the copy-on-write overlay that takes the VM's writes.
 //! - [`fusefs`]: the FUSE filesystem serving the image file over a pristine source + overlay.
+//! - [`parked`]: FUSE reads parked on missing pieces, released when the pieces land.
 //! - [`record`]: recording a task or session through [`fusefs`] into a [`trace::Trace`].
 //! - [`appliance`]: real ext4 demo appliances (`mkfs.ext4 -d`) and loop mounts of them.
 //! - [`replay`]: replaying a trace's reads against a file to time a runtime.
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod fusefs;
 pub mod image;
 pub mod overlay;
+pub mod parked;
 pub mod record;
 pub mod replay;
 pub mod throughput;
