@@ -46,7 +46,7 @@ for s in $(seq 1 "$sessions"); do
   dest=$here/traces/train; [ "$s" -gt $((sessions - 2)) ] && dest=$here/traces/test
   RANDOM=$((s * 7919))
   "$vmt_record" session --image "$image" --image-sha256 "$sha" --out "$dest" \
-    --mountpoint "$served" --name session &
+    --mountpoint "$served" --name session --first-task boot &
   rec=$!
   until [ -e "$served/.vmt-control" ]; do sleep 0.1; done
   bash "$here/tasks/run.sh" mount "$served/appliance.img" "$lower"

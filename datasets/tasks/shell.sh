@@ -6,4 +6,4 @@ case $(pick 1 3) in
   1) ps aux; free; uptime; cat /proc/cpuinfo | head -20 ;;
   2) find /etc -name '*.conf' | head -50; stat /etc/passwd; date ;;
 esac >/dev/null
-head -$((20 + SEED % 30)) /etc/services >/dev/null
+head -$((20 + SEED % 30)) /etc/login.defs >/dev/null
