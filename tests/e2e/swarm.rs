@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
@@ -163,6 +164,9 @@ async fn swarm_clients_exchange_pieces() {
         .map(|c| c.stats().downloaded_except(&seed.peer_id()))
         .sum();
     let uploaded_by_clients: u64 = clients.iter().map(|c| c.stats().uploaded).sum();
+    eprintln!(
+        "swarm: {from_clients} bytes moved between clients, {uploaded_by_clients} uploaded by them"
+    );
     assert!(from_clients > 0, "no client got a byte from another client");
     assert!(uploaded_by_clients > 0);
     for (c, name) in clients.iter().zip(["a", "b", "c"]) {
@@ -224,6 +228,10 @@ async fn demand_overtakes_plan() {
         );
     }
     let arrived = order.iter().position(|&p| p == n - 1).unwrap();
+    eprintln!(
+        "demand: piece {} demanded after {at_demand} arrivals, arrived {arrived}th",
+        n - 1
+    );
     // In plan order it would be the last; only pieces already requested may land before it.
     assert!(
         arrived <= at_demand + 4,
@@ -268,9 +276,8 @@ async fn malicious_peer(torrent: &Torrent) -> (SocketAddr, tokio::task::JoinHand
                 continue;
             }
             let mut bits = vec![0xffu8; bitfield_len];
-            if n % 8 != 0 {
-                *bits.last_mut().unwrap() = 0xff << (8 - n % 8);
-            }
+            // Spare bits at the end must be clear.
+            *bits.last_mut().unwrap() = 0xff << (bitfield_len as u32 * 8 - n);
             let mut out = vec![0u8; 64 * 1024];
             let mut k = Message::Bitfield(librqbit::ByteBuf(&bits))
                 .serialize(&mut out, &ext)
@@ -358,6 +365,10 @@ async fn corrupt_peer_is_detected_and_banned() {
         checked += 1;
     }
     let st = c.stats();
+    eprintln!(
+        "corrupt: {} hash failures, {} wasted bytes",
+        st.hash_failures, st.wasted
+    );
     assert!(st.hash_failures >= 1, "the corrupt pieces were not noticed");
     let liar = st
         .peers
@@ -638,4 +649,114 @@ fn cli_bad_input_is_a_clear_error() {
     ] {
         assert!(help.contains(opt), "fetch --help lacks {opt}");
     }
+}
+
+// ---- interoperability with a stock librqbit Session ----
+
+async fn librqbit_session(dir: &Path, listen: bool) -> Arc<librqbit::Session> {
+    use librqbit::{ListenerMode, ListenerOptions, SessionOptions};
+    librqbit::Session::new_with_opts(
+        dir.to_owned(),
+        SessionOptions {
+            dht: None,
+            persistence: None,
+            fastresume: false,
+            disable_local_service_discovery: true,
+            listen: listen.then(|| ListenerOptions {
+                mode: ListenerMode::TcpOnly,
+                listen_addr: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The vmt seeder serves a stock librqbit leecher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librqbit_leecher_downloads_from_vmt_seeder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, data, torrent) = image(dir.path(), 16 * MIB, 7).await;
+    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
+    let out = dir.path().join("rqbit");
+    let session = librqbit_session(&out, false).await;
+    let handle = session
+        .add_torrent(
+            librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
+            Some(librqbit::AddTorrentOptions {
+                initial_peers: Some(vec![seed.listen_addr().unwrap()]),
+                output_folder: Some(out.to_str().unwrap().to_owned()),
+                disable_trackers: true,
+                overwrite: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap()
+        .into_handle()
+        .unwrap();
+    within(
+        "librqbit download",
+        Duration::from_secs(60),
+        handle.wait_until_completed(),
+    )
+    .await
+    .unwrap();
+    session.stop().await;
+    assert!(std::fs::read(out.join(torrent.name())).unwrap() == data);
+    assert!(seed.stats().uploaded >= data.len() as u64);
+    shutdown_all(&[&seed]).await;
+}
+
+/// A vmt client downloads from a stock librqbit seeder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmt_client_downloads_from_librqbit_seeder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_img, data, torrent) = image(dir.path(), 16 * MIB, 8).await;
+    // librqbit finds the image (named as in the torrent) in its output folder and seeds it.
+    let session = librqbit_session(dir.path(), true).await;
+    let handle = session
+        .add_torrent(
+            librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
+            Some(librqbit::AddTorrentOptions {
+                output_folder: Some(dir.path().to_str().unwrap().to_owned()),
+                disable_trackers: true,
+                overwrite: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap()
+        .into_handle()
+        .unwrap();
+    within(
+        "librqbit checks the image",
+        Duration::from_secs(60),
+        handle.wait_until_completed(),
+    )
+    .await
+    .unwrap();
+    let rqbit_addr = session.listen_addr().unwrap();
+    let c = client(
+        &torrent,
+        dir.path(),
+        "c",
+        EngineConfig {
+            peers: vec![rqbit_addr],
+            ..Default::default()
+        },
+    )
+    .await;
+    within(
+        "vmt download from librqbit",
+        Duration::from_secs(60),
+        c.wait_complete(),
+    )
+    .await
+    .unwrap();
+    c.shutdown().await.unwrap();
+    session.stop().await;
+    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
 }
