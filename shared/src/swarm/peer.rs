@@ -377,9 +377,12 @@ impl Download {
                         bits.len()
                     )));
                 }
+                // One lock for the whole bitfield, not one per piece.
+                let mut picker = self.s.picker();
                 for i in 0..self.s.torrent.piece_count() {
-                    if super::bitmap::wire_bit(bits, i) {
-                        self.set_remote_has(i);
+                    if super::bitmap::wire_bit(bits, i) && !self.remote_has(i) {
+                        self.remote_has[(i / 64) as usize] |= 1 << (i % 64);
+                        picker.add_availability(i);
                     }
                 }
             }
@@ -592,6 +595,9 @@ impl Download {
             .any(|a| a.reason == PickReason::Demand && a.next_block < a.blocks);
         if !urgent_pending {
             if let Some((p, reason)) = self.pick(true) {
+                // The remote serves requests in order: withdraw queued background pieces so
+                // the urgent blocks do not wait behind a full pipeline.
+                self.cancel_unstarted();
                 self.start(p, reason);
             }
         }
@@ -599,6 +605,27 @@ impl Download {
             if self.active[k].reason == PickReason::Demand {
                 while self.request_next(k) {}
             }
+        }
+    }
+
+    /// Cancels non-urgent pieces of which no block has arrived yet, handing them back to the
+    /// picker. Blocks the remote already sent arrive anyway and are counted as wasted.
+    fn cancel_unstarted(&mut self) {
+        let mut k = 0;
+        while k < self.active.len() {
+            let a = &self.active[k];
+            if a.reason == PickReason::Demand || a.received_count > 0 {
+                k += 1;
+                continue;
+            }
+            let a = self.active.swap_remove(k);
+            for b in 0..a.next_block {
+                self.outstanding -= 1;
+                let r = Request::new(a.piece.get(), b * CHUNK_SIZE, a.block_len(b));
+                self.link.push(Out::Cancel(r));
+            }
+            self.s.picker().release(a.piece.get());
+            self.pool.push(a.buf);
         }
     }
 

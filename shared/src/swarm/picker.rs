@@ -425,7 +425,7 @@ mod tests {
     fn demand_beats_plan_beats_rarest() {
         let mut p = PiecePicker::new(10, 1);
         p.set_plan(&[5, 6, 7]);
-        assert_eq!(p.demand(9), true);
+        assert!(p.demand(9));
         let first = p.pick(all, none, false).unwrap();
         assert_eq!(
             first,
@@ -570,7 +570,7 @@ mod tests {
                 reason: PickReason::Rarest,
             });
         }
-        let queued = p.state.iter().any(|&s| s == PieceState::Queued);
+        let queued = p.state.contains(&PieceState::Queued);
         if !queued {
             return (0..n)
                 .filter(|&i| {

@@ -116,10 +116,7 @@ impl Torrent {
         if meta.len() == 0 {
             return Err(err("the image is empty".into()));
         }
-        if piece_length < 16384
-            || piece_length > MAX_PIECE_LENGTH
-            || !piece_length.is_power_of_two()
-        {
+        if !(16384..=MAX_PIECE_LENGTH).contains(&piece_length) || !piece_length.is_power_of_two() {
             return Err(err(format!(
                 "piece size {piece_length} must be a power of two from 16 KiB to 16 MiB"
             )));
