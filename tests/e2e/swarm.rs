@@ -846,3 +846,67 @@ async fn tracker_announce_finds_the_seeder() {
     assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
     shutdown_all(&[&seed]).await;
 }
+
+/// With no reachable peer, `fetch` says so, keeps retrying, and SIGTERM stops it cleanly with
+/// its progress file written.
+#[test]
+fn cli_unreachable_peer_is_reported_and_sigterm_stops() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("app.img");
+    std::fs::write(&img, random_bytes(MIB, 11)).unwrap();
+    let torrent = dir.path().join("app.torrent");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = rt
+        .block_on(Torrent::create(&img, PIECE, Vec::new()))
+        .unwrap();
+    t.save(&torrent).unwrap();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("got.img");
+    let mut child = KillOnDrop(
+        vmt_run()
+            .args(["fetch", "--torrent"])
+            .arg(&torrent)
+            .args(["--peer", &dead, "--out"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("no reachable peer") && l.contains(&dead))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no 'no reachable peer' status within 30 s: {seen:?}"),
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "fetch ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(!status.success(), "an interrupted fetch must not exit 0");
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+}

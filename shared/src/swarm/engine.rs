@@ -51,9 +51,10 @@ pub struct EngineConfig {
     /// 16 KiB block requests outstanding per peer. Deeper fills faster links but makes a
     /// demanded piece queue behind more bytes at the remote; 0 is treated as 1.
     pub request_depth: usize,
-    /// How often the choker rotates one upload slot.
+    /// How often the choker rotates one upload slot (at least 100 ms).
     pub rechoke_interval: Duration,
-    /// How often verified pieces are made durable and recorded in the bitmap file.
+    /// How often verified pieces are made durable and recorded in the bitmap file (at least
+    /// 100 ms); a crash loses at most this much progress, which is then re-hashed on resume.
     pub flush_interval: Duration,
     /// Give up a connection attempt after this long.
     pub connect_timeout: Duration,
@@ -696,7 +697,8 @@ async fn dial_loop(s: Arc<Shared>, addr: SocketAddr) -> std::result::Result<(), 
 }
 
 async fn choke_loop(s: Arc<Shared>) -> std::result::Result<(), std::convert::Infallible> {
-    let mut tick = tokio::time::interval(s.config.rechoke_interval);
+    // A zero period would make `interval` panic; 100 ms is already far shorter than useful.
+    let mut tick = tokio::time::interval(s.config.rechoke_interval.max(Duration::from_millis(100)));
     tick.tick().await;
     loop {
         tokio::select! {
@@ -707,7 +709,7 @@ async fn choke_loop(s: Arc<Shared>) -> std::result::Result<(), std::convert::Inf
 }
 
 async fn flush_loop(s: Arc<Shared>) -> Result<()> {
-    let mut tick = tokio::time::interval(s.config.flush_interval);
+    let mut tick = tokio::time::interval(s.config.flush_interval.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
