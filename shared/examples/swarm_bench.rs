@@ -4,6 +4,8 @@
 //! cargo run --release -p vmt-shared --example swarm_bench -- [IMAGE_MIB=64] [CLIENTS=1] [PIECE_KIB=256]
 //! ```
 //! Prints each client's completion time and the throughput (image bytes / time, MB = 10^6 B).
+//! With one client, a stock librqbit leecher then downloads from the same seeder, and the
+//! ratio vmt / librqbit is printed (same seeder, same run).
 //! All engines share one 2-worker runtime, like two `vmt-run` processes on a 2-core machine;
 //! on loopback the bottleneck is CPU (SHA-1, copies), not the link.
 
@@ -78,7 +80,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for e in &engines {
             e.shutdown().await?;
         }
+        if clients == 1 {
+            let rqbit = librqbit_download(&torrent, seeder.listen_addr().expect("listening"), dir.path()).await?;
+            println!(
+                "stock librqbit leecher, same seeder: {rqbit:.2} s, {:.1} MB/s; vmt / librqbit throughput = {:.2}",
+                torrent.total_length() as f64 / rqbit / 1e6,
+                rqbit / last
+            );
+        }
         seeder.shutdown().await?;
         Ok(())
     })
+}
+
+/// Downloads the torrent with a stock librqbit session; returns the seconds it took.
+async fn librqbit_download(
+    torrent: &Torrent,
+    seeder: std::net::SocketAddr,
+    dir: &std::path::Path,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let out = dir.join("rqbit");
+    let session = librqbit::Session::new_with_opts(
+        out.clone(),
+        librqbit::SessionOptions {
+            dht: None,
+            persistence: None,
+            fastresume: false,
+            disable_local_service_discovery: true,
+            listen: None,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let start = Instant::now();
+    let handle = session
+        .add_torrent(
+            librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
+            Some(librqbit::AddTorrentOptions {
+                initial_peers: Some(vec![seeder]),
+                output_folder: Some(out.to_string_lossy().into_owned()),
+                disable_trackers: true,
+                overwrite: true,
+                ..Default::default()
+            }),
+        )
+        .await?
+        .into_handle()
+        .ok_or("librqbit did not add the torrent")?;
+    handle.wait_until_completed().await?;
+    let t = start.elapsed().as_secs_f64();
+    session.stop().await;
+    Ok(t)
 }

@@ -458,7 +458,9 @@ impl Engine {
     }
 
     /// Runs `cb` once `piece` is verified and written: now, on this thread, if it already is;
-    /// otherwise later on an engine task. Usable from any thread.
+    /// otherwise later on an engine task. Usable from any thread. Callbacks still waiting at
+    /// [`Engine::shutdown`] are dropped uncalled (a captured FUSE reply then answers on drop);
+    /// to fetch the piece too, call [`Engine::demand`].
     pub fn on_piece(&self, piece: ValidPieceIndex, cb: impl FnOnce(u32) + Send + 'static) {
         let s = &self.shared;
         if let Some(cb) = s.waiters.register(
@@ -559,6 +561,7 @@ impl Engine {
         {
             tracing::warn!("some swarm tasks did not stop within 5 s");
         }
+        s.waiters.clear();
         let shared = s.clone();
         tokio::task::spawn_blocking(move || shared.storage.flush())
             .await

@@ -47,4 +47,47 @@ impl Waiters {
             cb(piece);
         }
     }
+
+    /// Drops every waiting callback uncalled (engine shutdown).
+    pub fn clear(&self) {
+        let all = std::mem::take(&mut *self.by_piece.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(all);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn fires_once_or_hands_back() {
+        let have = AtomicBitmap::new(4);
+        let w = Waiters::default();
+        let hits = Arc::new(AtomicU32::new(0));
+        let cb = |h: &Arc<AtomicU32>| {
+            let h = h.clone();
+            Box::new(move |_| {
+                h.fetch_add(1, Ordering::SeqCst);
+            }) as PieceCallback
+        };
+        assert!(w.register(&have, 1, cb(&hits)).is_none());
+        assert!(w.register(&have, 1, cb(&hits)).is_none());
+        assert!(w.register(&have, 2, cb(&hits)).is_none());
+        have.set(1);
+        w.fire(1);
+        w.fire(1);
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "both waiters of piece 1, once each"
+        );
+        // Already verified: the callback comes back to run on the caller's thread.
+        assert!(w.register(&have, 1, cb(&hits)).is_some());
+        w.clear();
+        have.set(2);
+        w.fire(2);
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "cleared waiters never run");
+    }
 }
