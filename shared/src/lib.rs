@@ -14,6 +14,8 @@
 //! - [`appliance`]: real ext4 demo appliances (`mkfs.ext4 -d`) and loop mounts of them.
 //! - [`replay`]: replaying a trace's reads against a file to time a runtime.
 //! - [`throughput`]: read-throughput passes for the benchmarks.
+//! - [`swarm`]: the BitTorrent engine: pieces fetched in the order the application asks
+//!   (demand, plan, rarest first), verified, stored, and seeded to other peers.
 #![deny(missing_docs)]
 
 pub mod appliance;
@@ -25,4 +27,5 @@ pub mod parked;
 pub mod record;
 pub mod replay;
 pub mod throughput;
+pub mod swarm;
 pub mod trace;

@@ -1,1 +1,365 @@
-fn main() {}
+//! `vmt-run`: start an appliance from the swarm. Glue over `vmt` (the `shared` crate): parse
+//! flags, build the tokio runtime, turn signals into a clean shutdown, draw progress, print
+//! errors once.
+//!
+//! Subcommands: `seed` (serve an image), `fetch` (download it whole: the `full` strategy).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use vmt::swarm::{Engine, EngineConfig, Storage, SwarmStats, Torrent};
+
+#[derive(Parser)]
+#[command(
+    name = "vmt-run",
+    version,
+    about = "Start virtual appliances on demand from a BitTorrent swarm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve an image to the swarm (creates its .torrent unless --torrent is given).
+    Seed(SeedArgs),
+    /// Download a whole image from the swarm, resuming a previous run.
+    Fetch(FetchArgs),
+}
+
+#[derive(Args)]
+struct SeedArgs {
+    /// The image file to serve (read-only).
+    #[arg(long, value_name = "IMG")]
+    image: PathBuf,
+    /// Address to accept peers on, e.g. 0.0.0.0:6881.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Use this existing .torrent instead of creating one; the image is verified against it.
+    #[arg(long, value_name = "T", conflicts_with_all = ["torrent_out", "piece_size", "tracker"])]
+    torrent: Option<PathBuf>,
+    /// Piece size of the created torrent: a power of two from 16KiB to 16MiB.
+    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
+    piece_size: u64,
+    /// Where to write the created .torrent [default: IMG.torrent].
+    #[arg(long, value_name = "T")]
+    torrent_out: Option<PathBuf>,
+    /// Announce URL to put in the created torrent (repeatable); the seeder announces to it.
+    #[arg(long, value_name = "URL")]
+    tracker: Vec<String>,
+    /// Upload limit in bytes per second (e.g. 10MiB); unlimited when absent.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    upload_limit: Option<u64>,
+    /// Peers uploaded to at once (rotating among interested peers).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    upload_slots: usize,
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// The image's .torrent.
+    #[arg(long, value_name = "T")]
+    torrent: PathBuf,
+    /// A peer to download from (repeatable); optional when the torrent has trackers.
+    #[arg(long, value_name = "ADDR")]
+    peer: Vec<SocketAddr>,
+    /// The image file to write (sparse); its piece bitmap is kept in FILE.vmtbits so an
+    /// interrupted fetch resumes.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Accept peers on this address too (other clients can then fetch from us).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Keep seeding after the download completes, until Ctrl-C.
+    #[arg(long, conflicts_with = "no_upload")]
+    seed: bool,
+    /// Never upload (client-server setting): all bytes come from seeders.
+    #[arg(long)]
+    no_upload: bool,
+    /// Download limit in bytes per second (e.g. 10MiB); unlimited when absent.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    download_limit: Option<u64>,
+    /// Upload limit in bytes per second; unlimited when absent.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    upload_limit: Option<u64>,
+}
+
+/// Parses "262144", "256KiB", "256K", "4MiB", "1GiB", "10MiB/s" into bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 256KiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Two workers: peer I/O is light; hashing and disk writes happen inline per piece.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmt-run: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let cancel = shutdown_on_signals();
+        match cli.cmd {
+            Cmd::Seed(a) => seed(a, cancel).await,
+            Cmd::Fetch(a) => fetch(a, cancel).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmt-run: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first Ctrl-C or SIGTERM cancels the token (clean shutdown, bitmap persisted); a second
+/// one exits at once.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        for round in 0..2 {
+            match term.as_mut() {
+                Some(term) => tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                },
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            if round == 0 {
+                eprintln!("vmt-run: stopping (signal again to force)");
+                t.cancel();
+            }
+        }
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
+    if !a.image.is_file() {
+        bail!("{}: no such image file", a.image.display());
+    }
+    let (torrent, verify) = match &a.torrent {
+        Some(t) => (Torrent::load(t)?, true),
+        None => {
+            let piece = u32::try_from(a.piece_size).unwrap_or(u32::MAX);
+            eprintln!(
+                "hashing {} into {} KiB pieces...",
+                a.image.display(),
+                piece / 1024
+            );
+            let t = Torrent::create(&a.image, piece, a.tracker.clone()).await?;
+            let out = a
+                .torrent_out
+                .clone()
+                .unwrap_or_else(|| with_suffix(&a.image, ".torrent"));
+            t.save(&out)?;
+            eprintln!("wrote {}", out.display());
+            (t, false)
+        }
+    };
+    let listener = Engine::bind(a.listen).await?;
+    let (t2, img) = (torrent.clone(), a.image.clone());
+    let storage = tokio::task::spawn_blocking(move || Storage::open_seed(&img, &t2, verify))
+        .await
+        .context("verifying the image")??;
+    let config = EngineConfig {
+        upload_limit: a.upload_limit,
+        upload_slots: a.upload_slots,
+        ..Default::default()
+    };
+    let engine = Engine::start(torrent, storage, Some(listener), config);
+    eprintln!(
+        "seeding {} ({} pieces, info hash {}) on {}",
+        engine.torrent().name(),
+        engine.torrent().piece_count(),
+        engine.torrent().info_hash().as_string(),
+        a.listen
+    );
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let st = engine.stats();
+        bar.set_message(format!(
+            "uploaded {} to {} peer(s)",
+            indicatif::HumanBytes(st.uploaded),
+            st.connected
+        ));
+        bar.tick();
+    }
+    bar.finish_and_clear();
+    engine.shutdown().await?;
+    Ok(())
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
+    let torrent = Torrent::load(&a.torrent)?;
+    if a.peer.is_empty() && torrent.trackers().is_empty() {
+        bail!("no peers: give --peer ADDR (the torrent has no trackers)");
+    }
+    let listener = match a.listen {
+        Some(addr) => Some(Engine::bind(addr).await?),
+        None => None,
+    };
+    let bits = with_suffix(&a.out, ".vmtbits");
+    let (t2, out, b2) = (torrent.clone(), a.out.clone(), bits.clone());
+    let (storage, resume) =
+        tokio::task::spawn_blocking(move || Storage::open_download(&out, &t2, &b2))
+            .await
+            .context("opening the output")??;
+    let resumed = resume.recorded + resume.rehashed_ok;
+    if resumed > 0 || resume.rehashed > 0 {
+        eprintln!(
+            "resumed {resumed} pieces from {} ({} recorded, {} of {} unrecorded re-hashed ok)",
+            a.out.display(),
+            resume.recorded,
+            resume.rehashed_ok,
+            resume.rehashed
+        );
+    }
+    let config = EngineConfig {
+        peers: a.peer.clone(),
+        upload: !a.no_upload,
+        download_limit: a.download_limit,
+        upload_limit: a.upload_limit,
+        ..Default::default()
+    };
+    let engine = Engine::start(torrent, storage, listener, config);
+    let total = engine.torrent().total_length();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} | {msg}",
+        )
+        .expect("valid template"),
+    );
+    // Without a terminal the bar is hidden: print a status line now and then instead, so a
+    // log still shows "no reachable peer".
+    let plain = bar.is_hidden();
+    let mut ticks = 0u32;
+    let interrupted = loop {
+        if engine.is_complete() {
+            break false;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break true,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let st = engine.stats();
+        bar.set_position(st.have_bytes);
+        bar.set_message(status(&st));
+        ticks += 1;
+        if plain && ticks % 25 == 0 {
+            eprintln!(
+                "status: {}/{} pieces | {}",
+                st.pieces.have,
+                st.total_pieces,
+                status(&st)
+            );
+        }
+    };
+    bar.finish_and_clear();
+    if interrupted {
+        engine.shutdown().await?;
+        let st = engine.stats();
+        bail!(
+            "interrupted with {}/{} pieces; progress saved in {}, run again to resume",
+            st.pieces.have,
+            st.total_pieces,
+            bits.display()
+        );
+    }
+    engine.flush()?;
+    let st = engine.stats();
+    println!(
+        "done: {} verified in {}; downloaded {} bytes ({} wasted), uploaded {} bytes",
+        total,
+        a.out.display(),
+        st.downloaded,
+        st.wasted,
+        st.uploaded
+    );
+    if a.seed {
+        eprintln!("seeding until Ctrl-C");
+        cancel.cancelled().await;
+    }
+    engine.shutdown().await?;
+    Ok(())
+}
+
+fn status(st: &SwarmStats) -> String {
+    format!(
+        "{} in flight, {}, up {}",
+        st.pieces.in_flight,
+        st.peer_status(),
+        indicatif::HumanBytes(st.uploaded)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("262144"), Ok(262144));
+        assert_eq!(parse_size("256KiB"), Ok(262144));
+        assert_eq!(parse_size("4MiB/s"), Ok(4 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("KiB").is_err());
+    }
+}
