@@ -298,8 +298,12 @@ impl ValidClusterParams {
 /// Share of a cluster's runs that must read a bin for it to be in the cluster's core.
 const CORE_SUPPORT: f64 = 0.5;
 
+/// Bins two variants may differ in that no other cluster reads (partly read files, run-to-run
+/// jitter), as a share of the bins only they share.
+const VARIANT_TOLERANCE: f64 = 0.35;
+
 /// Merges clusters that are variants of one task: they share bins no other cluster reads, and
-/// differ only in bins other clusters read too. A task's cold runs (boot, then its files) and
+/// differ (up to [`VARIANT_TOLERANCE`]) only in bins other clusters read too. A task's cold runs (boot, then its files) and
 /// its segments in a session (files only, boot already done) are such variants; two tasks
 /// sharing only boot blocks are not. Pairs with the smallest difference merge first, and cores
 /// are recomputed after each merge.
@@ -336,17 +340,19 @@ fn merge_variants(labels: &mut [usize], bitmaps: &Bitmaps) {
         let mut best: Option<(u32, usize, usize)> = None;
         for x in 0..k {
             for y in x + 1..k {
-                let (mut specific_shared, mut specific_diff, mut diff) = (false, false, 0u32);
+                let (mut specific_shared, mut specific_diff, mut diff) = (0u32, 0u32, 0u32);
                 for i in 0..w {
                     let others = (0..k)
                         .filter(|&z| z != x && z != y)
                         .fold(0u64, |acc, z| acc | core(z)[i]);
                     let (a, b) = (core(x)[i], core(y)[i]);
-                    specific_shared |= (a & b & !others) != 0;
-                    specific_diff |= ((a ^ b) & !others) != 0;
+                    specific_shared += (a & b & !others).count_ones();
+                    specific_diff += ((a ^ b) & !others).count_ones();
                     diff += (a ^ b).count_ones();
                 }
-                if specific_shared && !specific_diff && best.is_none_or(|(d, _, _)| diff < d) {
+                let variants = specific_shared > 0
+                    && specific_diff as f64 <= VARIANT_TOLERANCE * specific_shared as f64;
+                if variants && best.is_none_or(|(d, _, _)| diff < d) {
                     best = Some((diff, x, y));
                 }
             }

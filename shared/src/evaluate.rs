@@ -167,9 +167,9 @@ pub enum EvalError {
     Fit {
         /// The held-out trace.
         trace: String,
-        /// Why.
+        /// Why (boxed: a bundle error is large and this path is cold).
         #[source]
-        source: BundleError,
+        source: Box<BundleError>,
     },
     /// A scheduler could not be built.
     #[error(transparent)]
@@ -204,7 +204,7 @@ pub fn cross_validate(
             .collect();
         let bundle = fit.fit(&rest, |_| {}).map_err(|source| EvalError::Fit {
             trace: name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         results.push(evaluate_trace(&bundle, name, trace, params)?);
         progress(i);

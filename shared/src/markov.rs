@@ -465,9 +465,9 @@ fn finish(probs: &mut [f64], sum: f64, floor: f64) {
 fn shift(model: &OnlineModel, probs: &mut [f64], scratch: &mut [f64], floor: f64) {
     let k = model.k;
     scratch.iter_mut().for_each(|x| *x = 0.0);
-    for i in 0..k {
-        for j in 0..k {
-            scratch[j] += probs[i] * model.transitions[i * k + j];
+    for (pi, row) in probs.iter().zip(model.transitions.chunks_exact(k)) {
+        for (s, t) in scratch.iter_mut().zip(row) {
+            *s += pi * t;
         }
     }
     probs.copy_from_slice(scratch);
