@@ -290,7 +290,7 @@ impl ValidClusterParams {
             .expect("the all-singletons partition is always admissible")
             .1;
         let mut labels = chosen.labels;
-        merge_variants(&mut labels, &bitmaps);
+        merge_variants(&mut labels, &bitmaps, self.0.split_distance);
         Ok(matrix.clustering(renumber(&labels), bins, chosen.radius))
     }
 }
@@ -298,16 +298,17 @@ impl ValidClusterParams {
 /// Share of a cluster's runs that must read a bin for it to be in the cluster's core.
 const CORE_SUPPORT: f64 = 0.5;
 
-/// Bins two variants may differ in that no other cluster reads (partly read files, run-to-run
-/// jitter), as a share of the bins only they share.
+/// Bins of the smaller variant that neither the other nor any cluster reads (stray reads,
+/// run-to-run jitter), as a share of the bins only the two share.
 const VARIANT_TOLERANCE: f64 = 0.35;
 
-/// Merges clusters that are variants of one task: they share bins no other cluster reads, and
-/// differ (up to [`VARIANT_TOLERANCE`]) only in bins other clusters read too. A task's cold runs (boot, then its files) and
+/// Merges clusters that are variants of one task: they share bins no other cluster reads, the
+/// one with fewer such bins has (up to [`VARIANT_TOLERANCE`]) none the other lacks, and their
+/// cores are within the split distance. A task's cold runs (boot, then its files) and
 /// its segments in a session (files only, boot already done) are such variants; two tasks
 /// sharing only boot blocks are not. Pairs with the smallest difference merge first, and cores
 /// are recomputed after each merge.
-fn merge_variants(labels: &mut [usize], bitmaps: &Bitmaps) {
+fn merge_variants(labels: &mut [usize], bitmaps: &Bitmaps, split_distance: f64) {
     let w = bitmaps.words;
     loop {
         let k = labels.iter().max().map_or(0, |m| m + 1);
@@ -340,18 +341,30 @@ fn merge_variants(labels: &mut [usize], bitmaps: &Bitmaps) {
         let mut best: Option<(u32, usize, usize)> = None;
         for x in 0..k {
             for y in x + 1..k {
-                let (mut specific_shared, mut specific_diff, mut diff) = (0u32, 0u32, 0u32);
+                let (mut shared, mut only_x, mut only_y) = (0u32, 0u32, 0u32);
+                let (mut inter, mut union) = (0u32, 0u32);
                 for i in 0..w {
                     let others = (0..k)
                         .filter(|&z| z != x && z != y)
                         .fold(0u64, |acc, z| acc | core(z)[i]);
                     let (a, b) = (core(x)[i], core(y)[i]);
-                    specific_shared += (a & b & !others).count_ones();
-                    specific_diff += ((a ^ b) & !others).count_ones();
-                    diff += (a ^ b).count_ones();
+                    shared += (a & b & !others).count_ones();
+                    only_x += (a & !b & !others).count_ones();
+                    only_y += (b & !a & !others).count_ones();
+                    inter += (a & b).count_ones();
+                    union += (a | b).count_ones();
                 }
-                let variants = specific_shared > 0
-                    && specific_diff as f64 <= VARIANT_TOLERANCE * specific_shared as f64;
+                // The one with fewer own bins must be (nearly) inside the other: a partial or
+                // boot-less run of a task, not a task of its own.
+                let diff = union - inter;
+                let jaccard = if union == 0 {
+                    0.0
+                } else {
+                    1.0 - inter as f64 / union as f64
+                };
+                let variants = shared > 0
+                    && only_x.min(only_y) as f64 <= VARIANT_TOLERANCE * shared as f64
+                    && jaccard <= split_distance;
                 if variants && best.is_none_or(|(d, _, _)| diff < d) {
                     best = Some((diff, x, y));
                 }

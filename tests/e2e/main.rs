@@ -1,2 +1,3 @@
 //! End-to-end tests of vmt: one executable, a module per concern.
 
+mod train;

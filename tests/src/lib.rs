@@ -32,8 +32,16 @@ pub fn bin(name: &str) -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--bins", "-p", "vmt-record", "-p", "vmt-train", "-p", "vmt-run"]);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--bins",
+            "-p",
+            "vmt-record",
+            "-p",
+            "vmt-train",
+            "-p",
+            "vmt-run",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -76,7 +84,10 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
