@@ -93,7 +93,10 @@ fn bench(c: &mut Criterion) {
     assert!(before > 0);
     assert_eq!(observe_allocs, 0, "Belief::observe allocated");
     assert_eq!(plan_allocs, 0, "Scheduler::on_read/plan allocated");
-    println!("{} reads, 16 profiles: no allocation in observe, on_read or plan", reads.len());
+    println!(
+        "{} reads, 16 profiles: no allocation in observe, on_read or plan",
+        reads.len()
+    );
 
     let mut i = 0usize;
     let mut t_shift = 0u64;

@@ -2,9 +2,11 @@
 //! cross-validation so no figure is computed on training data.
 //!
 //! For each trace, [`evaluate_trace`] simulates each strategy ([`crate::simulate`]) and samples
-//! the online belief after the first N reads of each task segment: a hit when the top profile is
-//! the one whose majority label is the segment's task (segments of tasks no profile is named
-//! after are not counted). `profile` follows the single profile closest (Jaccard) to the trace's
+//! the online belief after the first N reads of each task segment: a hit when the top profile's
+//! majority label is the segment's task (segments of tasks no profile is named after are not
+//! counted). Reads starting in a common block (one every profile needs: boot, shared
+//! libraries) are not counted: they carry no information about the task, and a cold run can
+//! spend its first hundred reads booting. `profile` follows the single profile closest (Jaccard) to the trace's
 //! whole block set, as a VMTorrent user picks the appliance's profile up front.
 //! [`cross_validate`] refits the bundle without the trace for each trace in turn.
 
@@ -134,6 +136,12 @@ pub fn evaluate_trace(
                 if seg != last_segment {
                     last_segment = seg;
                     reads_in_segment = 0;
+                }
+                // Reads of common blocks (boot, shared libraries) say nothing about the task.
+                let r = &trace.records[i];
+                let block = (r.offset / bundle.block_size as u64) as u32;
+                if bundle.common.binary_search(&block).is_ok() {
+                    return;
                 }
                 reads_in_segment += 1;
                 let (Some(want), Some(belief)) = (truth.get(seg).copied().flatten(), s.belief())
