@@ -532,6 +532,24 @@ mod tests {
     }
 
     #[test]
+    fn a_bridging_run_never_chains_different_tasks_together() {
+        // M reads half of A and half of B: DBSCAN at a wide radius would chain A-M-B.
+        let (a1, a2) = (set(0..100), set(0..95));
+        let (b1, b2) = (set(200..300), set(205..300));
+        let m: Vec<u32> = (0..50).chain(200..250).collect();
+        let runs: Vec<&[u32]> = vec![&a1, &a2, &m, &b1, &b2];
+        let c = ClusterParams::new()
+            .check()
+            .unwrap()
+            .fit(&runs, 1000)
+            .unwrap();
+        assert_ne!(c.labels[0], c.labels[3], "{c:?}");
+        assert_eq!(c.labels[0], c.labels[1]);
+        assert_eq!(c.labels[3], c.labels[4]);
+        assert!(c.max_within <= 0.8);
+    }
+
+    #[test]
     fn purity_counts_majorities() {
         assert_eq!(purity(&[0, 0, 1, 1], &["a", "b", "c", "c"]), 0.75);
     }
