@@ -35,6 +35,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Cluster traces into profiles, learn the Markov model, and write a bundle (.vmtp).
+    ///
+    /// Each task trace, and each task segment of a session trace, is a run; runs are clustered
+    /// by the blocks they read (Jaccard), each cluster becomes a profile (blocks above the
+    /// support cutoff, in expected first-access order), and transitions between profiles are
+    /// learned from sessions and from task runs recorded back to back.
     Fit {
         /// Trace files (.vmtrace or .csv) or directories holding them; all of one image.
         #[arg(long, num_args = 1.., required = true, value_name = "DIR_OR_FILE")]
@@ -60,6 +65,15 @@ enum Command {
         bundle: PathBuf,
     },
     /// Simulate strategies on traces over a link and report completion and stall times.
+    ///
+    /// One client fetches pieces over a link of the given bandwidth while each trace's reads
+    /// arrive after their recorded gaps (compute time); a read of a missing piece stalls until
+    /// the piece lands (demand preempts prefetch). Strategies: full (whole image first), demand
+    /// (no prefetch), stream (demand + background fill), profile (demand + the single profile
+    /// closest to the trace, fixed), markov (demand + belief-weighted profiles, switching on task
+    /// boundaries), oracle (prefetch in the trace's own first-access order: the lower bound).
+    /// Tables show completion/stall seconds per trace, then means, markov's ratios to the other
+    /// strategies, and how often the belief's top profile was the trace's task.
     Eval {
         /// The bundle to evaluate. With --cv it only supplies the fit settings (default: the
         /// fit defaults) and is never used for figures.
@@ -88,7 +102,8 @@ enum Command {
             default_value = "full,demand,stream,profile,markov,oracle"
         )]
         strategies: Vec<Strategy>,
-        /// Measure inference accuracy after this many reads of each task, comma-separated.
+        /// Measure inference accuracy after this many reads of each task, comma-separated
+        /// (reads of blocks common to every profile, such as boot, are not counted).
         #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
         accuracy_after: Vec<usize>,
         /// Idle gap between reads taken as a task boundary by the online belief.
@@ -165,10 +180,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmt-train: error: {e:#}");
+            eprintln!("vmt-train: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text an outer message already
+/// includes (file errors print their OS error and also return it as their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -327,9 +359,7 @@ fn fit(
     let start = Instant::now();
     let bundle = params.fit(&traces, |stage| spinner.set_message(stage.to_string()))?;
     spinner.finish_and_clear();
-    bundle
-        .save(out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    bundle.save(out)?;
     println!(
         "fitted {} runs from {} traces in {:.1}s: {} profiles, silhouette {:.2}, purity {:.2}, max within-profile distance {:.2}",
         bundle.meta.runs,
@@ -471,17 +501,20 @@ fn eval(
             .collect();
         let bar = bar(traces.len() as u64, "simulating");
         let mut out = Vec::new();
+        let mut seen_in_training = 0;
         for (name, t) in &traces {
             let file = Path::new(name).file_name().and_then(|n| n.to_str());
-            if !json && file.is_some_and(|f| trained.contains(&f)) {
-                eprintln!(
-                    "vmt-train: warning: {name} was used to train the bundle; use --cv for held-out figures"
-                );
-            }
+            seen_in_training += file.is_some_and(|f| trained.contains(&f)) as usize;
             out.push(evaluate_trace(b, name, t, params)?);
             bar.inc(1);
         }
         bar.finish_and_clear();
+        if seen_in_training > 0 {
+            eprintln!(
+                "vmt-train: warning: {seen_in_training} of {} traces were used to train the bundle; use --cv for held-out figures",
+                traces.len()
+            );
+        }
         out
     };
     let summary = summarize(&results);
