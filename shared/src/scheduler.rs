@@ -366,7 +366,8 @@ impl Scheduler {
     }
 
     /// Observes a read of `len` bytes at `offset` at time `t_us` (any clock, monotonic).
-    /// O(profiles), no allocation. Returns whether a task boundary was detected.
+    /// O(profiles), no allocation. Returns whether a task boundary was detected. The read's
+    /// first block is the observation: one per read keeps the cost independent of its length.
     pub fn on_read(&mut self, offset: u64, _len: u64, t_us: u64) -> Observed {
         match (self.belief.as_mut(), self.model.as_ref()) {
             (Some(b), Some(m)) if self.block_size > 0 => {
@@ -635,6 +636,13 @@ mod tests {
             let n = want.len().min(window);
             assert_eq!(&out[..n], &want[..n], "round {round}");
         }
+    }
+
+    #[test]
+    fn scheduler_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Scheduler>();
+        send_sync::<Bundle>();
     }
 
     #[test]
