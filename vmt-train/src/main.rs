@@ -659,6 +659,9 @@ fn bench_fit(n: usize, image_size: u64, tasks: usize) -> Result<()> {
     if tasks == 0 || n == 0 {
         bail!("--traces and --tasks must be at least 1");
     }
+    if image_size < 4 << 20 {
+        bail!("--image-size must be at least 4MiB");
+    }
     let gen = Instant::now();
     let img = SynthImage::new(SynthParams::new(image_size, tasks));
     let traces: Vec<(String, Trace)> = (0..n)
