@@ -512,6 +512,27 @@ mod tests {
     }
 
     #[test]
+    fn reads_off_every_profile_are_a_retroactive_boundary() {
+        let m = model();
+        let online = m.compile(1000);
+        let mut b = Belief::new(&online, BeliefParams::default());
+        for (i, blk) in (0..5).enumerate() {
+            b.observe(&online, blk, i as u64);
+        }
+        assert_eq!(b.top().0, 0);
+        // Blocks no profile saw: no evidence, but after 8 of them the user has moved on, and
+        // profile 0 is followed by profile 1.
+        let mut outcomes = Vec::new();
+        for i in 0..8u64 {
+            outcomes.push(b.observe(&online, 500 + i as u32, 10 + i));
+        }
+        assert_eq!(outcomes[..7], [Observed::Evidence; 7]);
+        assert_eq!(outcomes[7], Observed::Boundary);
+        assert_eq!(b.top().0, 1);
+        assert_eq!(b.boundaries(), 1);
+    }
+
+    #[test]
     fn belief_follows_reads_and_switches() {
         let m = model();
         let online = m.compile(1000);
