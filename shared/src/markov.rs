@@ -273,8 +273,10 @@ impl OnlineModel {
 /// Tuning of the online belief.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BeliefParams {
-    /// An idle gap this long (µs) between reads is a task boundary. Default 1 s: longer than
-    /// the pauses inside a task we have seen, shorter than a user's pause between tasks.
+    /// An idle gap this long (µs) between read arrivals is a task boundary. Default 1 s:
+    /// longer than the pauses inside a task we have seen, shorter than a user's pause between
+    /// tasks. A read stalled longer than this also looks like a boundary; the shift it causes
+    /// is undone by the next read or two of the same task (see `floor`).
     pub gap_us: u64,
     /// This many consecutive reads the top profile never saw is a task boundary (1..=16).
     /// Default 8. 0 disables this detection.
