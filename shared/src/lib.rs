@@ -14,18 +14,32 @@
 //! - [`appliance`]: real ext4 demo appliances (`mkfs.ext4 -d`) and loop mounts of them.
 //! - [`replay`]: replaying a trace's reads against a file to time a runtime.
 //! - [`throughput`]: read-throughput passes for the benchmarks.
+//! - [`cluster`]: task runs grouped by the blocks they read (linfa; Jaccard; automatic count).
+//! - [`profile`]: profiles trained from traces, and the bundle file (`.vmtp`) that carries them.
+//! - [`markov`]: transitions between profiles and the online belief updated on every read.
+//! - [`scheduler`]: the piece planner shared by the simulator and `vmt-run`.
+//! - [`simulate`]: an event-driven replay of a trace over a link of given bandwidth.
+//! - [`evaluate`]: strategies side by side on held-out traces; leave-one-run-out.
+//! - [`synth`]: synthetic but realistic images, task runs and sessions for tests and benches.
 //! - [`swarm`]: the BitTorrent engine: pieces fetched in the order the application asks
 //!   (demand, plan, rarest first), verified, stored, and seeded to other peers.
 #![deny(missing_docs)]
 
 pub mod appliance;
+pub mod cluster;
 pub mod envelope;
+pub mod evaluate;
 pub mod fusefs;
 pub mod image;
+pub mod markov;
 pub mod overlay;
 pub mod parked;
+pub mod profile;
 pub mod record;
 pub mod replay;
-pub mod throughput;
+pub mod scheduler;
+pub mod simulate;
 pub mod swarm;
+pub mod synth;
+pub mod throughput;
 pub mod trace;

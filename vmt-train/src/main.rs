@@ -1,1 +1,706 @@
-fn main() {}
+//! `vmt-train`: turn recorded traces into a profile bundle, show it, and evaluate it.
+//!
+//! Glue over `vmt::{profile, evaluate, synth}`: this file parses flags, reads files with a
+//! progress bar, prints tables, and maps errors to a one-line message and exit code 1.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use vmt::cluster::ClusterParams;
+use vmt::evaluate::{cross_validate, evaluate_trace, summarize, EvalParams, Summary, TraceResult};
+use vmt::image::BlockGeometry;
+use vmt::markov::BeliefParams;
+use vmt::profile::{Bundle, BundleParams, BUNDLE_EXTENSION};
+use vmt::scheduler::{SchedulerParams, Strategy};
+use vmt::simulate::LinkParams;
+use vmt::synth::{SynthImage, SynthParams};
+use vmt::trace::{Trace, TRACE_EXTENSION};
+
+mod units;
+
+/// Train schedule profiles from traces, inspect them, and evaluate them in a simulator.
+#[derive(Parser)]
+#[command(name = "vmt-train", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cluster traces into profiles, learn the Markov model, and write a bundle (.vmtp).
+    ///
+    /// Each task trace, and each task segment of a session trace, is a run; runs are clustered
+    /// by the blocks they read (Jaccard), each cluster becomes a profile (blocks above the
+    /// support cutoff, in expected first-access order), and transitions between profiles are
+    /// learned from sessions and from task runs recorded back to back.
+    Fit {
+        /// Trace files (.vmtrace or .csv) or directories holding them; all of one image.
+        #[arg(long, num_args = 1.., required = true, value_name = "DIR_OR_FILE")]
+        traces: Vec<PathBuf>,
+        /// Where to write the bundle.
+        #[arg(long, value_name = "BUNDLE.vmtp")]
+        out: PathBuf,
+        /// Block size profiles are kept in (a power of two, at least 512 bytes).
+        #[arg(long, default_value = "4KiB", value_parser = units::parse_size_u32)]
+        block_size: u32,
+        /// Number of profiles: `auto` chooses from the data (silhouette; never merges clearly
+        /// different block sets), or a number for k-means with that many.
+        #[arg(long, default_value = "auto", value_parser = parse_profiles)]
+        profiles: ProfilesArg,
+        /// A block is in a profile when at least this share of the profile's runs read it
+        /// (VMTorrent used 0.25).
+        #[arg(long, default_value_t = 0.25)]
+        support: f64,
+    },
+    /// Print a bundle: profiles, their sizes and members, common blocks, transitions.
+    Show {
+        /// The bundle file.
+        bundle: PathBuf,
+    },
+    /// Simulate strategies on traces over a link and report completion and stall times.
+    ///
+    /// One client fetches pieces over a link of the given bandwidth while each trace's reads
+    /// arrive after their recorded gaps (compute time); a read of a missing piece stalls until
+    /// the piece lands (demand preempts prefetch). Strategies: full (whole image first), demand
+    /// (no prefetch), stream (demand + background fill), profile (demand + the single profile
+    /// closest to the trace, fixed), markov (demand + belief-weighted profiles, switching on task
+    /// boundaries), oracle (prefetch in the trace's own first-access order: the lower bound).
+    /// Tables show completion/stall seconds per trace, then means, markov's ratios to the other
+    /// strategies, and how often the belief's top profile was the trace's task.
+    Eval {
+        /// The bundle to evaluate. With --cv it only supplies the fit settings (default: the
+        /// fit defaults) and is never used for figures.
+        #[arg(long, value_name = "BUNDLE.vmtp", required_unless_present = "cv")]
+        bundle: Option<PathBuf>,
+        /// Trace files or directories to replay.
+        #[arg(long, num_args = 1.., required = true, value_name = "DIR_OR_FILE")]
+        traces: Vec<PathBuf>,
+        /// Link bandwidth: e.g. 100Mbit, 1Gbit, 12.5MB/s.
+        #[arg(long, default_value = "100Mbit", value_parser = units::parse_bandwidth)]
+        bandwidth: f64,
+        /// Piece size of the torrent.
+        #[arg(long, default_value = "256KiB", value_parser = units::parse_size_u32)]
+        piece_size: u32,
+        /// Idle time inserted at each task boundary of a session trace (e.g. 5s, 500ms).
+        #[arg(long, default_value = "0s", value_parser = units::parse_duration_us)]
+        think: u64,
+        /// Leave-one-run-out: refit without each trace before replaying it, so no figure
+        /// comes from training data.
+        #[arg(long)]
+        cv: bool,
+        /// Strategies to run, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "full,demand,stream,profile,markov,oracle"
+        )]
+        strategies: Vec<Strategy>,
+        /// Measure inference accuracy after this many reads of each task, comma-separated
+        /// (reads of blocks common to every profile, such as boot, are not counted).
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+        accuracy_after: Vec<usize>,
+        /// Idle gap between reads taken as a task boundary by the online belief.
+        #[arg(long, default_value = "1s", value_parser = units::parse_duration_us)]
+        boundary_gap: u64,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write synthetic traces (task runs and sessions of a generated image) to a directory.
+    Synth {
+        /// Output directory (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Image size.
+        #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
+        image_size: u64,
+        /// Number of distinct tasks.
+        #[arg(long, default_value_t = 4)]
+        tasks: usize,
+        /// Runs of each task.
+        #[arg(long, default_value_t = 4)]
+        runs: u32,
+        /// Multi-task sessions.
+        #[arg(long, default_value_t = 4)]
+        sessions: u32,
+        /// Tasks per session.
+        #[arg(long, default_value_t = 4)]
+        session_len: usize,
+        /// Compute pause between a task's files.
+        #[arg(long, default_value = "20ms", value_parser = units::parse_duration_us)]
+        compute: u64,
+        /// Layout seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write CSV instead of .vmtrace.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Benchmark: fit synthetic traces in memory, print fit time and peak memory (VmHWM).
+    #[command(hide = true)]
+    BenchFit {
+        /// Number of traces.
+        #[arg(long, default_value_t = 1000)]
+        traces: usize,
+        /// Image size.
+        #[arg(long, default_value = "1GiB", value_parser = units::parse_size)]
+        image_size: u64,
+        /// Distinct tasks.
+        #[arg(long, default_value_t = 16)]
+        tasks: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ProfilesArg {
+    Auto,
+    Fixed(usize),
+}
+
+fn parse_profiles(s: &str) -> Result<ProfilesArg, String> {
+    if s == "auto" {
+        return Ok(ProfilesArg::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(0) => Err("the number of profiles must be at least 1".into()),
+        Ok(k) => Ok(ProfilesArg::Fixed(k)),
+        Err(_) => Err(format!("{s:?} is neither `auto` nor a number")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmt-train: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause whose text an outer message already
+/// includes (file errors print their OS error and also return it as their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fit {
+            traces,
+            out,
+            block_size,
+            profiles,
+            support,
+        } => fit(&traces, &out, block_size, profiles, support),
+        Command::Show { bundle } => show(&bundle),
+        Command::Eval {
+            bundle,
+            traces,
+            bandwidth,
+            piece_size,
+            think,
+            cv,
+            strategies,
+            accuracy_after,
+            boundary_gap,
+            json,
+        } => {
+            let mut scheduler = SchedulerParams::new(piece_size);
+            scheduler.belief = BeliefParams {
+                gap_us: boundary_gap,
+                ..BeliefParams::default()
+            };
+            if piece_size == 0 {
+                bail!("--piece-size cannot be 0");
+            }
+            let params = EvalParams {
+                link: LinkParams {
+                    bits_per_s: bandwidth,
+                    think_us: think,
+                },
+                scheduler,
+                strategies,
+                probe_reads: accuracy_after,
+            };
+            eval(bundle.as_deref(), &traces, cv, &params, json)
+        }
+        Command::Synth {
+            out,
+            image_size,
+            tasks,
+            runs,
+            sessions,
+            session_len,
+            compute,
+            seed,
+            csv,
+        } => synth(
+            &out,
+            SynthParams::new(image_size, tasks)
+                .seed(seed)
+                .compute_us(compute),
+            runs,
+            sessions,
+            session_len,
+            csv,
+        ),
+        Command::BenchFit {
+            traces,
+            image_size,
+            tasks,
+        } => bench_fit(traces, image_size, tasks),
+    }
+}
+
+/// Expands directories into their trace files (sorted), keeping files as given.
+fn trace_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input).with_context(|| format!("{}", input.display()))?;
+        if meta.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("{}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == TRACE_EXTENSION || e == "csv")
+                })
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                bail!(
+                    "{}: no .{TRACE_EXTENSION} or .csv trace files in this directory",
+                    input.display()
+                );
+            }
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} {elapsed}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Reads every trace, naming the file in any error.
+fn load_traces(inputs: &[PathBuf]) -> Result<Vec<(String, Trace)>> {
+    let files = trace_files(inputs)?;
+    let bar = bar(files.len() as u64, "reading");
+    let mut out = Vec::with_capacity(files.len());
+    for f in &files {
+        let trace = if f.extension().is_some_and(|e| e == "csv") {
+            let text = std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?;
+            Trace::from_csv(f, &text, None)?
+        } else {
+            Trace::load(f)?
+        };
+        out.push((f.display().to_string(), trace));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn fit(
+    inputs: &[PathBuf],
+    out: &Path,
+    block_size: u32,
+    profiles: ProfilesArg,
+    support: f64,
+) -> Result<()> {
+    let traces = load_traces(inputs)?;
+    let profiles = match profiles {
+        ProfilesArg::Auto => None,
+        ProfilesArg::Fixed(k) => Some(k),
+    };
+    let params = BundleParams::new(block_size)
+        .support(support)
+        .cluster(ClusterParams::new().profiles(profiles))
+        .check()?;
+    let spinner = if std::io::stderr().is_terminal() {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let start = Instant::now();
+    let bundle = params.fit(&traces, |stage| spinner.set_message(stage.to_string()))?;
+    spinner.finish_and_clear();
+    bundle.save(out)?;
+    println!(
+        "fitted {} runs from {} traces in {:.1}s: {} profiles, silhouette {:.2}, purity {:.2}, max within-profile distance {:.2}",
+        bundle.meta.runs,
+        traces.len(),
+        start.elapsed().as_secs_f64(),
+        bundle.profiles.len(),
+        bundle.meta.silhouette,
+        bundle.meta.purity,
+        bundle.meta.max_within,
+    );
+    print_profiles(&bundle);
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn print_profiles(b: &Bundle) {
+    let bytes = |blocks: usize| blocks as f64 * b.block_size as f64;
+    println!(
+        "{:>3}  {:<20} {:>5} {:>8} {:>9} {:>6}  labels",
+        "#", "profile", "runs", "blocks", "MiB", "image"
+    );
+    for (i, p) in b.profiles.iter().enumerate() {
+        let labels: Vec<String> = p.labels.iter().map(|(l, n)| format!("{l}×{n}")).collect();
+        println!(
+            "{:>3}  {:<20} {:>5} {:>8} {:>9.2} {:>5.1}%  {}",
+            i,
+            p.name,
+            p.members.len(),
+            p.blocks.len(),
+            bytes(p.blocks.len()) / 1048576.0,
+            100.0 * bytes(p.blocks.len()) / b.image.size as f64,
+            labels.join(" ")
+        );
+    }
+    println!(
+        "common blocks (in every profile): {} ({:.2} MiB)",
+        b.common.len(),
+        bytes(b.common.len()) / 1048576.0
+    );
+}
+
+fn show(path: &Path) -> Result<()> {
+    let b = Bundle::load(path)?;
+    println!("bundle {}", path.display());
+    println!("image: {}", b.image);
+    println!(
+        "block size: {} bytes; trained on {} runs from {} traces; silhouette {:.2}; purity {:.2}",
+        b.block_size,
+        b.meta.runs,
+        b.meta.traces.len(),
+        b.meta.silhouette,
+        b.meta.purity
+    );
+    print_profiles(&b);
+    for (i, p) in b.profiles.iter().enumerate() {
+        let members: Vec<String> = p
+            .members
+            .iter()
+            .map(|m| {
+                let name = Path::new(&m.trace)
+                    .file_name()
+                    .map_or(m.trace.clone(), |n| n.to_string_lossy().into_owned());
+                if m.segment > 0 {
+                    format!("{name}#{}", m.segment)
+                } else {
+                    name
+                }
+            })
+            .collect();
+        println!("members of {i} ({}): {}", p.name, members.join(", "));
+    }
+    let k = b.profiles.len();
+    println!("transitions P(next | current), rows = current:");
+    print!("{:>10}", "");
+    for j in 0..k {
+        print!(" {:>7}", j);
+    }
+    println!();
+    print!("{:>10}", "start");
+    for j in 0..k {
+        print!(" {:>7.3}", b.markov.start[j]);
+    }
+    println!();
+    for i in 0..k {
+        print!("{:>10}", i);
+        for j in 0..k {
+            print!(" {:>7.3}", b.markov.transition(i, j));
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn eval(
+    bundle_path: Option<&Path>,
+    inputs: &[PathBuf],
+    cv: bool,
+    params: &EvalParams,
+    json: bool,
+) -> Result<()> {
+    let bundle = bundle_path
+        .map(|p| Bundle::load(p).map(|b| (p, b)))
+        .transpose()?;
+    let traces = load_traces(inputs)?;
+    let first_image = traces[0].1.image;
+    for (name, t) in &traces {
+        match &bundle {
+            Some((_, b)) => b.check_trace(Path::new(name), t)?,
+            None if t.image != first_image => bail!(
+                "{name}: trace of another image ({}) than {} ({first_image})",
+                t.image,
+                traces[0].0
+            ),
+            None => {}
+        }
+    }
+    if params.strategies.is_empty() {
+        bail!("--strategies is empty");
+    }
+    let results: Vec<TraceResult> = if cv {
+        let fit_params = match &bundle {
+            Some((_, b)) => BundleParams::from_settings(&b.meta.settings),
+            None => BundleParams::new(BlockGeometry::DEFAULT_BLOCK_SIZE),
+        }
+        .check()?;
+        let bar = bar(traces.len() as u64, "cv");
+        let r = cross_validate(&traces, &fit_params, params, |_| bar.inc(1))?;
+        bar.finish_and_clear();
+        r
+    } else {
+        let (_, b) = bundle
+            .as_ref()
+            .expect("clap requires --bundle without --cv");
+        let trained: Vec<&str> = b
+            .meta
+            .traces
+            .iter()
+            .filter_map(|t| Path::new(t).file_name().and_then(|n| n.to_str()))
+            .collect();
+        let bar = bar(traces.len() as u64, "simulating");
+        let mut out = Vec::new();
+        let mut seen_in_training = 0;
+        for (name, t) in &traces {
+            let file = Path::new(name).file_name().and_then(|n| n.to_str());
+            seen_in_training += file.is_some_and(|f| trained.contains(&f)) as usize;
+            out.push(evaluate_trace(b, name, t, params)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if seen_in_training > 0 {
+            eprintln!(
+                "vmt-train: warning: {seen_in_training} of {} traces were used to train the bundle; use --cv for held-out figures",
+                traces.len()
+            );
+        }
+        out
+    };
+    let summary = summarize(&results);
+    if json {
+        let doc = serde_json::json!({
+            "bandwidth_bits_per_s": params.link.bits_per_s,
+            "piece_size": params.scheduler.piece_size,
+            "think_us": params.link.think_us,
+            "cross_validated": cv,
+            "traces": results,
+            "summary": summary,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_results(&results, &summary, params, cv);
+    }
+    Ok(())
+}
+
+fn secs(us: f64) -> String {
+    format!("{:.2}", us / 1e6)
+}
+
+fn print_results(results: &[TraceResult], summary: &Summary, params: &EvalParams, cv: bool) {
+    println!(
+        "{} traces, {:.0} Mbit/s, {} KiB pieces, think {}s{}; completion / stall in seconds",
+        results.len(),
+        params.link.bits_per_s / 1e6,
+        params.scheduler.piece_size / 1024,
+        secs(params.link.think_us as f64),
+        if cv { ", leave-one-run-out" } else { "" }
+    );
+    print!("{:<28} {:>8}", "trace", "local");
+    for s in &params.strategies {
+        print!(" {:>15}", s.name());
+    }
+    println!();
+    for r in results {
+        let name = Path::new(&r.trace)
+            .file_name()
+            .map_or(r.trace.clone(), |n| n.to_string_lossy().into_owned());
+        print!("{:<28} {:>8}", name, secs(r.local_us as f64));
+        for (_, o) in &r.outcomes {
+            print!(
+                " {:>15}",
+                format!(
+                    "{}/{}",
+                    secs(o.completion_us as f64),
+                    secs(o.stall_us as f64)
+                )
+            );
+        }
+        println!();
+    }
+    print!("{:<28} {:>8}", "mean", "");
+    for s in &summary.strategies {
+        print!(
+            " {:>15}",
+            format!("{}/{}", secs(s.mean_completion_us), secs(s.mean_stall_us))
+        );
+    }
+    println!();
+    if !summary.markov_completion_ratio.is_empty() {
+        let fmt = |v: &[(Strategy, f64)]| {
+            v.iter()
+                .map(|(s, r)| format!("/{s} {r:.3}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        println!(
+            "markov completion ratio: {}",
+            fmt(&summary.markov_completion_ratio)
+        );
+        let over = if results.iter().any(|r| r.session) {
+            "sessions"
+        } else {
+            "all traces"
+        };
+        println!(
+            "markov stall ratio ({over}): {}",
+            fmt(&summary.markov_stall_ratio)
+        );
+    }
+    for a in &summary.accuracy {
+        if a.segments > 0 {
+            println!(
+                "inference accuracy after {} reads: {:.1}% of {} task segments",
+                a.after_reads,
+                100.0 * a.hits as f64 / a.segments as f64,
+                a.segments
+            );
+        }
+    }
+}
+
+fn synth(
+    out: &Path,
+    params: SynthParams,
+    runs: u32,
+    sessions: u32,
+    session_len: usize,
+    csv: bool,
+) -> Result<()> {
+    if params.tasks == 0 {
+        bail!("--tasks must be at least 1");
+    }
+    if params.image_bytes < 4 << 20 {
+        bail!("--image-size must be at least 4MiB");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
+    let img = SynthImage::new(params);
+    let traces = img.corpus(runs, sessions, session_len.max(1));
+    for t in &traces {
+        let stem = format!("{}-{}", t.label, t.run);
+        if csv {
+            let p = out.join(format!("{stem}.csv"));
+            std::fs::write(&p, t.to_csv()).with_context(|| format!("{}", p.display()))?;
+        } else {
+            let p = out.join(format!("{stem}.{TRACE_EXTENSION}"));
+            t.save(&p)?;
+        }
+    }
+    println!(
+        "wrote {} traces of image {} to {}",
+        traces.len(),
+        img.image,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Peak resident set size of this process, from /proc/self/status.
+fn vm_hwm_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn bench_fit(n: usize, image_size: u64, tasks: usize) -> Result<()> {
+    if tasks == 0 || n == 0 {
+        bail!("--traces and --tasks must be at least 1");
+    }
+    if image_size < 4 << 20 {
+        bail!("--image-size must be at least 4MiB");
+    }
+    let gen = Instant::now();
+    let img = SynthImage::new(SynthParams::new(image_size, tasks));
+    let traces: Vec<(String, Trace)> = (0..n)
+        .map(|i| {
+            let t = img.task_run(i % tasks, (i / tasks) as u32 + 1, i as u64);
+            (format!("synth-{i}.{TRACE_EXTENSION}"), t)
+        })
+        .collect();
+    let records: usize = traces.iter().map(|(_, t)| t.records.len()).sum();
+    let gen_s = gen.elapsed().as_secs_f64();
+    let hwm_before = vm_hwm_kib().unwrap_or(0);
+    let start = Instant::now();
+    let bundle = BundleParams::new(BlockGeometry::DEFAULT_BLOCK_SIZE)
+        .check()?
+        .fit(&traces, |_| {})?;
+    let fit_s = start.elapsed().as_secs_f64();
+    let hwm = vm_hwm_kib().unwrap_or(0);
+    let tmp = std::env::temp_dir().join(format!(
+        "vmt-bench-{}.{BUNDLE_EXTENSION}",
+        std::process::id()
+    ));
+    bundle.save(&tmp)?;
+    let size = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&tmp);
+    println!(
+        "bench-fit: {n} traces ({records} records) of a {} MiB image, {tasks} tasks",
+        image_size >> 20
+    );
+    println!(
+        "generate: {gen_s:.2}s; VmHWM after generating: {} MiB",
+        hwm_before / 1024
+    );
+    println!(
+        "fit: {fit_s:.2}s; {} profiles, purity {:.3}, silhouette {:.2}; peak memory (VmHWM) {} MiB; bundle {} KiB",
+        bundle.profiles.len(),
+        bundle.meta.purity,
+        bundle.meta.silhouette,
+        hwm / 1024,
+        size / 1024
+    );
+    Ok(())
+}
