@@ -21,6 +21,7 @@
 //! - [`simulate`]: an event-driven replay of a trace over a link of given bandwidth.
 //! - [`evaluate`]: strategies side by side on held-out traces; leave-one-run-out.
 //! - [`synth`]: synthetic but realistic images, task runs and sessions for tests and benches.
+//! - [`runtime`]: vmt-run's mount: the image served by FUSE while it streams from the swarm.
 //! - [`swarm`]: the BitTorrent engine: pieces fetched in the order the application asks
 //!   (demand, plan, rarest first), verified, stored, and seeded to other peers.
 #![deny(missing_docs)]
@@ -37,6 +38,7 @@ pub mod parked;
 pub mod profile;
 pub mod record;
 pub mod replay;
+pub mod runtime;
 pub mod scheduler;
 pub mod simulate;
 pub mod swarm;

@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,8 @@ pub struct Overlay {
     image: ImageId,
     words: Vec<AtomicU64>,
     blocks_present: AtomicU64,
+    /// Blocks written since the last [`Overlay::sync`].
+    dirty: AtomicBool,
     write_lock: Mutex<()>,
     _tempdir: Option<tempfile::TempDir>,
 }
@@ -144,6 +146,7 @@ impl Overlay {
             image,
             words,
             blocks_present: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
             write_lock: Mutex::new(()),
             _tempdir: None,
         })
@@ -239,11 +242,19 @@ impl Overlay {
             self.set_block(block);
             block += 1;
         }
+        self.dirty.store(true, Ordering::Release);
         Ok(data.len())
+    }
+
+    /// Whether blocks were written since the last sync.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
     }
 
     /// Makes written blocks durable: data first, then the bitmap (persistent overlays only).
     pub fn sync(&self) -> Result<(), OverlayError> {
+        // Cleared first: a write racing with this sync sets it again and is synced next time.
+        self.dirty.store(false, Ordering::Release);
         self.data.sync_data().map_err(|source| OverlayError::Io {
             path: self.data_path.clone(),
             source,

@@ -32,6 +32,65 @@ enum Cmd {
     Seed(SeedArgs),
     /// Download a whole image from the swarm, resuming a previous run.
     Fetch(FetchArgs),
+    /// Mount an image from the swarm: the file appears at once, full size; reads of missing
+    /// pieces wait for them while the profile-driven plan prefetches what comes next.
+    Mount(MountArgs),
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// The image's .torrent (as written by `vmt-run seed`).
+    #[arg(long, value_name = "T")]
+    torrent: PathBuf,
+    /// Profile bundle from `vmt-train fit` (needed by the profile and markov strategies).
+    #[arg(long, value_name = "BUNDLE.vmtp")]
+    bundle: Option<PathBuf>,
+    /// Where the image file appears (an empty directory).
+    #[arg(long, value_name = "DIR")]
+    mountpoint: PathBuf,
+    /// A peer to download from (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    peer: Vec<SocketAddr>,
+    /// Accept peers on this address (other clients can then fetch from us).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Local piece store and copy-on-write overlay [default: T's name + ".vmt-data" beside T].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Prefetch strategy: markov (belief over profiles, switching), profile (one fixed
+    /// profile), stream (demand + rarest first), demand (no prefetch), oracle (a trace's own
+    /// first-access order) [default: markov with --bundle, else stream].
+    #[arg(long, value_name = "S")]
+    strategy: Option<vmt::scheduler::Strategy>,
+    /// For --strategy profile: the profile to follow (name or index) [default: the most likely
+    /// first task].
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// For --strategy oracle: the trace whose first-access order is the plan.
+    #[arg(long, value_name = "TRACE")]
+    oracle_trace: Option<PathBuf>,
+    /// Write the report (reads, misses, stalls, bytes per peer, profile switches) here as JSON
+    /// on exit.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+    /// Serve the live status as JSON over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    status: Option<SocketAddr>,
+    /// Never upload (client-server setting).
+    #[arg(long)]
+    no_upload: bool,
+    /// Download limit in bytes per second (e.g. 10MiB); unlimited when absent.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    download_limit: Option<u64>,
+    /// Upload limit in bytes per second; unlimited when absent.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    upload_limit: Option<u64>,
+    /// Pieces handed to the engine as the plan at a time.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    window: usize,
+    /// FUSE worker threads.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -139,6 +198,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Seed(a) => seed(a, cancel).await,
             Cmd::Fetch(a) => fetch(a, cancel).await,
+            Cmd::Mount(a) => mount(a, cancel).await,
         }
     });
     match result {
@@ -337,6 +397,118 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         cancel.cancelled().await;
     }
     engine.shutdown().await?;
+    Ok(())
+}
+
+async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
+    use vmt::runtime::{Runtime, RuntimeParams};
+    use vmt::scheduler::Strategy;
+    let strategy = a.strategy.unwrap_or(if a.bundle.is_some() {
+        Strategy::Markov
+    } else {
+        Strategy::Stream
+    });
+    let data = a.data.clone().unwrap_or_else(|| with_suffix(&a.torrent, ".vmt-data"));
+    let listener = match a.listen {
+        Some(addr) => Some(Engine::bind(addr).await?),
+        None => None,
+    };
+    let status_listener = match a.status {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("status address {addr}"))?,
+        ),
+        None => None,
+    };
+    if a.peer.is_empty() && a.listen.is_none() {
+        bail!("no peers: give --peer ADDR (or --listen for peers to dial us)");
+    }
+    let runtime = Runtime::start(
+        RuntimeParams {
+            torrent: a.torrent.clone(),
+            bundle: a.bundle.clone(),
+            strategy,
+            profile: a.profile.clone(),
+            oracle_trace: a.oracle_trace.clone(),
+            mountpoint: a.mountpoint.clone(),
+            data_dir: data,
+            peers: a.peer.clone(),
+            upload: !a.no_upload,
+            download_limit: a.download_limit,
+            upload_limit: a.upload_limit,
+            window: a.window,
+            threads: a.threads,
+        },
+        listener,
+    )
+    .await?;
+    let runtime = std::sync::Arc::new(runtime);
+    eprintln!(
+        "serving {} ({strategy}); Ctrl-C to unmount",
+        runtime.served_path().display()
+    );
+    if let Some(l) = status_listener {
+        let rt = runtime.clone();
+        tokio::spawn(vmt::runtime::serve_status(l, move || rt.status(), cancel.clone()));
+    }
+    let bars = indicatif::MultiProgress::new();
+    let pieces = bars.add(ProgressBar::new(runtime.status().pieces_total as u64));
+    pieces.set_style(
+        ProgressStyle::with_template("pieces {bar:30} {pos}/{len} | {msg}").expect("valid template"),
+    );
+    let belief = bars.add(ProgressBar::new_spinner());
+    let reads = bars.add(ProgressBar::new_spinner());
+    let plain = pieces.is_hidden();
+    let mut ticks = 0u32;
+    while !cancel.is_cancelled() {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let st = runtime.status();
+        pieces.set_position(st.pieces_present as u64);
+        pieces.set_message(format!(
+            "{} in flight | {}",
+            st.pieces_in_flight, st.peer_status
+        ));
+        belief.set_message(match &st.profile {
+            Some((name, b)) => format!(
+                "profile {name} (belief {b:.2}), {} switches",
+                st.profile_switches.len().saturating_sub(1)
+            ),
+            None => format!("strategy {}", st.strategy),
+        });
+        reads.set_message(format!(
+            "reads {} hit / {} missed, {} waiting | stalls {} totalling {:.2} s",
+            st.read_hits, st.read_misses, st.parked_now, st.stalls.count, st.stalls.total_s
+        ));
+        ticks += 1;
+        if plain && ticks % 25 == 0 {
+            eprintln!(
+                "status: {}/{} pieces, {} | {} misses, stalls {:.2} s",
+                st.pieces_present, st.pieces_total, st.peer_status, st.read_misses, st.stalls.total_s
+            );
+        }
+    }
+    bars.clear().ok();
+    let runtime = std::sync::Arc::into_inner(runtime)
+        .context("status server still holds the runtime")?;
+    let report = runtime.shutdown().await?;
+    if let Some(path) = &a.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        vmt::envelope::write_atomically(path, &json)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    eprintln!(
+        "unmounted: {} reads ({} waited), {} stalls totalling {:.2} s, downloaded {}, uploaded {}",
+        report.read_hits + report.read_misses,
+        report.read_misses,
+        report.stalls.count,
+        report.stalls.total_s,
+        indicatif::HumanBytes(report.downloaded),
+        indicatif::HumanBytes(report.uploaded)
+    );
     Ok(())
 }
 

@@ -28,7 +28,13 @@ pub struct Torrent {
     name: String,
     trackers: Vec<String>,
     identity: ImageId,
+    image_sha256: Option<[u8; 32]>,
 }
+
+/// Prefix of the `.torrent` comment in which vmt records the SHA-256 of the image content, so a
+/// client can refuse a profile bundle of another image before any piece arrives. The comment is
+/// outside the info dictionary: other clients ignore it and the info hash does not depend on it.
+const IMAGE_SHA256_COMMENT: &str = "vmt image sha256 ";
 
 impl Torrent {
     /// Parses a `.torrent`; `path` only names the source in errors.
@@ -79,8 +85,16 @@ impl Torrent {
             size: length,
             sha256: Sha256::digest(meta.info.raw_bytes.as_ref()).into(),
         };
+        let image_sha256 = meta
+            .comment
+            .as_ref()
+            .and_then(|c| std::str::from_utf8(c.as_ref()).ok())
+            .and_then(|c| c.strip_prefix(IMAGE_SHA256_COMMENT))
+            .and_then(|hex| ImageId::from_hex(length, hex))
+            .map(|id| id.sha256);
         let info_hash = meta.info_hash;
         Ok(Torrent {
+            image_sha256,
             info_hash,
             lengths,
             hashes,
@@ -139,6 +153,13 @@ impl Torrent {
         if pieces.len() == expected + 20 && pieces[expected..] == sha1(&[]) {
             info.pieces = librqbit::ByteBufOwned::from(&pieces[..expected]);
         }
+        // Record the image's content hash (cached per inode, so seeding again does not rehash).
+        let image_id = crate::image::IdCache::user()
+            .identify(image, |_| {})
+            .map_err(|e| err(format!("hashing the image: {e}")))?;
+        created.meta.comment = Some(librqbit::ByteBufOwned::from(
+            format!("{IMAGE_SHA256_COMMENT}{}", image_id.sha256_hex()).as_bytes(),
+        ));
         let bytes = created.as_bytes().map_err(|e| err(format!("{e:#}")))?;
         Torrent::from_bytes(bytes.to_vec(), &PathBuf::from("<created>"))
     }
@@ -196,6 +217,11 @@ impl Torrent {
     /// Announce URLs.
     pub fn trackers(&self) -> &[String] {
         &self.trackers
+    }
+
+    /// SHA-256 of the image content, when the torrent was made by vmt.
+    pub fn image_sha256(&self) -> Option<[u8; 32]> {
+        self.image_sha256
     }
 
     /// Identity used in vmt file headers for state tied to this torrent: size = image length,
