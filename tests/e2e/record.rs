@@ -9,33 +9,19 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use vmt::image::BlockGeometry;
 use vmt::trace::{Op, Trace, TraceKind};
-use vmt_tests::{bin, run_with_timeout, wait_until};
+use vmt_tests::{bin, content, make_ext4_with, run_with_timeout, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Deterministic incompressible file content.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
-
 /// An image with `files` (path, size), made by mkfs.ext4 -d.
 fn make_image(dir: &Path, files: &[(&str, usize)]) -> PathBuf {
-    let root = dir.join("root");
-    for (i, (rel, len)) in files.iter().enumerate() {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content(i as u64 + 1, *len)).unwrap();
-    }
+    let files: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (rel, len))| (rel.to_string(), content(i as u64 + 1, *len)))
+        .collect();
     let image = dir.join("app.img");
-    vmt::appliance::make_ext4(&root, &image, 64).expect("mkfs.ext4 -d");
+    make_ext4_with(dir, &image, &files, 64);
     image
 }
 

@@ -91,3 +91,37 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Deterministic incompressible bytes.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Writes `files` (path relative to the image root, content) under `dir/root` and packs them
+/// into `image` with `mkfs.ext4 -d` (`size_mib` MiB).
+pub fn make_ext4_with(dir: &Path, image: &Path, files: &[(String, Vec<u8>)], size_mib: u64) {
+    let root = dir.join("root");
+    for (rel, data) in files {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("files live in directories")).unwrap();
+        std::fs::write(&p, data).unwrap();
+    }
+    vmt::appliance::make_ext4(&root, image, size_mib).expect("mkfs.ext4 -d");
+}

@@ -408,7 +408,10 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
     } else {
         Strategy::Stream
     });
-    let data = a.data.clone().unwrap_or_else(|| with_suffix(&a.torrent, ".vmt-data"));
+    let data = a
+        .data
+        .clone()
+        .unwrap_or_else(|| with_suffix(&a.torrent, ".vmt-data"));
     let listener = match a.listen {
         Some(addr) => Some(Engine::bind(addr).await?),
         None => None,
@@ -449,13 +452,19 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         runtime.served_path().display()
     );
     if let Some(l) = status_listener {
-        let rt = runtime.clone();
-        tokio::spawn(vmt::runtime::serve_status(l, move || rt.status(), cancel.clone()));
+        // Weak: shutting down needs the runtime back from every holder.
+        let rt = std::sync::Arc::downgrade(&runtime);
+        tokio::spawn(vmt::runtime::serve_status(
+            l,
+            move || rt.upgrade().map(|r| r.status()),
+            cancel.clone(),
+        ));
     }
     let bars = indicatif::MultiProgress::new();
     let pieces = bars.add(ProgressBar::new(runtime.status().pieces_total as u64));
     pieces.set_style(
-        ProgressStyle::with_template("pieces {bar:30} {pos}/{len} | {msg}").expect("valid template"),
+        ProgressStyle::with_template("pieces {bar:30} {pos}/{len} | {msg}")
+            .expect("valid template"),
     );
     let belief = bars.add(ProgressBar::new_spinner());
     let reads = bars.add(ProgressBar::new_spinner());
@@ -487,13 +496,26 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         if plain && ticks % 25 == 0 {
             eprintln!(
                 "status: {}/{} pieces, {} | {} misses, stalls {:.2} s",
-                st.pieces_present, st.pieces_total, st.peer_status, st.read_misses, st.stalls.total_s
+                st.pieces_present,
+                st.pieces_total,
+                st.peer_status,
+                st.read_misses,
+                st.stalls.total_s
             );
         }
     }
     bars.clear().ok();
-    let runtime = std::sync::Arc::into_inner(runtime)
-        .context("status server still holds the runtime")?;
+    // A status request in progress may hold the runtime for a moment.
+    let mut runtime = runtime;
+    let runtime = loop {
+        match std::sync::Arc::try_unwrap(runtime) {
+            Ok(r) => break r,
+            Err(shared) => {
+                runtime = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     let report = runtime.shutdown().await?;
     if let Some(path) = &a.report {
         let json = serde_json::to_vec_pretty(&report)?;

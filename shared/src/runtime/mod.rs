@@ -178,10 +178,7 @@ impl Runtime {
         let (sched, names) = match params.strategy {
             Strategy::Profile | Strategy::Markov => {
                 let path = params.bundle.as_ref().ok_or_else(|| {
-                    RuntimeError::Config(format!(
-                        "strategy {} needs --bundle",
-                        params.strategy
-                    ))
+                    RuntimeError::Config(format!("strategy {} needs --bundle", params.strategy))
                 })?;
                 let bundle = Bundle::load(path)?;
                 check_bundle(&bundle, path, &torrent, &params.torrent)?;
@@ -408,10 +405,11 @@ impl Drop for Runtime {
     }
 }
 
-/// Serves [`Status`] as JSON to any HTTP request on `listener` until `cancel` fires.
+/// Serves [`Status`] as JSON to any HTTP request on `listener` until `cancel` fires; `status`
+/// returning `None` (the runtime is shutting down) answers 503.
 pub async fn serve_status(
     listener: TcpListener,
-    status: impl Fn() -> Status + Send + Sync + 'static,
+    status: impl Fn() -> Option<Status> + Send + Sync + 'static,
     cancel: CancellationToken,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -429,9 +427,15 @@ pub async fn serve_status(
             let mut buf = [0u8; 2048];
             // One request per connection; its content does not matter.
             let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
-            let body = serde_json::to_string_pretty(&status()).unwrap_or_default();
+            let (code, body) = match status() {
+                Some(st) => (
+                    "200 OK",
+                    serde_json::to_string_pretty(&st).unwrap_or_default(),
+                ),
+                None => ("503 Service Unavailable", "{}".to_string()),
+            };
             let head = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.0 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             let _ = sock.write_all(head.as_bytes()).await;

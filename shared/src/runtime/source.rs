@@ -47,7 +47,12 @@ impl SwarmSource {
     }
 
     /// Pieces the range needs from the swarm: those not wholly hidden by overlay blocks.
-    fn needed<'a>(&'a self, offset: u64, len: u64, overlay: &'a Overlay) -> impl Iterator<Item = u32> + 'a {
+    fn needed<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        overlay: &'a Overlay,
+    ) -> impl Iterator<Item = u32> + 'a {
         let end = (offset + len).min(self.image_bytes);
         let first = offset / self.piece_len;
         let last = end.saturating_sub(1) / self.piece_len;
@@ -142,10 +147,11 @@ impl PristineSource for SharedSource {
             reply,
             overlay: overlay.clone(),
         };
-        if let Some(p) = s
-            .parked
-            .park(s.needed(offset, len as u64, overlay), |p| s.present(p), pending)
-        {
+        if let Some(p) = s.parked.park(
+            s.needed(offset, len as u64, overlay),
+            |p| s.present(p),
+            pending,
+        ) {
             // Everything landed between the check and the park.
             s.serve(p);
             return;
