@@ -22,12 +22,14 @@
 //! - [`evaluate`]: strategies side by side on held-out traces; leave-one-run-out.
 //! - [`synth`]: synthetic but realistic images, task runs and sessions for tests and benches.
 //! - [`runtime`]: vmt-run's mount: the image served by FUSE while it streams from the swarm.
+//! - [`demo`]: the embedded demo that `vmt-run demo` runs, end to end in one process.
 //! - [`swarm`]: the BitTorrent engine: pieces fetched in the order the application asks
 //!   (demand, plan, rarest first), verified, stored, and seeded to other peers.
 #![deny(missing_docs)]
 
 pub mod appliance;
 pub mod cluster;
+pub mod demo;
 pub mod envelope;
 pub mod evaluate;
 pub mod fusefs;
