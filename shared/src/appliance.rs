@@ -13,13 +13,12 @@ use std::process::Command;
 #[derive(Debug, thiserror::Error)]
 pub enum ApplianceError {
     /// A file operation failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An external tool is missing or failed.
     #[error("{tool}: {message}")]
@@ -34,7 +33,7 @@ pub enum ApplianceError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ApplianceError + '_ {
     move |source| ApplianceError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     }
 }
 

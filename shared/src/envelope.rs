@@ -37,13 +37,12 @@ pub struct FileKind {
 #[non_exhaustive]
 pub enum FileError {
     /// The file system said no.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The file is shorter than its header or its declared body.
     #[error("{}: truncated {kind} file ({have} bytes, expected at least {need})", path.display())]
@@ -105,7 +104,7 @@ impl FileError {
     fn io(path: &Path, source: io::Error) -> FileError {
         FileError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 }

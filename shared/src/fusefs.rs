@@ -463,13 +463,12 @@ pub enum MountError {
     )]
     NoFuse,
     /// The kernel refused.
-    #[error("mounting at {}: {source}", path.display())]
+    #[error("mounting at {}: {error}", path.display())]
     Mount {
         /// The mountpoint.
         path: PathBuf,
         /// The error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -497,7 +496,7 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     let has_entries = std::fs::read_dir(path)
         .map_err(|source| MountError::Mount {
             path: path.to_owned(),
-            source,
+            error: source,
         })?
         .next()
         .is_some();
@@ -566,7 +565,7 @@ pub fn mount<FS: Filesystem>(
         .and_then(fuser::Session::spawn)
         .map_err(|source| MountError::Mount {
             path: mountpoint.to_owned(),
-            source,
+            error: source,
         })?;
     Ok(Mounted {
         session: Some(session),

@@ -44,13 +44,12 @@ struct MapBody {
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
     /// The data file could not be used.
-    #[error("overlay data {}: {source}", path.display())]
+    #[error("overlay data {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The bitmap is unreadable or belongs to another image.
     #[error(transparent)]
@@ -80,7 +79,7 @@ impl Overlay {
             .tempdir()
             .map_err(|source| OverlayError::Io {
                 path: std::env::temp_dir(),
-                source,
+                error: source,
             })?;
         let data_path = dir.path().join("overlay.img");
         let mut overlay = Overlay::with_files(image, data_path, None)?;
@@ -92,7 +91,7 @@ impl Overlay {
     pub fn open(dir: &Path, image: ImageId) -> Result<Overlay, OverlayError> {
         std::fs::create_dir_all(dir).map_err(|source| OverlayError::Io {
             path: dir.to_owned(),
-            source,
+            error: source,
         })?;
         let map_path = dir.join("overlay.map");
         let overlay = Overlay::with_files(image, dir.join("overlay.img"), Some(map_path.clone()))?;
@@ -124,7 +123,7 @@ impl Overlay {
     ) -> Result<Overlay, OverlayError> {
         let io_err = |source| OverlayError::Io {
             path: data_path.clone(),
-            source,
+            error: source,
         };
         let data = OpenOptions::new()
             .read(true)
@@ -257,7 +256,7 @@ impl Overlay {
         self.dirty.store(false, Ordering::Release);
         self.data.sync_data().map_err(|source| OverlayError::Io {
             path: self.data_path.clone(),
-            source,
+            error: source,
         })?;
         if let Some(map_path) = &self.map_path {
             let body = MapBody {

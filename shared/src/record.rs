@@ -39,22 +39,20 @@ pub enum RecordError {
         reason: &'static str,
     },
     /// The output directory or trace file could not be created.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Output {
         /// The path.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The image could not be opened.
-    #[error("image {}: {source}", path.display())]
+    #[error("image {}: {error}", path.display())]
     Image {
         /// The image.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Mounting failed.
     #[error(transparent)]
@@ -224,12 +222,15 @@ impl Recording {
         }
         let out_err = |path: &Path| {
             let path = path.to_owned();
-            move |source| RecordError::Output { path, source }
+            move |source| RecordError::Output {
+                path,
+                error: source,
+            }
         };
         std::fs::create_dir_all(&params.out_dir).map_err(out_err(&params.out_dir))?;
         let source = FileSource::open(&params.image).map_err(|source| RecordError::Image {
             path: params.image.clone(),
-            source,
+            error: source,
         })?;
         // Reserve the run number: create the file exclusively, retrying if another recorder
         // took the same number meanwhile.
@@ -267,7 +268,7 @@ impl Recording {
                     .tempdir()
                     .map_err(|source| RecordError::Output {
                         path: std::env::temp_dir(),
-                        source,
+                        error: source,
                     })?;
                 let path = dir.path().to_owned();
                 (Some(dir), path)

@@ -126,7 +126,8 @@ impl Storage {
                     }
                 }
             }
-            Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(FileError::Io { error: source, .. })
+                if source.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
         if existed {
