@@ -173,6 +173,10 @@ enum Cmd {
         /// Repetitions of each pass (the best is kept).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Compare this file (e.g. the image served by a vmt-run mount) with --image instead
+        /// of mounting a recorder; "warm" then means both files' pages are cached.
+        #[arg(long, value_name = "FILE", requires = "image")]
+        against: Option<PathBuf>,
     },
     /// Replay a trace's reads against a file and report completion and stall time.
     ///
@@ -275,7 +279,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             image,
             size,
             repeat,
-        } => bench(image, size, repeat),
+            against,
+        } => bench(image, size, repeat, against),
         Cmd::Replay {
             trace,
             file,
@@ -692,7 +697,12 @@ fn import(
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench(image: Option<PathBuf>, size_mib: u64, repeat: usize) -> Result<ExitCode> {
+fn bench(
+    image: Option<PathBuf>,
+    size_mib: u64,
+    repeat: usize,
+    against: Option<PathBuf>,
+) -> Result<ExitCode> {
     use vmt::throughput::{drop_cache, measure, Pattern};
     let tmp = tempfile::Builder::new().prefix("vmt-bench-").tempdir()?;
     let image = match image {
@@ -717,17 +727,24 @@ fn bench(image: Option<PathBuf>, size_mib: u64, repeat: usize) -> Result<ExitCod
         }
     };
     let image_id = ImageId::size_only(std::fs::metadata(&image)?.len());
-    let recording = Recording::start(RecordingParams {
-        image: image.clone(),
-        image_id,
-        out_dir: tmp.path().join("traces"),
-        label: "bench".into(),
-        kind: TraceKind::Task,
-        first_task: "bench".into(),
-        mountpoint: None,
-        threads: 4,
-    })?;
-    let served = recording.served_path().to_owned();
+    let recording = match &against {
+        Some(_) => None,
+        None => Some(Recording::start(RecordingParams {
+            image: image.clone(),
+            image_id,
+            out_dir: tmp.path().join("traces"),
+            label: "bench".into(),
+            kind: TraceKind::Task,
+            first_task: "bench".into(),
+            mountpoint: None,
+            threads: 4,
+        })?),
+    };
+    let served = match (&against, &recording) {
+        (Some(path), _) => path.clone(),
+        (None, Some(r)) => r.served_path().to_owned(),
+        (None, None) => unreachable!("a recording exists without --against"),
+    };
     let passes = [
         (
             "sequential 128 KiB",
@@ -744,7 +761,19 @@ fn bench(image: Option<PathBuf>, size_mib: u64, repeat: usize) -> Result<ExitCod
     ];
     println!(
         "{:<20} {:<5} {:>12} {:>12} {:>8}",
-        "pattern", "cache", "raw MiB/s", "fuse MiB/s", "fuse/raw"
+        "pattern",
+        "cache",
+        "raw MiB/s",
+        if against.is_some() {
+            "file MiB/s"
+        } else {
+            "fuse MiB/s"
+        },
+        if against.is_some() {
+            "file/raw"
+        } else {
+            "fuse/raw"
+        }
     );
     for (name, pattern) in passes {
         for cold in [false, true] {
@@ -753,8 +782,11 @@ fn bench(image: Option<PathBuf>, size_mib: u64, repeat: usize) -> Result<ExitCod
                 for (i, path) in [&image, &served].into_iter().enumerate() {
                     if cold {
                         drop_cache(&image)?;
+                        if against.is_some() {
+                            drop_cache(&served)?;
+                        }
                     } else {
-                        measure(&image, Pattern::Sequential { chunk: 1 << 20 })?;
+                        measure(path, Pattern::Sequential { chunk: 1 << 20 })?;
                     }
                     let pass = measure(path, pattern)?;
                     best[i] = best[i].max(pass.mib_per_s());
@@ -770,9 +802,11 @@ fn bench(image: Option<PathBuf>, size_mib: u64, repeat: usize) -> Result<ExitCod
             );
         }
     }
-    let accesses = recording.accesses();
-    recording.finish()?;
-    println!("({accesses} accesses recorded through the mount)");
+    if let Some(recording) = recording {
+        let accesses = recording.accesses();
+        recording.finish()?;
+        println!("({accesses} accesses recorded through the mount)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
