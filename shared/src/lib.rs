@@ -25,6 +25,39 @@
 //! - [`demo`]: the embedded demo that `vmt-run demo` runs, end to end in one process.
 //! - [`swarm`]: the BitTorrent engine: pieces fetched in the order the application asks
 //!   (demand, plan, rarest first), verified, stored, and seeded to other peers.
+//!
+//! # Example
+//!
+//! A trace as `vmt-record` writes it, saved, loaded back and summarised per 4 KiB block:
+//!
+//! ```
+//! use vmt::image::{BlockGeometry, ImageId};
+//! use vmt::trace::{Op, Record, Trace, TraceKind};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let image = ImageId::size_only(1 << 20);
+//! let trace = Trace {
+//!     image,
+//!     kind: TraceKind::Task,
+//!     label: "boot".into(),
+//!     run: 1,
+//!     start_unix_us: 0,
+//!     recorder: "example".into(),
+//!     tasks: vec!["boot".into()],
+//!     records: vec![
+//!         Record { t_us: 0, op: Op::Read, offset: 0, len: 8192, task: 0 },
+//!         Record { t_us: 900, op: Op::Read, offset: 4096, len: 4096, task: 0 },
+//!     ],
+//! };
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("boot-1.vmtrace");
+//! trace.save(&path)?;
+//! let loaded = Trace::load_for(&path, &image)?;
+//! let summary = loaded.summary(&BlockGeometry::new(image.size, 4096)?);
+//! assert_eq!((summary.reads, summary.distinct_blocks), (2, 2));
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub mod appliance;
