@@ -13,17 +13,17 @@ use std::time::Duration;
 use rand::{RngCore, SeedableRng};
 use vmt_shared::swarm::{Engine, EngineConfig, Storage, Torrent};
 
-const MIB: usize = 1 << 20;
-const PIECE: u32 = 256 * 1024;
+pub(crate) const MIB: usize = 1 << 20;
+pub(crate) const PIECE: u32 = 256 * 1024;
 
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut data = vec![0u8; len];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
     data
 }
 
 /// Writes a random image and its torrent into `dir`.
-async fn image(dir: &Path, len: usize, seed: u64) -> (PathBuf, Vec<u8>, Torrent) {
+pub(crate) async fn image(dir: &Path, len: usize, seed: u64) -> (PathBuf, Vec<u8>, Torrent) {
     let data = random_bytes(len, seed);
     let path = dir.join("image.img");
     std::fs::write(&path, &data).unwrap();
@@ -31,38 +31,43 @@ async fn image(dir: &Path, len: usize, seed: u64) -> (PathBuf, Vec<u8>, Torrent)
     (path, data, torrent)
 }
 
-async fn within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(limit, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
 }
 
-async fn seeder(torrent: &Torrent, img: &Path, config: EngineConfig) -> Engine {
+pub(crate) async fn seeder(torrent: &Torrent, img: &Path, config: EngineConfig) -> Engine {
     let storage = Storage::open_seed(img, torrent, false).unwrap();
     let listener = Engine::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     Engine::start(torrent.clone(), storage, Some(listener), config)
 }
 
 /// A client writing to `dir/<name>.img`, listening on its own port.
-async fn client(torrent: &Torrent, dir: &Path, name: &str, config: EngineConfig) -> Engine {
+pub(crate) async fn client(
+    torrent: &Torrent,
+    dir: &Path,
+    name: &str,
+    config: EngineConfig,
+) -> Engine {
     let (out, bits) = paths(dir, name);
     let (storage, _) = Storage::open_download(&out, torrent, &bits).unwrap();
     let listener = Engine::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     Engine::start(torrent.clone(), storage, Some(listener), config)
 }
 
-fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (
         dir.join(format!("{name}.img")),
         dir.join(format!("{name}.vmtbits")),
     )
 }
 
-fn peers(addrs: &[Option<SocketAddr>]) -> Vec<SocketAddr> {
+pub(crate) fn peers(addrs: &[Option<SocketAddr>]) -> Vec<SocketAddr> {
     addrs.iter().map(|a| a.unwrap()).collect()
 }
 
-async fn shutdown_all(engines: &[&Engine]) {
+pub(crate) async fn shutdown_all(engines: &[&Engine]) {
     for e in engines {
         e.shutdown().await.unwrap();
         assert_eq!(e.running_tasks(), 0, "no engine task outlives shutdown");
@@ -452,7 +457,7 @@ async fn restart_resumes_without_refetching() {
 
 // ---- the real binaries ----
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -460,7 +465,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -469,7 +474,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn vmt_run() -> Command {
+pub(crate) fn vmt_run() -> Command {
     Command::new(vmt_tests::bin("vmt-run"))
 }
 
@@ -653,116 +658,6 @@ fn cli_bad_input_is_a_clear_error() {
     }
 }
 
-// ---- interoperability with a stock librqbit Session ----
-
-async fn librqbit_session(dir: &Path, listen: bool) -> Arc<librqbit::Session> {
-    use librqbit::{ListenerMode, ListenerOptions, SessionOptions};
-    librqbit::Session::new_with_opts(
-        dir.to_owned(),
-        SessionOptions {
-            dht: None,
-            persistence: None,
-            fastresume: false,
-            disable_local_service_discovery: true,
-            listen: listen.then(|| ListenerOptions {
-                mode: ListenerMode::TcpOnly,
-                listen_addr: "127.0.0.1:0".parse().unwrap(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
-/// The vmt seeder serves a stock librqbit leecher.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn librqbit_leecher_downloads_from_vmt_seeder() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 16 * MIB, 7).await;
-    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
-    let out = dir.path().join("rqbit");
-    let session = librqbit_session(&out, false).await;
-    let handle = session
-        .add_torrent(
-            librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
-            Some(librqbit::AddTorrentOptions {
-                initial_peers: Some(vec![seed.listen_addr().unwrap()]),
-                output_folder: Some(out.to_str().unwrap().to_owned()),
-                disable_trackers: true,
-                overwrite: true,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap()
-        .into_handle()
-        .unwrap();
-    within(
-        "librqbit download",
-        Duration::from_secs(60),
-        handle.wait_until_completed(),
-    )
-    .await
-    .unwrap();
-    session.stop().await;
-    assert!(std::fs::read(out.join(torrent.name())).unwrap() == data);
-    assert!(seed.stats().uploaded >= data.len() as u64);
-    shutdown_all(&[&seed]).await;
-}
-
-/// A vmt client downloads from a stock librqbit seeder.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vmt_client_downloads_from_librqbit_seeder() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_img, data, torrent) = image(dir.path(), 16 * MIB, 8).await;
-    // librqbit finds the image (named as in the torrent) in its output folder and seeds it.
-    let session = librqbit_session(dir.path(), true).await;
-    let handle = session
-        .add_torrent(
-            librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
-            Some(librqbit::AddTorrentOptions {
-                output_folder: Some(dir.path().to_str().unwrap().to_owned()),
-                disable_trackers: true,
-                overwrite: true,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap()
-        .into_handle()
-        .unwrap();
-    within(
-        "librqbit checks the image",
-        Duration::from_secs(60),
-        handle.wait_until_completed(),
-    )
-    .await
-    .unwrap();
-    let rqbit_addr = session.listen_addr().unwrap();
-    let c = client(
-        &torrent,
-        dir.path(),
-        "c",
-        EngineConfig {
-            peers: vec![rqbit_addr],
-            ..Default::default()
-        },
-    )
-    .await;
-    within(
-        "vmt download from librqbit",
-        Duration::from_secs(60),
-        c.wait_complete(),
-    )
-    .await
-    .unwrap();
-    c.shutdown().await.unwrap();
-    session.stop().await;
-    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
-}
-
 // ---- tracker announces ----
 
 /// A minimal HTTP tracker: remembers every announced port and answers with all of them as
@@ -909,4 +804,78 @@ fn cli_unreachable_peer_is_reported_and_sigterm_stops() {
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(!status.success(), "an interrupted fetch must not exit 0");
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+}
+
+/// Regression (found with Transmission 3.00, which pipelines ~700 requests on loopback): the
+/// seeder used to drop requests beyond 512 queued, and the leecher stalled at 81.6 % waiting
+/// for them. Every request of a deep pipeline must be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_request_pipelines_are_all_served() {
+    use peer_binary_protocol::extended::PeerExtendedMessageIds;
+    use peer_binary_protocol::{Handshake, Message, MessageDeserializeError, Request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (img, data, torrent) = image(dir.path(), 16 * MIB, 30).await;
+    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
+    let mut s = tokio::net::TcpStream::connect(seed.listen_addr().unwrap())
+        .await
+        .unwrap();
+    let ext = || PeerExtendedMessageIds {
+        ut_metadata: None,
+        ut_pex: None,
+    };
+    let mut out = vec![0u8; 1 << 20];
+    let id = librqbit_core::hash_id::Id20::new(*b"-DEEP00-abcdefghijkl");
+    let k = Handshake::new(torrent.info_hash(), id).serialize_unchecked_len(&mut out);
+    s.write_all(&out[..k]).await.unwrap();
+    let mut hs = [0u8; 68];
+    s.read_exact(&mut hs).await.unwrap();
+    let k = Message::Interested.serialize(&mut out, &ext).unwrap();
+    s.write_all(&out[..k]).await.unwrap();
+    let blocks = (16 * MIB / 16384) as u32; // 1024 requests in one burst
+    let mut buf = vec![0u8; 4 << 20];
+    let (mut start, mut end) = (0, 0);
+    let mut got = 0u32;
+    let mut sent = false;
+    while got < blocks {
+        let n = within("pieces", Duration::from_secs(30), s.read(&mut buf[end..]))
+            .await
+            .unwrap();
+        assert!(n > 0, "seeder closed after {got} blocks");
+        end += n;
+        loop {
+            match Message::deserialize(&buf[start..end], &[]) {
+                Ok((msg, used)) => {
+                    match msg {
+                        Message::Unchoke if !sent => {
+                            let mut k = 0;
+                            for b in 0..blocks {
+                                let r = Request::new(b / 16, (b % 16) * 16384, 16384);
+                                k += Message::Request(r).serialize(&mut out[k..], &ext).unwrap();
+                            }
+                            s.write_all(&out[..k]).await.unwrap();
+                            sent = true;
+                        }
+                        Message::Piece(p) => {
+                            let (b0, b1) = p.data();
+                            let at = p.index as usize * PIECE as usize + p.begin as usize;
+                            assert!(b0 == &data[at..at + b0.len()]);
+                            assert!(b1 == &data[at + b0.len()..at + b0.len() + b1.len()]);
+                            got += 1;
+                        }
+                        _ => {}
+                    }
+                    start += used;
+                }
+                Err(MessageDeserializeError::NotEnoughData(..)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        buf.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
+    }
+    assert_eq!(got, blocks);
+    shutdown_all(&[&seed]).await;
 }

@@ -60,6 +60,10 @@ struct SeedArgs {
     /// Peers uploaded to at once (rotating among interested peers).
     #[arg(long, value_name = "N", default_value_t = 4)]
     upload_slots: usize,
+    /// Also dial this peer (repeatable): for leechers that cannot dial us, e.g. Transmission,
+    /// which never dials 127.0.0.0/8 addresses.
+    #[arg(long, value_name = "ADDR")]
+    peer: Vec<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -207,6 +211,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         .await
         .context("verifying the image")??;
     let config = EngineConfig {
+        peers: a.peer.clone(),
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
         ..Default::default()

@@ -114,12 +114,11 @@ pub(crate) struct PeerLink {
 }
 
 impl PeerLink {
-    pub fn push(&self, out: Out) {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(out);
+    /// Queues `out` for the writer; false if the upload queue is full (see `Outbox::push`).
+    pub fn push(&self, out: Out) -> bool {
+        let queued = lock(&self.outbox).push(out);
         self.wake_writer.notify_one();
+        queued
     }
 }
 
