@@ -879,3 +879,45 @@ async fn deep_request_pipelines_are_all_served() {
     assert_eq!(got, blocks);
     shutdown_all(&[&seed]).await;
 }
+
+/// Dropping every handle without `shutdown` still stops the engine: its listener closes and
+/// the bitmap is recorded one last time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_engine_stops_and_records_its_bitmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, _data, torrent) = image(dir.path(), 4 * MIB, 31).await;
+    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
+    let c = client(
+        &torrent,
+        dir.path(),
+        "c",
+        EngineConfig {
+            peers: peers(&[seed.listen_addr()]),
+            // Only the final flush can record the pieces.
+            flush_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await;
+    within("download", Duration::from_secs(60), c.wait_complete())
+        .await
+        .unwrap();
+    let addr = c.listen_addr().unwrap();
+    drop(c);
+    within("the listener closes", Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (out, bits) = paths(dir.path(), "c");
+    within("the final flush", Duration::from_secs(10), async {
+        while !bits.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (_, resume) = Storage::open_download(&out, &torrent, &bits).unwrap();
+    assert_eq!(resume.recorded, torrent.piece_count());
+    shutdown_all(&[&seed]).await;
+}

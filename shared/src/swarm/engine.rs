@@ -322,10 +322,14 @@ impl Shared {
     }
 }
 
-/// A running swarm engine for one torrent. Clones share the engine.
+/// A running swarm engine for one torrent. Clones share the engine; when the last clone is
+/// dropped without [`Engine::shutdown`], its tasks are cancelled (and the flusher records the
+/// bitmap one last time), so a forgotten engine does not run on.
 #[derive(Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
+    /// Cancels the tasks when the last handle goes: tasks hold `Shared`, not this guard.
+    _stop_on_drop: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl Engine {
@@ -406,7 +410,11 @@ impl Engine {
         if s.config.use_trackers && !s.torrent.trackers().is_empty() {
             tracker::start(s.clone());
         }
-        Engine { shared }
+        let guard = shared.cancel.clone().drop_guard();
+        Engine {
+            shared,
+            _stop_on_drop: Arc::new(guard),
+        }
     }
 
     /// Also dials `addr` (no effect if already dialed).
@@ -714,15 +722,18 @@ async fn flush_loop(s: Arc<Shared>) -> Result<()> {
     let mut tick = tokio::time::interval(s.config.flush_interval.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = s.cancel.cancelled() => return Ok(()),
-        }
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = s.cancel.cancelled() => true,
+        };
         let shared = s.clone();
         // fdatasync blocks: keep it off the runtime's worker threads.
         let r = tokio::task::spawn_blocking(move || shared.storage.flush()).await;
         if let Ok(Err(e)) = r {
             tracing::error!("{e:#}");
+        }
+        if stopping {
+            return Ok(());
         }
     }
 }
