@@ -200,19 +200,13 @@ async fn demand_overtakes_plan() {
         },
     )
     .await;
-    let c = client(
-        &torrent,
-        dir.path(),
-        "c",
-        EngineConfig {
-            peers: peers(&[seed.listen_addr()]),
-            ..Default::default()
-        },
-    )
-    .await;
+    // Plan and subscription are in place before the first peer is dialed, so every piece is
+    // fetched by the plan and seen arriving.
+    let c = client(&torrent, dir.path(), "c", EngineConfig::default()).await;
     let plan: Vec<u32> = (0..n).collect();
     c.set_plan(&plan);
     let mut events = c.subscribe();
+    c.add_peer(seed.listen_addr().unwrap());
     let mut order = Vec::new();
     // Wait for a few plan pieces, then demand the plan's last piece.
     while order.len() < 4 {
@@ -246,7 +240,13 @@ async fn demand_overtakes_plan() {
         arrived <= at_demand + 3,
         "demanded piece arrived {arrived}th, demand made after {at_demand} pieces: {order:?}"
     );
-    // The rest of the plan kept its order.
+    // Before the demand the plan was followed from its start.
+    assert!(
+        order[..at_demand.min(order.len())].iter().all(|&p| p < 8),
+        "plan not followed: {order:?}"
+    );
+    // The rest of the plan kept its order, except pieces cancelled for the demand and
+    // re-requested after it.
     let rest: Vec<u32> = order.iter().copied().filter(|&p| p != n - 1).collect();
     assert!(
         rest.windows(2).filter(|w| w[0] > w[1]).count() <= 2,
@@ -347,18 +347,12 @@ async fn corrupt_peer_is_detected_and_banned() {
     )
     .await;
     let (evil, evil_task) = malicious_peer(&torrent).await;
-    let c = client(
-        &torrent,
-        dir.path(),
-        "c",
-        EngineConfig {
-            peers: vec![evil, seed.listen_addr().unwrap()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let c = client(&torrent, dir.path(), "c", EngineConfig::default()).await;
     // Watch every verified piece as it lands: its bytes on disk must already be the right ones.
+    // Subscribed before any peer is dialed, so no piece goes unseen.
     let mut events = c.subscribe();
+    c.add_peer(evil);
+    c.add_peer(seed.listen_addr().unwrap());
     let mut checked = 0;
     let mut buf = vec![0u8; PIECE as usize];
     while checked < torrent.piece_count() {

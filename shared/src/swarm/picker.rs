@@ -70,7 +70,7 @@ pub struct Pick {
 }
 
 /// Counts of pieces per state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PieceCounts {
     /// Verified pieces.
     pub have: u32,
