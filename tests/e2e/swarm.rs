@@ -276,7 +276,7 @@ async fn malicious_peer(torrent: &Torrent) -> (SocketAddr, tokio::task::JoinHand
         };
         // Serve connections until the victim bans us (it then stops dialing).
         while let Ok(Ok((mut s, _))) =
-            tokio::time::timeout(Duration::from_secs(20), listener.accept()).await
+            tokio::time::timeout(Duration::from_secs(5), listener.accept()).await
         {
             let mut hs = [0u8; 68];
             let id = librqbit_core::hash_id::Id20::new(*b"-EVIL00-abcdefghijkl");
