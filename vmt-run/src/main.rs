@@ -186,14 +186,16 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     if !a.image.is_file() {
         bail!("{}: no such image file", a.image.display());
     }
+    // Bind first: a busy port fails at once, before minutes of hashing.
+    let listener = Engine::bind(a.listen).await?;
     let (torrent, verify) = match &a.torrent {
         Some(t) => (Torrent::load(t)?, true),
         None => {
             let piece = u32::try_from(a.piece_size).unwrap_or(u32::MAX);
             eprintln!(
-                "hashing {} into {} KiB pieces...",
+                "hashing {} into {} pieces...",
                 a.image.display(),
-                piece / 1024
+                indicatif::HumanBytes(piece as u64)
             );
             let t = Torrent::create(&a.image, piece, a.tracker.clone()).await?;
             let out = a
@@ -205,7 +207,6 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
             (t, false)
         }
     };
-    let listener = Engine::bind(a.listen).await?;
     let (t2, img) = (torrent.clone(), a.image.clone());
     let storage = tokio::task::spawn_blocking(move || Storage::open_seed(&img, &t2, verify))
         .await
