@@ -917,3 +917,59 @@ async fn dropped_engine_stops_and_records_its_bitmap() {
     assert_eq!(resume.recorded, torrent.piece_count());
     shutdown_all(&[&seed]).await;
 }
+
+/// `max_peers` bounds connections; a refused client keeps redialing and gets its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_peers_is_enforced_and_refused_clients_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, data, torrent) = image(dir.path(), 4 * MIB, 32).await;
+    let seed = seeder(
+        &torrent,
+        &img,
+        EngineConfig {
+            max_peers: 1,
+            upload_limit: Some(2 * MIB as u64),
+            ..Default::default()
+        },
+    )
+    .await;
+    let config = EngineConfig {
+        peers: peers(&[seed.listen_addr()]),
+        upload: false,
+        max_redial_backoff: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let a = client(&torrent, dir.path(), "a", config.clone()).await;
+    within("a connects", Duration::from_secs(30), async {
+        while seed.stats().connected == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let b = client(&torrent, dir.path(), "b", config).await;
+    // While a downloads, b is refused every time it dials.
+    within("a completes", Duration::from_secs(60), async {
+        while !a.is_complete() {
+            assert!(
+                seed.stats().connected <= 1,
+                "more than max_peers connections"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(b.stats().pieces.have, 0);
+    a.shutdown().await.unwrap();
+    within(
+        "b gets its turn",
+        Duration::from_secs(60),
+        b.wait_complete(),
+    )
+    .await
+    .unwrap();
+    b.shutdown().await.unwrap();
+    for name in ["a", "b"] {
+        assert!(std::fs::read(paths(dir.path(), name).0).unwrap() == data);
+    }
+    shutdown_all(&[&seed]).await;
+}

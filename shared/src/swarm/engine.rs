@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub use_trackers: bool,
     /// Seed of the picker's tie-breaks; `None` draws one at random.
     pub seed: Option<u64>,
+    /// Most connections at once; further incoming ones are refused (dialed addresses keep
+    /// retrying). 0 means no limit.
+    pub max_peers: usize,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +89,8 @@ impl Default for EngineConfig {
             fetch_all: true,
             use_trackers: true,
             seed: None,
+            // Far above what one appliance swarm needs; bounds memory (about 1 MiB per peer).
+            max_peers: 128,
         }
     }
 }
@@ -136,6 +141,7 @@ pub(crate) struct PeerTable {
 pub(crate) enum Refused {
     Duplicate,
     Banned,
+    Full,
 }
 
 /// Everything the engine's tasks share.
@@ -195,6 +201,10 @@ impl Shared {
         let mut t = self.peers();
         if t.banned.contains(&peer_id) {
             return Err(Refused::Banned);
+        }
+        let max = self.config.max_peers;
+        if max > 0 && t.live.len() >= max && !t.live.iter().any(|p| p.peer_id == peer_id) {
+            return Err(Refused::Full);
         }
         let initiator = if outbound { self.peer_id } else { peer_id };
         // Two connections to one peer (both sides dialed): both sides keep the one dialed by
@@ -595,6 +605,11 @@ async fn accept_loop(s: Arc<Shared>, listener: TcpListener) -> std::io::Result<(
             },
             _ = s.cancel.cancelled() => return Ok(()),
         };
+        let max = s.config.max_peers;
+        if max > 0 && s.peers().live.len() >= max {
+            tracing::debug!(%addr, "refusing a connection: {max} peers already");
+            continue;
+        }
         spawn(
             &s.tasks,
             "peer-in",

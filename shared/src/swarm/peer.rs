@@ -82,6 +82,9 @@ pub enum PeerError {
     /// Silence or unanswered requests.
     #[error("{0}")]
     Timeout(&'static str),
+    /// The engine has `max_peers` connections already.
+    #[error("too many peers connected")]
+    TooManyPeers,
     /// Local storage failed.
     #[error("storage: {0}")]
     Storage(std::io::Error),
@@ -206,6 +209,7 @@ pub(crate) async fn run(
         Ok(c) => c,
         Err(Refused::Banned) => return Err(PeerError::Banned),
         Err(Refused::Duplicate) => return Err(PeerError::Duplicate(theirs.peer_id)),
+        Err(Refused::Full) => return Err(PeerError::TooManyPeers),
     };
     tracing::debug!(peer = %theirs.peer_id.as_string(), "connected");
     let (mut rd, mut wr) = stream.into_split();
