@@ -3,4 +3,5 @@
 mod record;
 mod run;
 mod swarm;
+mod swarm_interop;
 mod train;

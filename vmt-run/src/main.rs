@@ -128,6 +128,10 @@ struct SeedArgs {
     /// Peers uploaded to at once (rotating among interested peers).
     #[arg(long, value_name = "N", default_value_t = 4)]
     upload_slots: usize,
+    /// Also dial this peer (repeatable): for leechers that cannot dial us, e.g. Transmission,
+    /// which never dials 127.0.0.0/8 addresses.
+    #[arg(long, value_name = "ADDR")]
+    peer: Vec<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -252,14 +256,16 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     if !a.image.is_file() {
         bail!("{}: no such image file", a.image.display());
     }
+    // Bind first: a busy port fails at once, before minutes of hashing.
+    let listener = Engine::bind(a.listen).await?;
     let (torrent, verify) = match &a.torrent {
         Some(t) => (Torrent::load(t)?, true),
         None => {
             let piece = u32::try_from(a.piece_size).unwrap_or(u32::MAX);
             eprintln!(
-                "hashing {} into {} KiB pieces...",
+                "hashing {} into {} pieces...",
                 a.image.display(),
-                piece / 1024
+                indicatif::HumanBytes(piece as u64)
             );
             let t = Torrent::create(&a.image, piece, a.tracker.clone()).await?;
             let out = a
@@ -271,12 +277,12 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
             (t, false)
         }
     };
-    let listener = Engine::bind(a.listen).await?;
     let (t2, img) = (torrent.clone(), a.image.clone());
     let storage = tokio::task::spawn_blocking(move || Storage::open_seed(&img, &t2, verify))
         .await
         .context("verifying the image")??;
     let config = EngineConfig {
+        peers: a.peer.clone(),
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
         ..Default::default()

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub use_trackers: bool,
     /// Seed of the picker's tie-breaks; `None` draws one at random.
     pub seed: Option<u64>,
+    /// Most connections at once; further incoming ones are refused (dialed addresses keep
+    /// retrying). 0 means no limit.
+    pub max_peers: usize,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +89,8 @@ impl Default for EngineConfig {
             fetch_all: true,
             use_trackers: true,
             seed: None,
+            // Far above what one appliance swarm needs; bounds memory (about 1 MiB per peer).
+            max_peers: 128,
         }
     }
 }
@@ -114,12 +119,11 @@ pub(crate) struct PeerLink {
 }
 
 impl PeerLink {
-    pub fn push(&self, out: Out) {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(out);
+    /// Queues `out` for the writer; false if the upload queue is full (see `Outbox::push`).
+    pub fn push(&self, out: Out) -> bool {
+        let queued = lock(&self.outbox).push(out);
         self.wake_writer.notify_one();
+        queued
     }
 }
 
@@ -137,6 +141,7 @@ pub(crate) struct PeerTable {
 pub(crate) enum Refused {
     Duplicate,
     Banned,
+    Full,
 }
 
 /// Everything the engine's tasks share.
@@ -196,6 +201,10 @@ impl Shared {
         let mut t = self.peers();
         if t.banned.contains(&peer_id) {
             return Err(Refused::Banned);
+        }
+        let max = self.config.max_peers;
+        if max > 0 && t.live.len() >= max && !t.live.iter().any(|p| p.peer_id == peer_id) {
+            return Err(Refused::Full);
         }
         let initiator = if outbound { self.peer_id } else { peer_id };
         // Two connections to one peer (both sides dialed): both sides keep the one dialed by
@@ -323,10 +332,14 @@ impl Shared {
     }
 }
 
-/// A running swarm engine for one torrent. Clones share the engine.
+/// A running swarm engine for one torrent. Clones share the engine; when the last clone is
+/// dropped without [`Engine::shutdown`], its tasks are cancelled (and the flusher records the
+/// bitmap one last time), so a forgotten engine does not run on.
 #[derive(Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
+    /// Cancels the tasks when the last handle goes: tasks hold `Shared`, not this guard.
+    _stop_on_drop: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl Engine {
@@ -407,7 +420,11 @@ impl Engine {
         if s.config.use_trackers && !s.torrent.trackers().is_empty() {
             tracker::start(s.clone());
         }
-        Engine { shared }
+        let guard = shared.cancel.clone().drop_guard();
+        Engine {
+            shared,
+            _stop_on_drop: Arc::new(guard),
+        }
     }
 
     /// Also dials `addr` (no effect if already dialed).
@@ -588,6 +605,11 @@ async fn accept_loop(s: Arc<Shared>, listener: TcpListener) -> std::io::Result<(
             },
             _ = s.cancel.cancelled() => return Ok(()),
         };
+        let max = s.config.max_peers;
+        if max > 0 && s.peers().live.len() >= max {
+            tracing::debug!(%addr, "refusing a connection: {max} peers already");
+            continue;
+        }
         spawn(
             &s.tasks,
             "peer-in",
@@ -715,15 +737,18 @@ async fn flush_loop(s: Arc<Shared>) -> Result<()> {
     let mut tick = tokio::time::interval(s.config.flush_interval.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = s.cancel.cancelled() => return Ok(()),
-        }
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = s.cancel.cancelled() => true,
+        };
         let shared = s.clone();
         // fdatasync blocks: keep it off the runtime's worker threads.
         let r = tokio::task::spawn_blocking(move || shared.storage.flush()).await;
         if let Ok(Err(e)) = r {
             tracing::error!("{e:#}");
+        }
+        if stopping {
+            return Ok(());
         }
     }
 }

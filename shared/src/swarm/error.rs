@@ -1,4 +1,7 @@
 //! Errors of the swarm engine: one enum, each variant naming the file, address or peer involved.
+//!
+//! An OS error is the variant's `source`, not part of its message, so printing the chain with
+//! `{:#}` (as the binaries do) shows it once: "cannot listen on 127.0.0.1:6881: Address in use".
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +15,7 @@ use crate::envelope::FileError;
 #[non_exhaustive]
 pub enum SwarmError {
     /// A `.torrent` file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     TorrentIo {
         /// The file.
         path: PathBuf,
@@ -37,7 +40,7 @@ pub enum SwarmError {
         reason: String,
     },
     /// The local image file could not be opened, read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Storage {
         /// The image file.
         path: PathBuf,
@@ -64,7 +67,7 @@ pub enum SwarmError {
         piece: u32,
     },
     /// The persisted piece bitmap is unusable.
-    #[error("piece bitmap: {0:#}")]
+    #[error(transparent)]
     Bitmap(#[from] FileError),
     /// The persisted piece bitmap is for another piece geometry.
     #[error("{}: piece bitmap has {found} pieces, the torrent {expected}", path.display())]
@@ -77,7 +80,7 @@ pub enum SwarmError {
         found: u32,
     },
     /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -40,9 +40,10 @@ use super::torrent::sha1;
 
 /// Corrupt pieces tolerated from one peer before it is banned.
 pub const MAX_STRIKES: u32 = 2;
-/// Upload requests queued per peer; more are dropped (the peer re-requests). 512 x 16 KiB =
-/// 8 MiB, beyond what any client pipelines.
-pub const MAX_UPLOAD_QUEUE: usize = 512;
+/// Upload requests queued per peer. Transmission pipelines ~700 on a fast link; a peer that
+/// queues more than this is dropped (it reconnects and re-requests), because silently ignoring
+/// a request would stall it: without the fast extension there is no "reject".
+pub const MAX_UPLOAD_QUEUE: usize = 4096;
 /// Largest block served: BEP 3 clients ask 16 KiB; some ask up to 128 KiB.
 const MAX_BLOCK: u32 = 128 * 1024;
 /// Drop a connection silent for this long (keep-alives come every 2 minutes at most).
@@ -81,6 +82,9 @@ pub enum PeerError {
     /// Silence or unanswered requests.
     #[error("{0}")]
     Timeout(&'static str),
+    /// The engine has `max_peers` connections already.
+    #[error("too many peers connected")]
+    TooManyPeers,
     /// Local storage failed.
     #[error("storage: {0}")]
     Storage(std::io::Error),
@@ -121,14 +125,16 @@ impl Outbox {
         }
     }
 
-    pub fn push(&mut self, out: Out) {
+    /// Queues `out`; false (and nothing queued) if it is an upload beyond [`MAX_UPLOAD_QUEUE`].
+    pub fn push(&mut self, out: Out) -> bool {
         if let Out::Piece(_) = out {
             if self.uploads >= MAX_UPLOAD_QUEUE {
-                return;
+                return false;
             }
             self.uploads += 1;
         }
         self.queue.push_back(out);
+        true
     }
 
     fn pop(&mut self) -> Option<Out> {
@@ -203,6 +209,7 @@ pub(crate) async fn run(
         Ok(c) => c,
         Err(Refused::Banned) => return Err(PeerError::Banned),
         Err(Refused::Duplicate) => return Err(PeerError::Duplicate(theirs.peer_id)),
+        Err(Refused::Full) => return Err(PeerError::TooManyPeers),
     };
     tracing::debug!(peer = %theirs.peer_id.as_string(), "connected");
     let (mut rd, mut wr) = stream.into_split();
@@ -386,7 +393,7 @@ impl Download {
                     }
                 }
             }
-            Message::Request(r) => self.on_request(r),
+            Message::Request(r) => self.on_request(r)?,
             Message::Cancel(r) => {
                 lock(&self.link.outbox).cancel_upload(&r);
             }
@@ -395,21 +402,24 @@ impl Download {
         Ok(())
     }
 
-    fn on_request(&mut self, r: Request) {
+    fn on_request(&mut self, r: Request) -> Result<(), PeerError> {
         if self.link.am_choking.load(Ordering::Relaxed) {
-            return;
+            return Ok(());
         }
         let lengths = self.s.torrent.lengths();
         let Some(piece) = lengths.validate_piece_index(r.index) else {
-            return;
+            return Ok(());
         };
         let ok = r.length > 0
             && r.length <= MAX_BLOCK
             && r.begin as u64 + r.length as u64 <= lengths.piece_length(piece) as u64
             && self.s.storage.has_piece(r.index);
-        if ok {
-            self.link.push(Out::Piece(r));
+        if ok && !self.link.push(Out::Piece(r)) {
+            return Err(PeerError::Protocol(format!(
+                "more than {MAX_UPLOAD_QUEUE} requests queued"
+            )));
         }
+        Ok(())
     }
 
     fn on_block(&mut self, p: Piece<librqbit::ByteBuf<'_>>) -> Result<(), PeerError> {

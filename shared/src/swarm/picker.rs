@@ -24,8 +24,9 @@
 //!    started together do not all fetch the same piece.
 //! 4. Endgame: when nothing is queued, duplicate an in-flight piece with the fewest copies.
 //!
-//! Picks allocate nothing; [`PiecePicker::set_plan`] reuses its buffers, so it can be called on
-//! every read the application sees.
+//! Picks, releases and completions allocate nothing; [`PiecePicker::set_plan`] and
+//! [`PiecePicker::demand`] reuse their buffers (allocating only to grow them), so the plan can
+//! be replaced on every read the application sees. A unit test counts allocations to hold this.
 
 /// Most peers that may fetch a demanded piece at once.
 pub const MAX_URGENT_COPIES: u8 = 2;
@@ -70,7 +71,7 @@ pub struct Pick {
 }
 
 /// Counts of pieces per state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PieceCounts {
     /// Verified pieces.
     pub have: u32,
@@ -515,6 +516,58 @@ mod tests {
         p.demand(1);
         assert_eq!(p.pick(all, none, false).unwrap().piece, 1);
         p.check_invariant();
+    }
+
+    /// Counts allocations per thread, so a test can assert a call allocates nothing while
+    /// other tests run on other threads.
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: forwards every call unchanged to the system allocator; the counter is a
+    // const-initialized thread-local Cell, which never allocates.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            ALLOCATIONS.with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract as our caller's.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: same contract as our caller's.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn picks_and_plans_allocate_nothing() {
+        let mut p = PiecePicker::new(4096, 3);
+        let plan: Vec<u32> = (0..4096).rev().collect();
+        p.set_plan(&plan); // sizes the plan buffer once
+        p.demand(5); // sizes the demand list once
+        let before = ALLOCATIONS.with(|c| c.get());
+        for round in 0..100u32 {
+            p.set_plan(&plan[(round as usize)..]);
+            let pick = p.pick(|i| i % 3 != 0, |_| false, false).unwrap();
+            p.release(pick.piece);
+            p.demand(round * 7 % 4096);
+            let pick = p.pick(all, none, true).unwrap();
+            p.complete(pick.piece);
+        }
+        let after = ALLOCATIONS.with(|c| c.get());
+        assert_eq!(
+            after - before,
+            0,
+            "pick/set_plan/demand/release/complete allocated"
+        );
+        // The counter does see allocations.
+        let b = std::hint::black_box(Box::new(1u64));
+        assert!(ALLOCATIONS.with(|c| c.get()) > after);
+        drop(b);
     }
 
     /// The straightforward definition of the priority rule, recomputed from scratch each time.

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use serde::Serialize;
+
 use super::picker::PieceCounts;
 
 /// Lifetime counters of one remote peer (by peer id), kept after it disconnects.
@@ -31,7 +33,7 @@ impl Counters {
 }
 
 /// One remote peer's figures.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct PeerStats {
     /// Its 20-byte peer id.
     pub peer_id: [u8; 20],
@@ -50,7 +52,7 @@ pub struct PeerStats {
 }
 
 /// State of an address the engine dials.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum DialState {
     /// First attempt in progress.
     Connecting,
@@ -63,7 +65,7 @@ pub enum DialState {
 }
 
 /// A dialed address and how it goes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct DialStatus {
     /// The address.
     pub addr: SocketAddr,
@@ -74,7 +76,8 @@ pub struct DialStatus {
 }
 
 /// A snapshot of the engine's progress and traffic.
-#[derive(Clone, Debug)]
+/// Serializable, e.g. as JSON for a status endpoint.
+#[derive(Clone, Debug, Serialize)]
 pub struct SwarmStats {
     /// Pieces per state.
     pub pieces: PieceCounts,

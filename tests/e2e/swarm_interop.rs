@@ -1,0 +1,408 @@
+//! vmt against BitTorrent clients nobody here wrote: a stock librqbit `Session` (always), and
+//! Transmission 3.00 and opentracker from Debian (when installed; `.ci/run` installs them).
+//!
+//! Transmission never dials peers at 127.0.0.0/8, but accepts them: so the vmt side always
+//! dials in (`EngineConfig::peers`, `vmt-run seed --peer`), and everything stays on loopback
+//! without network namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmt::swarm::{EngineConfig, Torrent};
+
+use super::swarm::{
+    client, free_port, image, paths, random_bytes, seeder, shutdown_all, within, KillOnDrop, MIB,
+};
+
+/// Whether `program` can be run; if not, says loudly that the test is skipped.
+fn have(program: &str, test: &str) -> bool {
+    let ok = Command::new(program)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        eprintln!("SKIPPED {test}: {program} is not installed (apt-get install transmission-daemon transmission-cli opentracker)");
+    }
+    ok
+}
+// ---- interoperability with a stock librqbit Session ----
+
+async fn librqbit_session(dir: &Path, listen: bool) -> Arc<librqbit::Session> {
+    use librqbit::{ListenerMode, ListenerOptions, SessionOptions};
+    librqbit::Session::new_with_opts(
+        dir.to_owned(),
+        SessionOptions {
+            dht: None,
+            persistence: None,
+            fastresume: false,
+            disable_local_service_discovery: true,
+            listen: listen.then(|| ListenerOptions {
+                mode: ListenerMode::TcpOnly,
+                listen_addr: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The vmt seeder serves a stock librqbit leecher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librqbit_leecher_downloads_from_vmt_seeder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, data, torrent) = image(dir.path(), 16 * MIB, 7).await;
+    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
+    let out = dir.path().join("rqbit");
+    let session = librqbit_session(&out, false).await;
+    let handle = session
+        .add_torrent(
+            librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
+            Some(librqbit::AddTorrentOptions {
+                initial_peers: Some(vec![seed.listen_addr().unwrap()]),
+                output_folder: Some(out.to_str().unwrap().to_owned()),
+                disable_trackers: true,
+                overwrite: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap()
+        .into_handle()
+        .unwrap();
+    within(
+        "librqbit download",
+        Duration::from_secs(60),
+        handle.wait_until_completed(),
+    )
+    .await
+    .unwrap();
+    session.stop().await;
+    assert!(std::fs::read(out.join(torrent.name())).unwrap() == data);
+    assert!(seed.stats().uploaded >= data.len() as u64);
+    shutdown_all(&[&seed]).await;
+}
+
+/// A vmt client downloads from a stock librqbit seeder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmt_client_downloads_from_librqbit_seeder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_img, data, torrent) = image(dir.path(), 16 * MIB, 8).await;
+    // librqbit finds the image (named as in the torrent) in its output folder and seeds it.
+    let session = librqbit_session(dir.path(), true).await;
+    let handle = session
+        .add_torrent(
+            librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
+            Some(librqbit::AddTorrentOptions {
+                output_folder: Some(dir.path().to_str().unwrap().to_owned()),
+                disable_trackers: true,
+                overwrite: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap()
+        .into_handle()
+        .unwrap();
+    within(
+        "librqbit checks the image",
+        Duration::from_secs(60),
+        handle.wait_until_completed(),
+    )
+    .await
+    .unwrap();
+    let rqbit_addr = session.listen_addr().unwrap();
+    let c = client(
+        &torrent,
+        dir.path(),
+        "c",
+        EngineConfig {
+            peers: vec![rqbit_addr],
+            ..Default::default()
+        },
+    )
+    .await;
+    within(
+        "vmt download from librqbit",
+        Duration::from_secs(60),
+        c.wait_complete(),
+    )
+    .await
+    .unwrap();
+    c.shutdown().await.unwrap();
+    session.stop().await;
+    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
+}
+
+// ---- Transmission ----
+
+/// A transmission-daemon on loopback, driven through transmission-remote.
+struct Transmission {
+    _daemon: KillOnDrop,
+    rpc: String,
+    peer_port: u16,
+    config: PathBuf,
+}
+
+impl Transmission {
+    fn start(config: &Path, download: &Path) -> Transmission {
+        std::fs::create_dir_all(config).unwrap();
+        std::fs::create_dir_all(download).unwrap();
+        let (peer_port, rpc_port) = (free_port(), free_port());
+        let settings = format!(
+            r#"{{ "bind-address-ipv4": "127.0.0.1", "bind-address-ipv6": "::1", "peer-port": {peer_port},
+  "rpc-bind-address": "127.0.0.1", "rpc-port": {rpc_port}, "rpc-whitelist": "127.0.0.1",
+  "rpc-authentication-required": false, "download-dir": "{}",
+  "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "utp-enabled": false,
+  "port-forwarding-enabled": false, "ratio-limit-enabled": false }}"#,
+            download.display()
+        );
+        std::fs::write(config.join("settings.json"), settings).unwrap();
+        let daemon = KillOnDrop(
+            Command::new("transmission-daemon")
+                .args(["-f", "-g"])
+                .arg(config)
+                .arg("-e")
+                .arg(config.join("log"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let t = Transmission {
+            _daemon: daemon,
+            rpc: format!("127.0.0.1:{rpc_port}"),
+            peer_port,
+            config: config.to_owned(),
+        };
+        vmt_tests::wait_until(
+            "transmission-daemon answers RPC",
+            Duration::from_secs(30),
+            || t.remote(&["-si"]).status.success(),
+        );
+        t
+    }
+
+    fn remote(&self, args: &[&str]) -> std::process::Output {
+        vmt_tests::run_with_timeout(
+            Command::new("transmission-remote")
+                .arg(&self.rpc)
+                .args(args),
+            Duration::from_secs(20),
+        )
+    }
+
+    fn add(&self, torrent: &Path) {
+        let out = self.remote(&["-a", torrent.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn complete(&self) -> bool {
+        let out = self.remote(&["-t", "all", "-i"]);
+        String::from_utf8_lossy(&out.stdout).contains("Percent Done: 100%")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.config.join("log")).unwrap_or_default()
+    }
+}
+
+/// A vmt client downloads from a Transmission seeder, with a torrent made by
+/// transmission-create (so vmt also parses a foreign .torrent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmt_client_downloads_from_transmission_seeder() {
+    if !have(
+        "transmission-daemon",
+        "vmt_client_downloads_from_transmission_seeder",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let seed_dir = dir.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let data = random_bytes(16 * MIB, 20);
+    std::fs::write(seed_dir.join("payload.bin"), &data).unwrap();
+    let torrent_path = dir.path().join("p.torrent");
+    let made = vmt_tests::run_with_timeout(
+        Command::new("transmission-create")
+            .args(["-s", "256", "-o"])
+            .arg(&torrent_path)
+            .arg(seed_dir.join("payload.bin")),
+        Duration::from_secs(60),
+    );
+    assert!(made.status.success());
+    let torrent = Torrent::load(&torrent_path).unwrap();
+    let tr = Transmission::start(&dir.path().join("tr"), &seed_dir);
+    tr.add(&torrent_path);
+    vmt_tests::wait_until(
+        "Transmission verifies its copy",
+        Duration::from_secs(60),
+        || tr.complete(),
+    );
+    let c = client(
+        &torrent,
+        dir.path(),
+        "c",
+        EngineConfig {
+            peers: vec![format!("127.0.0.1:{}", tr.peer_port).parse().unwrap()],
+            ..Default::default()
+        },
+    )
+    .await;
+    // Transmission unchokes on its 10 s rechoke tick and ramps up slowly: allow a minute or two.
+    within(
+        "download from Transmission",
+        Duration::from_secs(120),
+        c.wait_complete(),
+    )
+    .await
+    .unwrap();
+    c.shutdown().await.unwrap();
+    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
+}
+
+/// The vmt seeder (dialing in) serves a Transmission leecher; the torrent is vmt's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transmission_leecher_downloads_from_vmt_seeder() {
+    if !have(
+        "transmission-daemon",
+        "transmission_leecher_downloads_from_vmt_seeder",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, data, torrent) = image(dir.path(), 16 * MIB, 21).await;
+    let torrent_path = dir.path().join("image.torrent");
+    torrent.save(&torrent_path).unwrap();
+    let leech_dir = dir.path().join("leech");
+    let tr = Transmission::start(&dir.path().join("tr"), &leech_dir);
+    tr.add(&torrent_path);
+    let seed = seeder(
+        &torrent,
+        &img,
+        EngineConfig {
+            peers: vec![format!("127.0.0.1:{}", tr.peer_port).parse().unwrap()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let done = tokio::task::spawn_blocking({
+        let tr_rpc = tr.rpc.clone();
+        move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(120) {
+                let out = vmt_tests::run_with_timeout(
+                    Command::new("transmission-remote").args([tr_rpc.as_str(), "-t", "all", "-i"]),
+                    Duration::from_secs(20),
+                );
+                if String::from_utf8_lossy(&out.stdout).contains("Percent Done: 100%") {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            false
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        done,
+        "Transmission did not complete; its log:\n{}",
+        tr.log()
+    );
+    assert!(std::fs::read(leech_dir.join(torrent.name())).unwrap() == data);
+    assert!(seed.stats().uploaded >= data.len() as u64);
+    shutdown_all(&[&seed]).await;
+}
+
+// ---- opentracker ----
+
+/// Seeder and client find each other only through a real opentracker on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentracker_announce_connects_seeder_and_client() {
+    use std::os::unix::fs::PermissionsExt;
+    if !have(
+        "opentracker",
+        "opentracker_announce_connects_seeder_and_client",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // As root opentracker chroots into -d and drops to nobody: the directory must be readable.
+    let trk = dir.path().join("trk");
+    std::fs::create_dir_all(&trk).unwrap();
+    for d in [dir.path(), trk.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/announce");
+    let data = random_bytes(4 * MIB, 22);
+    let img = dir.path().join("image.img");
+    std::fs::write(&img, &data).unwrap();
+    let torrent = Torrent::create(&img, super::swarm::PIECE, vec![url])
+        .await
+        .unwrap();
+    // Debian's opentracker only serves whitelisted info hashes.
+    std::fs::write(
+        trk.join("whitelist.txt"),
+        format!("{}\n", torrent.info_hash().as_string()),
+    )
+    .unwrap();
+    let _tracker = KillOnDrop(
+        Command::new("opentracker")
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-P",
+                &port.to_string(),
+                "-d",
+            ])
+            .arg(&trk)
+            .args(["-w", "whitelist.txt"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    vmt_tests::wait_until("opentracker listens", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
+    // The first announce of the client must already list the seeder: wait until the tracker
+    // has it (opentracker's scrape counts it as complete).
+    let scrape = format!(
+        "http://127.0.0.1:{port}/scrape?info_hash={}",
+        torrent
+            .info_hash()
+            .0
+            .iter()
+            .map(|b| format!("%{b:02x}"))
+            .collect::<String>()
+    );
+    vmt_tests::wait_until("the seeder's announce", Duration::from_secs(30), || {
+        let out = Command::new("curl").args(["-fs", &scrape]).output();
+        out.is_ok_and(|o| o.stdout.windows(10).any(|w| w == b"completei1"))
+    });
+    let c = client(&torrent, dir.path(), "c", EngineConfig::default()).await;
+    within(
+        "download via opentracker",
+        Duration::from_secs(60),
+        c.wait_complete(),
+    )
+    .await
+    .unwrap();
+    c.shutdown().await.unwrap();
+    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
+    shutdown_all(&[&seed]).await;
+}
