@@ -99,10 +99,9 @@ pub fn replay(trace: &Trace, path: &Path, params: ReplayParams) -> io::Result<Re
     let mut delay = Duration::ZERO;
     let mut end = start;
     for (i, seg) in trace.segments().enumerate() {
-        if i > 0 {
-            delay += params.think;
-            think_total += params.think;
-        }
+        // Think time precedes a task that reads; a write-only segment adds none, and nothing
+        // is added after the last read (it would not be part of the completion time).
+        let mut think_due = i > 0;
         let mut report = SegmentReport {
             task: seg.task.to_string(),
             reads: 0,
@@ -113,8 +112,14 @@ pub fn replay(trace: &Trace, path: &Path, params: ReplayParams) -> io::Result<Re
         let first_t = seg.records.first().map_or(0, |r| r.t_us);
         let mut seg_start: Option<Instant> = None;
         let mut last_t = first_t;
-        let delay_at_start = delay;
+        // The delay when the segment's first read was due: stalls are what it grows by after.
+        let mut delay_at_start: Option<Duration> = None;
         for r in seg.records.iter().filter(|r| r.op == Op::Read) {
+            if std::mem::take(&mut think_due) {
+                delay += params.think;
+                think_total += params.think;
+            }
+            delay_at_start.get_or_insert(delay);
             let due = start + Duration::from_micros(r.t_us) + delay;
             let now = Instant::now();
             if due > now {
@@ -138,7 +143,7 @@ pub fn replay(trace: &Trace, path: &Path, params: ReplayParams) -> io::Result<Re
         if let Some(s) = seg_start {
             report.replayed_s = (end - s).as_secs_f64();
         }
-        report.stall_s = (delay - delay_at_start).as_secs_f64();
+        report.stall_s = delay_at_start.map_or(0.0, |d| (delay - d).as_secs_f64());
         segments.push(report);
     }
     latencies.sort_unstable();
@@ -174,6 +179,40 @@ mod tests {
     use super::*;
     use crate::image::ImageId;
     use crate::trace::{Record, TraceKind};
+
+    #[test]
+    fn think_time_only_before_segments_that_read() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), vec![5u8; 1 << 20]).unwrap();
+        let rec = |t_us, op, task| Record {
+            t_us,
+            op,
+            offset: 0,
+            len: 4096,
+            task,
+        };
+        let trace = Trace {
+            image: ImageId::size_only(1 << 20),
+            kind: TraceKind::Session,
+            label: "s".into(),
+            run: 1,
+            start_unix_us: 0,
+            recorder: "test".into(),
+            tasks: vec!["a".into(), "b".into(), "c".into()],
+            records: vec![
+                rec(0, Op::Read, 0),
+                rec(10, Op::Read, 1),
+                rec(20, Op::Write, 2),
+            ],
+        };
+        let think = Duration::from_millis(20);
+        let r = replay(&trace, f.path(), ReplayParams { think, cold: false }).unwrap();
+        assert!(
+            (r.think_s - 0.02).abs() < 1e-9,
+            "one think, before b: {r:?}"
+        );
+        assert!(r.completion_s >= 0.02);
+    }
 
     #[test]
     fn local_replay_keeps_the_schedule_and_inserts_think_time() {

@@ -190,7 +190,8 @@ impl PiecePicker {
 
     /// The state a piece falls back to when no peer holds it.
     fn idle_state(&self, piece: u32) -> PieceState {
-        if self.wanted[piece as usize] || self.is_demanded[piece as usize] {
+        let i = piece as usize;
+        if self.wanted[i] || self.is_demanded[i] || self.plan_rank[i] != NOT_PLANNED {
             PieceState::Queued
         } else {
             PieceState::NotNeeded
@@ -234,10 +235,18 @@ impl PiecePicker {
         true
     }
 
-    /// Replaces the prefetch order. Out-of-range and repeated entries are ignored.
+    /// Replaces the prefetch order. Out-of-range and repeated entries are ignored. Planned
+    /// pieces are fetched even when not otherwise wanted (a client without background fill
+    /// still prefetches its plan); a piece leaving the plan goes back to not needed unless
+    /// wanted or demanded.
     pub fn set_plan(&mut self, plan: &[u32]) {
-        for &p in &self.plan {
+        for k in 0..self.plan.len() {
+            let p = self.plan[k];
             self.plan_rank[p as usize] = NOT_PLANNED;
+            if self.state[p as usize] == PieceState::Queued {
+                let s = self.idle_state(p);
+                self.set_state(p, s);
+            }
         }
         self.plan.clear();
         for &p in plan {
@@ -245,6 +254,9 @@ impl PiecePicker {
                 if *rank == NOT_PLANNED {
                     *rank = self.plan.len() as u32;
                     self.plan.push(p);
+                    if self.state[p as usize] == PieceState::NotNeeded {
+                        self.set_state(p, PieceState::Queued);
+                    }
                 }
             }
         }
@@ -392,12 +404,16 @@ impl PiecePicker {
                 PieceState::Queued => {
                     c.queued += 1;
                     assert_eq!(self.copies[i], 0, "queued piece {i} with copies");
-                    assert!(self.wanted[i] || self.is_demanded[i]);
+                    assert!(
+                        self.wanted[i] || self.is_demanded[i] || self.plan_rank[i] != NOT_PLANNED
+                    );
                 }
                 PieceState::NotNeeded => {
                     c.not_needed += 1;
                     assert_eq!(self.copies[i], 0);
-                    assert!(!self.wanted[i] && !self.is_demanded[i]);
+                    assert!(
+                        !self.wanted[i] && !self.is_demanded[i] && self.plan_rank[i] == NOT_PLANNED
+                    );
                 }
             }
             assert_eq!(self.is_demanded[i], self.demanded.contains(&(i as u32)));
@@ -568,6 +584,27 @@ mod tests {
         let b = std::hint::black_box(Box::new(1u64));
         assert!(ALLOCATIONS.with(|c| c.get()) > after);
         drop(b);
+    }
+
+    #[test]
+    fn planned_pieces_are_fetched_without_background_fill() {
+        let mut p = PiecePicker::new(8, 1);
+        for i in 0..8 {
+            p.set_wanted(i, false);
+        }
+        assert_eq!(p.pick(|_| true, |_| false, false), None, "nothing wanted");
+        p.set_plan(&[5, 2]);
+        assert_eq!(p.pick(|_| true, |_| false, false).map(|x| x.piece), Some(5));
+        p.set_plan(&[3]);
+        assert_eq!(
+            p.counts().queued,
+            1,
+            "piece 2 left the plan: not needed again"
+        );
+        assert_eq!(p.pick(|_| true, |_| false, false).map(|x| x.piece), Some(3));
+        // Only endgame duplicates are left, and this peer already holds both.
+        assert_eq!(p.pick(|_| true, |i| i == 5 || i == 3, false), None);
+        p.check_invariant();
     }
 
     /// The straightforward definition of the priority rule, recomputed from scratch each time.
