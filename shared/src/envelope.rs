@@ -145,7 +145,18 @@ pub fn write<T: Serialize>(
 }
 
 /// Replaces `path` with `bytes` so that readers see the old or the new file, never a mix.
+///
+/// A target that exists but is not a regular file (`/dev/null`, a FIFO, a terminal) is written
+/// in place: renaming over it would replace a device node with a file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .write_all(bytes);
+        }
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -307,6 +318,33 @@ mod tests {
             size: 42,
             sha256: [9; 32],
         }
+    }
+
+    #[test]
+    fn writing_to_a_special_file_keeps_it() {
+        use std::io::Read;
+        use std::os::unix::fs::FileTypeExt;
+        // A FIFO stands for /dev/null & co. without touching the machine's devices.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                File::open(fifo).unwrap().read_to_end(&mut got).unwrap();
+                got
+            })
+        };
+        write_atomically(&fifo, b"through the pipe").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+        let meta = std::fs::metadata(&fifo).unwrap();
+        assert!(
+            meta.file_type().is_fifo(),
+            "still a FIFO, not replaced by a file"
+        );
     }
 
     #[test]
