@@ -74,6 +74,21 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// How many pieces the bitmap file at `bitmap_path` records as verified, without opening
+    /// or changing anything (for status tools and tests).
+    pub fn recorded_pieces(bitmap_path: &Path, torrent: &Torrent) -> Result<u32> {
+        let (header, body) = envelope::read::<BitmapBody>(bitmap_path, &BITMAP_KIND)?;
+        envelope::check_image(
+            bitmap_path,
+            &BITMAP_KIND,
+            &torrent.identity(),
+            &header.image,
+        )?;
+        Ok((0..body.pieces.min(torrent.piece_count()))
+            .filter(|&i| wire_bit(&body.bits, i))
+            .count() as u32)
+    }
+
     /// Opens or creates the download target `path` for `torrent`, with its bitmap at
     /// `bitmap_path`. Existing data is kept: recorded pieces are trusted, other pieces with
     /// data on disk are hashed.
