@@ -10,7 +10,7 @@
 //!    fetching);
 //! 2. runs are clustered ([`crate::cluster`]); each cluster becomes a profile named after its
 //!    majority task label;
-//! 3. blocks in every profile are marked common (boot, shared libraries);
+//! 3. blocks most tasks read are marked common (boot, shared libraries);
 //! 4. the Markov model ([`crate::markov`]) learns transitions from the profile sequence of each
 //!    session and from task runs recorded back to back.
 //!
@@ -177,7 +177,8 @@ pub struct Bundle {
     pub block_size: u32,
     /// The profiles.
     pub profiles: Vec<Profile>,
-    /// Blocks in every profile (empty with a single profile), sorted.
+    /// Blocks more than half of the task labels read (boot, shared libraries; empty with a
+    /// single label), sorted: reads of them say little about the task.
     pub common: Vec<u32>,
     /// Transitions and observation likelihoods.
     pub markov: MarkovModel,
@@ -374,7 +375,7 @@ impl ValidBundleParams {
         let truth: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
         let purity = purity(&clustering.labels, &truth);
         let (profiles, observations) = self.profiles(&runs, &clustering, traces);
-        let common = common_blocks(&profiles);
+        let common = common_blocks(&runs, geometry.block_count());
         let sequences = sequences(traces, &runs, &clustering.labels);
         let markov = self.markov.fit(&sequences, observations)?;
         Ok(Bundle {
@@ -470,24 +471,48 @@ impl ValidBundleParams {
     }
 }
 
-/// Blocks present in every profile (none with fewer than two profiles).
-fn common_blocks(profiles: &[Profile]) -> Vec<u32> {
-    if profiles.len() < 2 {
-        return Vec::new();
-    }
-    let mut counts: HashMap<u32, usize> = HashMap::new();
-    for p in profiles {
-        for b in &p.blocks {
-            *counts.entry(b.block).or_default() += 1;
+/// Blocks most tasks read: those that more than half of the task labels read, a label reading
+/// a block when at least two of its runs do (or its only run). None with fewer than two labels.
+///
+/// "In every profile" is too strict on real traces: a session's `boot` segment (the mount)
+/// reads no shared library, and a task's segments late in a session read none either (the page
+/// cache kept them), so the intersection over profiles is empty, while every cold run of every
+/// task still spends its first hundred reads on the mount and the shell's start-up. Counting
+/// runs rather than a profile's supported blocks keeps those blocks common however many warm
+/// session segments dilute a task's profile; two runs, not one, keep a stray read out.
+fn common_blocks(runs: &[Run], block_count: u32) -> Vec<u32> {
+    let mut order: Vec<&Run> = runs.iter().collect();
+    order.sort_by(|a, b| a.label.cmp(&b.label));
+    let mut labels = 0u32;
+    // Per block: runs of the current label that read it, and labels that read it.
+    let mut runs_of_label = vec![0u32; block_count as usize];
+    let mut labels_of_block = vec![0u32; block_count as usize];
+    let mut touched: Vec<u32> = Vec::new();
+    for group in order.chunk_by(|a, b| a.label == b.label) {
+        labels += 1;
+        let need = group.len().min(2) as u32;
+        for r in group {
+            for &b in r.blocks.iter().filter(|b| **b < block_count) {
+                let c = &mut runs_of_label[b as usize];
+                if *c == 0 {
+                    touched.push(b);
+                }
+                *c += 1;
+            }
+        }
+        for b in touched.drain(..) {
+            if runs_of_label[b as usize] >= need {
+                labels_of_block[b as usize] += 1;
+            }
+            runs_of_label[b as usize] = 0;
         }
     }
-    let mut common: Vec<u32> = counts
-        .into_iter()
-        .filter(|(_, c)| *c == profiles.len())
-        .map(|(b, _)| b)
-        .collect();
-    common.sort_unstable();
-    common
+    if labels < 2 {
+        return Vec::new();
+    }
+    (0..block_count)
+        .filter(|&b| 2 * labels_of_block[b as usize] > labels)
+        .collect()
 }
 
 /// Profile sequences for the Markov model: each session's segments in order, and task runs

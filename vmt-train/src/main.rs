@@ -103,7 +103,7 @@ enum Command {
         )]
         strategies: Vec<Strategy>,
         /// Measure inference accuracy after this many reads of each task, comma-separated
-        /// (reads of blocks common to every profile, such as boot, are not counted).
+        /// (reads of blocks common to most tasks, such as boot, are not counted).
         #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
         accuracy_after: Vec<usize>,
         /// Idle gap between reads taken as a task boundary by the online belief.
@@ -395,7 +395,7 @@ fn print_profiles(b: &Bundle) {
         );
     }
     println!(
-        "common blocks (in every profile): {} ({:.2} MiB)",
+        "common blocks (read by most tasks): {} ({:.2} MiB)",
         b.common.len(),
         bytes(b.common.len()) / 1048576.0
     );
