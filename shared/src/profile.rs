@@ -40,7 +40,8 @@ pub const BUNDLE_FILE: FileKind = FileKind {
 pub const BUNDLE_EXTENSION: &str = "vmtp";
 
 /// Task runs recorded less than this apart (end of one to start of the next, µs) are taken as
-/// one user's consecutive tasks and teach the Markov model a transition.
+/// one user's consecutive tasks and teach the Markov model a transition, unless session traces
+/// are given (see [`sequences`]).
 const BACK_TO_BACK_US: u64 = 5 * 60 * 1_000_000;
 
 /// One task run: a task trace, or one task segment of a session.
@@ -515,8 +516,9 @@ fn common_blocks(runs: &[Run], block_count: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Profile sequences for the Markov model: each session's segments in order, and task runs
-/// recorded back to back (see [`BACK_TO_BACK_US`]); every other run is a one-element sequence.
+/// Profile sequences for the Markov model: each session's segments in order, and, when there
+/// are no sessions, task runs recorded back to back (see [`BACK_TO_BACK_US`]); every other run
+/// is a one-element sequence (a start).
 fn sequences(traces: &[(String, Trace)], runs: &[Run], labels: &[usize]) -> Vec<Vec<usize>> {
     let mut by_trace: Vec<Vec<usize>> = vec![Vec::new(); traces.len()];
     for (r, l) in runs.iter().zip(labels) {
@@ -535,10 +537,15 @@ fn sequences(traces: &[(String, Trace)], runs: &[Run], labels: &[usize]) -> Vec<
         }
     }
     tasks.sort_unstable();
+    // Sessions, where there are any, are the evidence of how users move between tasks: task
+    // runs are separate cold starts, and back to back they are more often a recording script's
+    // loop (five runs of one task, then the next task) than a user's flow. Each counts as a
+    // start only then.
+    let sessions = !out.is_empty();
     let mut chain: Vec<usize> = Vec::new();
     let mut chain_end = 0u64;
     for (start, end, i) in tasks {
-        if !chain.is_empty() && start.saturating_sub(chain_end) > BACK_TO_BACK_US {
+        if !chain.is_empty() && (sessions || start.saturating_sub(chain_end) > BACK_TO_BACK_US) {
             out.push(std::mem::take(&mut chain));
         }
         chain.extend_from_slice(&by_trace[i]);
@@ -749,6 +756,39 @@ mod tests {
                 .unwrap();
             assert_eq!(best, (from + 1) % n);
         }
+    }
+
+    #[test]
+    fn back_to_back_task_runs_teach_transitions_only_without_sessions() {
+        let img = SynthImage::new(SynthParams::new(32 << 20, 3));
+        // A recording script's loop: two runs of task 0, then two of task 1, a minute apart.
+        let mut traces = Vec::new();
+        for (i, task) in [0, 0, 1, 1].into_iter().enumerate() {
+            let mut t = img.task_run(task, i as u32 + 1, i as u64);
+            t.start_unix_us = 1_700_000_000_000_000 + i as u64 * 60_000_000;
+            traces.push(t);
+        }
+        let session = img.session(&[2, 0, 1], 1, 200_000, 5);
+        let fit = |traces: Vec<Trace>| {
+            BundleParams::new(4096)
+                .check()
+                .unwrap()
+                .fit(&named(traces), |_| {})
+                .unwrap()
+        };
+        let t = |b: &Bundle, from: usize, to: usize| {
+            let p = |x: usize| b.profile_of_label(&img.tasks[x].name).unwrap();
+            b.markov.transition(p(from), p(to))
+        };
+        // Runs only: their order is all there is to learn from (0→0 once, 0→1 once).
+        let runs = fit(traces.clone());
+        assert!((t(&runs, 0, 0) - 2.0 / 4.0).abs() < 1e-9);
+        // With a session, the session teaches transitions (0→1 once) and the loop none.
+        traces.push(session);
+        let both = fit(traces);
+        assert_eq!(both.profiles.len(), 3);
+        assert!((t(&both, 0, 1) - 2.0 / 4.0).abs() < 1e-9);
+        assert!((t(&both, 0, 0) - 1.0 / 4.0).abs() < 1e-9);
     }
 
     #[test]
