@@ -14,6 +14,16 @@
 //! are farther apart than [`ClusterParams::split_distance`] are rejected, so clearly different
 //! block sets are never merged. A single cluster counts as silhouette 0.25, the conventional
 //! bound below which a partition shows no substantial structure.
+//!
+//! Clustering is blind to task labels, and a profile is *what to fetch*, not a task: runs of
+//! one task that read clearly different files keep their own profiles. On the real traces,
+//! `shell` runs one of three command sets depending on its seed (`ls -R` of the zoneinfo tree,
+//! `ps`/`free`/`/proc`, or `find /etc`), and gets one profile per command set, each holding
+//! its cold runs and its session segments; a second `shell` later in a session, which finds
+//! nearly everything cached and reads 168 blocks, stays on its own rather than being forced
+//! into a group it is not near. Purity stays 1.0, and inference counts any profile of the
+//! right task as right. What is merged are variants whose difference is only what a cold start
+//! or an early stop adds or drops (see `merge_variants`).
 
 use linfa::traits::{Fit, Predict, Transformer};
 use linfa::DatasetBase;
