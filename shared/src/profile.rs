@@ -10,7 +10,7 @@
 //!    fetching);
 //! 2. runs are clustered ([`crate::cluster`]); each cluster becomes a profile named after its
 //!    majority task label;
-//! 3. blocks in every profile are marked common (boot, shared libraries);
+//! 3. blocks most tasks read are marked common (boot, shared libraries);
 //! 4. the Markov model ([`crate::markov`]) learns transitions from the profile sequence of each
 //!    session and from task runs recorded back to back.
 //!
@@ -40,7 +40,8 @@ pub const BUNDLE_FILE: FileKind = FileKind {
 pub const BUNDLE_EXTENSION: &str = "vmtp";
 
 /// Task runs recorded less than this apart (end of one to start of the next, µs) are taken as
-/// one user's consecutive tasks and teach the Markov model a transition.
+/// one user's consecutive tasks and teach the Markov model a transition, unless session traces
+/// are given (see [`sequences`]).
 const BACK_TO_BACK_US: u64 = 5 * 60 * 1_000_000;
 
 /// One task run: a task trace, or one task segment of a session.
@@ -177,7 +178,8 @@ pub struct Bundle {
     pub block_size: u32,
     /// The profiles.
     pub profiles: Vec<Profile>,
-    /// Blocks in every profile (empty with a single profile), sorted.
+    /// Blocks more than half of the task labels read (boot, shared libraries; empty with a
+    /// single label), sorted: reads of them say little about the task.
     pub common: Vec<u32>,
     /// Transitions and observation likelihoods.
     pub markov: MarkovModel,
@@ -374,7 +376,7 @@ impl ValidBundleParams {
         let truth: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
         let purity = purity(&clustering.labels, &truth);
         let (profiles, observations) = self.profiles(&runs, &clustering, traces);
-        let common = common_blocks(&profiles);
+        let common = common_blocks(&runs, geometry.block_count());
         let sequences = sequences(traces, &runs, &clustering.labels);
         let markov = self.markov.fit(&sequences, observations)?;
         Ok(Bundle {
@@ -470,28 +472,53 @@ impl ValidBundleParams {
     }
 }
 
-/// Blocks present in every profile (none with fewer than two profiles).
-fn common_blocks(profiles: &[Profile]) -> Vec<u32> {
-    if profiles.len() < 2 {
-        return Vec::new();
-    }
-    let mut counts: HashMap<u32, usize> = HashMap::new();
-    for p in profiles {
-        for b in &p.blocks {
-            *counts.entry(b.block).or_default() += 1;
+/// Blocks most tasks read: those that more than half of the task labels read, a label reading
+/// a block when at least two of its runs do (or its only run). None with fewer than two labels.
+///
+/// "In every profile" is too strict on real traces: a session's `boot` segment (the mount)
+/// reads no shared library, and a task's segments late in a session read none either (the page
+/// cache kept them), so the intersection over profiles is empty, while every cold run of every
+/// task still spends its first hundred reads on the mount and the shell's start-up. Counting
+/// runs rather than a profile's supported blocks keeps those blocks common however many warm
+/// session segments dilute a task's profile; two runs, not one, keep a stray read out.
+fn common_blocks(runs: &[Run], block_count: u32) -> Vec<u32> {
+    let mut order: Vec<&Run> = runs.iter().collect();
+    order.sort_by(|a, b| a.label.cmp(&b.label));
+    let mut labels = 0u32;
+    // Per block: runs of the current label that read it, and labels that read it.
+    let mut runs_of_label = vec![0u32; block_count as usize];
+    let mut labels_of_block = vec![0u32; block_count as usize];
+    let mut touched: Vec<u32> = Vec::new();
+    for group in order.chunk_by(|a, b| a.label == b.label) {
+        labels += 1;
+        let need = group.len().min(2) as u32;
+        for r in group {
+            for &b in r.blocks.iter().filter(|b| **b < block_count) {
+                let c = &mut runs_of_label[b as usize];
+                if *c == 0 {
+                    touched.push(b);
+                }
+                *c += 1;
+            }
+        }
+        for b in touched.drain(..) {
+            if runs_of_label[b as usize] >= need {
+                labels_of_block[b as usize] += 1;
+            }
+            runs_of_label[b as usize] = 0;
         }
     }
-    let mut common: Vec<u32> = counts
-        .into_iter()
-        .filter(|(_, c)| *c == profiles.len())
-        .map(|(b, _)| b)
-        .collect();
-    common.sort_unstable();
-    common
+    if labels < 2 {
+        return Vec::new();
+    }
+    (0..block_count)
+        .filter(|&b| 2 * labels_of_block[b as usize] > labels)
+        .collect()
 }
 
-/// Profile sequences for the Markov model: each session's segments in order, and task runs
-/// recorded back to back (see [`BACK_TO_BACK_US`]); every other run is a one-element sequence.
+/// Profile sequences for the Markov model: each session's segments in order, and, when there
+/// are no sessions, task runs recorded back to back (see [`BACK_TO_BACK_US`]); every other run
+/// is a one-element sequence (a start).
 fn sequences(traces: &[(String, Trace)], runs: &[Run], labels: &[usize]) -> Vec<Vec<usize>> {
     let mut by_trace: Vec<Vec<usize>> = vec![Vec::new(); traces.len()];
     for (r, l) in runs.iter().zip(labels) {
@@ -510,10 +537,15 @@ fn sequences(traces: &[(String, Trace)], runs: &[Run], labels: &[usize]) -> Vec<
         }
     }
     tasks.sort_unstable();
+    // Sessions, where there are any, are the evidence of how users move between tasks: task
+    // runs are separate cold starts, and back to back they are more often a recording script's
+    // loop (five runs of one task, then the next task) than a user's flow. Each counts as a
+    // start only then.
+    let sessions = !out.is_empty();
     let mut chain: Vec<usize> = Vec::new();
     let mut chain_end = 0u64;
     for (start, end, i) in tasks {
-        if !chain.is_empty() && start.saturating_sub(chain_end) > BACK_TO_BACK_US {
+        if !chain.is_empty() && (sessions || start.saturating_sub(chain_end) > BACK_TO_BACK_US) {
             out.push(std::mem::take(&mut chain));
         }
         chain.extend_from_slice(&by_trace[i]);
@@ -724,6 +756,39 @@ mod tests {
                 .unwrap();
             assert_eq!(best, (from + 1) % n);
         }
+    }
+
+    #[test]
+    fn back_to_back_task_runs_teach_transitions_only_without_sessions() {
+        let img = SynthImage::new(SynthParams::new(32 << 20, 3));
+        // A recording script's loop: two runs of task 0, then two of task 1, a minute apart.
+        let mut traces = Vec::new();
+        for (i, task) in [0, 0, 1, 1].into_iter().enumerate() {
+            let mut t = img.task_run(task, i as u32 + 1, i as u64);
+            t.start_unix_us = 1_700_000_000_000_000 + i as u64 * 60_000_000;
+            traces.push(t);
+        }
+        let session = img.session(&[2, 0, 1], 1, 200_000, 5);
+        let fit = |traces: Vec<Trace>| {
+            BundleParams::new(4096)
+                .check()
+                .unwrap()
+                .fit(&named(traces), |_| {})
+                .unwrap()
+        };
+        let t = |b: &Bundle, from: usize, to: usize| {
+            let p = |x: usize| b.profile_of_label(&img.tasks[x].name).unwrap();
+            b.markov.transition(p(from), p(to))
+        };
+        // Runs only: their order is all there is to learn from (0→0 once, 0→1 once).
+        let runs = fit(traces.clone());
+        assert!((t(&runs, 0, 0) - 2.0 / 4.0).abs() < 1e-9);
+        // With a session, the session teaches transitions (0→1 once) and the loop none.
+        traces.push(session);
+        let both = fit(traces);
+        assert_eq!(both.profiles.len(), 3);
+        assert!((t(&both, 0, 1) - 2.0 / 4.0).abs() < 1e-9);
+        assert!((t(&both, 0, 0) - 1.0 / 4.0).abs() < 1e-9);
     }
 
     #[test]

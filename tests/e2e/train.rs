@@ -103,9 +103,18 @@ fn fit_show_eval_on_synthetic_traces() {
     assert!(mean("oracle") <= mean("markov"));
     assert!(mean("markov") <= mean("demand"));
     assert!(mean("demand") < mean("full"));
+    // Every ratio to markov is a number, or null where the other strategy never stalled (the
+    // oracle, with think time), and comes with the difference in µs: never NaN.
+    for r in doc["summary"]["markov_stall_ratio"].as_array().unwrap() {
+        assert!(r[1]["excess_us"].is_f64(), "{r}");
+        assert!(r[1]["ratio"].is_f64() || r[1]["ratio"].is_null(), "{r}");
+    }
 
-    let out = ok(&train(&["eval", "--bundle", b, "--traces", t]));
+    let out = ok(&train(&[
+        "eval", "--bundle", b, "--traces", t, "--think", "5s",
+    ]));
     assert!(out.contains("markov completion ratio"), "{out}");
+    assert!(!out.contains("NaN"), "{out}");
 }
 
 #[test]

@@ -13,7 +13,9 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use vmt::cluster::ClusterParams;
-use vmt::evaluate::{cross_validate, evaluate_trace, summarize, EvalParams, Summary, TraceResult};
+use vmt::evaluate::{
+    cross_validate, evaluate_trace, summarize, EvalParams, Ratio, Summary, TraceResult,
+};
 use vmt::image::BlockGeometry;
 use vmt::markov::BeliefParams;
 use vmt::profile::{Bundle, BundleParams, BUNDLE_EXTENSION};
@@ -73,7 +75,9 @@ enum Command {
     /// closest to the trace, fixed), markov (demand + belief-weighted profiles, switching on task
     /// boundaries), oracle (prefetch in the trace's own first-access order: the lower bound).
     /// Tables show completion/stall seconds per trace, then means, markov's ratios to the other
-    /// strategies, and how often the belief's top profile was the trace's task.
+    /// strategies (each with the difference in seconds; a ratio to a strategy that never stalled,
+    /// as the oracle often does with --think, is printed n/a), and how often the belief's top
+    /// profile was the trace's task.
     Eval {
         /// The bundle to evaluate. With --cv it only supplies the fit settings (default: the
         /// fit defaults) and is never used for figures.
@@ -103,7 +107,7 @@ enum Command {
         )]
         strategies: Vec<Strategy>,
         /// Measure inference accuracy after this many reads of each task, comma-separated
-        /// (reads of blocks common to every profile, such as boot, are not counted).
+        /// (reads of blocks common to most tasks, such as boot, are not counted).
         #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
         accuracy_after: Vec<usize>,
         /// Idle gap between reads taken as a task boundary by the online belief.
@@ -395,7 +399,7 @@ fn print_profiles(b: &Bundle) {
         );
     }
     println!(
-        "common blocks (in every profile): {} ({:.2} MiB)",
+        "common blocks (read by most tasks): {} ({:.2} MiB)",
         b.common.len(),
         bytes(b.common.len()) / 1048576.0
     );
@@ -578,9 +582,14 @@ fn print_results(results: &[TraceResult], summary: &Summary, params: &EvalParams
     }
     println!();
     if !summary.markov_completion_ratio.is_empty() {
-        let fmt = |v: &[(Strategy, f64)]| {
+        // A ratio to a strategy that never stalled is undefined: print the difference in
+        // seconds beside every ratio, and only the difference there.
+        let fmt = |v: &[(Strategy, Ratio)]| {
             v.iter()
-                .map(|(s, r)| format!("/{s} {r:.3}"))
+                .map(|(s, r)| match r.ratio {
+                    Some(x) => format!("/{s} {x:.3} ({:+.2}s)", r.excess_us / 1e6),
+                    None => format!("/{s} n/a ({:+.2}s; {s} 0s)", r.excess_us / 1e6),
+                })
                 .collect::<Vec<_>>()
                 .join("  ")
         };
