@@ -102,6 +102,8 @@ def mean(piece, kind, strategy, col):
     return S.mean(v) if v else float("nan")
 def ratio(a, b):
     return "n/a (denominator 0)" if b == 0 else f"{a / b:.3f}"
+import datetime
+print(f"command: datasets/runtime-figures.sh   (run {datetime.date.today()}; stall = completion - trace - think, so the raw row shows local read time)")
 print(f"held-out traces replayed through vmt-run mounts; one seeder on loopback at {rate*8/1e6:.0f} Mbit/s; sessions with think time")
 for piece in dict.fromkeys(r["piece"] for r in rows):
     size = {"256KiB": 256 << 10, "64KiB": 64 << 10}.get(piece, 0)
