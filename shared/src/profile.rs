@@ -14,7 +14,7 @@
 //! 4. the Markov model ([`crate::markov`]) learns transitions from the profile sequence of each
 //!    session and from task runs recorded back to back.
 //!
-//! The bundle file (`.vmtp`) is an [`envelope`](crate::envelope) (`VMTPROF\0`, version 1, image
+//! The bundle file (`.vmtp`) is an [`crate::envelope`] (`VMTPROF\0`, version 1, image
 //! identity) around the bincode body, so corruption, another format version or another image's
 //! bundle is refused with its own error.
 

@@ -3,9 +3,9 @@
 //! A [`Trace`] is one recording: a single task run (`vmt-record run`) or a session of several
 //! marked tasks (`vmt-record session`), whose records carry the index of their task label so the
 //! trainer can learn task-to-task transitions. Records keep exact byte ranges; blocks are derived
-//! later with a [`BlockGeometry`](crate::image::BlockGeometry) of the trainer's choosing.
+//! later with a [`crate::image::BlockGeometry`] of the trainer's choosing.
 //!
-//! On disk a trace is a [`envelope`](crate::envelope) (`VMTTRACE`, version 1, image identity)
+//! On disk a trace is a [`crate::envelope`] (`VMTTRACE`, version 1, image identity)
 //! around a bincode body. The CSV interchange form (`t_us,op,offset,len[,task]` with `#` header
 //! lines) converts both ways losslessly, and traces of a real VM disk taken with blktrace can be
 //! imported from `blkparse`'s default text output.

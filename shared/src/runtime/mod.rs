@@ -2,7 +2,7 @@
 //!
 //! [`Runtime::start`] opens the local piece store (sparse image + verified-piece bitmap in the
 //! data directory), starts the swarm [`Engine`], and mounts an [`ImageFs`] whose pristine source
-//! is the swarm and whose observer is the [`Planner`](planner): every read feeds the online
+//! is the swarm and whose observer is the planner: every read feeds the online
 //! belief, and the belief becomes the engine's plan. A read of a missing piece demands it and
 //! parks its reply; other reads go on; the reply is answered when the piece is verified.
 //! Writes go to the persistent copy-on-write overlay in the data directory, flushed on `fsync`
