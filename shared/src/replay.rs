@@ -98,8 +98,13 @@ pub fn replay(trace: &Trace, path: &Path, params: ReplayParams) -> io::Result<Re
     // Delay of the replay behind the recorded schedule: think time plus stalls so far.
     let mut delay = Duration::ZERO;
     let mut end = start;
-    for (i, seg) in trace.segments().enumerate() {
-        if i > 0 {
+    let mut read_before = false;
+    for seg in trace.segments() {
+        // Think time goes between tasks that read: a trailing (or write-only) segment, such as
+        // the task marked when a session stopped, gets none, else it would count as think time
+        // that never delayed a read and hide as much stall.
+        let reads = seg.records.iter().any(|r| r.op == Op::Read);
+        if read_before && reads {
             delay += params.think;
             think_total += params.think;
         }
@@ -140,6 +145,7 @@ pub fn replay(trace: &Trace, path: &Path, params: ReplayParams) -> io::Result<Re
         }
         report.stall_s = (delay - delay_at_start).as_secs_f64();
         segments.push(report);
+        read_before |= reads;
     }
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -207,5 +213,37 @@ mod tests {
         assert!(r.stall_s < 0.5, "{r:?}");
         let small = tempfile::NamedTempFile::new().unwrap();
         assert!(replay(&trace, small.path(), ReplayParams::default()).is_err());
+    }
+
+    #[test]
+    fn no_think_time_before_a_segment_without_reads() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), vec![5u8; 1 << 20]).unwrap();
+        let rec = |t_us, op, task| Record {
+            t_us,
+            op,
+            offset: 4096,
+            len: 4096,
+            task,
+        };
+        // Like a recorded session: the last mark ("c") came just before the session stopped.
+        let trace = Trace {
+            image: ImageId::size_only(1 << 20),
+            kind: TraceKind::Session,
+            label: "s".into(),
+            run: 1,
+            start_unix_us: 0,
+            recorder: "test".into(),
+            tasks: vec!["a".into(), "b".into(), "c".into()],
+            records: vec![
+                rec(0, Op::Read, 0),
+                rec(10_000, Op::Read, 1),
+                rec(20_000, Op::Write, 2),
+            ],
+        };
+        let think = Duration::from_millis(30);
+        let r = replay(&trace, f.path(), ReplayParams { think, cold: false }).unwrap();
+        assert!((r.think_s - 0.03).abs() < 1e-9, "{r:?}");
+        assert!(r.completion_s >= 0.04, "{r:?}");
     }
 }
