@@ -10,7 +10,8 @@
 #          about half an hour.
 # Env: WORK (default datasets/work, holds appliance.img), RATE, SEED_RATE (tc rates, e.g.
 # 100mbit), THINK (full 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (held-out
-# traces), STRATEGIES (of phase strategies, default all), KEEP=1 keeps the scratch dir.
+# traces), STRATEGIES (of phase strategies, default all), PHASES (default "strategies crowd"),
+# KEEP=1 keeps the scratch dir.
 #
 # Topology: a hub namespace with a bridge; the seeder (10.247.0.1) and clients 1..N
 # (10.247.0.1+i) each in a namespace joined to the hub by a veth pair, tbf-capped in both
@@ -38,13 +39,13 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --full) mode=full ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (namespaces, tc, FUSE)" >&2; exit 1; }
-cmdline="datasets/bench.sh --$mode"
+cmdline="${PHASES:+PHASES=\"$PHASES\" }datasets/bench.sh --$mode"
 if [ "$mode" = full ]; then
   RATE=${RATE:-100mbit}; SEED_RATE=${SEED_RATE:-100mbit}; NS=${NS:-1 2 4 8 16}
   TASKS=${TASKS-compile-1 git-1 man-1 perl-1 python-1 search-1 shell-1 sqlite-1}
@@ -58,7 +59,9 @@ else
   STRATEGIES=${STRATEGIES:-aria2 sshfs demand stream profile markov oracle}
   SESSION_THINKS=$THINK
 fi
+PHASES=${PHASES:-strategies crowd}
 has() { case " $STRATEGIES " in *" $1 "*) return 0 ;; esac; return 1; }
+has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 work=${WORK:-$here/work}
 out=${out:-$here/results/$mode}
 image=$work/appliance.img
@@ -127,6 +130,10 @@ cleanup() {
     fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
   done
   for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  if [ "$rc" != 0 ] && [ -s "${csv:-}" ]; then
+    rm -rf "$out.partial"; mkdir -p "$out.partial" && cp -r "$csv" "$W/raw" "$out.partial/"
+    say "failed (exit $rc): the rows measured so far are in $out.partial"
+  fi
   if [ "${KEEP:-0}" = 1 ]; then say "scratch kept in $W"; else rm -rf "$W"; fi
   exit $rc
 }
@@ -189,6 +196,9 @@ AuthorizedKeysFile $W/authorized_keys
 StrictModes no
 UsePAM no
 PidFile none
+# N clients connect at once: the default MaxStartups (10:30:100) drops some of them.
+MaxStartups 200
+MaxSessions 200
 Subsystem sftp internal-sftp
 EOF
 inns "$(ns_of 0)" /usr/sbin/sshd -D -f "$W/sshd_config" -E "$W/sshd.log" &
@@ -304,6 +314,7 @@ one_client() {
 }
 
 # --- phase 1: strategies, one client ---------------------------------------------------------
+if has_phase strategies; then
 runs=()   # "trace think"
 for t in $TASKS; do runs+=("$t 0s"); done
 for s in $SESSIONS; do for th in $SESSION_THINKS; do runs+=("$s $th"); done; done
@@ -347,6 +358,8 @@ for st in sshfs demand stream profile markov oracle; do
   done
 done
 
+fi
+
 # --- phase 2: flash crowd --------------------------------------------------------------------
 set -- $SESSIONS; nsess=$#; sess=("$@")
 crowd() {  # crowd STRATEGY MODE N: N clients together, client i replays session (i-1) mod S
@@ -358,10 +371,12 @@ crowd() {  # crowd STRATEGY MODE N: N clients together, client i replays session
   done
   local failed=0
   for p in "${pids[@]}"; do wait "$p" || failed=1; done
-  [ $failed = 0 ] || { say "crowd $1 $2 N=$3: a client failed"; return 1; }
+  # A failed client (its row is missing) is reported, not fatal: the other runs still count.
+  [ $failed = 0 ] || { say "crowd $1 $2 N=$3: a client failed"; echo "crowd $1 $2 N=$3" >> "$W/failed"; }
 }
 nmin=$nmax; for n in $NS; do [ "$n" -lt "$nmin" ] && nmin=$n; done
 for n in $NS; do
+  has_phase crowd || break
   crowd markov swarm "$n"
   crowd markov cs "$n"
   crowd oracle swarm "$n"
@@ -381,6 +396,7 @@ header="vmt benchmark: $cmdline
 date: $(date -u +'%Y-%m-%d %H:%M UTC'); commit $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')
 links: $RATE each way per client, seeder uplink $SEED_RATE (tc tbf); think $THINK; $(nproc) cores
 held-out traces: ${TASKS:-(no tasks)} ${SESSIONS}; bundle $(basename "$bundle") (trained on traces/train)
+phases: $PHASES; failed runs (rows missing): $(if [ -s "$W/failed" ]; then paste -sd';' "$W/failed"; else echo none; fi)
 
 "
 "$bin/vmt-bench" report --csv "$out/results.csv" --out "$out" --header "$header"
