@@ -247,4 +247,36 @@ mod tests {
         let small = tempfile::NamedTempFile::new().unwrap();
         assert!(replay(&trace, small.path(), ReplayParams::default()).is_err());
     }
+
+    #[test]
+    fn no_think_time_before_a_segment_without_reads() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), vec![5u8; 1 << 20]).unwrap();
+        let rec = |t_us, op, task| Record {
+            t_us,
+            op,
+            offset: 4096,
+            len: 4096,
+            task,
+        };
+        // Like a recorded session: the last mark ("c") came just before the session stopped.
+        let trace = Trace {
+            image: ImageId::size_only(1 << 20),
+            kind: TraceKind::Session,
+            label: "s".into(),
+            run: 1,
+            start_unix_us: 0,
+            recorder: "test".into(),
+            tasks: vec!["a".into(), "b".into(), "c".into()],
+            records: vec![
+                rec(0, Op::Read, 0),
+                rec(10_000, Op::Read, 1),
+                rec(20_000, Op::Write, 2),
+            ],
+        };
+        let think = Duration::from_millis(30);
+        let r = replay(&trace, f.path(), ReplayParams { think, cold: false }).unwrap();
+        assert!((r.think_s - 0.03).abs() < 1e-9, "{r:?}");
+        assert!(r.completion_s >= 0.04, "{r:?}");
+    }
 }

@@ -19,7 +19,9 @@
 //! # Priority
 //! 1. Demanded pieces, oldest demand first. A demanded piece already in flight elsewhere may be
 //!    assigned to one more peer ([`MAX_URGENT_COPIES`]), so a slow peer cannot hold up a parked read.
-//! 2. The plan (application prefetch order), first queued piece the peer has.
+//! 2. The plan (application prefetch order), first queued piece the peer has. A planned piece
+//!    is fetched even when not wanted (`NotNeeded`): the plan is how an application that does
+//!    not fetch everything (no `fetch_all`) asks for pieces ahead of its reads.
 //! 3. Rarest first among queued pieces; ties broken from a seeded rotation so that clients
 //!    started together do not all fetch the same piece.
 //! 4. Endgame: when nothing is queued, duplicate an in-flight piece with the fewest copies.
@@ -167,7 +169,7 @@ impl PiecePicker {
         *slot = new;
         *self.count_mut(old) -= 1;
         *self.count_mut(new) += 1;
-        if new == PieceState::Queued {
+        if Self::plannable(new) {
             let rank = self.plan_rank[piece as usize];
             if rank != NOT_PLANNED && (rank as usize) < self.plan_cursor {
                 self.plan_cursor = rank as usize;
@@ -177,6 +179,13 @@ impl PiecePicker {
             self.is_demanded[piece as usize] = false;
             self.demanded.retain(|&p| p != piece);
         }
+    }
+
+    /// Whether the plan may hand out a piece in state `s`. Planning a piece makes it queued
+    /// even when it is not otherwise wanted (see [`PiecePicker::set_plan`]), so this is the
+    /// queued state alone.
+    fn plannable(s: PieceState) -> bool {
+        s == PieceState::Queued
     }
 
     fn count_mut(&mut self, s: PieceState) -> &mut u32 {
@@ -322,13 +331,13 @@ impl PiecePicker {
         }
         // 2. Plan.
         while self.plan_cursor < self.plan.len()
-            && self.state[self.plan[self.plan_cursor] as usize] != PieceState::Queued
+            && !Self::plannable(self.state[self.plan[self.plan_cursor] as usize])
         {
             self.plan_cursor += 1;
         }
         for k in self.plan_cursor..self.plan.len() {
             let p = self.plan[k];
-            if self.state[p as usize] == PieceState::Queued && peer_has(p) {
+            if Self::plannable(self.state[p as usize]) && peer_has(p) {
                 return Some(self.assign(p, PickReason::Plan));
             }
         }
@@ -420,7 +429,7 @@ impl PiecePicker {
         }
         assert_eq!(c, self.counts);
         for k in 0..self.plan_cursor {
-            assert_ne!(self.state[self.plan[k] as usize], PieceState::Queued);
+            assert!(!Self::plannable(self.state[self.plan[k] as usize]));
         }
     }
 }
@@ -469,6 +478,37 @@ mod tests {
                 reason: PickReason::Rarest
             }
         );
+        p.check_invariant();
+    }
+
+    #[test]
+    fn plan_fetches_pieces_that_are_not_wanted() {
+        // Without fetch_all (demand, oracle) nothing is wanted: the plan alone asks for pieces.
+        let mut p = PiecePicker::new(6, 1);
+        for i in 0..6 {
+            p.set_wanted(i, false);
+        }
+        assert_eq!(p.pick(all, none, false), None);
+        p.set_plan(&[4, 2]);
+        let a = p.pick(all, none, false).unwrap();
+        assert_eq!(
+            a,
+            Pick {
+                piece: 4,
+                reason: PickReason::Plan
+            }
+        );
+        assert_eq!(p.pick(all, none, false).unwrap().piece, 2);
+        // (This peer holds both: nothing to duplicate in endgame either.)
+        assert_eq!(p.pick(all, all, false), None);
+        // A planned piece given back is planned again; one dropped from the plan is not.
+        p.release(4);
+        p.check_invariant();
+        assert_eq!(p.pick(all, none, false).unwrap().piece, 4);
+        p.release(4);
+        p.set_plan(&[]);
+        assert_eq!(p.pick(all, all, false), None);
+        assert!(p.complete(2));
         p.check_invariant();
     }
 
@@ -640,7 +680,7 @@ mod tests {
             return None;
         }
         for &q in &p.plan {
-            if p.state[q as usize] == PieceState::Queued && ok(q) {
+            if PiecePicker::plannable(p.state[q as usize]) && ok(q) {
                 return Some(Pick {
                     piece: q,
                     reason: PickReason::Plan,

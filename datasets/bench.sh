@@ -1,0 +1,403 @@
+#!/usr/bin/env bash
+# The benchmark of issue 6: vmt against what users would use instead, on real bandwidth-capped
+# links between network namespaces, replaying held-out traces of the appliance. Run as root.
+#
+#   datasets/bench.sh [--quick|--full] [--out DIR]
+#
+# --quick (default): one task and one session (2 s think), no vmt-run fetch, N = 1 4, 400 Mbit/s
+#          links; under 5 minutes, for development.
+# --full: every held-out trace (sessions with 0 and 5 s think), N = 1 2 4 8 16, 100 Mbit/s links;
+#          about 35 minutes (strategies phase ~16, crowd phase ~15, setup).
+# Env: WORK (default datasets/work, holds appliance.img), RATE, SEED_RATE (tc rates, e.g.
+# 100mbit), THINK (full 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (held-out
+# traces), STRATEGIES (of phase strategies, default all), PHASES (default "strategies crowd"),
+# KEEP=1 keeps the scratch dir.
+#
+# Topology: a hub namespace with a bridge; the seeder (10.247.0.1) and clients 1..N
+# (10.247.0.1+i) each in a namespace joined to the hub by a veth pair, tbf-capped in both
+# directions (seeder uplink SEED_RATE). Peers run inside their namespaces; replays run in the
+# root namespace against the mounts (FUSE and sshfs mounts are visible machine-wide).
+#
+# Phases, each replay one CSV row (vmt-bench add):
+#   strategies  one client: local image (cold), full (vmt-run fetch, then run), aria2 (stock
+#               BitTorrent client, then run), sshfs (network storage), and vmt-run mount with
+#               demand, stream, profile, markov, oracle; every held-out trace, sessions also
+#               with THINK at task boundaries.
+#   crowd       N clients start together, each replays a held-out session with THINK:
+#               markov and oracle in swarm mode, markov in client-server mode (--no-upload);
+#               sshfs and aria2 at the smallest and largest N (quick: the largest).
+# Output (default datasets/results/<mode>): results.csv, summary.txt, strategies.svg, crowd.svg,
+# raw/ (every replay report and mount report). Everything it creates (namespaces, mounts,
+# processes) is removed at the end and on failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+mode=quick
+out=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) mode=quick ;;
+    --full) mode=full ;;
+    --out) out=$2; shift ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (namespaces, tc, FUSE)" >&2; exit 1; }
+cmdline="${PHASES:+PHASES=\"$PHASES\" }datasets/bench.sh --$mode"
+if [ "$mode" = full ]; then
+  RATE=${RATE:-100mbit}; SEED_RATE=${SEED_RATE:-100mbit}; NS=${NS:-1 2 4 8 16}
+  TASKS=${TASKS-compile-1 git-1 man-1 perl-1 python-1 search-1 shell-1 sqlite-1}
+  SESSIONS=${SESSIONS:-session-1 session-2}; THINK=${THINK:-5s}
+  STRATEGIES=${STRATEGIES:-full aria2 sshfs demand stream profile markov oracle}
+  SESSION_THINKS="0s $THINK"   # sessions replayed without and with think time
+else
+  RATE=${RATE:-400mbit}; SEED_RATE=${SEED_RATE:-400mbit}; NS=${NS:-1 4}
+  TASKS=${TASKS-git-1}
+  SESSIONS=${SESSIONS:-session-2}; THINK=${THINK:-2s}
+  STRATEGIES=${STRATEGIES:-aria2 sshfs demand stream profile markov oracle}
+  SESSION_THINKS=$THINK
+fi
+PHASES=${PHASES:-strategies crowd}
+has() { case " $STRATEGIES " in *" $1 "*) return 0 ;; esac; return 1; }
+has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
+work=${WORK:-$here/work}
+out=${out:-$here/results/$mode}
+image=$work/appliance.img
+bin=$root/target/release
+say() { printf '[bench %s] %s\n' "$(date -u +%T)" "$*" >&2; }
+
+# --- packages and binaries ------------------------------------------------------------------
+need=()
+for pair in aria2c:aria2 sshfs:sshfs sshd:openssh-server opentracker:opentracker \
+            transmission-create:transmission-cli tc:iproute2 fusermount3:fuse3 curl:curl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
+(cd "$root" && cargo build --release -q -p vmt-run -p vmt-record -p vmt-train -p vmt-bench)
+
+# --- image, traces, bundle: the traces must belong to this image ----------------------------
+[ -f "$image" ] || "$here/build-appliance.sh" "$work"
+if [ ! -f "$work/appliance.sha256" ] || [ "$work/appliance.sha256" -ot "$image" ]; then
+  sha256sum "$image" > "$work/appliance.sha256"
+fi
+sha=$(awk '{print $1}' "$work/appliance.sha256")
+traces=$here/traces
+bundle=$here/appliance.vmtp
+want=$("$bin/vmt-record" export "$traces/test/session-1.vmtrace" | sed -n 's/^# image_sha256=//p')
+if [ "$want" != "$sha" ]; then
+  # A rebuilt image (debootstrap fetches current packages): record and train for it, in WORK.
+  say "traces belong to image $want, not this one ($sha): re-recording into $work/traces"
+  (cd "$work" && rm -rf traces-rec && mkdir traces-rec && cp -r "$here/tasks" "$here/record.sh" traces-rec/ \
+    && WORK=$work VMT_RECORD=$bin/vmt-record bash traces-rec/record.sh)
+  traces=$work/traces-rec/traces
+  bundle=$work/appliance.vmtp
+  "$bin/vmt-train" fit --traces "$traces/train" --out "$bundle"
+fi
+[ -f "$bundle" ] || "$bin/vmt-train" fit --traces "$traces/train" --out "$bundle"
+
+# --- scratch, cleanup -----------------------------------------------------------------------
+W=$(mktemp -d "$work/bench.XXXXXX"); chmod 755 "$W"
+tag=vmtb$$
+hub=$tag-hub
+nmax=0; for n in $NS; do [ "$n" -gt "$nmax" ] && nmax=$n; done
+namespaces=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e +o pipefail   # best effort from here: every step runs even if one fails
+  say "cleaning up"
+  # Processes inside our namespaces (seeder, clients, sshd, tracker), then our own children.
+  for ns in "${namespaces[@]}"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
+  done
+  for p in $(jobs -p); do kill -TERM "$p" 2>/dev/null || true; done
+  local end=$((SECONDS + 15))
+  while [ $SECONDS -lt $end ]; do
+    local alive=0
+    for ns in "${namespaces[@]}"; do [ -n "$(ip netns pids "$ns" 2>/dev/null)" ] && alive=1; done
+    [ $alive = 0 ] && break; sleep 0.2
+  done
+  for ns in "${namespaces[@]}"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+  done
+  # Mounts under the scratch dir (vmt-run FUSE, sshfs).
+  grep -F " $W/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do
+    fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done
+  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  if [ "$rc" != 0 ] && [ -s "${csv:-}" ]; then
+    rm -rf "$out.partial"; mkdir -p "$out.partial" && cp -r "$csv" "$W/raw" "$out.partial/"
+    say "failed (exit $rc): the rows measured so far are in $out.partial"
+  fi
+  if [ "${KEEP:-0}" = 1 ]; then say "scratch kept in $W"; else rm -rf "$W"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- network --------------------------------------------------------------------------------
+# Run a command in a namespace's network only. Not `ip netns exec`: it also gives the command a
+# mount namespace of its own, so the FUSE and sshfs mounts made there would be invisible here.
+inns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
+ip_of() { echo "10.247.0.$(($1 + 1))"; }     # 0 = seeder, 1.. = clients
+ns_of() { echo "$tag-p$1"; }
+say "network: seeder + $nmax clients, links $RATE, seeder uplink $SEED_RATE"
+ip netns add "$hub"; namespaces+=("$hub")
+inns "$hub" ip link add br0 type bridge
+inns "$hub" ip link set br0 up
+for i in $(seq 0 "$nmax"); do
+  ns=$(ns_of "$i"); up=$RATE; [ "$i" = 0 ] && up=$SEED_RATE
+  ip netns add "$ns"; namespaces+=("$ns")
+  ip link add v0 netns "$ns" type veth peer name "h$i" netns "$hub"
+  inns "$hub" ip link set "h$i" master br0
+  inns "$hub" ip link set "h$i" up
+  inns "$ns" ip addr add "$(ip_of "$i")/24" dev v0
+  inns "$ns" ip link set v0 up
+  inns "$ns" ip link set lo up
+  inns "$ns" tc qdisc add dev v0 root tbf rate "$up" burst 256kb latency 50ms
+  inns "$hub" tc qdisc add dev "h$i" root tbf rate "$RATE" burst 256kb latency 50ms
+done
+seeder=$(ip_of 0)
+
+# wait_for SECONDS CMD...: poll CMD until it succeeds, or fail.
+wait_for() {
+  local end=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt "$end" ] || { say "timeout waiting for: $*"; return 1; }
+    sleep 0.05
+  done
+}
+listening() { inns "$1" ss -ltnH "sport = :$2" | grep -q .; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f\n", b - a }'; }
+
+# --- servers in the seeder's namespace ------------------------------------------------------
+say "seeder: vmt-run seed (hashing the image)"
+inns "$(ns_of 0)" "$bin/vmt-run" seed --image "$image" --listen "$seeder:6881" \
+  --torrent-out "$W/app.torrent" >"$W/seed.log" 2>&1 &
+wait_for 300 listening "$(ns_of 0)" 6881
+wait_for 60 test -s "$W/app.torrent"
+
+mkdir -p /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$W/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$W/id"
+cp "$W/id.pub" "$W/authorized_keys"
+cat > "$W/sshd_config" <<EOF
+ListenAddress $seeder
+Port 22
+HostKey $W/host_key
+PermitRootLogin prohibit-password
+AuthorizedKeysFile $W/authorized_keys
+StrictModes no
+UsePAM no
+PidFile none
+# N clients connect at once: the default MaxStartups (10:30:100) drops some of them.
+MaxStartups 200
+MaxSessions 200
+Subsystem sftp internal-sftp
+EOF
+inns "$(ns_of 0)" /usr/sbin/sshd -D -f "$W/sshd_config" -E "$W/sshd.log" &
+wait_for 30 listening "$(ns_of 0)" 22
+imgdir=$(dirname "$(readlink -f "$image")")
+imgname=$(basename "$(readlink -f "$image")")
+
+# Stock BitTorrent: opentracker + an aria2c seeder, with a torrent made by transmission-create.
+say "stock torrent: transmission-create (hashing the image)"
+mkdir -p "$W/trk"
+transmission-create -s 256 -t "http://$seeder:6969/announce" -o "$W/stock.torrent" "$(readlink -f "$image")" >/dev/null
+transmission-show "$W/stock.torrent" | awk '$1=="Hash:"{print $2}' > "$W/trk/whitelist.txt"
+inns "$(ns_of 0)" opentracker -i "$seeder" -p 6969 -P 6969 -d "$W/trk" -w whitelist.txt >"$W/trk.log" 2>&1 &
+wait_for 30 listening "$(ns_of 0)" 6969
+A2="aria2c --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=false \
+  --summary-interval=0 --console-log-level=warn --file-allocation=none --bt-tracker-interval=5"
+inns "$(ns_of 0)" $A2 --dir="$imgdir" --bt-seed-unverified=true --seed-ratio=0.0 \
+  --listen-port=6882 "$W/stock.torrent" >"$W/aria2-seed.log" 2>&1 &
+wait_for 60 listening "$(ns_of 0)" 6882
+
+csv=$W/results.csv
+mkdir -p "$W/raw"
+# add_row JSON PHASE STRATEGY MODE N CLIENT SETUP_S
+add_row() {
+  "$bin/vmt-bench" add --csv "$csv" --replay "$1" --phase "$2" --strategy "$3" --mode "$4" \
+    --n "$5" --client "$6" --setup-s "$7"
+}
+# replay TRACE FILE THINK JSON [--cold]
+replay() {
+  timeout 600 "$bin/vmt-record" replay --trace "$traces/test/$1.vmtrace" --file "$2" \
+    --think "$3" --json ${5:-} >"$4"
+}
+task_of() {  # the task the profile strategy follows: the trace's label, for sessions the first after boot
+  case "$1" in
+    session-*) "$bin/vmt-record" export "$traces/test/$1.vmtrace" | awk -F, '$1 ~ /^[0-9]+$/ && $5 != "" && $5 != "boot" {print $5; exit}' ;;
+    *) echo "${1%-*}" ;;
+  esac
+}
+
+# --- client side: a vmt-run mount in client i's namespace -----------------------------------
+# mount_start I STRATEGY MODE TRACE N: starts it in the background, prints nothing; the image
+# appears at $W/c$I/mnt/$imgname. MODE swarm: listens and knows every other client of the N.
+mount_start() {
+  local i=$1 strategy=$2 md=$3 trace=$4 n=$5 d=$W/c$1
+  rm -rf "$d"; mkdir -p "$d/mnt" "$d/data"
+  local args=(--torrent "$W/app.torrent" --bundle "$bundle" --mountpoint "$d/mnt" --data "$d/data"
+              --strategy "$strategy" --peer "$seeder:6881" --report "$d/report.json")
+  if [ "$md" = swarm ]; then
+    args+=(--listen "$(ip_of "$i"):6881")
+    for j in $(seq 1 "$n"); do [ "$j" = "$i" ] || args+=(--peer "$(ip_of "$j"):6881"); done
+  else
+    args+=(--no-upload)
+  fi
+  case "$strategy" in
+    profile) args+=(--profile "$(task_of "$trace")") ;;
+    oracle) args+=(--oracle-trace "$traces/test/$trace.vmtrace") ;;
+  esac
+  # nsenter execs vmt-run, so $! is the mount's own PID (a shell function would give a subshell's).
+  nsenter --net="/run/netns/$(ns_of "$i")" "$bin/vmt-run" mount "${args[@]}" >"$d/mount.log" 2>&1 &
+  echo $! > "$d/pid"
+}
+mount_stop() {  # mount_stop I TAG: SIGTERM, wait for the report, keep it as raw/TAG.mount.json
+  local d=$W/c$1 pid
+  pid=$(cat "$d/pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  local end=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then say "mount $1 did not stop in 30 s: killing"; kill -KILL "$pid" 2>/dev/null || true; fi
+  wait "$pid" 2>/dev/null || true
+  fusermount3 -u -z "$d/mnt" 2>/dev/null || true
+  [ -f "$d/report.json" ] && cp "$d/report.json" "$W/raw/$2.mount.json"
+  cp "$d/mount.log" "$W/raw/$2.mount.log" 2>/dev/null || true
+  rm -rf "$d"
+}
+sshfs_start() {  # sshfs_start I: the seeder's image directory at $W/c$I/mnt
+  local d=$W/c$1
+  rm -rf "$d"; mkdir -p "$d/mnt"
+  inns "$(ns_of "$1")" timeout 60 sshfs -o ro,IdentityFile="$W/id",StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null,BatchMode=yes,LogLevel=ERROR "root@$seeder:$imgdir" "$d/mnt"
+}
+sshfs_stop() { fusermount3 -u -z "$W/c$1/mnt" 2>/dev/null || true; rm -rf "$W/c$1"; }
+aria2_get() {  # aria2_get I: whole image into $W/c$I/dl with the stock client; prints seconds
+  local d=$W/c$1 t0
+  rm -rf "$d"; mkdir -p "$d/dl"
+  t0=$(now)
+  inns "$(ns_of "$1")" timeout 900 $A2 --dir="$d/dl" --seed-time=0 \
+    --listen-port=6882 "$W/stock.torrent" >"$d/aria2.log" 2>&1
+  since "$t0"
+}
+
+# one_client I STRATEGY MODE TRACE THINK N PHASE: setup + replay + row, for client I.
+one_client() {
+  local i=$1 st=$2 md=$3 trace=$4 think=$5 n=$6 phase=$7 t0 setup file
+  local tagname="$phase-$st-$md-n$n-c$i-$trace-think$think"
+  local json=$W/raw/$tagname.json
+  case "$st" in
+    sshfs)
+      t0=$(now); sshfs_start "$i"; file=$W/c$i/mnt/$imgname
+      wait_for 30 test -s "$file"; setup=$(since "$t0")
+      replay "$trace" "$file" "$think" "$json"
+      sshfs_stop "$i" ;;
+    aria2)
+      setup=$(aria2_get "$i"); file=$W/c$i/dl/$imgname
+      replay "$trace" "$file" "$think" "$json"
+      rm -rf "$W/c$i" ;;
+    *)
+      t0=$(now); mount_start "$i" "$st" "$md" "$trace" "$n"; file=$W/c$i/mnt/$imgname
+      wait_for 60 test -s "$file"; setup=$(since "$t0")
+      replay "$trace" "$file" "$think" "$json"
+      mount_stop "$i" "$tagname" ;;
+  esac
+  add_row "$json" "$phase" "$st" "$md" "$n" "$i" "$setup"
+}
+
+# --- phase 1: strategies, one client ---------------------------------------------------------
+if has_phase strategies; then
+runs=()   # "trace think"
+for t in $TASKS; do runs+=("$t 0s"); done
+for s in $SESSIONS; do for th in $SESSION_THINKS; do runs+=("$s $th"); done; done
+say "phase strategies: ${#runs[@]} replays per strategy"
+for r in "${runs[@]}"; do
+  set -- $r
+  replay "$1" "$image" "$2" "$W/raw/strategies-local-$1-think$2.json" --cold
+  add_row "$W/raw/strategies-local-$1-think$2.json" strategies local local 1 0 0
+done
+# Whole-image downloads, each once, then every replay on the local copy.
+if has full; then
+say "full: vmt-run fetch"
+mkdir -p "$W/c1"; t0=$(now)
+inns "$(ns_of 1)" timeout 900 "$bin/vmt-run" fetch --torrent "$W/app.torrent" \
+  --peer "$seeder:6881" --out "$W/c1/full.img" >"$W/raw/full-fetch.log" 2>&1
+full_s=$(since "$t0")
+for r in "${runs[@]}"; do
+  set -- $r
+  replay "$1" "$W/c1/full.img" "$2" "$W/raw/strategies-full-$1-think$2.json"
+  add_row "$W/raw/strategies-full-$1-think$2.json" strategies full swarm 1 1 "$full_s"
+done
+rm -rf "$W/c1"
+fi
+if has aria2; then
+say "full: aria2c"
+a2_s=$(aria2_get 1)
+for r in "${runs[@]}"; do
+  set -- $r
+  replay "$1" "$W/c1/dl/$imgname" "$2" "$W/raw/strategies-aria2-$1-think$2.json"
+  add_row "$W/raw/strategies-aria2-$1-think$2.json" strategies aria2 swarm 1 1 "$a2_s"
+done
+rm -rf "$W/c1"
+fi
+for st in sshfs demand stream profile markov oracle; do
+  has "$st" || continue
+  say "strategy $st"
+  md=swarm; [ "$st" = sshfs ] && md=server
+  for r in "${runs[@]}"; do
+    set -- $r
+    one_client 1 "$st" "$md" "$1" "$2" 1 strategies
+  done
+done
+
+fi
+
+# --- phase 2: flash crowd --------------------------------------------------------------------
+set -- $SESSIONS; nsess=$#; sess=("$@")
+crowd() {  # crowd STRATEGY MODE N: N clients together, client i replays session (i-1) mod S
+  say "crowd $1 $2 N=$3"
+  local pids=() i
+  for i in $(seq 1 "$3"); do
+    one_client "$i" "$1" "$2" "${sess[$(((i - 1) % nsess))]}" "$THINK" "$3" crowd &
+    pids+=($!)
+  done
+  local failed=0
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  # A failed client (its row is missing) is reported, not fatal: the other runs still count.
+  [ $failed = 0 ] || { say "crowd $1 $2 N=$3: a client failed"; echo "crowd $1 $2 N=$3" >> "$W/failed"; }
+}
+nmin=$nmax; for n in $NS; do [ "$n" -lt "$nmin" ] && nmin=$n; done
+for n in $NS; do
+  has_phase crowd || break
+  crowd markov swarm "$n"
+  crowd markov cs "$n"
+  crowd oracle swarm "$n"
+  # The baselines at the largest N (quick) or the smallest and largest (full).
+  if [ "$n" = "$nmax" ] || { [ "$mode" = full ] && [ "$n" = "$nmin" ]; }; then
+    crowd sshfs server "$n"
+    crowd aria2 swarm "$n"
+  fi
+done
+
+# --- results ---------------------------------------------------------------------------------
+mkdir -p "$out"
+rm -rf "$out/raw"
+cp -r "$W/raw" "$out/raw"
+cp "$csv" "$out/results.csv"
+header="vmt benchmark: $cmdline
+date: $(date -u +'%Y-%m-%d %H:%M UTC'); commit $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')
+links: $RATE each way per client, seeder uplink $SEED_RATE (tc tbf); think $THINK; $(nproc) cores
+held-out traces: ${TASKS:-(no tasks)} ${SESSIONS}; bundle $(basename "$bundle") (trained on traces/train)
+phases: $PHASES; failed runs (rows missing): $(if [ -s "$W/failed" ]; then paste -sd';' "$W/failed"; else echo none; fi)
+
+"
+"$bin/vmt-bench" report --csv "$out/results.csv" --out "$out" --header "$header"
+say "results in $out"
