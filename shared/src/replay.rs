@@ -180,17 +180,10 @@ mod tests {
     use crate::image::ImageId;
     use crate::trace::{Record, TraceKind};
 
-    #[test]
-    fn think_time_only_before_segments_that_read() {
+    /// A 1 MiB image file and a session trace of `tasks` over it.
+    fn session(tasks: &[&str], records: Vec<Record>) -> (tempfile::NamedTempFile, Trace) {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), vec![5u8; 1 << 20]).unwrap();
-        let rec = |t_us, op, task| Record {
-            t_us,
-            op,
-            offset: 0,
-            len: 4096,
-            task,
-        };
         let trace = Trace {
             image: ImageId::size_only(1 << 20),
             kind: TraceKind::Session,
@@ -198,43 +191,33 @@ mod tests {
             run: 1,
             start_unix_us: 0,
             recorder: "test".into(),
-            tasks: vec!["a".into(), "b".into(), "c".into()],
-            records: vec![
-                rec(0, Op::Read, 0),
-                rec(10, Op::Read, 1),
-                rec(20, Op::Write, 2),
-            ],
+            tasks: tasks.iter().map(|t| t.to_string()).collect(),
+            records,
         };
-        let think = Duration::from_millis(20);
-        let r = replay(&trace, f.path(), ReplayParams { think, cold: false }).unwrap();
-        assert!(
-            (r.think_s - 0.02).abs() < 1e-9,
-            "one think, before b: {r:?}"
-        );
-        assert!(r.completion_s >= 0.02);
+        (f, trace)
+    }
+
+    fn rec(t_us: u64, op: Op, task: u16) -> Record {
+        Record {
+            t_us,
+            op,
+            offset: t_us * 10,
+            len: 4096,
+            task,
+        }
     }
 
     #[test]
     fn local_replay_keeps_the_schedule_and_inserts_think_time() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), vec![5u8; 1 << 20]).unwrap();
-        let rec = |t_us, task| Record {
-            t_us,
-            op: Op::Read,
-            offset: t_us * 10,
-            len: 4096,
-            task,
-        };
-        let trace = Trace {
-            image: ImageId::size_only(1 << 20),
-            kind: TraceKind::Session,
-            label: "s".into(),
-            run: 1,
-            start_unix_us: 0,
-            recorder: "test".into(),
-            tasks: vec!["a".into(), "b".into()],
-            records: vec![rec(0, 0), rec(20_000, 0), rec(40_000, 1), rec(60_000, 1)],
-        };
+        let (f, trace) = session(
+            &["a", "b"],
+            vec![
+                rec(0, Op::Read, 0),
+                rec(20_000, Op::Read, 0),
+                rec(40_000, Op::Read, 1),
+                rec(60_000, Op::Read, 1),
+            ],
+        );
         let think = Duration::from_millis(30);
         let r = replay(&trace, f.path(), ReplayParams { think, cold: false }).unwrap();
         assert_eq!(r.reads, 4);
@@ -250,33 +233,21 @@ mod tests {
 
     #[test]
     fn no_think_time_before_a_segment_without_reads() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), vec![5u8; 1 << 20]).unwrap();
-        let rec = |t_us, op, task| Record {
-            t_us,
-            op,
-            offset: 4096,
-            len: 4096,
-            task,
-        };
         // Like a recorded session: the last mark ("c") came just before the session stopped.
-        let trace = Trace {
-            image: ImageId::size_only(1 << 20),
-            kind: TraceKind::Session,
-            label: "s".into(),
-            run: 1,
-            start_unix_us: 0,
-            recorder: "test".into(),
-            tasks: vec!["a".into(), "b".into(), "c".into()],
-            records: vec![
+        let (f, trace) = session(
+            &["a", "b", "c"],
+            vec![
                 rec(0, Op::Read, 0),
                 rec(10_000, Op::Read, 1),
                 rec(20_000, Op::Write, 2),
             ],
-        };
+        );
         let think = Duration::from_millis(30);
         let r = replay(&trace, f.path(), ReplayParams { think, cold: false }).unwrap();
-        assert!((r.think_s - 0.03).abs() < 1e-9, "{r:?}");
+        assert!(
+            (r.think_s - 0.03).abs() < 1e-9,
+            "one think, before b: {r:?}"
+        );
         assert!(r.completion_s >= 0.04, "{r:?}");
     }
 }

@@ -25,6 +25,19 @@ fn make_image(dir: &Path, files: &[(&str, usize)]) -> PathBuf {
     image
 }
 
+/// `vmt-record run --task TASK` of `sh -c SCRIPT` on `image`, traces into `out`.
+fn record_task(image: &Path, out: &Path, task: &str, script: &str) -> std::process::Output {
+    run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["run", "--task", task, "--image"])
+            .arg(image)
+            .arg("--out")
+            .arg(out)
+            .args(["--", "sh", "-c", script]),
+        LIMIT,
+    )
+}
+
 /// Physical 4 KiB blocks of `path` inside `image`, per debugfs.
 fn debugfs_blocks(image: &Path, path: &str) -> BTreeSet<u64> {
     let out = Command::new("debugfs")
@@ -94,15 +107,7 @@ fn trace_covers_exactly_the_blocks_of_the_files_read() {
          cat {m}/etc/config {m}/bin/tool {m}/lib/big.so > /dev/null; umount {m}",
         m = mnt.display()
     );
-    let res = run_with_timeout(
-        Command::new(bin("vmt-record"))
-            .args(["run", "--task", "readfiles", "--image"])
-            .arg(&image)
-            .arg("--out")
-            .arg(&out)
-            .args(["--", "sh", "-c", &script]),
-        LIMIT,
-    );
+    let res = record_task(&image, &out, "readfiles", &script);
     assert!(res.status.success(), "vmt-record run failed: {res:?}");
     let trace_path = out.join("readfiles-1.vmtrace");
     let trace = Trace::load(&trace_path).unwrap();
@@ -172,15 +177,7 @@ fn writes_are_recorded_but_never_reach_the_image() {
          grep -q written-by-task {m}/etc/new; cmp -n 32768 {m}/bin/tool /dev/zero; umount {m}; exit 7",
         m = mnt.display()
     );
-    let res = run_with_timeout(
-        Command::new(bin("vmt-record"))
-            .args(["run", "--task", "writer", "--image"])
-            .arg(&image)
-            .arg("--out")
-            .arg(&out)
-            .args(["--", "sh", "-c", &script]),
-        LIMIT,
-    );
+    let res = record_task(&image, &out, "writer", &script);
     assert_eq!(
         res.status.code(),
         Some(7),
@@ -317,15 +314,7 @@ fn csv_export_import_round_trip_is_lossless() {
     let dir = tempfile::tempdir().unwrap();
     let image = make_image(dir.path(), &FILES[..2]);
     let out = dir.path().join("traces");
-    let res = run_with_timeout(
-        Command::new(bin("vmt-record"))
-            .args(["run", "--task", "t", "--image"])
-            .arg(&image)
-            .arg("--out")
-            .arg(&out)
-            .args(["--", "sh", "-c", "head -c 300000 \"$VMT_IMAGE\" > /dev/null; echo hi | dd of=\"$VMT_IMAGE\" bs=1 seek=5000 conv=notrunc status=none"]),
-        LIMIT,
-    );
+    let res = record_task(&image, &out, "t", "head -c 300000 \"$VMT_IMAGE\" > /dev/null; echo hi | dd of=\"$VMT_IMAGE\" bs=1 seek=5000 conv=notrunc status=none");
     assert!(res.status.success(), "{res:?}");
     let original = out.join("t-1.vmtrace");
     let csv = dir.path().join("t.csv");
@@ -526,15 +515,7 @@ fn replay_reads_the_trace_against_a_file() {
          sleep 0.2; cat {m}/lib/big.so > /dev/null; umount {m}",
         m = mnt.display()
     );
-    let res = run_with_timeout(
-        Command::new(bin("vmt-record"))
-            .args(["run", "--task", "t", "--image"])
-            .arg(&image)
-            .arg("--out")
-            .arg(&out)
-            .args(["--", "sh", "-c", &script]),
-        LIMIT,
-    );
+    let res = record_task(&image, &out, "t", &script);
     assert!(res.status.success(), "{res:?}");
     let trace_path = out.join("t-1.vmtrace");
     let trace = Trace::load(&trace_path).unwrap();
