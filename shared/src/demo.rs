@@ -24,7 +24,7 @@ use crate::scheduler::Strategy;
 use crate::swarm::{Engine, EngineConfig, Storage, Torrent};
 use crate::trace::{Trace, TraceKind};
 
-/// Upload cap of the demo seeder: 64 Mbit/s, so the 96 MiB image takes ~12 s to fetch whole.
+/// Upload cap of the demo seeder: 8 MiB/s (67 Mbit/s), so the 96 MiB image takes ~12 s to fetch whole.
 pub const DEMO_RATE: u64 = 8 << 20;
 /// Think time between the tasks of a session.
 pub const DEMO_THINK: Duration = Duration::from_secs(2);
