@@ -37,12 +37,7 @@ static GLOBAL: Counting = Counting;
 
 fn setup() -> (vmt::profile::Bundle, Vec<(u64, u64)>) {
     let img = SynthImage::new(SynthParams::new(256 << 20, 16));
-    let traces: Vec<(String, Trace)> = img
-        .corpus(3, 0, 0)
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| (format!("{i}"), t))
-        .collect();
+    let traces: Vec<(String, Trace)> = img.named_corpus(3, 0, 0);
     let bundle = BundleParams::new(4096)
         .check()
         .unwrap()

@@ -386,12 +386,7 @@ mod tests {
     fn held_out_ordering_oracle_markov_demand() {
         // Compute-heavy tasks on a larger image: prefetch has gaps to use.
         let img = SynthImage::new(SynthParams::new(64 << 20, 4).compute_us(50_000));
-        let train: Vec<(String, Trace)> = img
-            .corpus(4, 12, 4)
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| (format!("{i}"), t))
-            .collect();
+        let train: Vec<(String, Trace)> = img.named_corpus(4, 12, 4);
         let bundle = BundleParams::new(4096)
             .check()
             .unwrap()
@@ -430,12 +425,7 @@ mod tests {
     #[test]
     fn r3_cold_starts_with_a_mount_and_boot_segments_keep_accuracy() {
         let img = SynthImage::new(SynthParams::new(64 << 20, 4).mount(256 << 10));
-        let train: Vec<(String, Trace)> = img
-            .corpus(4, 12, 4)
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| (format!("{i}"), t))
-            .collect();
+        let train: Vec<(String, Trace)> = img.named_corpus(4, 12, 4);
         let bundle = BundleParams::new(4096)
             .check()
             .unwrap()

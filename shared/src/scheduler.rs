@@ -506,12 +506,7 @@ mod tests {
 
     fn bundle() -> (SynthImage, Bundle) {
         let img = SynthImage::new(SynthParams::new(16 << 20, 4));
-        let traces: Vec<(String, crate::trace::Trace)> = img
-            .corpus(4, 20, 5)
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| (format!("{i}"), t))
-            .collect();
+        let traces: Vec<(String, crate::trace::Trace)> = img.named_corpus(4, 20, 5);
         let b = BundleParams::new(4096)
             .check()
             .unwrap()

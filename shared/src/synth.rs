@@ -393,6 +393,21 @@ impl SynthImage {
         seq
     }
 
+    /// [`SynthImage::corpus`] with each trace named by its index, as
+    /// [`ValidBundleParams::fit`](crate::profile::ValidBundleParams::fit) takes it.
+    pub fn named_corpus(
+        &self,
+        runs: u32,
+        sessions: u32,
+        session_len: usize,
+    ) -> Vec<(String, Trace)> {
+        self.corpus(runs, sessions, session_len)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (i.to_string(), t))
+            .collect()
+    }
+
     /// A training corpus: `runs` task runs of every task plus `sessions` sessions of
     /// `session_len` tasks each.
     pub fn corpus(&self, runs: u32, sessions: u32, session_len: usize) -> Vec<Trace> {
