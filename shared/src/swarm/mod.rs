@@ -41,6 +41,7 @@ mod testutil;
 mod torrent;
 mod tracker;
 mod waiters;
+mod window;
 
 pub use bitmap::AtomicBitmap;
 pub use engine::{Engine, EngineConfig};

@@ -6,8 +6,8 @@
 //! never waits on the writer: it queues outgoing messages in the [`Outbox`] (bounded by the
 //! request pipeline and by [`MAX_UPLOAD_QUEUE`]) and wakes the writer.
 //!
-//! Download side (reader): tracks the remote's pieces, keeps `request_depth` block requests in
-//! flight on pieces assigned by the picker, assembles each piece in a reused buffer, checks its
+//! Download side (reader): tracks the remote's pieces, keeps a [`RequestWindow`] of block
+//! requests in flight on pieces assigned by the picker (demanded pieces go beyond it), assembles each piece in a reused buffer, checks its
 //! SHA-1, and only then writes it to storage. A piece that fails the check goes back to the
 //! queue and counts a strike against the peer; at [`MAX_STRIKES`] the peer is banned. Pieces
 //! finished elsewhere first (endgame, urgent duplicates) are cancelled.
@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use librqbit_core::constants::CHUNK_SIZE;
 use librqbit_core::hash_id::Id20;
@@ -37,6 +37,7 @@ use super::engine::{lock, PeerLink, Refused, Shared};
 use super::picker::PickReason;
 use super::stats::Counters;
 use super::torrent::sha1;
+use super::window::RequestWindow;
 
 /// Corrupt pieces tolerated from one peer before it is banned.
 pub const MAX_STRIKES: u32 = 2;
@@ -160,6 +161,30 @@ impl Outbox {
     }
 }
 
+/// Keeps at most this many unsent bytes in the kernel's socket buffer.
+const UNSENT_LOW_WATER: libc::c_int = 64 * 1024;
+
+/// Keeps queued uploads in our [`Outbox`] rather than in a multi-megabyte socket buffer: a
+/// peer's cancel (it found the block elsewhere, or needs another one first) can then still
+/// withdraw them. Best effort: without the option the socket just buffers more.
+fn limit_unsent(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let v = UNSENT_LOW_WATER;
+    // SAFETY: a valid socket descriptor and a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("TCP_NOTSENT_LOWAT: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn no_extensions() -> PeerExtendedMessageIds {
     PeerExtendedMessageIds {
         ut_metadata: None,
@@ -175,6 +200,7 @@ pub(crate) async fn run(
     outbound: bool,
 ) -> Result<(), PeerError> {
     stream.set_nodelay(true)?;
+    limit_unsent(&stream);
     // No extension bit: vmt speaks plain BEP 3, so peers send no extended messages to ignore.
     let mut ours = Handshake::new(s.torrent.info_hash(), s.peer_id);
     ours.reserved = 0;
@@ -257,10 +283,12 @@ struct Download {
     active: Vec<Active>,
     /// Block requests sent and not yet answered.
     outstanding: usize,
+    /// When each outstanding request was sent, in order: (piece, begin, sent).
+    sent: VecDeque<(u32, u32, Instant)>,
     /// Piece buffers to reuse, so assembling a piece allocates nothing.
     pool: Vec<Vec<u8>>,
     strikes: u32,
-    depth: usize,
+    window: RequestWindow,
 }
 
 impl Download {
@@ -276,9 +304,10 @@ impl Download {
             am_interested: false,
             active: Vec::new(),
             outstanding: 0,
+            sent: VecDeque::with_capacity(s.config.request_depth.max(64)),
             pool: Vec::new(),
             strikes: 0,
-            depth: s.config.request_depth.max(1),
+            window: RequestWindow::new(s.config.request_depth, Instant::now()),
         }
     }
 
@@ -365,6 +394,7 @@ impl Download {
                     self.pool.push(a.buf);
                 }
                 self.outstanding = 0;
+                self.sent.clear();
             }
             Message::Unchoke => self.peer_choking = false,
             Message::Interested => {
@@ -443,8 +473,14 @@ impl Download {
         a.buf[at + b0.len()..at + len as usize].copy_from_slice(b1);
         a.received[(b / 64) as usize] |= 1 << (b % 64);
         a.received_count += 1;
+        let done = a.received_count == a.blocks;
         self.outstanding -= 1;
-        if a.received_count == a.blocks {
+        if let Some(sent) = self.forget_request(p.index, p.begin) {
+            let now = Instant::now();
+            self.window
+                .on_answer(now.duration_since(sent), self.outstanding, now);
+        }
+        if done {
             let a = self.active.swap_remove(k);
             self.finish(a)?;
         }
@@ -514,6 +550,7 @@ impl Download {
                 if !a.got(b) {
                     self.outstanding -= 1;
                     let r = Request::new(a.piece.get(), b * CHUNK_SIZE, a.block_len(b));
+                    self.forget_request(r.index, r.begin);
                     self.link.push(Out::Cancel(r));
                 }
             }
@@ -565,8 +602,19 @@ impl Download {
         a.next_block += 1;
         let r = Request::new(a.piece.get(), b * CHUNK_SIZE, a.block_len(b));
         self.outstanding += 1;
+        self.sent.push_back((r.index, r.begin, Instant::now()));
         self.link.push(Out::Request(r));
         true
+    }
+
+    /// Removes the send record of a request (answered or cancelled); when it was sent.
+    fn forget_request(&mut self, piece: u32, begin: u32) -> Option<Instant> {
+        // Answers come in request order, so this is almost always the front.
+        let k = self
+            .sent
+            .iter()
+            .position(|&(p, b, _)| p == piece && b == begin)?;
+        self.sent.remove(k).map(|(_, _, t)| t)
     }
 
     fn pick(&mut self, urgent_only: bool) -> Option<(u32, PickReason)> {
@@ -579,12 +627,13 @@ impl Download {
         Some((pick.piece, pick.reason))
     }
 
-    /// Keeps `depth` block requests in flight; a demanded piece is requested even beyond it.
+    /// Keeps the window's worth of block requests in flight; a demanded piece is requested even
+    /// beyond it.
     fn fill_requests(&mut self) {
         if self.peer_choking || !self.am_interested {
             return;
         }
-        while self.outstanding < self.depth {
+        while self.outstanding < self.window.depth() {
             // Finish requesting started pieces first (demanded ones sort first).
             if let Some(k) = (0..self.active.len())
                 .filter(|&k| self.active[k].next_block < self.active[k].blocks)
@@ -632,6 +681,7 @@ impl Download {
             for b in 0..a.next_block {
                 self.outstanding -= 1;
                 let r = Request::new(a.piece.get(), b * CHUNK_SIZE, a.block_len(b));
+                self.forget_request(r.index, r.begin);
                 self.link.push(Out::Cancel(r));
             }
             self.s.picker().release(a.piece.get());
@@ -661,8 +711,9 @@ async fn write_loop(s: &Shared, link: &PeerLink, wr: &mut OwnedWriteHalf) -> Res
     let ext = no_extensions;
     loop {
         let mut len = 0;
-        // Batch queued messages into one write while a worst-case message still fits.
-        while buf.len() - len >= MAX_BLOCK as usize + 64 {
+        // Batch queued messages into one write while a worst-case message still fits, but
+        // not much more than the socket's unsent allowance: what is popped cannot be cancelled.
+        while len < UNSENT_LOW_WATER as usize && buf.len() - len >= MAX_BLOCK as usize + 64 {
             let Some(out) = lock(&link.outbox).pop() else {
                 break;
             };

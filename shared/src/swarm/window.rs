@@ -1,0 +1,187 @@
+//! How many block requests to keep outstanding at one peer: a delay-based window (TCP Vegas
+//! applied to requests).
+//!
+//! A peer serves our requests in order, so every block we ask for ahead of a demanded one
+//! delays it. A fixed deep pipeline fills any link but, on a slow one, parks hundreds of
+//! milliseconds of background blocks in the remote's socket and the bottleneck queue, where
+//! a cancel can no longer reach them; this is why background fill used to make a demanded
+//! piece wait several piece times. The window instead keeps the link busy with only a few
+//! blocks queued: from each answered request it takes the round-trip time, tracks the
+//! smallest one seen (the link without our queue), and once per round estimates how many of
+//! our blocks wait in a queue, `depth × (1 − base / rtt)`. Below [`ALPHA`] blocks it grows
+//! (doubling while in slow start, then by one), above [`BETA`] it sheds half the excess. On a LAN it
+//! settles at a handful of blocks; on a long fat path it grows to the bandwidth-delay product.
+//!
+//! The base RTT is the minimum over the current and previous [`EPOCH`], so a lasting change of
+//! path or a persistent queue from other traffic is adopted within two epochs. Updates do no
+//! allocation and no system calls beyond the caller's clock reads.
+
+use std::time::{Duration, Instant};
+
+/// Blocks queued below which the window grows.
+pub const ALPHA: f64 = 2.0;
+/// Blocks queued above which the window shrinks.
+pub const BETA: f64 = 4.0;
+/// Smallest window: one block in flight while the next is asked for.
+pub const MIN_DEPTH: usize = 2;
+/// Window at connection start, before any measurement.
+pub const INITIAL_DEPTH: usize = 8;
+/// How long a base-RTT minimum is trusted.
+pub const EPOCH: Duration = Duration::from_secs(10);
+
+/// The request window of one connection.
+#[derive(Debug, Clone)]
+pub struct RequestWindow {
+    depth: usize,
+    max: usize,
+    slow_start: bool,
+    /// Minimum RTT of the current epoch and of the previous one.
+    epoch_min: Duration,
+    prev_min: Duration,
+    epoch_start: Instant,
+    /// Minimum RTT and samples of the current round (one window's worth of answers).
+    round_min: Duration,
+    round_samples: usize,
+}
+
+impl RequestWindow {
+    /// A window that never exceeds `max` (at least [`MIN_DEPTH`]).
+    pub fn new(max: usize, now: Instant) -> RequestWindow {
+        let max = max.max(MIN_DEPTH);
+        RequestWindow {
+            depth: INITIAL_DEPTH.clamp(MIN_DEPTH, max),
+            max,
+            slow_start: true,
+            epoch_min: Duration::MAX,
+            prev_min: Duration::MAX,
+            epoch_start: now,
+            round_min: Duration::MAX,
+            round_samples: 0,
+        }
+    }
+
+    /// Requests to keep outstanding now.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The smallest round-trip time trusted now, if any was measured.
+    pub fn base_rtt(&self) -> Option<Duration> {
+        let b = self.epoch_min.min(self.prev_min);
+        (b != Duration::MAX).then_some(b)
+    }
+
+    /// Records that a request sent `rtt` ago was answered; `outstanding` requests (this one
+    /// excluded) are still in flight. Samples taken while the window was not full say nothing
+    /// about the queue and only feed the base RTT.
+    pub fn on_answer(&mut self, rtt: Duration, outstanding: usize, now: Instant) {
+        if now.duration_since(self.epoch_start) >= EPOCH {
+            self.prev_min = self.epoch_min;
+            self.epoch_min = Duration::MAX;
+            self.epoch_start = now;
+        }
+        self.epoch_min = self.epoch_min.min(rtt);
+        self.round_min = self.round_min.min(rtt);
+        self.round_samples += 1;
+        if self.round_samples < self.depth {
+            return;
+        }
+        // One round done: judge it by its least-delayed answer, which filters out the
+        // scheduling jitter of either end.
+        let rtt = self.round_min;
+        self.round_min = Duration::MAX;
+        self.round_samples = 0;
+        let Some(base) = self.base_rtt() else { return };
+        let queued = self.depth as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64().max(1e-9));
+        let limited = outstanding + 1 >= self.depth;
+        if queued > BETA {
+            // Drain half the excess per round: a deep queue (a burst of background requests,
+            // a new bottleneck) goes within a few rounds, without oscillating.
+            self.slow_start = false;
+            let excess = ((queued - (ALPHA + BETA) / 2.0) / 2.0).ceil() as usize;
+            self.depth = self.depth.saturating_sub(excess.max(1)).max(MIN_DEPTH);
+        } else if queued < ALPHA && limited {
+            self.depth = if self.slow_start && queued < 1.0 {
+                self.depth * 2
+            } else {
+                self.slow_start = false;
+                self.depth + 1
+            }
+            .min(self.max);
+        } else if queued >= 1.0 {
+            self.slow_start = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link of `rate` blocks/s and propagation `prop`, serving in order: drives the window
+    /// and returns where it settles.
+    fn settle(rate: f64, prop: Duration, max: usize) -> usize {
+        let t0 = Instant::now();
+        let mut w = RequestWindow::new(max, t0);
+        let block = Duration::from_secs_f64(1.0 / rate);
+        // Times at which outstanding requests will be answered, in order.
+        let mut clock = Duration::ZERO;
+        let mut link_free = Duration::ZERO;
+        let mut inflight: std::collections::VecDeque<(Duration, Duration)> = Default::default();
+        for _ in 0..20_000 {
+            while inflight.len() < w.depth() {
+                // Request reaches the remote after prop/2, leaves the link when it is free.
+                let start = (clock + prop / 2).max(link_free);
+                link_free = start + block;
+                inflight.push_back((clock, link_free + prop / 2));
+            }
+            let (sent, done) = inflight.pop_front().unwrap();
+            clock = clock.max(done);
+            w.on_answer(clock - sent, inflight.len(), t0 + clock);
+        }
+        w.depth()
+    }
+
+    #[test]
+    fn lan_settles_at_a_few_blocks() {
+        // 100 Mbit/s (763 blocks/s), 0.2 ms: the link needs about one block in flight.
+        let d = settle(763.0, Duration::from_micros(200), 256);
+        assert!((MIN_DEPTH..=7).contains(&d), "depth {d}");
+    }
+
+    #[test]
+    fn long_fat_path_grows_to_the_bandwidth_delay_product() {
+        // 100 Mbit/s, 50 ms: 38 blocks fill the path.
+        let d = settle(763.0, Duration::from_millis(50), 256);
+        assert!((38..=48).contains(&d), "depth {d}");
+    }
+
+    #[test]
+    fn respects_its_maximum() {
+        assert_eq!(settle(7630.0, Duration::from_millis(50), 64), 64);
+        assert_eq!(RequestWindow::new(0, Instant::now()).depth(), MIN_DEPTH);
+    }
+
+    #[test]
+    fn a_lasting_queue_shrinks_the_window_then_becomes_the_base() {
+        let t0 = Instant::now();
+        let mut w = RequestWindow::new(256, t0);
+        let ms = Duration::from_millis;
+        for k in 0..100 {
+            w.on_answer(ms(1), w.depth(), t0 + ms(k));
+        }
+        assert!(w.depth() >= 64, "grew to {}", w.depth());
+        // Answers now take 20 ms: a queue of others' traffic we cannot drain. The window
+        // backs off to the few blocks that stay within BETA.
+        for k in 0..600 {
+            w.on_answer(ms(20), w.depth(), t0 + ms(100 + k));
+        }
+        assert!(w.depth() <= 5, "still {} deep", w.depth());
+        assert_eq!(w.base_rtt(), Some(ms(1)));
+        // Two epochs later the 20 ms path is the base.
+        for k in 0..250 {
+            w.on_answer(ms(20), w.depth(), t0 + ms(700 + 100 * k));
+        }
+        assert_eq!(w.base_rtt(), Some(ms(20)));
+    }
+}
