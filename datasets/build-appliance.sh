@@ -39,7 +39,8 @@ grep sed gawk findutils coreutils bash procps file bzip2 xz-utils gzip tar ca-ce
 linux-image-amd64"
 
 if [ "$force" = 1 ]; then rm -rf "$root" "$image"; fi
-if [ ! -f "$root/.vmt-complete" ]; then
+# A root tree from before the kernel was added (no /boot/vmlinuz-*) is rebuilt too.
+if [ ! -f "$root/.vmt-complete" ] || ! compgen -G "$root/boot/vmlinuz-*" >/dev/null; then
   rm -rf "$root"
   echo "debootstrap bookworm (minbase) into $root"
   debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
