@@ -3,6 +3,11 @@
 # the recorded tasks use, packed into a raw ext4 image with mkfs.ext4 -d. Run as root.
 # Idempotent: an existing root tree or image is reused unless --force is given.
 #
+# The image also boots as a VM (task vmboot, tasks/run.sh vmboot): linux-image-amd64 with an
+# initrd holding virtio_pci, virtio_blk and ext4 (MODULES=list), and /sbin/vmt-boot
+# (tasks/vmt-boot) as init, which does a little of what a boot does and powers off. No
+# bootloader: the kernel and initrd are read from /boot by whoever starts the VM.
+#
 #   datasets/build-appliance.sh [--force] [WORKDIR]     (default WORKDIR: datasets/work)
 #
 # The Debian mirror is taken from this machine's apt sources (override with MIRROR=...).
@@ -30,25 +35,47 @@ command -v debootstrap >/dev/null && command -v mkfs.ext4 >/dev/null || {
 }
 
 packages="python3 perl gcc libc6-dev make git sqlite3 vim-tiny nano less man-db manpages
-grep sed gawk findutils coreutils bash procps file bzip2 xz-utils gzip tar ca-certificates"
+grep sed gawk findutils coreutils bash procps file bzip2 xz-utils gzip tar ca-certificates
+linux-image-amd64"
 
 if [ "$force" = 1 ]; then rm -rf "$root" "$image"; fi
-if [ ! -f "$root/.vmt-complete" ]; then
+# A root tree from before the kernel was added (no /boot/vmlinuz-*) is rebuilt too.
+if [ ! -f "$root/.vmt-complete" ] || ! compgen -G "$root/boot/vmlinuz-*" >/dev/null; then
   rm -rf "$root"
   echo "debootstrap bookworm (minbase) into $root"
   debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
     { tail -20 "$work/debootstrap.log" >&2; exit 1; }
   echo "installing: $(echo $packages)"
+  # The initrd (made by initramfs-tools when the kernel is installed) needs only what finds
+  # the root filesystem of a qemu VM with a virtio disk; dependencies (crc32c, ...) follow.
+  install -d "$root/etc/initramfs-tools/conf.d"
+  printf '%s\n' virtio_pci virtio_blk ext4 > "$root/etc/initramfs-tools/modules"
+  echo MODULES=list > "$root/etc/initramfs-tools/conf.d/vmt"
+  # Kernel modules no VM of this appliance loads (graphics, sound, radio, media, InfiniBand,
+  # staging) are left out, as minimal images leave out docs; about 150 MiB less.
+  install -d "$root/etc/dpkg/dpkg.cfg.d"
+  printf 'path-exclude=/lib/modules/*/kernel/%s/*\n' drivers/gpu sound drivers/net/wireless \
+    net/wireless net/mac80211 drivers/media drivers/infiniband drivers/staging \
+    drivers/bluetooth net/bluetooth > "$root/etc/dpkg/dpkg.cfg.d/vmt-no-modules"
   mount -t proc proc "$root/proc"
   trap 'umount "$root/proc" 2>/dev/null || true' EXIT
+  # --force-confold keeps the modules list written above (a conffile of initramfs-tools).
   chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    $packages >"$work/apt.log" 2>&1 || { tail -20 "$work/apt.log" >&2; exit 1; }
+    -o Dpkg::Options::=--force-confold $packages >"$work/apt.log" 2>&1 ||
+    { tail -20 "$work/apt.log" >&2; exit 1; }
+  ls "$root"/boot/vmlinuz-* "$root"/boot/initrd.img-* >/dev/null ||
+    { echo "build-appliance.sh: no kernel or initrd in /boot" >&2; exit 1; }
   chroot "$root" mandb -q >/dev/null 2>&1 || true
   chroot "$root" apt-get clean
   umount "$root/proc"; trap - EXIT
   # A user's home with some work to do: sources and data the tasks use.
   install -d "$root/home/user/src" "$root/home/user/data"
   cp -r "$here/tasks/payload/." "$root/home/user/"
+  touch "$root/.vmt-complete"
+fi
+# The VM's init, kept in step with tasks/vmt-boot (a changed script makes a new image).
+if ! cmp -s "$here/tasks/vmt-boot" "$root/sbin/vmt-boot"; then
+  install -m 755 "$here/tasks/vmt-boot" "$root/sbin/vmt-boot"
   touch "$root/.vmt-complete"
 fi
 

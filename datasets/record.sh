@@ -4,6 +4,8 @@
 # image built by build-appliance.sh. The last run of each task and the last two sessions go to
 # traces/test (held out from training); the rest to traces/train. Run as root.
 #
+# Task vmboot boots the image as a VM under qemu (TCG, no KVM needed): `tasks/run.sh vmboot`.
+#
 #   datasets/record.sh            (env: RUNS=5 SESSIONS=8 SESSION_LEN=5 WORK=datasets/work)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,19 +14,24 @@ image=$work/appliance.img
 runs=${RUNS:-5}
 sessions=${SESSIONS:-8}
 session_len=${SESSION_LEN:-5}
-tasks="shell python compile git search sqlite man perl"
+tasks="shell python compile git search sqlite man perl vmboot"
 vmt_record=${VMT_RECORD:-$here/../target/release/vmt-record}
 [ -x "$vmt_record" ] || (cd "$here/.." && cargo build --release -p vmt-record)
 [ -f "$image" ] || "$here/build-appliance.sh" "$work"
 sha=$(awk '{print $1}' "$work/appliance.sha256")
+command -v qemu-system-x86_64 >/dev/null || {   # for vmboot
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+}
 rm -rf "$here/traces/train" "$here/traces/test"
 mkdir -p "$here/traces/train" "$here/traces/test"
 
 for task in $tasks; do
   for seed in $(seq 1 "$runs"); do
     dest=$here/traces/train; [ "$seed" = "$runs" ] && dest=$here/traces/test
+    how=(oneshot "$task"); [ "$task" = vmboot ] && how=(vmboot)
     "$vmt_record" run --image "$image" --image-sha256 "$sha" --task "$task" --out "$dest" -- \
-      bash "$here/tasks/run.sh" oneshot "$task" "$seed"
+      bash "$here/tasks/run.sh" "${how[@]}" "$seed"
   done
 done
 
