@@ -10,8 +10,9 @@
 #          about 35 minutes (strategies phase ~16, crowd phase ~15, setup).
 # Env: WORK (default datasets/work, holds appliance.img), RATE, SEED_RATE (tc rates, e.g.
 # 100mbit), THINK (full 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (held-out
-# traces), STRATEGIES (of phase strategies, default all), PHASES (default "strategies crowd"),
-# KEEP=1 keeps the scratch dir.
+# traces), STRATEGIES (of phase strategies, default all; sshfs and aria2 also gate the crowd's
+# baselines), CROWD (vmt runs of the crowd phase as STRATEGY:MODE, default "markov:swarm
+# markov:cs oracle:swarm"), PHASES (default "strategies crowd"), KEEP=1 keeps the scratch dir.
 #
 # Topology: a hub namespace with a bridge; the seeder (10.247.0.1) and clients 1..N
 # (10.247.0.1+i) each in a namespace joined to the hub by a veth pair, tbf-capped in both
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --full) mode=full ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -48,7 +49,7 @@ done
 cmdline="${PHASES:+PHASES=\"$PHASES\" }datasets/bench.sh --$mode"
 if [ "$mode" = full ]; then
   RATE=${RATE:-100mbit}; SEED_RATE=${SEED_RATE:-100mbit}; NS=${NS:-1 2 4 8 16}
-  TASKS=${TASKS-compile-1 git-1 man-1 perl-1 python-1 search-1 shell-1 sqlite-1}
+  TASKS=${TASKS-compile-1 git-1 man-1 perl-1 python-1 search-1 shell-1 sqlite-1 vmboot-1}
   SESSIONS=${SESSIONS:-session-1 session-2}; THINK=${THINK:-5s}
   STRATEGIES=${STRATEGIES:-full aria2 sshfs demand stream profile markov oracle}
   SESSION_THINKS="0s $THINK"   # sessions replayed without and with think time
@@ -60,6 +61,7 @@ else
   SESSION_THINKS=$THINK
 fi
 PHASES=${PHASES:-strategies crowd}
+CROWD=${CROWD:-markov:swarm markov:cs oracle:swarm}
 has() { case " $STRATEGIES " in *" $1 "*) return 0 ;; esac; return 1; }
 has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 work=${WORK:-$here/work}
@@ -377,13 +379,11 @@ crowd() {  # crowd STRATEGY MODE N: N clients together, client i replays session
 nmin=$nmax; for n in $NS; do [ "$n" -lt "$nmin" ] && nmin=$n; done
 for n in $NS; do
   has_phase crowd || break
-  crowd markov swarm "$n"
-  crowd markov cs "$n"
-  crowd oracle swarm "$n"
+  for sm in $CROWD; do crowd "${sm%%:*}" "${sm#*:}" "$n"; done
   # The baselines at the largest N (quick) or the smallest and largest (full).
   if [ "$n" = "$nmax" ] || { [ "$mode" = full ] && [ "$n" = "$nmin" ]; }; then
-    crowd sshfs server "$n"
-    crowd aria2 swarm "$n"
+    if has sshfs; then crowd sshfs server "$n"; fi
+    if has aria2; then crowd aria2 swarm "$n"; fi
   fi
 done
 

@@ -228,6 +228,9 @@ impl Shared {
             initiator,
             link,
         });
+        let live = t.live.len();
+        drop(t);
+        self.picker().set_plan_spread(live > 1);
         Ok(conn)
     }
 
@@ -237,7 +240,9 @@ impl Shared {
             let p = t.live.remove(k);
             p.link.counters.connected.store(false, Ordering::Relaxed);
         }
+        let live = t.live.len();
         drop(t);
+        self.picker().set_plan_spread(live > 1);
         self.rechoke(false);
     }
 

@@ -633,7 +633,22 @@ impl Download {
         if self.peer_choking || !self.am_interested {
             return;
         }
-        while self.outstanding < self.window.depth() {
+        // While a demanded piece arrives over another connection, background blocks on this
+        // one would take a share of our downlink from it: ask for demanded pieces only. On the
+        // connection carrying the demand, background queues behind it and costs it nothing.
+        let hold_back = {
+            let picker = self.s.picker();
+            // A piece picked for the plan may have been demanded since: it is urgent now.
+            let mut carries_demand = false;
+            for a in &mut self.active {
+                if picker.is_demanded(a.piece.get()) {
+                    a.reason = PickReason::Demand;
+                }
+                carries_demand |= a.reason == PickReason::Demand;
+            }
+            !carries_demand && picker.demand_in_flight()
+        };
+        while !hold_back && self.outstanding < self.window.depth() {
             // Finish requesting started pieces first (demanded ones sort first).
             if let Some(k) = (0..self.active.len())
                 .filter(|&k| self.active[k].next_block < self.active[k].blocks)

@@ -21,7 +21,11 @@
 //!    assigned to one more peer ([`MAX_URGENT_COPIES`]), so a slow peer cannot hold up a parked read.
 //! 2. The plan (application prefetch order), first queued piece the peer has. A planned piece
 //!    is fetched even when not wanted (`NotNeeded`): the plan is how an application that does
-//!    not fetch everything (no `fetch_all`) asks for pieces ahead of its reads.
+//!    not fetch everything (no `fetch_all`) asks for pieces ahead of its reads. With several
+//!    peers connected, the pick is the least available of the next [`PLAN_SPREAD`] queued
+//!    entries, ties broken by the seeded rotation: clients of a flash crowd follow the same
+//!    plan, and asking the seeder for the same piece at once would spend its uplink on copies
+//!    instead of on pieces they can then trade.
 //! 3. Rarest first among queued pieces; ties broken from a seeded rotation so that clients
 //!    started together do not all fetch the same piece.
 //! 4. Endgame: when nothing is queued, duplicate an in-flight piece with the fewest copies.
@@ -30,6 +34,9 @@
 //! [`PiecePicker::demand`] reuse their buffers (allocating only to grow them), so the plan can
 //! be replaced on every read the application sees. A unit test counts allocations to hold this.
 
+/// Plan entries among which a pick prefers the least available, once several peers are
+/// connected (see [`PiecePicker::set_plan_spread`]).
+pub const PLAN_SPREAD: u32 = 16;
 /// Most peers that may fetch a demanded piece at once.
 pub const MAX_URGENT_COPIES: u8 = 2;
 /// Most peers that may fetch the same piece during endgame.
@@ -101,6 +108,8 @@ pub struct PiecePicker {
     plan_cursor: usize,
     /// Start of the rarest-first tie-break rotation.
     rotation: u32,
+    /// Queued plan entries a plan pick chooses among: 1 (strict order) or [`PLAN_SPREAD`].
+    plan_window: u32,
     counts: PieceCounts,
 }
 
@@ -128,6 +137,7 @@ impl PiecePicker {
             } else {
                 (z % pieces as u64) as u32
             },
+            plan_window: 1,
             counts: PieceCounts {
                 queued: pieces,
                 ..PieceCounts::default()
@@ -272,6 +282,25 @@ impl PiecePicker {
         self.plan_cursor = 0;
     }
 
+    /// Whether a reader waits for `piece`.
+    pub fn is_demanded(&self, piece: u32) -> bool {
+        self.is_demanded[piece as usize]
+    }
+
+    /// Whether a demanded piece is being fetched: other peers then hold back background
+    /// blocks, which would share our downlink with it.
+    pub fn demand_in_flight(&self) -> bool {
+        self.demanded
+            .iter()
+            .any(|&p| self.state[p as usize] == PieceState::InFlight)
+    }
+
+    /// Whether plan picks spread over the next [`PLAN_SPREAD`] entries (several peers
+    /// connected) or follow the plan strictly (one peer: nobody to trade with).
+    pub fn set_plan_spread(&mut self, spread: bool) {
+        self.plan_window = if spread { PLAN_SPREAD } else { 1 };
+    }
+
     /// A connected peer announced `piece`.
     pub fn add_availability(&mut self, piece: u32) {
         let a = &mut self.avail[piece as usize];
@@ -335,11 +364,28 @@ impl PiecePicker {
         {
             self.plan_cursor += 1;
         }
+        let (window, rotation) = (self.plan_window, self.rotation % self.plan_window);
+        let mut best: Option<((u16, u32), u32)> = None;
+        let mut seen = 0;
         for k in self.plan_cursor..self.plan.len() {
             let p = self.plan[k];
-            if Self::plannable(self.state[p as usize]) && peer_has(p) {
-                return Some(self.assign(p, PickReason::Plan));
+            if !Self::plannable(self.state[p as usize]) {
+                continue;
             }
+            if peer_has(p) {
+                let key = (self.avail[p as usize], (seen + rotation) % window);
+                if best.is_none_or(|(b, _)| key < b) {
+                    best = Some((key, p));
+                }
+            }
+            seen += 1;
+            // Past the window, the first entry this peer has.
+            if seen >= window && best.is_some() {
+                break;
+            }
+        }
+        if let Some((_, p)) = best {
+            return Some(self.assign(p, PickReason::Plan));
         }
         // 3. Rarest first.
         let n = self.len();
@@ -624,6 +670,49 @@ mod tests {
         let b = std::hint::black_box(Box::new(1u64));
         assert!(ALLOCATIONS.with(|c| c.get()) > after);
         drop(b);
+    }
+
+    #[test]
+    fn plan_spread_sends_crowd_members_to_different_rare_pieces() {
+        let plan: Vec<u32> = (100..200).collect();
+        let first = |seed: u64, spread: bool| {
+            let mut p = PiecePicker::new(1000, seed);
+            p.set_plan(&plan);
+            p.set_plan_spread(spread);
+            for i in 0..1000 {
+                p.add_availability(i);
+            }
+            p.pick(all, none, false).unwrap()
+        };
+        // One peer: strict plan order, whatever the seed.
+        for seed in 0..8 {
+            assert_eq!(
+                first(seed, false),
+                Pick {
+                    piece: 100,
+                    reason: PickReason::Plan
+                }
+            );
+        }
+        // Several: within the window, spread by seed.
+        let picks: std::collections::BTreeSet<u32> = (0..8).map(|s| first(s, true).piece).collect();
+        assert!(picks.len() > 1, "{picks:?}");
+        assert!(picks.iter().all(|&q| (100..100 + PLAN_SPREAD).contains(&q)));
+        // A piece others already have is left to them: the rarer ones go first.
+        let mut p = PiecePicker::new(1000, 3);
+        p.set_plan(&plan);
+        p.set_plan_spread(true);
+        for i in 0..1000 {
+            p.add_availability(i);
+            if i != 107 {
+                p.add_availability(i);
+            }
+        }
+        assert_eq!(p.pick(all, none, false).unwrap().piece, 107);
+        // Beyond the window, still the first entry the peer has.
+        let far = |i: u32| i == 150;
+        assert_eq!(p.pick(far, none, false).unwrap().piece, 150);
+        p.check_invariant();
     }
 
     #[test]
