@@ -12,7 +12,8 @@
 # 100mbit), THINK (full 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (held-out
 # traces), STRATEGIES (of phase strategies, default all; sshfs and aria2 also gate the crowd's
 # baselines), CROWD (vmt runs of the crowd phase as STRATEGY:MODE, default "markov:swarm
-# markov:cs oracle:swarm"), PHASES (default "strategies crowd"), KEEP=1 keeps the scratch dir.
+# markov:cs oracle:swarm"), SEED_ARGS (extra `vmt-run seed` options), PHASES (default
+# "strategies crowd"), KEEP=1 keeps the scratch dir.
 #
 # Topology: a hub namespace with a bridge; the seeder (10.247.0.1) and clients 1..N
 # (10.247.0.1+i) each in a namespace joined to the hub by a veth pair, tbf-capped in both
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --full) mode=full ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -181,7 +182,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f\n", b - a }'; }
 # --- servers in the seeder's namespace ------------------------------------------------------
 say "seeder: vmt-run seed (hashing the image)"
 inns "$(ns_of 0)" "$bin/vmt-run" seed --image "$image" --listen "$seeder:6881" \
-  --torrent-out "$W/app.torrent" >"$W/seed.log" 2>&1 &
+  --torrent-out "$W/app.torrent" ${SEED_ARGS:-} >"$W/seed.log" 2>&1 &
 wait_for 300 listening "$(ns_of 0)" 6881
 wait_for 60 test -s "$W/app.torrent"
 

@@ -234,8 +234,8 @@ async fn demand_overtakes_plan() {
         n - 1
     );
     // In plan order it would be the last. Only pieces partly received when the demand came may
-    // land before it (the rest of the pipeline is cancelled): at most 512 KiB of requests, i.e.
-    // parts of 3 pieces of 256 KiB.
+    // land before it (the rest of the pipeline is cancelled): the request window keeps a few
+    // blocks queued on loopback, parts of at most 3 pieces of 256 KiB.
     assert!(
         arrived <= at_demand + 3,
         "demanded piece arrived {arrived}th, demand made after {at_demand} pieces: {order:?}"
