@@ -94,7 +94,7 @@ bundle=$here/appliance.vmtp
 want=$("$bin/vmt-record" export "$traces/test/session-1.vmtrace" | sed -n 's/^# image_sha256=//p')
 if [ "$want" != "$sha" ]; then
   # A rebuilt image (debootstrap fetches current packages): record and train for it, in WORK.
-  say "traces belong to image $want, not this one ($sha): re-recording into $work/traces"
+  say "traces belong to image $want, not this one ($sha): re-recording into $work/traces-rec/traces"
   (cd "$work" && rm -rf traces-rec && mkdir traces-rec && cp -r "$here/tasks" "$here/record.sh" traces-rec/ \
     && WORK=$work VMT_RECORD=$bin/vmt-record bash traces-rec/record.sh)
   traces=$work/traces-rec/traces

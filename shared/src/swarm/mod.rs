@@ -13,6 +13,13 @@
 //! - [`Engine`]: connections, uploads, choking, rate limits; the API the runtime calls
 //!   (`demand`, `set_plan`, `has_piece`, `on_piece`, `read_at`, `stats`).
 //!
+//! A demanded piece must not wait behind background blocks. Three things keep it in front:
+//! each connection keeps only a delay-based window of requests outstanding (enough to fill the
+//! link, a few blocks of queue; the `window` module), so little is queued at the remote when
+//! a demand comes and unstarted background requests are cancelled; uploads keep their backlog
+//! in user space (`TCP_NOTSENT_LOWAT`), where such a cancel still reaches them; and while a
+//! demanded piece arrives, the other connections ask for nothing else, so it has the downlink.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), vmt::swarm::SwarmError> {
 //! use vmt::swarm::{Engine, EngineConfig, Storage, Torrent};

@@ -22,7 +22,7 @@
 //! 2. The plan (application prefetch order), first queued piece the peer has. A planned piece
 //!    is fetched even when not wanted (`NotNeeded`): the plan is how an application that does
 //!    not fetch everything (no `fetch_all`) asks for pieces ahead of its reads. With several
-//!    peers connected, the pick is the least available of the next [`PLAN_SPREAD`] queued
+//!    peers connected, the pick is the least available of the next `PLAN_SPREAD` (16) queued
 //!    entries, ties broken by the seeded rotation: clients of a flash crowd follow the same
 //!    plan, and asking the seeder for the same piece at once would spend its uplink on copies
 //!    instead of on pieces they can then trade.
@@ -108,7 +108,7 @@ pub struct PiecePicker {
     plan_cursor: usize,
     /// Start of the rarest-first tie-break rotation.
     rotation: u32,
-    /// Queued plan entries a plan pick chooses among: 1 (strict order) or [`PLAN_SPREAD`].
+    /// Queued plan entries a plan pick chooses among: 1 (strict order) or `PLAN_SPREAD` (16).
     plan_window: u32,
     counts: PieceCounts,
 }
@@ -295,7 +295,7 @@ impl PiecePicker {
             .any(|&p| self.state[p as usize] == PieceState::InFlight)
     }
 
-    /// Whether plan picks spread over the next [`PLAN_SPREAD`] entries (several peers
+    /// Whether plan picks spread over the next `PLAN_SPREAD` (16) entries (several peers
     /// connected) or follow the plan strictly (one peer: nobody to trade with).
     pub fn set_plan_spread(&mut self, spread: bool) {
         self.plan_window = if spread { PLAN_SPREAD } else { 1 };
