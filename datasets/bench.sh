@@ -365,15 +365,21 @@ fi
 
 # --- phase 2: flash crowd --------------------------------------------------------------------
 set -- $SESSIONS; nsess=$#; sess=("$@")
-crowd() {  # crowd STRATEGY MODE N: N clients together, client i replays session (i-1) mod S
+# crowd STRATEGY MODE N: N clients together, client i replays session (i-1) mod S. Fewer
+# clients than sessions run in rounds until every session is replayed, so that every N
+# averages the same mix of sessions (they differ in length and think time) and the
+# N=16 / N=1 ratio compares like with like.
+crowd() {
   say "crowd $1 $2 N=$3"
-  local pids=() i
-  for i in $(seq 1 "$3"); do
-    one_client "$i" "$1" "$2" "${sess[$(((i - 1) % nsess))]}" "$THINK" "$3" crowd &
-    pids+=($!)
+  local pids=() i off failed=0
+  for ((off = 0; off == 0 || off < nsess; off += $3)); do
+    pids=()
+    for i in $(seq 1 "$3"); do
+      one_client "$i" "$1" "$2" "${sess[$(((i - 1 + off) % nsess))]}" "$THINK" "$3" crowd &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || failed=1; done
   done
-  local failed=0
-  for p in "${pids[@]}"; do wait "$p" || failed=1; done
   # A failed client (its row is missing) is reported, not fatal: the other runs still count.
   [ $failed = 0 ] || { say "crowd $1 $2 N=$3: a client failed"; echo "crowd $1 $2 N=$3" >> "$W/failed"; }
 }
