@@ -7,7 +7,7 @@
 # --quick (default): one task and one session (2 s think), no vmt-run fetch, N = 1 4, 400 Mbit/s
 #          links; under 5 minutes, for development.
 # --full: every held-out trace (sessions with 0 and 5 s think), N = 1 2 4 8 16, 100 Mbit/s links;
-#          about 35 minutes (strategies phase ~16, crowd phase ~15, setup).
+#          about 40 minutes (strategies phase ~18, crowd phase ~20).
 # Env: WORK (default datasets/work, holds appliance.img), RATE, SEED_RATE (tc rates, e.g.
 # 100mbit), THINK (full 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (held-out
 # traces), STRATEGIES (of phase strategies, default all; sshfs and aria2 also gate the crowd's

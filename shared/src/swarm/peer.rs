@@ -7,10 +7,11 @@
 //! request pipeline and by [`MAX_UPLOAD_QUEUE`]) and wakes the writer.
 //!
 //! Download side (reader): tracks the remote's pieces, keeps a [`RequestWindow`] of block
-//! requests in flight on pieces assigned by the picker (demanded pieces go beyond it), assembles each piece in a reused buffer, checks its
-//! SHA-1, and only then writes it to storage. A piece that fails the check goes back to the
-//! queue and counts a strike against the peer; at [`MAX_STRIKES`] the peer is banned. Pieces
-//! finished elsewhere first (endgame, urgent duplicates) are cancelled.
+//! requests in flight on pieces assigned by the picker (demanded pieces go beyond it),
+//! assembles each piece in a reused buffer, checks its SHA-1, and only then writes it to
+//! storage. A piece that fails the check goes back to the queue and counts a strike against
+//! the peer; at [`MAX_STRIKES`] the peer is banned. Pieces finished elsewhere first (endgame,
+//! urgent duplicates) are cancelled.
 //!
 //! Upload side (writer): serves requests while the peer is unchoked, reading verified pieces
 //! from storage under the upload rate limit.

@@ -9,8 +9,9 @@
 //! blocks queued: from each answered request it takes the round-trip time, tracks the
 //! smallest one seen (the link without our queue), and once per round estimates how many of
 //! our blocks wait in a queue, `depth × (1 − base / rtt)`. Below [`ALPHA`] blocks it grows
-//! (doubling while in slow start, then by one), above [`BETA`] it sheds half the excess. On a LAN it
-//! settles at a handful of blocks; on a long fat path it grows to the bandwidth-delay product.
+//! (doubling while in slow start, then by one), above [`BETA`] it sheds half the excess. On a
+//! LAN it settles at a handful of blocks; on a long fat path it grows to the bandwidth-delay
+//! product.
 //!
 //! The base RTT is the minimum over the current and previous [`EPOCH`], so a lasting change of
 //! path or a persistent queue from other traffic is adopted within two epochs. Updates do no
