@@ -62,6 +62,10 @@ else
   SESSION_THINKS=$THINK
 fi
 PHASES=${PHASES:-strategies crowd}
+for ph in $PHASES; do
+  case "$ph" in strategies|crowd) ;; *) echo "bench.sh: unknown phase '$ph' in PHASES (strategies, crowd)" >&2; exit 2 ;; esac
+done
+[ -n "${PHASES// /}" ] || { echo "bench.sh: PHASES is empty (strategies, crowd)" >&2; exit 2; }
 CROWD=${CROWD:-markov:swarm markov:cs oracle:swarm}
 has() { case " $STRATEGIES " in *" $1 "*) return 0 ;; esac; return 1; }
 has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
