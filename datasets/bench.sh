@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --full) mode=full ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
