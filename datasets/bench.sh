@@ -332,28 +332,26 @@ for r in "${runs[@]}"; do
   add_row "$W/raw/strategies-local-$1-think$2.json" strategies local local 1 0 0
 done
 # Whole-image downloads, each once, then every replay on the local copy.
+replay_copy() {  # replay_copy STRATEGY FILE SETUP_S: every run on a downloaded copy, then drop it
+  local r
+  for r in "${runs[@]}"; do
+    set -- "$1" "$2" "$3" $r
+    replay "$4" "$2" "$5" "$W/raw/strategies-$1-$4-think$5.json"
+    add_row "$W/raw/strategies-$1-$4-think$5.json" strategies "$1" swarm 1 1 "$3"
+  done
+  rm -rf "$W/c1"
+}
 if has full; then
 say "full: vmt-run fetch"
 mkdir -p "$W/c1"; t0=$(now)
 inns "$(ns_of 1)" timeout 900 "$bin/vmt-run" fetch --torrent "$W/app.torrent" \
   --peer "$seeder:6881" --out "$W/c1/full.img" >"$W/raw/full-fetch.log" 2>&1
-full_s=$(since "$t0")
-for r in "${runs[@]}"; do
-  set -- $r
-  replay "$1" "$W/c1/full.img" "$2" "$W/raw/strategies-full-$1-think$2.json"
-  add_row "$W/raw/strategies-full-$1-think$2.json" strategies full swarm 1 1 "$full_s"
-done
-rm -rf "$W/c1"
+replay_copy full "$W/c1/full.img" "$(since "$t0")"
 fi
 if has aria2; then
 say "full: aria2c"
 a2_s=$(aria2_get 1)
-for r in "${runs[@]}"; do
-  set -- $r
-  replay "$1" "$W/c1/dl/$imgname" "$2" "$W/raw/strategies-aria2-$1-think$2.json"
-  add_row "$W/raw/strategies-aria2-$1-think$2.json" strategies aria2 swarm 1 1 "$a2_s"
-done
-rm -rf "$W/c1"
+replay_copy aria2 "$W/c1/dl/$imgname" "$a2_s"
 fi
 for st in sshfs demand stream profile markov oracle; do
   has "$st" || continue
