@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use vmt::image::BlockGeometry;
-use vmt::trace::{Op, Trace, TraceKind};
+use vmt_formats::image::BlockGeometry;
+use vmt_formats::trace::{Op, Trace, TraceKind};
 use vmt_tests::{bin, content, make_ext4_with, run_with_timeout, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -216,7 +216,7 @@ fn session_with_two_marked_tasks() {
         .arg(&served)
         .spawn()
         .unwrap();
-    let control = served.join(vmt::fusefs::CONTROL_FILE);
+    let control = served.join(vmt_fs::fusefs::CONTROL_FILE);
     wait_until("the session mount", LIMIT, || control.exists());
     let record = |cmd: &[&str]| {
         let res = run_with_timeout(
@@ -230,7 +230,7 @@ fn session_with_two_marked_tasks() {
     };
     let served_image = served.join("app.img");
     let read_with_loop = |files: &[&str]| {
-        let lm = vmt::appliance::LoopMount::new(&served_image, &mnt).unwrap();
+        let lm = vmt_appliance::ext4::LoopMount::new(&served_image, &mnt).unwrap();
         let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
         lm.read_files(&files).unwrap();
         lm.unmount().unwrap();
@@ -249,7 +249,10 @@ fn session_with_two_marked_tasks() {
         waited.unwrap()
     };
     assert!(status.success());
-    assert!(!vmt::fusefs::is_mounted(&served), "the session unmounted");
+    assert!(
+        !vmt_fs::fusefs::is_mounted(&served),
+        "the session unmounted"
+    );
 
     let trace = Trace::load(&out.join("work-1.vmtrace")).unwrap();
     assert_eq!(trace.kind, TraceKind::Session);
@@ -297,7 +300,7 @@ fn sigterm_unmounts_and_saves_what_was_recorded() {
         status.is_some()
     });
     assert!(
-        !vmt::fusefs::is_mounted(&served),
+        !vmt_fs::fusefs::is_mounted(&served),
         "no stale mount after SIGTERM"
     );
     assert!(!served_image.exists());
@@ -376,7 +379,7 @@ fn csv_export_import_round_trip_is_lossless() {
 fn broken_trace_files_give_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let trace = Trace {
-        image: vmt::image::ImageId::size_only(1 << 20),
+        image: vmt_formats::image::ImageId::size_only(1 << 20),
         kind: TraceKind::Task,
         label: "t".into(),
         run: 1,
@@ -384,7 +387,7 @@ fn broken_trace_files_give_one_line_errors() {
         recorder: "test".into(),
         tasks: vec!["t".into()],
         records: (0..100)
-            .map(|i| vmt::trace::Record {
+            .map(|i| vmt_formats::trace::Record {
                 t_us: i,
                 op: Op::Read,
                 offset: i * 4096,

@@ -57,7 +57,7 @@ impl Drop for Proc {
             }
         }
         if let Some(m) = &self.mountpoint {
-            if vmt::fusefs::is_mounted(m) {
+            if vmt_fs::fusefs::is_mounted(m) {
                 let _ = Command::new("umount").arg("-l").arg(m).status();
             }
         }
@@ -174,7 +174,7 @@ impl Client {
         let status = self.proc.sigterm();
         assert!(status.success(), "vmt-run mount exit: {status:?}");
         assert!(
-            !vmt::fusefs::is_mounted(&self.mountpoint),
+            !vmt_fs::fusefs::is_mounted(&self.mountpoint),
             "no stale mount after SIGTERM"
         );
         serde_json::from_slice(&std::fs::read(&self.report).expect("report written")).unwrap()
@@ -242,8 +242,8 @@ fn loop_mount_reads_files_while_most_pieces_are_missing() {
     let (image, want) = ext4_image(dir.path());
     let swarm = seed(dir, image, None);
     let client = swarm.mount("c", &["--strategy", "demand"]);
-    let lm =
-        vmt::appliance::LoopMount::new(&client.served, &swarm.dir.path().join("loop")).unwrap();
+    let lm = vmt_appliance::ext4::LoopMount::new(&client.served, &swarm.dir.path().join("loop"))
+        .unwrap();
     let got = std::fs::read(lm.dir().join("data/want")).unwrap();
     assert!(
         got == want,
@@ -334,7 +334,7 @@ fn writes_survive_kill_9_and_pristine_pieces_stay_identical() {
         let st = client.status();
         st["pieces_present"] == st["pieces_total"]
     });
-    let lm = vmt::appliance::LoopMount::new(&client.served, &loop_dir).unwrap();
+    let lm = vmt_appliance::ext4::LoopMount::new(&client.served, &loop_dir).unwrap();
     assert!(std::fs::read(lm.dir().join("data/new")).unwrap() == written);
     assert_eq!(
         std::fs::read(lm.dir().join("data/want")).unwrap(),
@@ -418,7 +418,7 @@ fn profile_switches_when_the_session_changes_task() {
     });
     for task in ["alpha", "beta"] {
         std::fs::write(served.join(".vmt-control"), format!("mark {task}\n")).unwrap();
-        let lm = vmt::appliance::LoopMount::new(&served.join("app.img"), &loop_dir).unwrap();
+        let lm = vmt_appliance::ext4::LoopMount::new(&served.join("app.img"), &loop_dir).unwrap();
         let names: Vec<String> = (0..6)
             .map(|i| format!("{task}/{}{i}", &task[..1]))
             .collect();
@@ -519,21 +519,21 @@ fn bad_input_is_a_clear_error_and_never_a_hang() {
     // A bundle of another image.
     let other_dir = d.join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
-    let other = vmt::trace::Trace {
-        image: vmt::image::ImageId {
+    let other = vmt_formats::trace::Trace {
+        image: vmt_formats::image::ImageId {
             size: 4 << 20,
             sha256: [7; 32],
         },
-        kind: vmt::trace::TraceKind::Task,
+        kind: vmt_formats::trace::TraceKind::Task,
         label: "t".into(),
         run: 1,
         start_unix_us: 0,
         recorder: "test".into(),
         tasks: vec!["t".into()],
         records: (0..20)
-            .map(|i| vmt::trace::Record {
+            .map(|i| vmt_formats::trace::Record {
                 t_us: i * 10,
-                op: vmt::trace::Op::Read,
+                op: vmt_formats::trace::Op::Read,
                 offset: i * 4096,
                 len: 4096,
                 task: 0,
@@ -576,7 +576,7 @@ fn bad_input_is_a_clear_error_and_never_a_hang() {
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success());
     assert!(stderr.contains("FUSE is not available"), "{stderr}");
-    assert!(!vmt::fusefs::is_mounted(&mnt));
+    assert!(!vmt_fs::fusefs::is_mounted(&mnt));
 }
 
 #[test]
@@ -586,11 +586,7 @@ fn unreachable_peer_is_reported_and_retried() {
     let torrent = dir.path().join("app.torrent");
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(vmt::swarm::Torrent::create(
-            &image,
-            PIECE as u32,
-            Vec::new(),
-        ))
+        .block_on(vmt_swarm::Torrent::create(&image, PIECE as u32, Vec::new()))
         .unwrap()
         .save(&torrent)
         .unwrap();
@@ -618,5 +614,5 @@ fn unreachable_peer_is_reported_and_retried() {
     });
     let status = proc.sigterm();
     assert!(status.success());
-    assert!(!vmt::fusefs::is_mounted(&mnt));
+    assert!(!vmt_fs::fusefs::is_mounted(&mnt));
 }

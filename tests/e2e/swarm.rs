@@ -1,6 +1,6 @@
 //! The swarm engine on loopback: real sockets on 127.0.0.1, real bytes, every wait bounded.
 //!
-//! In-process tests drive `vmt::swarm::Engine` directly (several engines in one runtime, as
+//! In-process tests drive `vmt_swarm::Engine` directly (several engines in one runtime, as
 //! rqbit's e2e tests do); the CLI tests at the end run the real `vmt-run seed` / `fetch`.
 
 use std::future::Future;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
-use vmt::swarm::{Engine, EngineConfig, Storage, Torrent};
+use vmt_swarm::{Engine, EngineConfig, Storage, Torrent};
 
 pub(crate) const MIB: usize = 1 << 20;
 pub(crate) const PIECE: u32 = 256 * 1024;
@@ -379,7 +379,7 @@ async fn corrupt_peer_is_detected_and_banned() {
         .find(|p| &p.peer_id == b"-EVIL00-abcdefghijkl")
         .unwrap();
     assert!(liar.banned, "the corrupt peer was not banned");
-    assert_eq!(liar.hash_failures, vmt::swarm::MAX_STRIKES);
+    assert_eq!(liar.hash_failures, vmt_swarm::MAX_STRIKES);
     c.shutdown().await.unwrap();
     assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
     assert!(

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vmt::swarm::{EngineConfig, Torrent};
+use vmt_swarm::{EngineConfig, Torrent};
 
 use super::swarm::{
     client, free_port, image, paths, random_bytes, seeder, shutdown_all, within, KillOnDrop, MIB,

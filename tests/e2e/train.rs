@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use vmt::synth::{SynthImage, SynthParams};
+use vmt_model::synth::{SynthImage, SynthParams};
 use vmt_tests::{bin, run_with_timeout};
 
 fn train(args: &[&str]) -> Output {

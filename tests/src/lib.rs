@@ -123,5 +123,5 @@ pub fn make_ext4_with(dir: &Path, image: &Path, files: &[(String, Vec<u8>)], siz
         std::fs::create_dir_all(p.parent().expect("files live in directories")).unwrap();
         std::fs::write(&p, data).unwrap();
     }
-    vmt::appliance::make_ext4(&root, image, size_mib).expect("mkfs.ext4 -d");
+    vmt_appliance::ext4::make_ext4(&root, image, size_mib).expect("mkfs.ext4 -d");
 }

@@ -1,6 +1,6 @@
 //! `vmt-record`: record per-task block-access traces of an appliance image through FUSE.
 //!
-//! Glue over `vmt::record` and `vmt::trace`: parse flags, identify the image, start a recording,
+//! Glue over `vmt_fs::record` and `vmt_formats::trace`: parse flags, identify the image, start a recording,
 //! run the task or wait for the session's end, print summaries. Signals (Ctrl-C, SIGTERM) stop
 //! the task and the session cleanly: the mount is taken down and the trace saved.
 
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use vmt::image::{BlockGeometry, IdCache, ImageId};
-use vmt::record::{Recording, RecordingParams};
-use vmt::trace::{Trace, TraceKind};
+use vmt_formats::image::{BlockGeometry, IdCache, ImageId};
+use vmt_formats::trace::{Trace, TraceKind};
+use vmt_fs::record::{Recording, RecordingParams};
 
 #[derive(Parser)]
 #[command(
@@ -251,7 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads,
         } => record_session(&image, name, first_task, out, mountpoint, threads),
         Cmd::Mark { mountpoint, task } => {
-            vmt::record::validate_task_name(&task)?;
+            vmt_fs::record::validate_task_name(&task)?;
             control(&mountpoint, &format!("mark {task}\n"))
         }
         Cmd::Stop { mountpoint } => control(&mountpoint, "stop\n"),
@@ -289,10 +289,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let t = Trace::load(&trace)?;
-            let report = vmt::replay::replay(&t, &file, vmt::replay::ReplayParams { think, cold })
-                .with_context(|| {
-                    format!("replaying {} against {}", trace.display(), file.display())
-                })?;
+            let report = vmt_appliance::replay::replay(
+                &t,
+                &file,
+                vmt_appliance::replay::ReplayParams { think, cold },
+            )
+            .with_context(|| format!("replaying {} against {}", trace.display(), file.display()))?;
             if json {
                 print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
             } else {
@@ -400,7 +402,7 @@ fn record_task(
     threads: usize,
     cmd: &[OsString],
 ) -> Result<ExitCode> {
-    vmt::record::validate_task_name(&task)?;
+    vmt_fs::record::validate_task_name(&task)?;
     let stop = stop_flag()?;
     let image_id = identify(&image.image, image.image_sha256.as_deref())?;
     let recording = Recording::start(RecordingParams {
@@ -475,8 +477,8 @@ fn record_session(
     mountpoint: Option<PathBuf>,
     threads: usize,
 ) -> Result<ExitCode> {
-    vmt::record::validate_task_name(&name)?;
-    vmt::record::validate_task_name(&first_task)?;
+    vmt_fs::record::validate_task_name(&name)?;
+    vmt_fs::record::validate_task_name(&first_task)?;
     let stop = stop_flag()?;
     let image_id = identify(&image.image, image.image_sha256.as_deref())?;
     let recording = Recording::start(RecordingParams {
@@ -505,7 +507,7 @@ fn record_session(
 }
 
 fn control(mountpoint: &Path, line: &str) -> Result<ExitCode> {
-    let path = mountpoint.join(vmt::fusefs::CONTROL_FILE);
+    let path = mountpoint.join(vmt_fs::fusefs::CONTROL_FILE);
     if !path.exists() {
         bail!(
             "no vmt-record session is mounted at {}",
@@ -633,7 +635,7 @@ fn tasks_table(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
             for (i, x) in runs[*a].iter().enumerate() {
                 for (j, y) in runs[*b].iter().enumerate() {
                     if a != b || i < j {
-                        sims.push(vmt::trace::jaccard(x, y));
+                        sims.push(vmt_formats::trace::jaccard(x, y));
                     }
                 }
             }
@@ -681,7 +683,7 @@ fn import(
                 .file_stem()
                 .map_or_else(|| "imported".into(), |s| s.to_string_lossy().into_owned()),
         };
-        vmt::record::validate_task_name(&label)?;
+        vmt_fs::record::validate_task_name(&label)?;
         Trace::from_blkparse(input, &text, id, &label)?
     } else {
         Trace::from_csv(input, &text, id)?
@@ -703,7 +705,7 @@ fn bench(
     repeat: usize,
     against: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    use vmt::throughput::{drop_cache, measure, Pattern};
+    use vmt_appliance::throughput::{drop_cache, measure, Pattern};
     let tmp = tempfile::Builder::new().prefix("vmt-bench-").tempdir()?;
     let image = match image {
         Some(p) => p,
@@ -811,7 +813,7 @@ fn bench(
 }
 
 fn demo() -> Result<ExitCode> {
-    use vmt::appliance::{build_demo, LoopMount};
+    use vmt_appliance::ext4::{build_demo, LoopMount};
     let tmp = tempfile::Builder::new().prefix("vmt-demo-").tempdir()?;
     eprintln!(
         "building a demo appliance with mkfs.ext4 -d in {}",

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use vmt::swarm::{Engine, EngineConfig, Storage, SwarmStats, Torrent};
+use vmt_swarm::{Engine, EngineConfig, Storage, SwarmStats, Torrent};
 
 #[derive(Parser)]
 #[command(
@@ -70,7 +70,7 @@ struct MountArgs {
     /// profile), stream (demand + rarest first), demand (no prefetch), oracle (a trace's own
     /// first-access order) [default: markov with --bundle, else stream].
     #[arg(long, value_name = "S")]
-    strategy: Option<vmt::scheduler::Strategy>,
+    strategy: Option<vmt_model::scheduler::Strategy>,
     /// For --strategy profile: the profile to follow (name or index) [default: the most likely
     /// first task].
     #[arg(long, value_name = "NAME")]
@@ -417,8 +417,8 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
 }
 
 async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
-    use vmt::runtime::{Runtime, RuntimeParams};
-    use vmt::scheduler::Strategy;
+    use vmt_model::scheduler::Strategy;
+    use vmt_runtime::{Runtime, RuntimeParams};
     let strategy = a.strategy.unwrap_or(if a.bundle.is_some() {
         Strategy::Markov
     } else {
@@ -470,7 +470,7 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
     if let Some(l) = status_listener {
         // Weak: shutting down needs the runtime back from every holder.
         let rt = std::sync::Arc::downgrade(&runtime);
-        tokio::spawn(vmt::runtime::serve_status(
+        tokio::spawn(vmt_runtime::serve_status(
             l,
             move || rt.upgrade().map(|r| r.status()),
             cancel.clone(),
@@ -535,7 +535,7 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
     let report = runtime.shutdown().await?;
     if let Some(path) = &a.report {
         let json = serde_json::to_vec_pretty(&report)?;
-        vmt::envelope::write_atomically(path, &json)
+        vmt_formats::envelope::write_atomically(path, &json)
             .with_context(|| format!("writing the report {}", path.display()))?;
     }
     eprintln!(
@@ -557,7 +557,7 @@ struct DemoBars {
     pieces: ProgressBar,
 }
 
-impl vmt::demo::DemoUi for DemoBars {
+impl vmt_runtime::demo::DemoUi for DemoBars {
     fn step(&self, line: &str) {
         // Without a terminal the bars are hidden; the steps still belong in the log.
         if self.steps.is_hidden() {
@@ -567,7 +567,7 @@ impl vmt::demo::DemoUi for DemoBars {
         }
     }
 
-    fn live(&self, st: &vmt::runtime::Status, task: &str) {
+    fn live(&self, st: &vmt_runtime::Status, task: &str) {
         self.pieces.set_length(st.pieces_total as u64);
         self.pieces.set_position(st.pieces_present as u64);
         self.pieces
@@ -591,7 +591,7 @@ async fn demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<()> {
             d
         }
         None => {
-            temp = vmt::demo::default_dir().context("creating a temp dir")?;
+            temp = vmt_runtime::demo::default_dir().context("creating a temp dir")?;
             temp.path().to_owned()
         }
     };
@@ -613,18 +613,18 @@ async fn demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let rows = tokio::select! {
-        r = vmt::demo::run(&dir, &ui) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
+        r = vmt_runtime::demo::run(&dir, &ui) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
         _ = cancel.cancelled() => bail!("interrupted"),
     };
     bars.clear().ok();
     let full = rows
         .iter()
-        .find(|r| r.strategy == vmt::scheduler::Strategy::Full)
+        .find(|r| r.strategy == vmt_model::scheduler::Strategy::Full)
         .map_or(f64::NAN, |r| r.completion_s);
     println!(
         "\nheld-out session ({} s think between tasks), {} Mbit/s seeder:\n",
-        vmt::demo::DEMO_THINK.as_secs(),
-        vmt::demo::DEMO_RATE * 8 / 1_000_000
+        vmt_runtime::demo::DEMO_THINK.as_secs(),
+        vmt_runtime::demo::DEMO_RATE * 8 / 1_000_000
     );
     println!(
         "{:<10} {:>14} {:>10} {:>12}",

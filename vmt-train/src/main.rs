@@ -1,6 +1,6 @@
 //! `vmt-train`: turn recorded traces into a profile bundle, show it, and evaluate it.
 //!
-//! Glue over `vmt::{profile, evaluate, synth}`: this file parses flags, reads files with a
+//! Glue over `vmt_model::{profile, evaluate, synth}`: this file parses flags, reads files with a
 //! progress bar, prints tables, and maps errors to a one-line message and exit code 1.
 
 use std::io::IsTerminal;
@@ -12,17 +12,17 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use vmt::cluster::ClusterParams;
-use vmt::evaluate::{
+use vmt_formats::image::BlockGeometry;
+use vmt_formats::trace::{Trace, TRACE_EXTENSION};
+use vmt_model::cluster::ClusterParams;
+use vmt_model::evaluate::{
     cross_validate, evaluate_trace, summarize, EvalParams, Ratio, Summary, TraceResult,
 };
-use vmt::image::BlockGeometry;
-use vmt::markov::BeliefParams;
-use vmt::profile::{Bundle, BundleParams, BUNDLE_EXTENSION};
-use vmt::scheduler::{SchedulerParams, Strategy};
-use vmt::simulate::LinkParams;
-use vmt::synth::{SynthImage, SynthParams};
-use vmt::trace::{Trace, TRACE_EXTENSION};
+use vmt_model::markov::BeliefParams;
+use vmt_model::profile::{Bundle, BundleParams, BUNDLE_EXTENSION};
+use vmt_model::scheduler::{SchedulerParams, Strategy};
+use vmt_model::simulate::LinkParams;
+use vmt_model::synth::{SynthImage, SynthParams};
 
 mod units;
 

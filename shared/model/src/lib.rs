@@ -1,0 +1,24 @@
+//! vmt's models: from recorded traces to the order in which pieces are fetched.
+//!
+//! Everything here is synchronous and deterministic given its inputs and a seed: no tokio, no
+//! FUSE, no sockets. `vmt-train` fits and evaluates with it; `vmt-run` drives the very same
+//! [`scheduler::Scheduler`] with real reads, so the simulator predicts what the mount does.
+//!
+//! # Layout
+//! - [`cluster`]: task runs grouped by the blocks they read (linfa; Jaccard; automatic count).
+//! - [`profile`]: profiles trained from clusters, and the bundle file (`.vmtp`) that carries
+//!   them with the Markov model (Params → check → fit, as linfa does).
+//! - [`markov`]: transitions between profiles and the online belief updated on every read.
+//! - [`scheduler`]: the prefetch planner shared by the simulator and `vmt-run`.
+//! - [`simulate`]: an event-driven replay of a trace over a link of given bandwidth.
+//! - [`evaluate`]: strategies side by side on held-out traces; leave-one-run-out.
+//! - [`synth`]: synthetic but realistic images, task runs and sessions for tests and benches.
+#![deny(missing_docs)]
+
+pub mod cluster;
+pub mod evaluate;
+pub mod markov;
+pub mod profile;
+pub mod scheduler;
+pub mod simulate;
+pub mod synth;

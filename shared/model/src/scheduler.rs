@@ -1,0 +1,659 @@
+//! The piece scheduler: which missing pieces to fetch next, shared by the simulator and `vmt-run`.
+//!
+//! The swarm engine serves three priority classes (DESIGN §4): demanded pieces (a read waits on
+//! them) jump the queue, then the *plan* this type computes, then rarest-first for the rest. The
+//! scheduler only ranks; it never does I/O and has no clock of its own, so the simulator drives it
+//! with simulated time and `vmt-run` with real events, and both get the same decisions:
+//!
+//! - [`Scheduler::on_read`] feeds every read (hit or miss) to the online [`Belief`];
+//! - [`Scheduler::plan`] writes the next missing pieces, best first, into a caller-owned buffer
+//!   (give it to the engine's `set_plan`; cheap enough to call after every read or piece).
+//!
+//! For [`Strategy::Markov`] the plan merges the profiles' piece lists (each in expected
+//! first-access order) by `(t + LEAD) / belief`, so a profile believed at 0.9 advances nine times
+//! as fast as one at 0.1, and profiles under [`SchedulerParams::min_weight`] are left out. When
+//! those are all fetched, it continues with the profiles predicted to come next (the belief
+//! shifted through the transition matrix): during a user's pause between tasks the link fetches
+//! the likely next task. [`Strategy::Profile`] follows one fixed profile (VMTorrent);
+//! [`Strategy::Oracle`] a given order (the run's own first accesses). `Full`, `Demand` and
+//! `Stream` have no plan.
+//!
+//! Per-profile cursors only move past pieces already present (which stay present), so repeated
+//! plans skip finished prefixes in O(1); a generation-stamped mark per piece removes duplicates
+//! across profiles without clearing or allocating.
+//!
+//! How `vmt-run` drives it (here on a synthetic bundle):
+//!
+//! ```
+//! use vmt_model::profile::{Bundle, BundleParams};
+//! use vmt_model::scheduler::{Scheduler, SchedulerParams, Strategy};
+//! use vmt_model::synth::{SynthImage, SynthParams};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let img = SynthImage::new(SynthParams::new(8 << 20, 3));
+//! # let traces: Vec<_> = img.corpus(2, 0, 0).into_iter().map(|t| (t.label.clone(), t)).collect();
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("app.vmtp");
+//! # BundleParams::new(4096).check()?.fit(&traces, |_| {})?.save(&path)?;
+//! // At mount: the bundle must belong to the image being served.
+//! let bundle = Bundle::load_for(&path, &img.image)?;
+//! let mut sched = Scheduler::new(&bundle, Strategy::Markov, SchedulerParams::new(256 << 10))?;
+//! let mut have = vec![false; sched.pieces() as usize];
+//! let mut plan = Vec::with_capacity(2);
+//! // On every FUSE read (hit or miss), with a monotonic clock in µs:
+//! sched.on_read(1 << 20, 4096, 1_000);
+//! // After each read or verified piece: the next pieces to prefetch, for the engine's set_plan.
+//! sched.plan(&|p| have[p as usize], 2, &mut plan);
+//! assert!(plan.len() <= 2 && plan.iter().all(|p| !have[*p as usize]));
+//! have[plan[0] as usize] = true;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+use crate::markov::{Belief, BeliefParams, Observed, OnlineModel};
+use crate::profile::Bundle;
+
+/// How pieces are fetched (see DESIGN §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Download the whole image, then run.
+    Full,
+    /// Fetch only what reads demand.
+    Demand,
+    /// Demand plus background fill (rarest first in a swarm).
+    Stream,
+    /// Demand plus one fixed profile.
+    Profile,
+    /// Demand plus belief-weighted profiles with switching.
+    Markov,
+    /// Prefetch in the run's own first-access order: the lower bound.
+    Oracle,
+}
+
+impl Strategy {
+    /// Every strategy, in report order.
+    pub const ALL: [Strategy; 6] = [
+        Strategy::Full,
+        Strategy::Demand,
+        Strategy::Stream,
+        Strategy::Profile,
+        Strategy::Markov,
+        Strategy::Oracle,
+    ];
+
+    /// Lowercase name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Full => "full",
+            Strategy::Demand => "demand",
+            Strategy::Stream => "stream",
+            Strategy::Profile => "profile",
+            Strategy::Markov => "markov",
+            Strategy::Oracle => "oracle",
+        }
+    }
+
+    /// Whether the rest of the image is filled in the background once the plan runs dry.
+    pub fn fills_background(self) -> bool {
+        matches!(
+            self,
+            Strategy::Stream | Strategy::Profile | Strategy::Markov
+        )
+    }
+
+    /// Whether this strategy needs a bundle.
+    pub fn needs_bundle(self) -> bool {
+        matches!(self, Strategy::Profile | Strategy::Markov)
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Strategy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Strategy::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                format!("unknown strategy {s:?} (full, demand, stream, profile, markov, oracle)")
+            })
+    }
+}
+
+/// Tuning of a [`Scheduler`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SchedulerParams {
+    /// Piece size in bytes (> 0).
+    pub piece_size: u32,
+    /// Online belief tuning.
+    pub belief: BeliefParams,
+    /// Profiles believed less than this are not prefetched. Default 0.05.
+    pub min_weight: f64,
+    /// Added to first-access times before dividing by the belief (µs), so the first pieces of
+    /// a likely profile come before those of an unlikely one. Default 100 ms.
+    pub lead_us: u64,
+}
+
+impl SchedulerParams {
+    /// Defaults (see each field) for pieces of `piece_size` bytes.
+    pub fn new(piece_size: u32) -> SchedulerParams {
+        SchedulerParams {
+            piece_size,
+            belief: BeliefParams::default(),
+            min_weight: 0.05,
+            lead_us: 100_000,
+        }
+    }
+}
+
+/// A scheduler that cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum SchedulerError {
+    /// Piece size 0.
+    #[error("piece size cannot be 0")]
+    ZeroPieceSize,
+    /// More pieces than `u32` indexes.
+    #[error("{image_bytes} bytes in {piece_size}-byte pieces is more than 2^32 pieces")]
+    TooManyPieces {
+        /// Image size.
+        image_bytes: u64,
+        /// Piece size.
+        piece_size: u32,
+    },
+    /// `profile` or `markov` without a bundle.
+    #[error("strategy {0} needs a profile bundle")]
+    NeedsBundle(Strategy),
+    /// A fixed profile that does not exist.
+    #[error("profile {profile} does not exist (the bundle has {profiles})")]
+    NoSuchProfile {
+        /// Requested profile.
+        profile: usize,
+        /// Profiles in the bundle.
+        profiles: usize,
+    },
+}
+
+/// The belief-driven piece planner (see the module doc).
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    strategy: Strategy,
+    params: SchedulerParams,
+    image_bytes: u64,
+    pieces: u32,
+    block_size: u32,
+    model: Option<OnlineModel>,
+    belief: Option<Belief>,
+    /// Per profile (or the single oracle list): `(piece, expected first access µs)`.
+    lists: Vec<Vec<(u32, u64)>>,
+    cursors: Vec<usize>,
+    pos: Vec<usize>,
+    weights: Vec<f64>,
+    fixed: usize,
+    mark: Vec<u32>,
+    epoch: u32,
+}
+
+impl Scheduler {
+    fn base(
+        image_bytes: u64,
+        strategy: Strategy,
+        params: SchedulerParams,
+    ) -> Result<Scheduler, SchedulerError> {
+        if params.piece_size == 0 {
+            return Err(SchedulerError::ZeroPieceSize);
+        }
+        let pieces = image_bytes.div_ceil(params.piece_size as u64);
+        if pieces > u32::MAX as u64 {
+            return Err(SchedulerError::TooManyPieces {
+                image_bytes,
+                piece_size: params.piece_size,
+            });
+        }
+        Ok(Scheduler {
+            strategy,
+            params,
+            image_bytes,
+            pieces: pieces as u32,
+            block_size: 0,
+            model: None,
+            belief: None,
+            lists: Vec::new(),
+            cursors: Vec::new(),
+            pos: Vec::new(),
+            weights: Vec::new(),
+            fixed: 0,
+            mark: vec![0; pieces as usize],
+            epoch: 0,
+        })
+    }
+
+    /// A scheduler driven by `bundle`'s profiles and Markov model. For [`Strategy::Profile`]
+    /// the fixed profile is the most likely first one; change it with [`Scheduler::fix_profile`].
+    /// Builds the likelihood table (one pass over the bundle); later calls do not allocate.
+    pub fn new(
+        bundle: &Bundle,
+        strategy: Strategy,
+        params: SchedulerParams,
+    ) -> Result<Scheduler, SchedulerError> {
+        let mut s = Scheduler::base(bundle.image.size, strategy, params)?;
+        s.block_size = bundle.block_size;
+        let model = bundle.markov.compile(bundle.block_count());
+        s.belief = Some(Belief::new(&model, params.belief));
+        s.model = Some(model);
+        let bs = bundle.block_size as u64;
+        for p in &bundle.profiles {
+            let mut list: Vec<(u32, u64)> = Vec::new();
+            for b in &p.blocks {
+                let start = b.block as u64 * bs;
+                for piece in s.pieces_of(start, bs) {
+                    if s.mark[piece as usize] != 1 {
+                        s.mark[piece as usize] = 1;
+                        list.push((piece, b.mean_us));
+                    }
+                }
+            }
+            for (piece, _) in &list {
+                s.mark[*piece as usize] = 0;
+            }
+            s.lists.push(list);
+        }
+        let k = s.lists.len();
+        s.cursors = vec![0; k];
+        s.pos = vec![0; k];
+        s.weights = vec![0.0; k];
+        s.fixed = argmax(&bundle.markov.start);
+        Ok(s)
+    }
+
+    /// A scheduler without a bundle: `full`, `demand` or `stream`.
+    pub fn without_bundle(
+        image_bytes: u64,
+        strategy: Strategy,
+        params: SchedulerParams,
+    ) -> Result<Scheduler, SchedulerError> {
+        if strategy.needs_bundle() {
+            return Err(SchedulerError::NeedsBundle(strategy));
+        }
+        Scheduler::base(image_bytes, strategy, params)
+    }
+
+    /// An oracle prefetching `order` (pieces, first needed first; see [`first_access_pieces`]).
+    pub fn oracle(
+        image_bytes: u64,
+        order: &[u32],
+        params: SchedulerParams,
+    ) -> Result<Scheduler, SchedulerError> {
+        let mut s = Scheduler::base(image_bytes, Strategy::Oracle, params)?;
+        let list = order
+            .iter()
+            .filter(|p| **p < s.pieces)
+            .enumerate()
+            .map(|(i, p)| (*p, i as u64))
+            .collect();
+        s.lists = vec![list];
+        s.cursors = vec![0];
+        s.pos = vec![0];
+        s.weights = vec![1.0];
+        Ok(s)
+    }
+
+    /// For [`Strategy::Profile`]: follow profile `profile`.
+    pub fn fix_profile(&mut self, profile: usize) -> Result<(), SchedulerError> {
+        if profile >= self.lists.len() {
+            return Err(SchedulerError::NoSuchProfile {
+                profile,
+                profiles: self.lists.len(),
+            });
+        }
+        self.fixed = profile;
+        Ok(())
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Number of pieces of the image.
+    pub fn pieces(&self) -> u32 {
+        self.pieces
+    }
+
+    /// Size of `piece` in bytes (the last one may be short).
+    pub fn piece_bytes(&self, piece: u32) -> u64 {
+        let start = piece as u64 * self.params.piece_size as u64;
+        (self.image_bytes - start.min(self.image_bytes)).min(self.params.piece_size as u64)
+    }
+
+    /// The pieces a byte range touches, clipped to the image.
+    pub fn pieces_of(&self, offset: u64, len: u64) -> std::ops::Range<u32> {
+        let end = offset.saturating_add(len).min(self.image_bytes);
+        if offset >= end {
+            return 0..0;
+        }
+        let ps = self.params.piece_size as u64;
+        (offset / ps) as u32..((end - 1) / ps + 1) as u32
+    }
+
+    /// The belief, when a bundle is in use.
+    pub fn belief(&self) -> Option<&Belief> {
+        self.belief.as_ref()
+    }
+
+    /// Back to the start of a session: belief at the start distribution. Cursors stay valid
+    /// (they only skip present pieces).
+    pub fn reset(&mut self) {
+        if let (Some(b), Some(m)) = (self.belief.as_mut(), self.model.as_ref()) {
+            b.reset(m);
+        }
+    }
+
+    /// Observes a read of `len` bytes at `offset` at time `t_us` (any clock, monotonic).
+    /// O(profiles), no allocation. Returns whether a task boundary was detected. The read's
+    /// first block is the observation: one per read keeps the cost independent of its length.
+    pub fn on_read(&mut self, offset: u64, _len: u64, t_us: u64) -> Observed {
+        match (self.belief.as_mut(), self.model.as_ref()) {
+            (Some(b), Some(m)) if self.block_size > 0 => {
+                let block = (offset / self.block_size as u64).min(u32::MAX as u64) as u32;
+                b.observe(m, block, t_us)
+            }
+            _ => Observed::Evidence,
+        }
+    }
+
+    /// Writes up to `window` missing pieces, most urgent first, into `out` (cleared first).
+    /// `have(piece)` says whether a piece is present; pieces in flight may be returned again
+    /// (the engine keeps them). Allocation-free once `out` has grown to `window`.
+    pub fn plan(&mut self, have: &impl Fn(u32) -> bool, window: usize, out: &mut Vec<u32>) {
+        out.clear();
+        if window == 0 || self.lists.is_empty() {
+            return;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.mark.iter_mut().for_each(|m| *m = 0);
+            self.epoch = 1;
+        }
+        match self.strategy {
+            Strategy::Full | Strategy::Demand | Strategy::Stream => {}
+            Strategy::Oracle => {
+                self.weights[0] = 1.0;
+                self.merge(have, window, out);
+            }
+            Strategy::Profile => {
+                self.weights.iter_mut().for_each(|w| *w = 0.0);
+                self.weights[self.fixed] = 1.0;
+                self.merge(have, window, out);
+            }
+            Strategy::Markov => {
+                let min = self.params.min_weight;
+                let Some(belief) = self.belief.as_ref() else {
+                    return;
+                };
+                for (w, p) in self.weights.iter_mut().zip(belief.probs()) {
+                    *w = if *p >= min { *p } else { 0.0 };
+                }
+                self.merge(have, window, out);
+                if out.len() < window {
+                    // The current task's pieces are all here or on the way: the next task's.
+                    if let (Some(b), Some(m)) = (self.belief.as_ref(), self.model.as_ref()) {
+                        b.predict_next(m, &mut self.weights);
+                    }
+                    for w in self.weights.iter_mut() {
+                        if *w < min {
+                            *w = 0.0;
+                        }
+                    }
+                    self.merge(have, window, out);
+                }
+            }
+        }
+    }
+
+    /// Merges the lists with positive weight by `(t + lead) / weight` until `out` is full.
+    fn merge(&mut self, have: &impl Fn(u32) -> bool, window: usize, out: &mut Vec<u32>) {
+        let lead = self.params.lead_us as f64;
+        for p in 0..self.lists.len() {
+            let list = &self.lists[p];
+            let c = &mut self.cursors[p];
+            while *c < list.len() && have(list[*c].0) {
+                *c += 1;
+            }
+            self.pos[p] = *c;
+        }
+        while out.len() < window {
+            let mut best: Option<(usize, f64)> = None;
+            for p in 0..self.lists.len() {
+                let w = self.weights[p];
+                if w <= 0.0 || self.pos[p] >= self.lists[p].len() {
+                    continue;
+                }
+                let key = (self.lists[p][self.pos[p]].1 as f64 + lead) / w;
+                if best.is_none_or(|(_, k)| key < k) {
+                    best = Some((p, key));
+                }
+            }
+            let Some((p, _)) = best else {
+                return;
+            };
+            let piece = self.lists[p][self.pos[p]].0;
+            self.pos[p] += 1;
+            if have(piece) || self.mark[piece as usize] == self.epoch {
+                continue;
+            }
+            self.mark[piece as usize] = self.epoch;
+            out.push(piece);
+        }
+    }
+}
+
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The pieces `trace` reads, in order of first access: the oracle's plan.
+pub fn first_access_pieces(trace: &vmt_formats::trace::Trace, piece_size: u32) -> Vec<u32> {
+    let ps = piece_size.max(1) as u64;
+    let pieces = trace.image.size.div_ceil(ps) as usize;
+    let mut seen = vec![false; pieces];
+    let mut order = Vec::new();
+    for r in &trace.records {
+        if r.op != vmt_formats::trace::Op::Read || r.len == 0 {
+            continue;
+        }
+        let end = (r.offset + r.len as u64).min(trace.image.size);
+        if r.offset >= end {
+            continue;
+        }
+        for p in r.offset / ps..=(end - 1) / ps {
+            if !seen[p as usize] {
+                seen[p as usize] = true;
+                order.push(p as u32);
+            }
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::BundleParams;
+    use crate::synth::{SynthImage, SynthParams};
+
+    fn bundle() -> (SynthImage, Bundle) {
+        let img = SynthImage::new(SynthParams::new(16 << 20, 4));
+        let traces: Vec<(String, vmt_formats::trace::Trace)> = img.named_corpus(4, 20, 5);
+        let b = BundleParams::new(4096)
+            .check()
+            .unwrap()
+            .fit(&traces, |_| {})
+            .unwrap();
+        (img, b)
+    }
+
+    #[test]
+    fn belief_identifies_the_task_within_a_bounded_number_of_reads() {
+        let (img, b) = bundle();
+        let mut worst = 0;
+        for task in 0..img.tasks.len() {
+            for run in 100..105 {
+                let t = img.task_run(task, run, run as u64 * 31 + task as u64);
+                let mut s =
+                    Scheduler::new(&b, Strategy::Markov, SchedulerParams::new(1 << 16)).unwrap();
+                let want = b.profile_of_label(&img.tasks[task].name).unwrap();
+                // Reads after which the top profile stays right to the end.
+                let mut settled = None;
+                for (i, r) in t.records.iter().enumerate() {
+                    s.on_read(r.offset, r.len as u64, r.t_us);
+                    let top = s.belief().unwrap().top().0;
+                    if top == want {
+                        settled.get_or_insert(i + 1);
+                    } else {
+                        settled = None;
+                    }
+                }
+                let n = settled.expect("the right profile is on top at the end");
+                worst = worst.max(n);
+            }
+        }
+        // Boot reads are common to all tasks; the task's own reads decide within a few dozen.
+        let boot_reads = img.task_run(0, 1, 1).records.len() / 3;
+        assert!(worst <= boot_reads + 40, "took {worst} reads");
+    }
+
+    #[test]
+    fn plan_follows_the_belief_and_skips_present_pieces() {
+        let (img, b) = bundle();
+        let mut s = Scheduler::new(&b, Strategy::Markov, SchedulerParams::new(1 << 16)).unwrap();
+        let t = img.task_run(2, 200, 7);
+        for r in &t.records {
+            s.on_read(r.offset, r.len as u64, r.t_us);
+        }
+        let want = b.profile_of_label(&img.tasks[2].name).unwrap();
+        let mut out = Vec::new();
+        let none = |_: u32| false;
+        s.plan(&none, 8, &mut out);
+        assert_eq!(out.len(), 8);
+        let own = &s.lists[want];
+        assert_eq!(out[0], own[0].0);
+        let first = out[0];
+        let have = move |p: u32| p == first;
+        s.plan(&have, 8, &mut out);
+        assert!(!out.contains(&first));
+        let mut sorted = out.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), out.len(), "no duplicates");
+        // Everything present: nothing to plan.
+        s.plan(&|_| true, 8, &mut out);
+        assert!(out.is_empty());
+    }
+
+    /// The merge against a naive reference: every missing piece of every weighted list,
+    /// sorted by `(t + lead) / w`, first occurrence kept.
+    #[test]
+    fn plan_matches_a_reference_model() {
+        use rand::{Rng, SeedableRng};
+        let (_, b) = bundle();
+        let params = SchedulerParams::new(1 << 15);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for round in 0..40 {
+            let strategy = if round % 2 == 0 {
+                Strategy::Profile
+            } else {
+                Strategy::Markov
+            };
+            let mut s = Scheduler::new(&b, strategy, params).unwrap();
+            s.fix_profile(round % b.profiles.len()).unwrap();
+            for _ in 0..rng.gen_range(0..200) {
+                let off = rng.gen_range(0..b.image.size);
+                s.on_read(off, 4096, 0);
+            }
+            let have_set: Vec<bool> = (0..s.pieces()).map(|_| rng.gen_bool(0.4)).collect();
+            let have = |p: u32| have_set[p as usize];
+            let window = rng.gen_range(1..40);
+            let mut out = Vec::new();
+            s.plan(&have, window, &mut out);
+
+            let weights: Vec<f64> = match strategy {
+                Strategy::Profile => (0..b.profiles.len())
+                    .map(|p| (p == round % b.profiles.len()) as u8 as f64)
+                    .collect(),
+                _ => s
+                    .belief()
+                    .unwrap()
+                    .probs()
+                    .iter()
+                    .map(|&p| if p >= params.min_weight { p } else { 0.0 })
+                    .collect(),
+            };
+            let mut all: Vec<(f64, usize, usize, u32)> = Vec::new();
+            for (p, list) in s.lists.iter().enumerate() {
+                if weights[p] <= 0.0 {
+                    continue;
+                }
+                for (i, (piece, t)) in list.iter().enumerate() {
+                    let key = (*t as f64 + params.lead_us as f64) / weights[p];
+                    all.push((key, p, i, *piece));
+                }
+            }
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let mut want = Vec::new();
+            for (_, _, _, piece) in all {
+                if !have(piece) && !want.contains(&piece) {
+                    want.push(piece);
+                }
+            }
+            let n = want.len().min(window);
+            assert_eq!(&out[..n], &want[..n], "round {round}");
+        }
+    }
+
+    #[test]
+    fn scheduler_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Scheduler>();
+        send_sync::<Bundle>();
+    }
+
+    #[test]
+    fn strategies_without_a_bundle() {
+        assert_eq!(
+            Scheduler::without_bundle(1 << 20, Strategy::Markov, SchedulerParams::new(4096))
+                .unwrap_err(),
+            SchedulerError::NeedsBundle(Strategy::Markov)
+        );
+        let mut s =
+            Scheduler::without_bundle(1 << 20, Strategy::Stream, SchedulerParams::new(4096))
+                .unwrap();
+        let mut out = vec![1];
+        s.plan(&|_| false, 4, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(s.pieces_of(4095, 2), 0..2);
+        assert_eq!("markov".parse::<Strategy>().unwrap(), Strategy::Markov);
+    }
+}

@@ -1,0 +1,97 @@
+//! Errors of the swarm engine: one enum, each variant naming the file, address or peer involved.
+//!
+//! An OS error is the variant's `source`, not part of its message, so printing the chain with
+//! `{:#}` (as the binaries do) shows it once: "cannot listen on 127.0.0.1:6881: Address in use".
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use vmt_formats::envelope::FileError;
+
+/// Why the swarm engine could not start or keep going. Peer misbehaviour is not here: a bad peer
+/// is logged, penalized and dropped, never an error of the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SwarmError {
+    /// A `.torrent` file could not be read.
+    #[error("{}", path.display())]
+    TorrentIo {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A `.torrent` file is not a torrent vmt can use.
+    #[error("{}: invalid torrent: {reason}", path.display())]
+    BadTorrent {
+        /// The file (or `<memory>`).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Making a torrent from an image failed.
+    #[error("{}: cannot create torrent: {reason}", image.display())]
+    CreateTorrent {
+        /// The image.
+        image: PathBuf,
+        /// librqbit's explanation.
+        reason: String,
+    },
+    /// The local image file could not be opened, read or written.
+    #[error("{}", path.display())]
+    Storage {
+        /// The image file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// An image file to seed does not have the torrent's length.
+    #[error("{}: image is {found} bytes but the torrent describes {expected}", path.display())]
+    ImageSize {
+        /// The image file.
+        path: PathBuf,
+        /// Length in the torrent.
+        expected: u64,
+        /// Length on disk.
+        found: u64,
+    },
+    /// An image to seed does not match the torrent's piece hashes.
+    #[error("{}: piece {piece} does not match the torrent (wrong image for this torrent?)", path.display())]
+    ImageMismatch {
+        /// The image file.
+        path: PathBuf,
+        /// First bad piece.
+        piece: u32,
+    },
+    /// The persisted piece bitmap is unusable.
+    #[error(transparent)]
+    Bitmap(#[from] FileError),
+    /// The persisted piece bitmap is for another piece geometry.
+    #[error("{}: piece bitmap has {found} pieces, the torrent {expected}", path.display())]
+    BitmapGeometry {
+        /// The bitmap file.
+        path: PathBuf,
+        /// Pieces in the torrent.
+        expected: u32,
+        /// Pieces in the file.
+        found: u32,
+    },
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The engine was shut down before the awaited event.
+    #[error("the swarm engine shut down")]
+    Shutdown,
+}
+
+/// Result alias of the swarm engine.
+pub type Result<T, E = SwarmError> = std::result::Result<T, E>;
