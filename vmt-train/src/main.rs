@@ -15,12 +15,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vmt_formats::image::BlockGeometry;
 use vmt_formats::trace::{Trace, TRACE_EXTENSION};
 use vmt_model::cluster::ClusterParams;
+use vmt_model::curve::{evaluate_trace_curve, size_curve, Curve, CurveParams, CURVE_STRATEGIES};
 use vmt_model::evaluate::{
-    cross_validate, evaluate_trace, summarize, EvalParams, Ratio, Summary, TraceResult,
+    evaluate_trace, leave_one_out, summarize, EvalError, EvalParams, Ratio, Summary, TraceResult,
 };
+use vmt_model::granularity::{human_bytes, Granularity};
 use vmt_model::markov::BeliefParams;
 use vmt_model::profile::{Bundle, BundleParams, BUNDLE_EXTENSION};
-use vmt_model::scheduler::{SchedulerParams, Strategy};
+use vmt_model::scheduler::Strategy;
 use vmt_model::simulate::LinkParams;
 use vmt_model::synth::{SynthImage, SynthParams};
 
@@ -68,16 +70,22 @@ enum Command {
     },
     /// Simulate strategies on traces over a link and report completion and stall times.
     ///
-    /// One client fetches pieces over a link of the given bandwidth while each trace's reads
-    /// arrive after their recorded gaps (compute time); a read of a missing piece stalls until
-    /// the piece lands (demand preempts prefetch). Strategies: full (whole image first), demand
-    /// (no prefetch), stream (demand + background fill), profile (demand + the single profile
-    /// closest to the trace, fixed), markov (demand + belief-weighted profiles, switching on task
-    /// boundaries), oracle (prefetch in the trace's own first-access order: the lower bound).
-    /// Tables show completion/stall seconds per trace, then means, markov's ratios to the other
-    /// strategies (each with the difference in seconds; a ratio to a strategy that never stalled,
-    /// as the oracle often does with --think, is printed n/a), and how often the belief's top
-    /// profile was the trace's task.
+    /// One client fetches over a link of the given bandwidth while each trace's reads arrive
+    /// after their recorded gaps (compute time), at the granularity of the mount being
+    /// predicted: whole pieces for a stock torrent, or blocks verified on their own with a
+    /// block-hash table (--block-table). A read that misses waits one round trip (--rtt) and
+    /// then for its missing units (demand preempts prefetch). Strategies: full (whole image
+    /// first), demand (no prefetch), stream (demand + background fill), profile (demand + the
+    /// single profile closest to the trace, fixed), markov (demand + belief-weighted profiles,
+    /// switching on task boundaries), oracle (prefetch in the trace's own first-access order:
+    /// the lower bound). stream, profile and markov then complete the pieces they started and
+    /// fill the rest; demand and oracle fetch nothing more. Tables show completion/stall seconds
+    /// per trace, then means, bytes fetched per byte read, markov's ratios to the other
+    /// strategies (each with the difference in seconds; a ratio to a strategy that stalled under
+    /// 10 ms, as the oracle often does with --think, is printed n/a), and how often the
+    /// belief's top profile was the trace's task.
+    ///
+    /// With --curve: the piece-size curve instead (see --curve).
     Eval {
         /// The bundle to evaluate. With --cv it only supplies the fit settings (default: the
         /// fit defaults) and is never used for figures.
@@ -89,9 +97,27 @@ enum Command {
         /// Link bandwidth: e.g. 100Mbit, 1Gbit, 12.5MB/s.
         #[arg(long, default_value = "100Mbit", value_parser = units::parse_bandwidth)]
         bandwidth: f64,
-        /// Piece size of the torrent.
+        /// Piece size of the torrent: a power of two from 16KiB to 16MiB, as `vmt-run seed`
+        /// makes them.
         #[arg(long, default_value = "256KiB", value_parser = units::parse_size_u32)]
         piece_size: u32,
+        /// The torrent has a block-hash table: the mount verifies blocks of this size on their
+        /// own, so a read that misses waits only for the blocks it covers [default when given
+        /// without a value: 16KiB, BitTorrent's request unit]. Without it the mount fetches
+        /// whole pieces (a stock torrent).
+        #[arg(
+            long,
+            value_name = "BLOCK",
+            num_args = 0..=1,
+            default_missing_value = "16KiB",
+            value_parser = units::parse_size_u32
+        )]
+        block_table: Option<u32>,
+        /// Round trip of each demanded fetch before its bytes arrive (e.g. 500us, 20ms). The
+        /// default is what a miss cost beyond its bytes on the benchmark's mounts; give the
+        /// path's round trip for a WAN.
+        #[arg(long, default_value = "500us", value_parser = units::parse_duration_us)]
+        rtt: u64,
         /// Idle time inserted at each task boundary of a session trace (e.g. 5s, 500ms).
         #[arg(long, default_value = "0s", value_parser = units::parse_duration_us)]
         think: u64,
@@ -116,6 +142,17 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Recommend a piece size: replay demand, markov and oracle at every piece size from
+        /// 16KiB to 4MiB (powers of two), each as a stock torrent and with a block table (of
+        /// --block-table's size, default 16KiB), and print mean stall and bytes fetched / bytes
+        /// read per strategy, the share of markov's bytes in complete pieces (what a client
+        /// can share with peers), and each configuration's costs (pieces, hash bytes in the
+        /// .torrent and block table, bitfield and HAVE bytes per peer). The recommendation is
+        /// the configuration with the fewest pieces where markov stalls within 5% (or 10 ms)
+        /// of the best and holds at least half of what it fetched in complete pieces.
+        /// --piece-size and --strategies are not used.
+        #[arg(long)]
+        curve: bool,
     },
     /// Write synthetic traces (task runs and sessions of a generated image) to a directory.
     Synth {
@@ -222,31 +259,37 @@ fn run(cli: Cli) -> Result<()> {
             traces,
             bandwidth,
             piece_size,
+            block_table,
+            rtt,
             think,
             cv,
             strategies,
             accuracy_after,
             boundary_gap,
             json,
+            curve,
         } => {
-            let mut scheduler = SchedulerParams::new(piece_size);
-            scheduler.belief = BeliefParams {
+            // The curve sets its own piece sizes and checks its block size per point.
+            let granularity = Granularity::new(piece_size, if curve { None } else { block_table })?;
+            let link = LinkParams {
+                bits_per_s: bandwidth,
+                think_us: think,
+                rtt_us: rtt,
+            };
+            let mut params = EvalParams::new(link, granularity);
+            params.scheduler.belief = BeliefParams {
                 gap_us: boundary_gap,
                 ..BeliefParams::default()
             };
-            if piece_size == 0 {
-                bail!("--piece-size cannot be 0");
+            params.strategies = strategies;
+            params.probe_reads = accuracy_after;
+            if curve {
+                let mut c = CurveParams::new(params);
+                c.block_size = block_table.unwrap_or(c.block_size);
+                eval_curve(bundle.as_deref(), &traces, cv, &c, json)
+            } else {
+                eval(bundle.as_deref(), &traces, cv, &params, json)
             }
-            let params = EvalParams {
-                link: LinkParams {
-                    bits_per_s: bandwidth,
-                    think_us: think,
-                },
-                scheduler,
-                strategies,
-                probe_reads: accuracy_after,
-            };
-            eval(bundle.as_deref(), &traces, cv, &params, json)
         }
         Command::Synth {
             out,
@@ -457,21 +500,20 @@ fn show(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn eval(
-    bundle_path: Option<&Path>,
-    inputs: &[PathBuf],
-    cv: bool,
-    params: &EvalParams,
-    json: bool,
-) -> Result<()> {
-    let bundle = bundle_path
-        .map(|p| Bundle::load(p).map(|b| (p, b)))
-        .transpose()?;
+/// The traces to replay and the bundle they are checked against.
+struct Inputs {
+    bundle: Option<Bundle>,
+    traces: Vec<(String, Trace)>,
+}
+
+/// Loads the bundle (if any) and the traces, and checks they are all of one image.
+fn load_inputs(bundle_path: Option<&Path>, inputs: &[PathBuf]) -> Result<Inputs> {
+    let bundle = bundle_path.map(Bundle::load).transpose()?;
     let traces = load_traces(inputs)?;
     let first_image = traces[0].1.image;
     for (name, t) in &traces {
         match &bundle {
-            Some((_, b)) => b.check_trace(Path::new(name), t)?,
+            Some(b) => b.check_trace(Path::new(name), t)?,
             None if t.image != first_image => bail!(
                 "{name}: trace of another image ({}) than {} ({first_image})",
                 t.image,
@@ -480,52 +522,101 @@ fn eval(
             None => {}
         }
     }
+    Ok(Inputs { bundle, traces })
+}
+
+/// The fit settings for --cv: the bundle's, or the defaults.
+fn cv_fit_params(bundle: Option<&Bundle>) -> Result<vmt_model::profile::ValidBundleParams> {
+    Ok(match bundle {
+        Some(b) => BundleParams::from_settings(&b.meta.settings),
+        None => BundleParams::new(BlockGeometry::DEFAULT_BLOCK_SIZE),
+    }
+    .check()?)
+}
+
+/// Warns when some of `traces` trained `b`. A training file is known by the path given to
+/// `fit`: where that path still resolves from here, the same file is the test, so that
+/// `traces/test/x` is not taken for `traces/train/x`; where it does not, by file name.
+/// (A content digest in the bundle would be exact: issue 13.)
+fn warn_if_trained_on(b: &Bundle, traces: &[(String, Trace)]) {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let trained: Vec<(Option<PathBuf>, Option<&std::ffi::OsStr>)> = b
+        .meta
+        .traces
+        .iter()
+        .map(|t| (canonical(Path::new(t)), Path::new(t).file_name()))
+        .collect();
+    let seen = traces
+        .iter()
+        .filter(|(name, _)| {
+            let here = canonical(Path::new(name));
+            let file = Path::new(name).file_name();
+            trained
+                .iter()
+                .any(|(path, train_file)| match (path, &here) {
+                    (Some(p), Some(h)) => p == h,
+                    _ => file.is_some() && file == *train_file,
+                })
+        })
+        .count();
+    if seen > 0 {
+        eprintln!(
+            "vmt-train: warning: {seen} of {} traces were used to train the bundle; use --cv for held-out figures",
+            traces.len()
+        );
+    }
+}
+
+/// `each(bundle, name, trace)` for every trace: with `cv`, against a bundle refitted without
+/// the trace (the given bundle only lends its fit settings); otherwise against the given
+/// bundle, with a warning if it was trained on some of the traces.
+fn held_out<R>(
+    bundle: Option<&Bundle>,
+    traces: &[(String, Trace)],
+    cv: bool,
+    mut each: impl FnMut(&Bundle, &str, &Trace) -> Result<R, EvalError>,
+) -> Result<Vec<R>> {
+    let bar = bar(traces.len() as u64, if cv { "cv" } else { "simulating" });
+    let out = if cv {
+        leave_one_out(traces, &cv_fit_params(bundle)?, |_| bar.inc(1), each)?
+    } else {
+        let b = bundle.expect("clap requires --bundle without --cv");
+        let out = traces
+            .iter()
+            .map(|(name, t)| {
+                let r = each(b, name, t);
+                bar.inc(1);
+                r
+            })
+            .collect::<Result<Vec<R>, EvalError>>()?;
+        warn_if_trained_on(b, traces);
+        out
+    };
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn eval(
+    bundle_path: Option<&Path>,
+    inputs: &[PathBuf],
+    cv: bool,
+    params: &EvalParams,
+    json: bool,
+) -> Result<()> {
+    let Inputs { bundle, traces } = load_inputs(bundle_path, inputs)?;
     if params.strategies.is_empty() {
         bail!("--strategies is empty");
     }
-    let results: Vec<TraceResult> = if cv {
-        let fit_params = match &bundle {
-            Some((_, b)) => BundleParams::from_settings(&b.meta.settings),
-            None => BundleParams::new(BlockGeometry::DEFAULT_BLOCK_SIZE),
-        }
-        .check()?;
-        let bar = bar(traces.len() as u64, "cv");
-        let r = cross_validate(&traces, &fit_params, params, |_| bar.inc(1))?;
-        bar.finish_and_clear();
-        r
-    } else {
-        let (_, b) = bundle
-            .as_ref()
-            .expect("clap requires --bundle without --cv");
-        let trained: Vec<&str> = b
-            .meta
-            .traces
-            .iter()
-            .filter_map(|t| Path::new(t).file_name().and_then(|n| n.to_str()))
-            .collect();
-        let bar = bar(traces.len() as u64, "simulating");
-        let mut out = Vec::new();
-        let mut seen_in_training = 0;
-        for (name, t) in &traces {
-            let file = Path::new(name).file_name().and_then(|n| n.to_str());
-            seen_in_training += file.is_some_and(|f| trained.contains(&f)) as usize;
-            out.push(evaluate_trace(b, name, t, params)?);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        if seen_in_training > 0 {
-            eprintln!(
-                "vmt-train: warning: {seen_in_training} of {} traces were used to train the bundle; use --cv for held-out figures",
-                traces.len()
-            );
-        }
-        out
-    };
+    let results = held_out(bundle.as_ref(), &traces, cv, |b, name, t| {
+        evaluate_trace(b, name, t, params)
+    })?;
     let summary = summarize(&results);
     if json {
         let doc = serde_json::json!({
             "bandwidth_bits_per_s": params.link.bits_per_s,
-            "piece_size": params.scheduler.piece_size,
+            "piece_size": params.granularity.piece_size(),
+            "block_size": params.granularity.block_size(),
+            "rtt_us": params.link.rtt_us,
             "think_us": params.link.think_us,
             "cross_validated": cv,
             "traces": results,
@@ -538,17 +629,60 @@ fn eval(
     Ok(())
 }
 
+fn eval_curve(
+    bundle_path: Option<&Path>,
+    inputs: &[PathBuf],
+    cv: bool,
+    params: &CurveParams,
+    json: bool,
+) -> Result<()> {
+    let Inputs { bundle, traces } = load_inputs(bundle_path, inputs)?;
+    let configs = params.configurations()?;
+    let per_trace = held_out(bundle.as_ref(), &traces, cv, |b, name, t| {
+        evaluate_trace_curve(b, name, t, params, &configs)
+    })?;
+    let curve = size_curve(traces[0].1.image.size, params, &configs, &per_trace);
+    if json {
+        let doc = serde_json::json!({
+            "bandwidth_bits_per_s": params.base.link.bits_per_s,
+            "rtt_us": params.base.link.rtt_us,
+            "think_us": params.base.link.think_us,
+            "cross_validated": cv,
+            "curve": curve,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_curve(&curve, params, cv);
+    }
+    Ok(())
+}
+
 fn secs(us: f64) -> String {
     format!("{:.2}", us / 1e6)
 }
 
+/// A trace's file name, for tables.
+fn short_name(trace: &str) -> String {
+    Path::new(trace)
+        .file_name()
+        .map_or(trace.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn describe_link(link: &LinkParams) -> String {
+    format!(
+        "{:.0} Mbit/s, round trip {:.2} ms, think {}s",
+        link.bits_per_s / 1e6,
+        link.rtt_us as f64 / 1e3,
+        secs(link.think_us as f64)
+    )
+}
+
 fn print_results(results: &[TraceResult], summary: &Summary, params: &EvalParams, cv: bool) {
     println!(
-        "{} traces, {:.0} Mbit/s, {} KiB pieces, think {}s{}; completion / stall in seconds",
+        "{} traces, {}, {}{}; completion / stall in seconds",
         results.len(),
-        params.link.bits_per_s / 1e6,
-        params.scheduler.piece_size / 1024,
-        secs(params.link.think_us as f64),
+        describe_link(&params.link),
+        params.granularity,
         if cv { ", leave-one-run-out" } else { "" }
     );
     print!("{:<28} {:>8}", "trace", "local");
@@ -557,10 +691,11 @@ fn print_results(results: &[TraceResult], summary: &Summary, params: &EvalParams
     }
     println!();
     for r in results {
-        let name = Path::new(&r.trace)
-            .file_name()
-            .map_or(r.trace.clone(), |n| n.to_string_lossy().into_owned());
-        print!("{:<28} {:>8}", name, secs(r.local_us as f64));
+        print!(
+            "{:<28} {:>8}",
+            short_name(&r.trace),
+            secs(r.local_us as f64)
+        );
         for (_, o) in &r.outcomes {
             print!(
                 " {:>15}",
@@ -581,14 +716,38 @@ fn print_results(results: &[TraceResult], summary: &Summary, params: &EvalParams
         );
     }
     println!();
+    println!("bytes fetched by the end of each trace / bytes it read");
+    print!("{:<28} {:>8}", "trace", "MB read");
+    for s in &params.strategies {
+        print!(" {:>15}", s.name());
+    }
+    println!();
+    let ratio = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
+    for r in results {
+        let read = r.outcomes.first().map_or(0, |(_, o)| o.bytes_read);
+        print!("{:<28} {:>8.1}", short_name(&r.trace), read as f64 / 1e6);
+        for (_, o) in &r.outcomes {
+            print!(" {:>15}", ratio(o.fetched_per_read()));
+        }
+        println!();
+    }
+    print!("{:<28} {:>8}", "mean", "");
+    for s in &summary.strategies {
+        print!(" {:>15}", ratio(s.mean_fetched_per_read));
+    }
+    println!();
     if !summary.markov_completion_ratio.is_empty() {
-        // A ratio to a strategy that never stalled is undefined: print the difference in
-        // seconds beside every ratio, and only the difference there.
+        // A ratio to a strategy that (as good as) never stalled is undefined: print the
+        // difference in seconds beside every ratio, and only the difference there.
         let fmt = |v: &[(Strategy, Ratio)]| {
             v.iter()
                 .map(|(s, r)| match r.ratio {
                     Some(x) => format!("/{s} {x:.3} ({:+.2}s)", r.excess_us / 1e6),
-                    None => format!("/{s} n/a ({:+.2}s; {s} 0s)", r.excess_us / 1e6),
+                    None => format!(
+                        "/{s} n/a ({:+.2}s; {s} < {:.2}s)",
+                        r.excess_us / 1e6,
+                        Ratio::FLOOR_US / 1e6
+                    ),
                 })
                 .collect::<Vec<_>>()
                 .join("  ")
@@ -616,6 +775,84 @@ fn print_results(results: &[TraceResult], summary: &Summary, params: &EvalParams
                 a.segments
             );
         }
+    }
+}
+
+fn print_curve(curve: &Curve, params: &CurveParams, cv: bool) {
+    println!(
+        "size curve: {} traces, {}, image {}{}",
+        curve.traces,
+        describe_link(&params.base.link),
+        human_bytes(curve.image_bytes),
+        if cv { ", leave-one-run-out" } else { "" }
+    );
+    println!(
+        "per strategy: mean stall in seconds and bytes fetched / bytes read; seedable: share of markov's bytes fetched in complete pieces by the end of a trace (peers trade only those); costs: pieces, hash bytes (SHA-1 per piece + SHA-256 per block), bitfield and HAVE bytes per peer"
+    );
+    print!(
+        "{:>8} {:>7} {:>8} {:>10} {:>9} {:>10}",
+        "piece", "blocks", "pieces", "hashes", "bitfield", "HAVEs"
+    );
+    for s in CURVE_STRATEGIES {
+        print!(" {:>13}", s.name());
+    }
+    println!(" {:>9}", "seedable");
+    for p in &curve.points {
+        let g = p.granularity;
+        print!(
+            "{:>8} {:>7} {:>8} {:>10} {:>9} {:>10}",
+            human_bytes(g.piece_size() as u64).replace(' ', ""),
+            g.block_size()
+                .map_or("none".to_string(), |b| human_bytes(b as u64)
+                    .replace(' ', "")),
+            p.costs.pieces,
+            human_bytes(p.costs.torrent_bytes),
+            human_bytes(p.costs.bitfield_bytes),
+            human_bytes(p.costs.have_bytes_per_peer),
+        );
+        for s in CURVE_STRATEGIES {
+            match p.strategy(s) {
+                Some(x) => print!(
+                    " {:>13}",
+                    format!(
+                        "{} {}",
+                        secs(x.mean_stall_us),
+                        x.mean_fetched_per_read
+                            .map_or("-".to_string(), |r| format!("{r:.2}x"))
+                    )
+                ),
+                None => print!(" {:>13}", "-"),
+            }
+        }
+        let seedable = p
+            .strategy(Strategy::Markov)
+            .and_then(|m| m.mean_seedable_share);
+        println!(
+            " {:>9}",
+            seedable.map_or("-".to_string(), |x| format!("{:.0}%", x * 100.0))
+        );
+    }
+    match &curve.recommendation {
+        Some(r) => {
+            println!("recommended: {}", r.reason);
+            match &r.stock {
+                Some(s) if s.granularity != r.choice.granularity => println!(
+                    "without a block table (a stock torrent): {}, markov stall {:.3} s, {:.0}% seedable, {} pieces, {} of hashes",
+                    s.granularity,
+                    s.markov_stall_us / 1e6,
+                    s.markov_seedable_share * 100.0,
+                    s.costs.pieces,
+                    human_bytes(s.costs.torrent_bytes)
+                ),
+                Some(_) => {}
+                None => println!(
+                    "without a block table (a stock torrent) no piece size comes within {:.0}% of the best stall with {:.0}% seedable",
+                    curve.tolerance * 100.0,
+                    curve.min_seedable_share * 100.0
+                ),
+            }
+        }
+        None => println!("no recommendation: markov did not run"),
     }
 }
 

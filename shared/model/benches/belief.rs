@@ -1,5 +1,6 @@
 //! Hot paths of the online side: `Belief::observe` per read (goal: < 1 µs for 16 profiles, no
-//! allocation) and `Scheduler::plan` (a window of 8 pieces).
+//! allocation) and `Scheduler::plan` (a window of 8 units: 256 KiB pieces, and 16 KiB verified
+//! blocks).
 //!
 //! Inputs are seeded synthetic traces: a 16-task image, a bundle fitted from 3 runs per task,
 //! and the reads of held-out runs replayed in a loop. A counting global allocator checks that
@@ -88,6 +89,19 @@ fn bench(c: &mut Criterion) {
     assert!(before > 0);
     assert_eq!(observe_allocs, 0, "Belief::observe allocated");
     assert_eq!(plan_allocs, 0, "Scheduler::on_read/plan allocated");
+    // The same in 16 KiB units (a torrent with a block table): 16 times as many units.
+    let mut blocks_sched =
+        Scheduler::new(&bundle, Strategy::Markov, SchedulerParams::new(16 << 10)).unwrap();
+    let start = ALLOCATIONS.load(Ordering::Relaxed);
+    for (i, &(off, t)) in reads.iter().enumerate() {
+        blocks_sched.on_read(off, 4096, t);
+        blocks_sched.plan(&|p: u32| p % 3 == (i % 3) as u32, 8, &mut out);
+    }
+    let block_plan_allocs = ALLOCATIONS.load(Ordering::Relaxed) - start;
+    assert_eq!(
+        block_plan_allocs, 0,
+        "Scheduler::on_read/plan in 16 KiB units allocated"
+    );
     println!(
         "{} reads, 16 profiles: no allocation in observe, on_read or plan",
         reads.len()
@@ -114,6 +128,16 @@ fn bench(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    c.bench_function(
+        "Scheduler::plan (16 profiles, 16 KiB units, window 8)",
+        |b| {
+            b.iter(|| {
+                j = (j + 1) % 3;
+                blocks_sched.plan(&|p: u32| p % 3 == j as u32, 8, &mut out);
+                black_box(out.len())
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

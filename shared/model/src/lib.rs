@@ -9,14 +9,21 @@
 //! - [`profile`]: profiles trained from clusters, and the bundle file (`.vmtp`) that carries
 //!   them with the Markov model (Params → check → fit, as linfa does).
 //! - [`markov`]: transitions between profiles and the online belief updated on every read.
-//! - [`scheduler`]: the prefetch planner shared by the simulator and `vmt-run`.
-//! - [`simulate`]: an event-driven replay of a trace over a link of given bandwidth.
+//! - [`granularity`]: what the mount fetches and verifies on its own (pieces, or blocks with a
+//!   block-hash table), and what a piece size costs.
+//! - [`scheduler`]: the prefetch planner, in fetch units, shared by the simulator and `vmt-run`.
+//! - [`simulate`]: an event-driven replay of a trace over a link of given bandwidth and round
+//!   trip, at the mount's granularity.
 //! - [`evaluate`]: strategies side by side on held-out traces; leave-one-run-out.
+//! - [`curve`]: stall and costs by piece size, with and without verified blocks, and the piece
+//!   size to use.
 //! - [`synth`]: synthetic but realistic images, task runs and sessions for tests and benches.
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod curve;
 pub mod evaluate;
+pub mod granularity;
 pub mod markov;
 pub mod profile;
 pub mod scheduler;

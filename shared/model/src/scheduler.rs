@@ -1,15 +1,22 @@
-//! The piece scheduler: which missing pieces to fetch next, shared by the simulator and `vmt-run`.
+//! The prefetch scheduler: which missing fetch units to fetch next, shared by the simulator and
+//! `vmt-run`.
 //!
-//! The swarm engine serves three priority classes (DESIGN §4): demanded pieces (a read waits on
-//! them) jump the queue, then the *plan* this type computes, then rarest-first for the rest. The
-//! scheduler only ranks; it never does I/O and has no clock of its own, so the simulator drives it
-//! with simulated time and `vmt-run` with real events, and both get the same decisions:
+//! It plans in *units*: what the mount fetches and verifies on its own
+//! ([`crate::granularity::Granularity::unit`]): the 16 KiB block when the torrent has a
+//! block-hash table, else the piece. Unit `u` is bytes `u · unit .. (u + 1) · unit` of the image
+//! (the last one may be short); with whole pieces, units are pieces.
+//!
+//! The swarm engine serves three priority classes (DESIGN §4): demanded units (a read waits on
+//! them) jump the queue, then the *plan* this type computes, then the background (the rest of
+//! touched pieces, then rarest first) for the strategies that fill it. The scheduler only ranks;
+//! it never does I/O and has no clock of its own, so the simulator drives it with simulated time
+//! and `vmt-run` with real events, and both get the same decisions:
 //!
 //! - [`Scheduler::on_read`] feeds every read (hit or miss) to the online [`Belief`];
-//! - [`Scheduler::plan`] writes the next missing pieces, best first, into a caller-owned buffer
-//!   (give it to the engine's `set_plan`; cheap enough to call after every read or piece).
+//! - [`Scheduler::plan`] writes the next missing units, best first, into a caller-owned buffer
+//!   (give it to the engine's `set_plan`; cheap enough to call after every read or unit).
 //!
-//! For [`Strategy::Markov`] the plan merges the profiles' piece lists (each in expected
+//! For [`Strategy::Markov`] the plan merges the profiles' unit lists (each in expected
 //! first-access order) by `(t + LEAD) / belief`, so a profile believed at 0.9 advances nine times
 //! as fast as one at 0.1, and profiles under [`SchedulerParams::min_weight`] are left out. When
 //! those are all fetched, it continues with the profiles predicted to come next (the belief
@@ -18,13 +25,14 @@
 //! [`Strategy::Oracle`] a given order (the run's own first accesses). `Full`, `Demand` and
 //! `Stream` have no plan.
 //!
-//! Per-profile cursors only move past pieces already present (which stay present), so repeated
-//! plans skip finished prefixes in O(1); a generation-stamped mark per piece removes duplicates
+//! Per-profile cursors only move past units already present (which stay present), so repeated
+//! plans skip finished prefixes in O(1); a generation-stamped mark per unit removes duplicates
 //! across profiles without clearing or allocating.
 //!
 //! How `vmt-run` drives it (here on a synthetic bundle):
 //!
 //! ```
+//! use vmt_model::granularity::Granularity;
 //! use vmt_model::profile::{Bundle, BundleParams};
 //! use vmt_model::scheduler::{Scheduler, SchedulerParams, Strategy};
 //! use vmt_model::synth::{SynthImage, SynthParams};
@@ -37,13 +45,15 @@
 //! # BundleParams::new(4096).check()?.fit(&traces, |_| {})?.save(&path)?;
 //! // At mount: the bundle must belong to the image being served.
 //! let bundle = Bundle::load_for(&path, &img.image)?;
-//! let mut sched = Scheduler::new(&bundle, Strategy::Markov, SchedulerParams::new(256 << 10))?;
-//! let mut have = vec![false; sched.pieces() as usize];
+//! // The torrent has 256 KiB pieces and a table of 16 KiB blocks: the mount fetches blocks.
+//! let unit = Granularity::blocks(256 << 10)?.unit();
+//! let mut sched = Scheduler::new(&bundle, Strategy::Markov, SchedulerParams::new(unit))?;
+//! let mut have = vec![false; sched.units() as usize];
 //! let mut plan = Vec::with_capacity(2);
 //! // On every FUSE read (hit or miss), with a monotonic clock in µs:
 //! sched.on_read(1 << 20, 4096, 1_000);
-//! // After each read or verified piece: the next pieces to prefetch, for the engine's set_plan.
-//! sched.plan(&|p| have[p as usize], 2, &mut plan);
+//! // After each read or verified unit: the next units to prefetch, for the engine's set_plan.
+//! sched.plan(&|u| have[u as usize], 2, &mut plan);
 //! assert!(plan.len() <= 2 && plan.iter().all(|p| !have[*p as usize]));
 //! have[plan[0] as usize] = true;
 //! # Ok(())
@@ -58,7 +68,7 @@ use serde::{Serialize, Serializer};
 use crate::markov::{Belief, BeliefParams, Observed, OnlineModel};
 use crate::profile::Bundle;
 
-/// How pieces are fetched (see DESIGN §5).
+/// How the image is fetched (see DESIGN §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// Download the whole image, then run.
@@ -139,22 +149,24 @@ impl FromStr for Strategy {
 /// Tuning of a [`Scheduler`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SchedulerParams {
-    /// Piece size in bytes (> 0).
-    pub piece_size: u32,
+    /// The fetch unit in bytes (> 0): what one entry of the plan stands for, i.e. what the mount
+    /// fetches and verifies on its own. The block size (16 KiB) when the torrent has a
+    /// block-hash table, else the piece size ([`crate::granularity::Granularity::unit`]).
+    pub unit: u32,
     /// Online belief tuning.
     pub belief: BeliefParams,
     /// Profiles believed less than this are not prefetched. Default 0.05.
     pub min_weight: f64,
-    /// Added to first-access times before dividing by the belief (µs), so the first pieces of
+    /// Added to first-access times before dividing by the belief (µs), so the first units of
     /// a likely profile come before those of an unlikely one. Default 100 ms.
     pub lead_us: u64,
 }
 
 impl SchedulerParams {
-    /// Defaults (see each field) for pieces of `piece_size` bytes.
-    pub fn new(piece_size: u32) -> SchedulerParams {
+    /// Defaults (see each field) for fetch units of `unit` bytes.
+    pub fn new(unit: u32) -> SchedulerParams {
         SchedulerParams {
-            piece_size,
+            unit,
             belief: BeliefParams::default(),
             min_weight: 0.05,
             lead_us: 100_000,
@@ -166,16 +178,16 @@ impl SchedulerParams {
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum SchedulerError {
-    /// Piece size 0.
-    #[error("piece size cannot be 0")]
-    ZeroPieceSize,
-    /// More pieces than `u32` indexes.
-    #[error("{image_bytes} bytes in {piece_size}-byte pieces is more than 2^32 pieces")]
-    TooManyPieces {
+    /// Fetch unit 0.
+    #[error("fetch unit cannot be 0 bytes")]
+    ZeroUnit,
+    /// More units than `u32` indexes.
+    #[error("{image_bytes} bytes in {unit}-byte units is more than 2^32 units")]
+    TooManyUnits {
         /// Image size.
         image_bytes: u64,
-        /// Piece size.
-        piece_size: u32,
+        /// Fetch unit.
+        unit: u32,
     },
     /// `profile` or `markov` without a bundle.
     #[error("strategy {0} needs a profile bundle")]
@@ -190,17 +202,17 @@ pub enum SchedulerError {
     },
 }
 
-/// The belief-driven piece planner (see the module doc).
+/// The belief-driven prefetch planner, in fetch units (see the module doc).
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     strategy: Strategy,
     params: SchedulerParams,
     image_bytes: u64,
-    pieces: u32,
+    units: u32,
     block_size: u32,
     model: Option<OnlineModel>,
     belief: Option<Belief>,
-    /// Per profile (or the single oracle list): `(piece, expected first access µs)`.
+    /// Per profile (or the single oracle list): `(unit, expected first access µs)`.
     lists: Vec<Vec<(u32, u64)>>,
     cursors: Vec<usize>,
     pos: Vec<usize>,
@@ -216,21 +228,21 @@ impl Scheduler {
         strategy: Strategy,
         params: SchedulerParams,
     ) -> Result<Scheduler, SchedulerError> {
-        if params.piece_size == 0 {
-            return Err(SchedulerError::ZeroPieceSize);
+        if params.unit == 0 {
+            return Err(SchedulerError::ZeroUnit);
         }
-        let pieces = image_bytes.div_ceil(params.piece_size as u64);
-        if pieces > u32::MAX as u64 {
-            return Err(SchedulerError::TooManyPieces {
+        let units = image_bytes.div_ceil(params.unit as u64);
+        if units > u32::MAX as u64 {
+            return Err(SchedulerError::TooManyUnits {
                 image_bytes,
-                piece_size: params.piece_size,
+                unit: params.unit,
             });
         }
         Ok(Scheduler {
             strategy,
             params,
             image_bytes,
-            pieces: pieces as u32,
+            units: units as u32,
             block_size: 0,
             model: None,
             belief: None,
@@ -239,7 +251,7 @@ impl Scheduler {
             pos: Vec::new(),
             weights: Vec::new(),
             fixed: 0,
-            mark: vec![0; pieces as usize],
+            mark: vec![0; units as usize],
             epoch: 0,
         })
     }
@@ -262,15 +274,15 @@ impl Scheduler {
             let mut list: Vec<(u32, u64)> = Vec::new();
             for b in &p.blocks {
                 let start = b.block as u64 * bs;
-                for piece in s.pieces_of(start, bs) {
-                    if s.mark[piece as usize] != 1 {
-                        s.mark[piece as usize] = 1;
-                        list.push((piece, b.mean_us));
+                for unit in s.units_of(start, bs) {
+                    if s.mark[unit as usize] != 1 {
+                        s.mark[unit as usize] = 1;
+                        list.push((unit, b.mean_us));
                     }
                 }
             }
-            for (piece, _) in &list {
-                s.mark[*piece as usize] = 0;
+            for (unit, _) in &list {
+                s.mark[*unit as usize] = 0;
             }
             s.lists.push(list);
         }
@@ -294,7 +306,7 @@ impl Scheduler {
         Scheduler::base(image_bytes, strategy, params)
     }
 
-    /// An oracle prefetching `order` (pieces, first needed first; see [`first_access_pieces`]).
+    /// An oracle prefetching `order` (units, first needed first; see [`first_access_units`]).
     pub fn oracle(
         image_bytes: u64,
         order: &[u32],
@@ -303,7 +315,7 @@ impl Scheduler {
         let mut s = Scheduler::base(image_bytes, Strategy::Oracle, params)?;
         let list = order
             .iter()
-            .filter(|p| **p < s.pieces)
+            .filter(|u| **u < s.units)
             .enumerate()
             .map(|(i, p)| (*p, i as u64))
             .collect();
@@ -331,25 +343,30 @@ impl Scheduler {
         self.strategy
     }
 
-    /// Number of pieces of the image.
-    pub fn pieces(&self) -> u32 {
-        self.pieces
+    /// The fetch unit in bytes ([`SchedulerParams::unit`]).
+    pub fn unit_size(&self) -> u32 {
+        self.params.unit
     }
 
-    /// Size of `piece` in bytes (the last one may be short).
-    pub fn piece_bytes(&self, piece: u32) -> u64 {
-        let start = piece as u64 * self.params.piece_size as u64;
-        (self.image_bytes - start.min(self.image_bytes)).min(self.params.piece_size as u64)
+    /// Number of fetch units of the image.
+    pub fn units(&self) -> u32 {
+        self.units
     }
 
-    /// The pieces a byte range touches, clipped to the image.
-    pub fn pieces_of(&self, offset: u64, len: u64) -> std::ops::Range<u32> {
+    /// Size of `unit` in bytes (the last one may be short).
+    pub fn unit_bytes(&self, unit: u32) -> u64 {
+        let start = unit as u64 * self.params.unit as u64;
+        (self.image_bytes - start.min(self.image_bytes)).min(self.params.unit as u64)
+    }
+
+    /// The units a byte range touches, clipped to the image.
+    pub fn units_of(&self, offset: u64, len: u64) -> std::ops::Range<u32> {
         let end = offset.saturating_add(len).min(self.image_bytes);
         if offset >= end {
             return 0..0;
         }
-        let ps = self.params.piece_size as u64;
-        (offset / ps) as u32..((end - 1) / ps + 1) as u32
+        let us = self.params.unit as u64;
+        (offset / us) as u32..((end - 1) / us + 1) as u32
     }
 
     /// The belief, when a bundle is in use.
@@ -358,7 +375,7 @@ impl Scheduler {
     }
 
     /// Back to the start of a session: belief at the start distribution. Cursors stay valid
-    /// (they only skip present pieces).
+    /// (they only skip present units).
     pub fn reset(&mut self) {
         if let (Some(b), Some(m)) = (self.belief.as_mut(), self.model.as_ref()) {
             b.reset(m);
@@ -378,9 +395,10 @@ impl Scheduler {
         }
     }
 
-    /// Writes up to `window` missing pieces, most urgent first, into `out` (cleared first).
-    /// `have(piece)` says whether a piece is present; pieces in flight may be returned again
-    /// (the engine keeps them). Allocation-free once `out` has grown to `window`.
+    /// Writes up to `window` missing units, most urgent first, into `out` (cleared first).
+    /// `have(unit)` says whether a unit is present (with whole pieces: whether the piece is);
+    /// units in flight may be returned again (the engine keeps them). Allocation-free once
+    /// `out` has grown to `window`.
     pub fn plan(&mut self, have: &impl Fn(u32) -> bool, window: usize, out: &mut Vec<u32>) {
         out.clear();
         if window == 0 || self.lists.is_empty() {
@@ -412,7 +430,7 @@ impl Scheduler {
                 }
                 self.merge(have, window, out);
                 if out.len() < window {
-                    // The current task's pieces are all here or on the way: the next task's.
+                    // The current task's units are all here or on the way: the next task's.
                     if let (Some(b), Some(m)) = (self.belief.as_ref(), self.model.as_ref()) {
                         b.predict_next(m, &mut self.weights);
                     }
@@ -453,13 +471,13 @@ impl Scheduler {
             let Some((p, _)) = best else {
                 return;
             };
-            let piece = self.lists[p][self.pos[p]].0;
+            let unit = self.lists[p][self.pos[p]].0;
             self.pos[p] += 1;
-            if have(piece) || self.mark[piece as usize] == self.epoch {
+            if have(unit) || self.mark[unit as usize] == self.epoch {
                 continue;
             }
-            self.mark[piece as usize] = self.epoch;
-            out.push(piece);
+            self.mark[unit as usize] = self.epoch;
+            out.push(unit);
         }
     }
 }
@@ -474,11 +492,12 @@ fn argmax(v: &[f64]) -> usize {
     best
 }
 
-/// The pieces `trace` reads, in order of first access: the oracle's plan.
-pub fn first_access_pieces(trace: &vmt_formats::trace::Trace, piece_size: u32) -> Vec<u32> {
-    let ps = piece_size.max(1) as u64;
-    let pieces = trace.image.size.div_ceil(ps) as usize;
-    let mut seen = vec![false; pieces];
+/// The fetch units of `unit` bytes that `trace` reads, in order of first access: the oracle's
+/// plan for a mount that fetches such units.
+pub fn first_access_units(trace: &vmt_formats::trace::Trace, unit: u32) -> Vec<u32> {
+    let ps = unit.max(1) as u64;
+    let units = trace.image.size.div_ceil(ps) as usize;
+    let mut seen = vec![false; units];
     let mut order = Vec::new();
     for r in &trace.records {
         if r.op != vmt_formats::trace::Op::Read || r.len == 0 {
@@ -496,6 +515,12 @@ pub fn first_access_pieces(trace: &vmt_formats::trace::Trace, piece_size: u32) -
         }
     }
     order
+}
+
+/// [`first_access_units`] for a mount that fetches whole pieces (a torrent without a block
+/// table), where units are pieces.
+pub fn first_access_pieces(trace: &vmt_formats::trace::Trace, piece_size: u32) -> Vec<u32> {
+    first_access_units(trace, piece_size)
 }
 
 #[cfg(test)]
@@ -573,7 +598,7 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    /// The merge against a naive reference: every missing piece of every weighted list,
+    /// The merge against a naive reference: every missing unit of every weighted list,
     /// sorted by `(t + lead) / w`, first occurrence kept.
     #[test]
     fn plan_matches_a_reference_model() {
@@ -593,7 +618,7 @@ mod tests {
                 let off = rng.gen_range(0..b.image.size);
                 s.on_read(off, 4096, 0);
             }
-            let have_set: Vec<bool> = (0..s.pieces()).map(|_| rng.gen_bool(0.4)).collect();
+            let have_set: Vec<bool> = (0..s.units()).map(|_| rng.gen_bool(0.4)).collect();
             let have = |p: u32| have_set[p as usize];
             let window = rng.gen_range(1..40);
             let mut out = Vec::new();
@@ -633,6 +658,51 @@ mod tests {
         }
     }
 
+    /// With verified blocks the plan names 16 KiB units, each inside the profile's blocks, and
+    /// the oracle's order is the run's first accesses at that granularity.
+    #[test]
+    fn plan_and_oracle_in_block_units() {
+        let (img, b) = bundle();
+        let unit = 16 << 10;
+        let mut s = Scheduler::new(&b, Strategy::Markov, SchedulerParams::new(unit)).unwrap();
+        assert_eq!(s.units() as u64, b.image.size / unit as u64);
+        let t = img.task_run(1, 200, 9);
+        for r in &t.records {
+            s.on_read(r.offset, r.len as u64, r.t_us);
+        }
+        let want = b.profile_of_label(&img.tasks[1].name).unwrap();
+        let blocks: Vec<u64> = b.profiles[want]
+            .blocks
+            .iter()
+            .map(|x| x.block as u64 * b.block_size as u64)
+            .collect();
+        let mut out = Vec::new();
+        s.plan(&|_| false, 8, &mut out);
+        assert_eq!(out.len(), 8);
+        let first = out[0] as u64 * unit as u64;
+        assert!(
+            blocks
+                .iter()
+                .any(|&o| o >= first && o < first + unit as u64),
+            "unit {} holds none of the profile's blocks",
+            out[0]
+        );
+        let by_block = first_access_units(&t, unit);
+        let by_piece = first_access_pieces(&t, 256 << 10);
+        let mut coarse: Vec<u32> = Vec::new();
+        for u in &by_block {
+            let p = u / 16;
+            if !coarse.contains(&p) {
+                coarse.push(p);
+            }
+        }
+        assert_eq!(
+            coarse, by_piece,
+            "pieces are first touched when their first block is"
+        );
+        assert!(by_block.len() > by_piece.len());
+    }
+
     #[test]
     fn scheduler_can_move_between_threads() {
         fn send_sync<T: Send + Sync>() {}
@@ -653,7 +723,7 @@ mod tests {
         let mut out = vec![1];
         s.plan(&|_| false, 4, &mut out);
         assert!(out.is_empty());
-        assert_eq!(s.pieces_of(4095, 2), 0..2);
+        assert_eq!(s.units_of(4095, 2), 0..2);
         assert_eq!("markov".parse::<Strategy>().unwrap(), Strategy::Markov);
     }
 }

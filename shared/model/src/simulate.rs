@@ -1,24 +1,45 @@
 //! An event-driven simulation of one client replaying a trace while it streams the image.
 //!
-//! The model (DESIGN §5): one link of fixed bandwidth fetches one piece at a time. The trace's
-//! reads are issued in order, each after its recorded gap since the previous one (compute and
-//! local I/O time; [`LinkParams::think_us`] more at each task boundary of a session). A read
-//! whose pieces are all present completes at once; otherwise it stalls while its missing pieces
-//! are fetched. A demanded piece preempts a prefetch in progress, whose partial progress is
-//! kept, as a swarm engine interleaves 16 KiB requests; so prefetching can never delay a
-//! demand by more than nothing, and a plan can only help. While no read waits, the link follows
-//! the [`Scheduler`]'s plan, then (for strategies that fill the background) the remaining pieces
-//! in index order: with a single client, rarest first has no rarity to go by.
+//! The model (DESIGN §5, issue 11) works at the mount's granularity ([`Granularity`]): pieces
+//! of P bytes fetched in units of U bytes, where U is the verified block (16 KiB) when the
+//! torrent has a block-hash table and U = P when it does not. One link of fixed bandwidth
+//! delivers one unit at a time. The trace's reads are issued in order, each after its recorded
+//! gap since the previous one (compute and local I/O time; [`LinkParams::think_us`] more at each
+//! task boundary of a session). A read whose units are all present completes at once; otherwise
+//! it stalls while its missing units are fetched. What the link fetches, most urgent first:
 //!
-//! `full` is computed, not simulated: the whole image's transfer time, then the trace.
+//! 1. **Demand.** The read's missing units, requested together; their bytes start one round
+//!    trip ([`LinkParams::rtt_us`]) after the request, while the link keeps delivering what was
+//!    requested before. Demanded units then preempt a prefetch in progress, whose partial
+//!    progress is kept, as a swarm engine interleaves 16 KiB requests: prefetching never delays
+//!    a demand beyond the round trip, and a plan can only help.
+//! 2. **Plan.** While no read waits, the [`Scheduler`]'s plan, unit by unit. Prefetch requests
+//!    are pipelined ahead of need, so they pay no round trip.
+//! 3. **Background**, only for strategies that fill it ([`Strategy::fills_background`]): first
+//!    the missing units of started pieces (some units present), oldest first, so they can be
+//!    verified and seeded; then the remaining pieces in index order (with a single client,
+//!    rarest first has no rarity to go by). `demand` and `oracle` fetch nothing beyond demanded
+//!    and planned units.
 //!
-//! Time is kept in f64 microseconds; the scheduler sees simulated time, as `vmt-run` would see
-//! real time.
+//! `full` is computed, not simulated: one round trip and the whole image's transfer, then the
+//! trace.
+//!
+//! [`Outcome`] reports the bytes fetched by the end of the trace beside the bytes it read. Time
+//! is kept in f64 microseconds; the scheduler sees simulated time, as `vmt-run` would see real
+//! time.
 
 use serde::Serialize;
 
+use crate::granularity::Granularity;
 use crate::scheduler::{Scheduler, Strategy};
 use vmt_formats::trace::{Op, Trace};
+
+/// Default [`LinkParams::rtt_us`]: what a demanded fetch cost beyond its bytes on the
+/// benchmark's mounts (one seeder over a `tc tbf` veth link, no added delay): the median miss
+/// of `demand` took 21.46 ms for a 256 KiB piece that takes 20.97 ms at 100 Mbit/s
+/// (`datasets/results/full`, compile-1), so about 0.5 ms of request round trip, seeder read,
+/// verification and FUSE reply. Over a WAN, pass the path's round-trip time instead.
+pub const DEFAULT_RTT_US: u64 = 500;
 
 /// The link and replay settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,6 +48,21 @@ pub struct LinkParams {
     pub bits_per_s: f64,
     /// Idle time inserted at each task boundary of a session trace (µs).
     pub think_us: u64,
+    /// Round trip paid by each demanded fetch (a read that misses) before its bytes arrive
+    /// (µs). Default [`DEFAULT_RTT_US`]; 0 models requests as free, as the simulator did before
+    /// fetches became blocks.
+    pub rtt_us: u64,
+}
+
+impl LinkParams {
+    /// A link of `bits_per_s` with no think time and the default round trip.
+    pub fn new(bits_per_s: f64) -> LinkParams {
+        LinkParams {
+            bits_per_s,
+            think_us: 0,
+            rtt_us: DEFAULT_RTT_US,
+        }
+    }
 }
 
 /// How one replay went.
@@ -36,10 +72,50 @@ pub struct Outcome {
     pub completion_us: u64,
     /// Completion minus the trace's own duration (with think time): time spent waiting.
     pub stall_us: u64,
-    /// Reads that had to wait.
+    /// Reads that had to wait: demanded fetches, each of which paid one round trip.
     pub stalls: u64,
-    /// Pieces fetched before the end.
-    pub pieces_fetched: u64,
+    /// Bytes the trace read: its reads' lengths summed, clipped to the image (a re-read counts
+    /// again, as the benchmark counts it).
+    pub bytes_read: u64,
+    /// Bytes the link delivered by the end of the trace: whole units, plus the part of a
+    /// prefetch still in progress.
+    pub bytes_fetched: u64,
+    /// Units wholly fetched by the end of the trace.
+    pub units_fetched: u64,
+    /// Pieces all of whose units were present by the end of the trace: what the client could
+    /// verify as pieces and seed.
+    pub pieces_complete: u64,
+    /// Bytes in those pieces.
+    pub bytes_complete: u64,
+}
+
+impl Outcome {
+    /// Bytes fetched per byte read; `None` for a trace that read nothing.
+    pub fn fetched_per_read(&self) -> Option<f64> {
+        (self.bytes_read > 0).then(|| self.bytes_fetched as f64 / self.bytes_read as f64)
+    }
+
+    /// The share of the bytes fetched that lie in complete pieces, which the client can verify
+    /// and share with its peers (a swarm trades whole pieces); `None` when nothing was fetched.
+    pub fn seedable_share(&self) -> Option<f64> {
+        (self.bytes_fetched > 0).then(|| self.bytes_complete as f64 / self.bytes_fetched as f64)
+    }
+}
+
+/// A simulation that cannot run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SimulateError {
+    /// The scheduler plans in other units than the mount fetches.
+    #[error(
+        "the scheduler plans in {scheduler}-byte units, but the mount fetches {mount}-byte units"
+    )]
+    UnitMismatch {
+        /// The scheduler's unit.
+        scheduler: u32,
+        /// The granularity's unit.
+        mount: u32,
+    },
 }
 
 /// Whether record `i` starts a new task segment (think time goes before it).
@@ -55,43 +131,97 @@ pub fn local_duration_us(trace: &Trace, think_us: u64) -> u64 {
     trace.duration_us() + boundaries * think_us
 }
 
+/// The bytes `trace` reads, clipped to the image ([`Outcome::bytes_read`]).
+pub fn bytes_read(trace: &Trace) -> u64 {
+    trace
+        .records
+        .iter()
+        .filter(|r| r.op == Op::Read)
+        .map(|r| {
+            let end = r.offset.saturating_add(r.len as u64).min(trace.image.size);
+            end.saturating_sub(r.offset)
+        })
+        .sum()
+}
+
 struct Link<'a> {
     sched: &'a mut Scheduler,
     /// Bytes per µs.
     rate: f64,
+    /// Round trip of a demanded fetch (µs).
+    rtt: f64,
     /// Time up to which the link has been simulated.
     t: f64,
+    /// Per unit: present.
     have: Vec<bool>,
+    units_per_piece: u32,
+    /// Per piece: units present.
+    piece_have: Vec<u32>,
+    /// Pieces in the order their first unit landed, while they may be incomplete.
+    started: Vec<u32>,
+    /// Pieces of `started` before this index are complete.
+    started_next: usize,
+    /// A prefetch in progress: unit and bytes still to come.
     current: Option<(u32, f64)>,
+    /// Units before this are present (the index-order background's cursor).
     background: u32,
-    fetched: u64,
+    units_fetched: u64,
+    bytes_fetched: u64,
     plan: Vec<u32>,
 }
 
 impl Link<'_> {
-    /// Finishes piece `p` from `remaining` bytes at the current time.
-    fn transfer(&mut self, p: u32, remaining: f64) {
-        self.t += remaining / self.rate;
-        self.have[p as usize] = true;
-        self.fetched += 1;
+    /// The units of `piece`.
+    fn piece_units(&self, piece: u32) -> std::ops::Range<u32> {
+        let first = piece * self.units_per_piece;
+        first..(first + self.units_per_piece).min(self.sched.units())
     }
 
-    /// The next piece to prefetch, if any.
+    fn piece_complete(&self, piece: u32) -> bool {
+        self.piece_have[piece as usize] as usize >= self.piece_units(piece).len()
+    }
+
+    /// Finishes unit `u` from `remaining` bytes at the current time.
+    fn transfer(&mut self, u: u32, remaining: f64) {
+        self.t += remaining / self.rate;
+        self.have[u as usize] = true;
+        self.units_fetched += 1;
+        self.bytes_fetched += self.sched.unit_bytes(u);
+        let piece = u / self.units_per_piece;
+        self.piece_have[piece as usize] += 1;
+        if self.piece_have[piece as usize] == 1 && !self.piece_complete(piece) {
+            self.started.push(piece);
+        }
+    }
+
+    /// The next unit to prefetch, if any.
     fn next_prefetch(&mut self) -> Option<u32> {
         let have = &self.have;
         self.sched
-            .plan(&|p: u32| have[p as usize], 1, &mut self.plan);
-        if let Some(&p) = self.plan.first() {
-            return Some(p);
+            .plan(&|u: u32| have[u as usize], 1, &mut self.plan);
+        if let Some(&u) = self.plan.first() {
+            return Some(u);
         }
-        if self.sched.strategy().fills_background() {
-            while (self.background as usize) < self.have.len() {
-                let p = self.background;
-                if !self.have[p as usize] {
-                    return Some(p);
-                }
-                self.background += 1;
+        if !self.sched.strategy().fills_background() {
+            return None;
+        }
+        while let Some(&piece) = self.started.get(self.started_next) {
+            if self.piece_complete(piece) {
+                self.started_next += 1;
+                continue;
             }
+            let missing = self.piece_units(piece).find(|u| !self.have[*u as usize]);
+            if missing.is_some() {
+                return missing;
+            }
+            self.started_next += 1; // unreachable: an incomplete piece misses a unit
+        }
+        while (self.background as usize) < self.have.len() {
+            let u = self.background;
+            if !self.have[u as usize] {
+                return Some(u);
+            }
+            self.background += 1;
         }
         None
     }
@@ -99,10 +229,10 @@ impl Link<'_> {
     /// Prefetches until `target`.
     fn advance(&mut self, target: f64) {
         while self.t < target {
-            let (p, remaining) = match self.current {
+            let (u, remaining) = match self.current {
                 Some(c) => c,
                 None => match self.next_prefetch() {
-                    Some(p) => (p, self.sched.piece_bytes(p) as f64),
+                    Some(u) => (u, self.sched.unit_bytes(u) as f64),
                     None => {
                         self.t = target;
                         return;
@@ -112,65 +242,91 @@ impl Link<'_> {
             let need = remaining / self.rate;
             if self.t + need <= target {
                 self.current = None;
-                self.transfer(p, remaining);
+                self.transfer(u, remaining);
             } else {
-                self.current = Some((p, remaining - (target - self.t) * self.rate));
+                self.current = Some((u, remaining - (target - self.t) * self.rate));
                 self.t = target;
             }
         }
     }
 
-    /// Fetches the missing pieces of a read now, before anything else.
+    /// Fetches the missing units of a read now, before anything else. Whether it waited.
     fn demand(&mut self, offset: u64, len: u64) -> bool {
-        let mut stalled = false;
-        for p in self.sched.pieces_of(offset, len) {
-            if self.have[p as usize] {
+        let units = self.sched.units_of(offset, len);
+        if units.clone().all(|u| self.have[u as usize]) {
+            return false;
+        }
+        // The request's round trip: what was requested before keeps arriving meanwhile.
+        self.advance(self.t + self.rtt);
+        for u in units {
+            if self.have[u as usize] {
                 continue;
             }
-            stalled = true;
             match self.current {
-                Some((c, remaining)) if c == p => {
+                Some((c, remaining)) if c == u => {
                     self.current = None;
-                    self.transfer(p, remaining);
+                    self.transfer(u, remaining);
                 }
                 _ => {
-                    let bytes = self.sched.piece_bytes(p) as f64;
-                    self.transfer(p, bytes);
+                    let bytes = self.sched.unit_bytes(u) as f64;
+                    self.transfer(u, bytes);
                 }
             }
         }
-        stalled
+        true
     }
 }
 
-/// Replays `trace` against `sched` over `link`. `probe(i, sched)` is called after the
-/// scheduler has seen read record `i` (to sample the belief).
+/// Replays `trace` against `sched` over `link`, fetching at `granularity` (the scheduler must
+/// plan in its units: `SchedulerParams::new(granularity.unit())`). `probe(i, sched)` is called
+/// after the scheduler has seen read record `i` (to sample the belief).
 pub fn simulate(
     trace: &Trace,
     sched: &mut Scheduler,
     link: &LinkParams,
+    granularity: &Granularity,
     mut probe: impl FnMut(usize, &Scheduler),
-) -> Outcome {
+) -> Result<Outcome, SimulateError> {
+    if sched.unit_size() != granularity.unit() {
+        return Err(SimulateError::UnitMismatch {
+            scheduler: sched.unit_size(),
+            mount: granularity.unit(),
+        });
+    }
     let rate = link.bits_per_s / 8.0 / 1e6;
+    let rtt = link.rtt_us as f64;
     let local = local_duration_us(trace, link.think_us);
+    let read = bytes_read(trace);
+    let units_per_piece = granularity.units_per_piece();
+    let pieces = sched.units().div_ceil(units_per_piece);
     if sched.strategy() == Strategy::Full {
-        let image = trace.image.size as f64 / rate;
-        return Outcome {
+        let image = rtt + trace.image.size as f64 / rate;
+        return Ok(Outcome {
             completion_us: (image + local as f64).round() as u64,
             stall_us: image.round() as u64,
             stalls: trace.records.iter().any(|r| r.op == Op::Read) as u64,
-            pieces_fetched: sched.pieces() as u64,
-        };
+            bytes_read: read,
+            bytes_fetched: trace.image.size,
+            units_fetched: sched.units() as u64,
+            pieces_complete: pieces as u64,
+            bytes_complete: trace.image.size,
+        });
     }
-    let pieces = sched.pieces() as usize;
+    let units = sched.units() as usize;
     let mut link_state = Link {
         sched,
         rate,
+        rtt,
         t: 0.0,
-        have: vec![false; pieces],
+        have: vec![false; units],
+        units_per_piece,
+        piece_have: vec![0; pieces as usize],
+        started: Vec::new(),
+        started_next: 0,
         current: None,
         background: 0,
-        fetched: 0,
+        units_fetched: 0,
+        bytes_fetched: 0,
         plan: Vec::with_capacity(1),
     };
     let mut now = 0f64;
@@ -195,21 +351,39 @@ pub fn simulate(
         }
     }
     let completion = now.round() as u64;
-    Outcome {
+    let partial = link_state.current.map_or(0, |(u, remaining)| {
+        (link_state.sched.unit_bytes(u) as f64 - remaining).max(0.0) as u64
+    });
+    let (mut pieces_complete, mut bytes_complete) = (0, 0);
+    for p in (0..pieces).filter(|p| link_state.piece_complete(*p)) {
+        pieces_complete += 1;
+        bytes_complete += link_state
+            .piece_units(p)
+            .map(|u| link_state.sched.unit_bytes(u))
+            .sum::<u64>();
+    }
+    Ok(Outcome {
         completion_us: completion,
         stall_us: completion.saturating_sub(local),
         stalls,
-        pieces_fetched: link_state.fetched,
-    }
+        bytes_read: read,
+        bytes_fetched: link_state.bytes_fetched + partial,
+        units_fetched: link_state.units_fetched,
+        pieces_complete,
+        bytes_complete,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::{first_access_pieces, SchedulerParams};
+    use crate::scheduler::{first_access_units, SchedulerParams};
     use vmt_formats::image::ImageId;
     use vmt_formats::trace::{Record, TraceKind};
 
+    const KIB: u64 = 1024;
+
+    /// A trace of 4 KiB reads `(t_us, offset)` on a 1 MiB image.
     fn trace(records: Vec<(u64, u64)>) -> Trace {
         Trace {
             image: ImageId::size_only(1 << 20),
@@ -232,42 +406,196 @@ mod tests {
         }
     }
 
-    #[test]
-    fn demand_stalls_and_oracle_prefetches_in_the_gaps() {
-        // 8 Mbit/s = 1 byte/µs; 64 KiB pieces take 65.536 ms each.
-        let link = LinkParams {
+    /// 8 Mbit/s = 1 byte/µs, so bytes and µs are the same numbers.
+    fn link(rtt_us: u64) -> LinkParams {
+        LinkParams {
             bits_per_s: 8e6,
             think_us: 0,
+            rtt_us,
+        }
+    }
+
+    fn run(t: &Trace, strategy: Strategy, g: Granularity, rtt_us: u64) -> Outcome {
+        let p = SchedulerParams::new(g.unit());
+        let mut s = match strategy {
+            Strategy::Oracle => {
+                Scheduler::oracle(t.image.size, &first_access_units(t, g.unit()), p).unwrap()
+            }
+            _ => Scheduler::without_bundle(t.image.size, strategy, p).unwrap(),
         };
+        simulate(t, &mut s, &link(rtt_us), &g, |_, _| {}).unwrap()
+    }
+
+    #[test]
+    fn demand_stalls_and_oracle_prefetches_in_the_gaps() {
+        // 64 KiB pieces take 65.536 ms each.
         let t = trace(vec![(0, 0), (100_000, 65_536), (200_000, 131_072)]);
-        let p = SchedulerParams::new(65_536);
-        let mut demand = Scheduler::without_bundle(1 << 20, Strategy::Demand, p).unwrap();
-        let d = simulate(&t, &mut demand, &link, |_, _| {});
+        let g = Granularity::pieces(65_536).unwrap();
+        let d = run(&t, Strategy::Demand, g, 0);
         // Each read waits one piece: 3 × 65.536 ms of stall.
         assert_eq!(d.stalls, 3);
         assert_eq!(d.stall_us, 3 * 65_536);
-        let order = first_access_pieces(&t, 65_536);
-        let mut oracle = Scheduler::oracle(1 << 20, &order, p).unwrap();
-        let o = simulate(&t, &mut oracle, &link, |_, _| {});
+        let o = run(&t, Strategy::Oracle, g, 0);
         // The first read still waits; the others were fetched during the gaps.
         assert_eq!(o.stalls, 1);
         assert_eq!(o.stall_us, 65_536);
-        let mut full = Scheduler::without_bundle(1 << 20, Strategy::Full, p).unwrap();
-        let f = simulate(&t, &mut full, &link, |_, _| {});
+        let f = run(&t, Strategy::Full, g, 0);
         assert_eq!(f.stall_us, 1 << 20);
+        assert_eq!(f.bytes_fetched, 1 << 20);
     }
 
     #[test]
     fn demand_preempts_a_prefetch_in_progress() {
-        let link = LinkParams {
-            bits_per_s: 8e6,
-            think_us: 0,
-        };
         // The oracle order is wrong on purpose: piece 15 first, the read wants piece 0.
         let t = trace(vec![(10_000, 0)]);
-        let p = SchedulerParams::new(65_536);
-        let mut s = Scheduler::oracle(1 << 20, &[15, 0], p).unwrap();
-        let o = simulate(&t, &mut s, &link, |_, _| {});
+        let g = Granularity::pieces(65_536).unwrap();
+        let mut s = Scheduler::oracle(1 << 20, &[15, 0], SchedulerParams::new(65_536)).unwrap();
+        let o = simulate(&t, &mut s, &link(0), &g, |_, _| {}).unwrap();
         assert_eq!(o.completion_us, 10_000 + 65_536);
+        // Piece 15 was 10 ms in when the read came, and stays so: 10,000 bytes of it count.
+        assert_eq!(o.bytes_fetched, 65_536 + 10_000);
+        assert_eq!(o.units_fetched, 1);
+    }
+
+    /// Issue 11: with verified blocks a read waits for its 16 KiB block, not its piece.
+    #[test]
+    fn a_read_with_verified_blocks_fetches_its_block_not_its_piece() {
+        let t = trace(vec![(0, 40 * KIB)]);
+        let blocks = run(
+            &t,
+            Strategy::Demand,
+            Granularity::blocks(256 << 10).unwrap(),
+            0,
+        );
+        assert_eq!(blocks.bytes_read, 4096);
+        assert_eq!(blocks.bytes_fetched, 16 * KIB);
+        assert_eq!(blocks.units_fetched, 1);
+        assert_eq!(blocks.pieces_complete, 0);
+        assert_eq!(blocks.stall_us, 16 * KIB);
+        assert_eq!(blocks.fetched_per_read(), Some(4.0));
+        let pieces = run(
+            &t,
+            Strategy::Demand,
+            Granularity::pieces(256 << 10).unwrap(),
+            0,
+        );
+        assert_eq!(pieces.bytes_fetched, 256 * KIB);
+        assert_eq!(pieces.pieces_complete, 1);
+        assert_eq!(pieces.bytes_complete, 256 * KIB);
+        assert_eq!(pieces.seedable_share(), Some(1.0));
+        assert_eq!(blocks.seedable_share(), Some(0.0));
+        assert_eq!(pieces.stall_us, 256 * KIB);
+        // A read across a block boundary waits for both blocks.
+        let t = trace(vec![(0, 14 * KIB)]);
+        let two = run(
+            &t,
+            Strategy::Demand,
+            Granularity::blocks(256 << 10).unwrap(),
+            0,
+        );
+        assert_eq!(two.bytes_fetched, 32 * KIB);
+    }
+
+    /// The background finishes a touched piece before it starts untouched ones.
+    #[test]
+    fn background_completes_started_pieces_first() {
+        let g = Granularity::blocks(256 << 10).unwrap();
+        // A read in piece 2 (unit 32); later the last block of piece 2 (unit 47) and a block
+        // of piece 0 (unit 5).
+        let piece2 = 512 * KIB;
+        let t = trace(vec![
+            (0, piece2),
+            (250_000, piece2 + 15 * 16 * KIB),
+            (250_001, 5 * 16 * KIB),
+        ]);
+        let o = run(&t, Strategy::Stream, g, 0);
+        // Unit 32 at 16,384 µs; units 33-47 by 262,144 µs, before the second read at 266,384:
+        // a hit. Index order then starts at unit 0, and the third read waits for unit 5.
+        assert_eq!(o.stalls, 2);
+        assert_eq!(o.stall_us, 2 * 16 * KIB);
+        assert_eq!(o.completion_us, 16_384 + 250_001 + 16_384);
+        assert!(o.pieces_complete >= 1);
+        assert_eq!(o.bytes_complete, o.pieces_complete * 256 * KIB);
+        // Without a background, the second read misses too.
+        let d = run(&t, Strategy::Demand, g, 0);
+        assert_eq!(d.stalls, 3);
+        assert_eq!(d.bytes_fetched, 3 * 16 * KIB);
+        assert_eq!(d.pieces_complete, 0);
+    }
+
+    fn synthetic_run() -> Trace {
+        use crate::synth::{SynthImage, SynthParams};
+        let img = SynthImage::new(SynthParams::new(16 << 20, 3).compute_us(30_000));
+        img.task_run(1, 1, 7)
+    }
+
+    /// `demand` fetches exactly the units reads touch, `oracle` nothing beyond its plan.
+    #[test]
+    fn demand_and_oracle_fetch_nothing_beyond_demanded_and_planned_units() {
+        let t = synthetic_run();
+        for g in [
+            Granularity::blocks(256 << 10).unwrap(),
+            Granularity::pieces(64 << 10).unwrap(),
+        ] {
+            let touched = first_access_units(&t, g.unit()).len() as u64;
+            let d = run(&t, Strategy::Demand, g, 500);
+            assert_eq!(d.units_fetched, touched);
+            assert_eq!(d.bytes_fetched, touched * g.unit() as u64);
+            let o = run(&t, Strategy::Oracle, g, 500);
+            assert!(o.bytes_fetched <= touched * g.unit() as u64, "{o:?}");
+            assert!(o.stall_us <= d.stall_us);
+            // A strategy that fills the background fetches more in the same time.
+            let s = run(&t, Strategy::Stream, g, 500);
+            assert!(s.bytes_fetched > d.bytes_fetched);
+        }
+    }
+
+    /// Each demanded fetch pays one round trip; with no prefetch the link idles meanwhile.
+    #[test]
+    fn a_round_trip_is_paid_per_demanded_fetch() {
+        let t = synthetic_run();
+        let g = Granularity::blocks(256 << 10).unwrap();
+        let free = run(&t, Strategy::Demand, g, 0);
+        let rtt = run(&t, Strategy::Demand, g, 2_000);
+        assert!(free.stalls > 10);
+        assert_eq!(rtt.stalls, free.stalls);
+        assert_eq!(rtt.stall_us, free.stall_us + 2_000 * free.stalls);
+        assert_eq!(rtt.bytes_fetched, free.bytes_fetched);
+    }
+
+    /// At 1 byte/µs a link that never idles has fetched as many bytes as µs went by, round
+    /// trips or not: bytes are counted exactly, partial prefetches included.
+    #[test]
+    fn bytes_fetched_are_accounted_exactly() {
+        let t = synthetic_run();
+        for rtt in [0, 700] {
+            for g in [
+                Granularity::blocks(1 << 20).unwrap(),
+                Granularity::pieces(32 << 10).unwrap(),
+            ] {
+                let o = run(&t, Strategy::Stream, g, rtt);
+                assert!(
+                    o.bytes_fetched < t.image.size,
+                    "the image was never all fetched"
+                );
+                assert_eq!(o.bytes_fetched, o.completion_us, "{g:?} rtt {rtt}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_scheduler_in_other_units_is_refused() {
+        let t = trace(vec![(0, 0)]);
+        let mut s =
+            Scheduler::without_bundle(1 << 20, Strategy::Demand, SchedulerParams::new(65_536))
+                .unwrap();
+        let g = Granularity::blocks(65_536).unwrap();
+        assert_eq!(
+            simulate(&t, &mut s, &link(0), &g, |_, _| {}).unwrap_err(),
+            SimulateError::UnitMismatch {
+                scheduler: 65_536,
+                mount: 16_384
+            }
+        );
     }
 }
