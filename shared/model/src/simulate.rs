@@ -206,15 +206,10 @@ impl Link<'_> {
             return None;
         }
         while let Some(&piece) = self.started.get(self.started_next) {
-            if self.piece_complete(piece) {
-                self.started_next += 1;
-                continue;
+            if let Some(u) = self.piece_units(piece).find(|u| !self.have[*u as usize]) {
+                return Some(u);
             }
-            let missing = self.piece_units(piece).find(|u| !self.have[*u as usize]);
-            if missing.is_some() {
-                return missing;
-            }
-            self.started_next += 1; // unreachable: an incomplete piece misses a unit
+            self.started_next += 1; // complete
         }
         while (self.background as usize) < self.have.len() {
             let u = self.background;
@@ -250,7 +245,9 @@ impl Link<'_> {
         }
     }
 
-    /// Fetches the missing units of a read now, before anything else. Whether it waited.
+    /// Fetches the missing units of a read now, before anything else. Whether it waited. (A
+    /// read whose units all arrive by prefetch during the round trip still waits the whole
+    /// round trip: a slight overestimate.)
     fn demand(&mut self, offset: u64, len: u64) -> bool {
         let units = self.sched.units_of(offset, len);
         if units.clone().all(|u| self.have[u as usize]) {
