@@ -7,6 +7,8 @@
 //!   checksum), and atomic writes. Loading a file of another image, a newer version, or a
 //!   truncated or corrupt file is an error that names the file.
 //! - [`trace`]: recorded block accesses (`.vmtrace`), and their CSV / blkparse interchange.
+//! - [`units`]: sizes (`KiB` = 1024, `KB` = 1000), rates (bits or bytes per second) and
+//!   durations as every vmt tool's flags take them.
 //!
 //! # Example
 //!
@@ -45,3 +47,4 @@
 pub mod envelope;
 pub mod image;
 pub mod trace;
+pub mod units;
