@@ -40,6 +40,11 @@ pub const RATE_FORMS: &str =
     "bits per second (100Mbit, 1Gbit, 100Mbps) or bytes per second (12.5MB/s, 10MiB/s, or a bare number)";
 /// See [`SIZE_FORMS`].
 pub const DURATION_FORMS: &str = "a duration such as 5s, 250ms, 1m30s or 0s";
+/// The units paragraph of every vmt tool's `--help`.
+pub const HELP: &str = "Units: sizes are bytes, KB/MB/GB/TB (powers of 1000) or KiB/MiB/GiB/TiB \
+(powers of 1024), decimals allowed when they make whole bytes (1.5MiB); rates are bits per \
+second (100Mbit, 1Gbit) or bytes per second (12.5MB/s, 10MiB/s, a bare number); durations \
+are like 5s, 250ms, 1m30s.";
 
 /// Which kind of quantity failed to parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +108,7 @@ impl fmt::Display for Problem {
             Problem::NoNumber => f.write_str("it does not start with a number"),
             Problem::UnknownUnit(u) => write!(f, "unknown unit {u:?}"),
             Problem::AmbiguousUnit { unit, hint } => write!(f, "{unit:?} is ambiguous: {hint}"),
-            Problem::NotWhole => f.write_str("it is not a whole number of bytes or bits"),
+            Problem::NotWhole => f.write_str("it is not a whole number of the base unit"),
             Problem::TooLarge => f.write_str("it is too large"),
             Problem::Zero => f.write_str("it is zero"),
             Problem::Duration(e) => f.write_str(e),
@@ -114,7 +119,7 @@ impl fmt::Display for Problem {
 /// A size, rate or duration that could not be parsed: the input, the reason, and the forms
 /// that are accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {quantity} {input:?}: {problem} (expected {})", quantity.forms())]
+#[error("invalid {quantity} {input:?}: {} (expected {})", self.reason(), quantity.forms())]
 pub struct UnitError {
     /// What was being parsed.
     pub quantity: Quantity,
@@ -125,6 +130,17 @@ pub struct UnitError {
 }
 
 impl UnitError {
+    /// The problem, in the words of this quantity.
+    fn reason(&self) -> String {
+        match (&self.problem, self.quantity) {
+            (Problem::NotWhole, Quantity::Rate) => {
+                "it is not a whole number of bits per second".into()
+            }
+            (Problem::NotWhole, _) => "it is not a whole number of bytes".into(),
+            (p, _) => p.to_string(),
+        }
+    }
+
     fn new(quantity: Quantity, input: &str, problem: Problem) -> UnitError {
         UnitError {
             quantity,
