@@ -13,13 +13,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
+use vmt_formats::units::{self, Rate};
 use vmt_swarm::{Engine, EngineConfig, Storage, SwarmStats, Torrent};
 
 #[derive(Parser)]
 #[command(
     name = "vmt-run",
     version,
-    about = "Start virtual appliances on demand from a BitTorrent swarm"
+    about = "Start virtual appliances on demand from a BitTorrent swarm",
+    after_help = vmt_formats::units::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -88,12 +90,14 @@ struct MountArgs {
     /// Never upload (client-server setting).
     #[arg(long)]
     no_upload: bool,
-    /// Download limit in bytes per second (e.g. 10MiB); unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    download_limit: Option<u64>,
-    /// Upload limit in bytes per second; unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    upload_limit: Option<u64>,
+    /// Download limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
+    /// unlimited when absent.
+    #[arg(long, value_name = "RATE")]
+    download_limit: Option<Rate>,
+    /// Upload limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
+    /// unlimited when absent.
+    #[arg(long, value_name = "RATE")]
+    upload_limit: Option<Rate>,
     /// Pieces handed to the engine as the plan at a time.
     #[arg(long, value_name = "N", default_value_t = 32)]
     window: usize,
@@ -114,17 +118,18 @@ struct SeedArgs {
     #[arg(long, value_name = "T", conflicts_with_all = ["torrent_out", "piece_size", "tracker"])]
     torrent: Option<PathBuf>,
     /// Piece size of the created torrent: a power of two from 16KiB to 16MiB.
-    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
-    piece_size: u64,
+    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = units::parse_size_u32)]
+    piece_size: u32,
     /// Where to write the created .torrent [default: IMG.torrent].
     #[arg(long, value_name = "T")]
     torrent_out: Option<PathBuf>,
     /// Announce URL to put in the created torrent (repeatable); the seeder announces to it.
     #[arg(long, value_name = "URL")]
     tracker: Vec<String>,
-    /// Upload limit in bytes per second (e.g. 10MiB); unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    upload_limit: Option<u64>,
+    /// Upload limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
+    /// unlimited when absent.
+    #[arg(long, value_name = "RATE")]
+    upload_limit: Option<Rate>,
     /// Peers uploaded to at once (rotating among interested peers).
     #[arg(long, value_name = "N", default_value_t = 4)]
     upload_slots: usize,
@@ -155,35 +160,14 @@ struct FetchArgs {
     /// Never upload (client-server setting): all bytes come from seeders.
     #[arg(long)]
     no_upload: bool,
-    /// Download limit in bytes per second (e.g. 10MiB); unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    download_limit: Option<u64>,
-    /// Upload limit in bytes per second; unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    upload_limit: Option<u64>,
-}
-
-/// Parses "262144", "256KiB", "256K", "4MiB", "1GiB", "10MiB/s" into bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("/s");
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 256KiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use B, KiB, MiB or GiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    /// Download limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
+    /// unlimited when absent.
+    #[arg(long, value_name = "RATE")]
+    download_limit: Option<Rate>,
+    /// Upload limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
+    /// unlimited when absent.
+    #[arg(long, value_name = "RATE")]
+    upload_limit: Option<Rate>,
 }
 
 fn main() -> ExitCode {
@@ -261,7 +245,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     let (torrent, verify) = match &a.torrent {
         Some(t) => (Torrent::load(t)?, true),
         None => {
-            let piece = u32::try_from(a.piece_size).unwrap_or(u32::MAX);
+            let piece = a.piece_size;
             eprintln!(
                 "hashing {} into {} pieces...",
                 a.image.display(),
@@ -283,7 +267,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         .context("verifying the image")??;
     let config = EngineConfig {
         peers: a.peer.clone(),
-        upload_limit: a.upload_limit,
+        upload_limit: a.upload_limit.map(Rate::bytes_per_s),
         upload_slots: a.upload_slots,
         ..Default::default()
     };
@@ -349,8 +333,8 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
     let config = EngineConfig {
         peers: a.peer.clone(),
         upload: !a.no_upload,
-        download_limit: a.download_limit,
-        upload_limit: a.upload_limit,
+        download_limit: a.download_limit.map(Rate::bytes_per_s),
+        upload_limit: a.upload_limit.map(Rate::bytes_per_s),
         ..Default::default()
     };
     let engine = Engine::start(torrent, storage, listener, config);
@@ -454,8 +438,8 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
             data_dir: data,
             peers: a.peer.clone(),
             upload: !a.no_upload,
-            download_limit: a.download_limit,
-            upload_limit: a.upload_limit,
+            download_limit: a.download_limit.map(Rate::bytes_per_s),
+            upload_limit: a.upload_limit.map(Rate::bytes_per_s),
             window: a.window,
             threads: a.threads,
         },
@@ -653,19 +637,4 @@ fn status(st: &SwarmStats) -> String {
         st.peer_status(),
         indicatif::HumanBytes(st.uploaded)
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("262144"), Ok(262144));
-        assert_eq!(parse_size("256KiB"), Ok(262144));
-        assert_eq!(parse_size("4MiB/s"), Ok(4 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("KiB").is_err());
-    }
 }
