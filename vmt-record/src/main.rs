@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use vmt_formats::image::{BlockGeometry, IdCache, ImageId};
 use vmt_formats::trace::{Trace, TraceKind};
+use vmt_formats::units::{self, Size};
 use vmt_fs::record::{Recording, RecordingParams};
 
 #[derive(Parser)]
@@ -26,7 +27,8 @@ use vmt_fs::record::{Recording, RecordingParams};
     long_about = "Record which blocks of an appliance image each task reads and writes.\n\n\
         The image is served through a FUSE mount as one file; every read and write the kernel \
         sends is logged with its time, offset and length. Writes go to a throwaway \
-        copy-on-write overlay: the image itself is never modified. Traces feed vmt-train."
+        copy-on-write overlay: the image itself is never modified. Traces feed vmt-train.",
+    after_help = units::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -112,8 +114,8 @@ enum Cmd {
         /// Trace files.
         #[arg(required = true)]
         traces: Vec<PathBuf>,
-        /// Block size for counting distinct blocks.
-        #[arg(long, default_value_t = 4096)]
+        /// Block size for counting distinct blocks, e.g. 4096 or 4KiB.
+        #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = units::parse_size_u32)]
         block_size: u32,
     },
     /// Compare tasks across traces: per task label its runs, distinct blocks and share of the
@@ -122,8 +124,8 @@ enum Cmd {
         /// Trace files (task runs and sessions; session segments count as runs of their task).
         #[arg(required = true)]
         traces: Vec<PathBuf>,
-        /// Block size.
-        #[arg(long, default_value_t = 4096)]
+        /// Block size, e.g. 4096 or 4KiB.
+        #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = units::parse_size_u32)]
         block_size: u32,
     },
     /// Print a trace as CSV (t_us,op,offset,len[,task] with '#' header lines).
@@ -151,9 +153,9 @@ enum Cmd {
         /// SHA-256 of --image, if known, to skip hashing it.
         #[arg(long, value_name = "HEX", requires = "image")]
         image_sha256: Option<String>,
-        /// Image size in bytes, when the image is not at hand.
-        #[arg(long)]
-        image_bytes: Option<u64>,
+        /// Image size, when the image is not at hand: bytes, or with a unit (2GiB, 2GB).
+        #[arg(long, value_name = "SIZE")]
+        image_bytes: Option<Size>,
         /// Input format.
         #[arg(long, value_enum, default_value = "auto")]
         format: Format,
@@ -164,12 +166,12 @@ enum Cmd {
     /// Benchmark the recorder's overhead: read throughput through the recording mount versus
     /// the raw image file, sequential (128 KiB) and random (4 KiB), warm and cold cache.
     Bench {
-        /// Image to read (default: a generated file of --size MiB of random bytes).
+        /// Image to read (default: a generated file of --size random bytes).
         #[arg(long)]
         image: Option<PathBuf>,
-        /// Size of the generated image in MiB.
-        #[arg(long, default_value_t = 512)]
-        size: u64,
+        /// Size of the generated image, e.g. 512MiB or 1GB (at least 1MiB).
+        #[arg(long, value_name = "SIZE", default_value = "512MiB")]
+        size: Size,
         /// Repetitions of each pass (the best is kept).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
@@ -192,7 +194,7 @@ enum Cmd {
         #[arg(long)]
         file: PathBuf,
         /// Idle time inserted at each task boundary of a session trace (e.g. 5s, 500ms).
-        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = units::parse_duration)]
         think: Duration,
         /// Evict FILE from the page cache first (a cold local disk).
         #[arg(long)]
@@ -274,7 +276,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             image_bytes,
             format,
             task,
-        } => import(&input, &out, image, image_sha256, image_bytes, format, task),
+        } => import(
+            &input,
+            &out,
+            image,
+            image_sha256,
+            image_bytes.map(Size::bytes),
+            format,
+            task,
+        ),
         Cmd::Bench {
             image,
             size,
@@ -298,55 +308,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
             } else {
-                let mut out = format!(
-                    "{}: {} reads, {:.1} MiB; completion {:.3} s = trace {:.3} s + think {:.3} s + stall {:.3} s; read latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
-                    report.trace,
-                    report.reads,
-                    report.bytes as f64 / (1 << 20) as f64,
-                    report.completion_s,
-                    report.trace_s,
-                    report.think_s,
-                    report.stall_s,
-                    report.read_p50_s * 1e3,
-                    report.read_p99_s * 1e3,
-                    report.read_max_s * 1e3
-                );
-                for s in &report.segments {
-                    out.push_str(&format!(
-                        "  {:<12} {:>6} reads  recorded {:>8.3} s  replayed {:>8.3} s  stall {:>8.3} s\n",
-                        s.task, s.reads, s.recorded_s, s.replayed_s, s.stall_s
-                    ));
-                }
-                print_stdout(&out)?;
+                print_stdout(&report.to_string())?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo(),
     }
-}
-
-/// Parses "5s", "500ms", "2m", "1.5" (seconds).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 5s or 500ms"))?;
-    let secs = match unit {
-        "ms" => v / 1e3,
-        "s" => v,
-        "m" | "min" => v * 60.0,
-        "us" => v / 1e6,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use us, ms, s, m)")),
-    };
-    if !(0.0..=1e7).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -701,39 +668,24 @@ fn import(
 
 fn bench(
     image: Option<PathBuf>,
-    size_mib: u64,
+    size: Size,
     repeat: usize,
     against: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    use vmt_appliance::throughput::{drop_cache, measure, Pattern};
+    use vmt_appliance::throughput::{bench_image, compare};
     let tmp = tempfile::Builder::new().prefix("vmt-bench-").tempdir()?;
     let image = match image {
         Some(p) => p,
         None => {
-            let p = tmp.path().join("bench.img");
-            eprintln!("generating a {size_mib} MiB image of random bytes");
-            let mut f = std::fs::File::create(&p)?;
-            let mut state = 0x1234_5678_9abc_def1u64;
-            let mut chunk = vec![0u8; 1 << 20];
-            for _ in 0..size_mib {
-                for w in chunk.chunks_exact_mut(8) {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    w.copy_from_slice(&state.to_le_bytes());
-                }
-                std::io::Write::write_all(&mut f, &chunk)?;
-            }
-            f.sync_all()?;
-            p
+            eprintln!("generating a {size} image of random bytes");
+            bench_image(tmp.path(), size.bytes())?
         }
     };
-    let image_id = ImageId::size_only(std::fs::metadata(&image)?.len());
     let recording = match &against {
         Some(_) => None,
         None => Some(Recording::start(RecordingParams {
             image: image.clone(),
-            image_id,
+            image_id: ImageId::size_only(std::fs::metadata(&image)?.len()),
             out_dir: tmp.path().join("traces"),
             label: "bench".into(),
             kind: TraceKind::Task,
@@ -742,68 +694,29 @@ fn bench(
             threads: 4,
         })?),
     };
-    let served = match (&against, &recording) {
-        (Some(path), _) => path.clone(),
-        (None, Some(r)) => r.served_path().to_owned(),
+    let (served, what) = match (&against, &recording) {
+        (Some(path), _) => (path.clone(), "file"),
+        (None, Some(r)) => (r.served_path().to_owned(), "fuse"),
         (None, None) => unreachable!("a recording exists without --against"),
     };
-    let passes = [
-        (
-            "sequential 128 KiB",
-            Pattern::Sequential { chunk: 128 << 10 },
-        ),
-        (
-            "random 4 KiB",
-            Pattern::Random {
-                chunk: 4096,
-                count: 20_000,
-                seed: 7,
-            },
-        ),
-    ];
     println!(
         "{:<20} {:<5} {:>12} {:>12} {:>8}",
         "pattern",
         "cache",
         "raw MiB/s",
-        if against.is_some() {
-            "file MiB/s"
-        } else {
-            "fuse MiB/s"
-        },
-        if against.is_some() {
-            "file/raw"
-        } else {
-            "fuse/raw"
-        }
+        format!("{what} MiB/s"),
+        format!("{what}/raw")
     );
-    for (name, pattern) in passes {
-        for cold in [false, true] {
-            let mut best = [0f64; 2];
-            for _ in 0..repeat.max(1) {
-                for (i, path) in [&image, &served].into_iter().enumerate() {
-                    if cold {
-                        drop_cache(&image)?;
-                        if against.is_some() {
-                            drop_cache(&served)?;
-                        }
-                    } else {
-                        measure(path, Pattern::Sequential { chunk: 1 << 20 })?;
-                    }
-                    let pass = measure(path, pattern)?;
-                    best[i] = best[i].max(pass.mib_per_s());
-                }
-            }
-            println!(
-                "{:<20} {:<5} {:>12.1} {:>12.1} {:>8.3}",
-                name,
-                if cold { "cold" } else { "warm" },
-                best[0],
-                best[1],
-                best[1] / best[0]
-            );
-        }
-    }
+    compare(&image, &served, against.is_some(), repeat, |row| {
+        println!(
+            "{:<20} {:<5} {:>12.1} {:>12.1} {:>8.3}",
+            row.pattern,
+            if row.cold { "cold" } else { "warm" },
+            row.raw_mib_s,
+            row.other_mib_s,
+            row.ratio()
+        )
+    })?;
     if let Some(recording) = recording {
         let accesses = recording.accesses();
         recording.finish()?;
