@@ -463,17 +463,7 @@ impl vmt_runtime::demo::DemoUi for DemoBars {
 }
 
 async fn demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<()> {
-    let temp;
-    let dir = match keep {
-        Some(d) => {
-            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-            d
-        }
-        None => {
-            temp = vmt_runtime::demo::default_dir().context("creating a temp dir")?;
-            temp.path().to_owned()
-        }
-    };
+    let dir = vmt_runtime::demo::Workdir::new(keep).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bars = indicatif::MultiProgress::new();
     let steps = bars.add(ProgressBar::new_spinner());
     steps.enable_steady_tick(Duration::from_millis(120));
@@ -492,34 +482,13 @@ async fn demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let rows = tokio::select! {
-        r = vmt_runtime::demo::run(&dir, &ui) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
+        r = vmt_runtime::demo::run(dir.path(), &ui) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
         _ = cancel.cancelled() => bail!("interrupted"),
     };
     bars.clear().ok();
-    let full = rows
-        .iter()
-        .find(|r| r.strategy == vmt_model::scheduler::Strategy::Full)
-        .map_or(f64::NAN, |r| r.completion_s);
+    println!("\n{}", vmt_runtime::demo::table(&rows));
     println!(
-        "\nheld-out session ({} s think between tasks), {} Mbit/s seeder:\n",
-        vmt_runtime::demo::DEMO_THINK.as_secs(),
-        vmt_runtime::demo::DEMO_RATE * 8 / 1_000_000
-    );
-    println!(
-        "{:<10} {:>14} {:>10} {:>12}",
-        "strategy", "completion s", "stall s", "vs full"
-    );
-    for r in &rows {
-        println!(
-            "{:<10} {:>14.2} {:>10.2} {:>11.2}x",
-            r.strategy.name(),
-            r.completion_s,
-            r.stall_s,
-            full / r.completion_s
-        );
-    }
-    println!(
-        "\n(demo finished in {:.0} s)",
+        "(demo finished in {:.0} s)",
         started.elapsed().as_secs_f64()
     );
     Ok(())
