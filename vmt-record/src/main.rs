@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use vmt_formats::image::{BlockGeometry, IdCache, ImageId};
+use vmt_formats::image::{IdCache, ImageId};
 use vmt_formats::trace::{Trace, TraceKind};
 use vmt_formats::units::{self, Size};
 use vmt_fs::record::{Recording, RecordingParams};
@@ -486,131 +486,32 @@ fn control(mountpoint: &Path, line: &str) -> Result<ExitCode> {
 }
 
 fn summary_line(trace: &Trace, name: String) -> String {
-    match BlockGeometry::new(trace.image.size, 4096) {
-        Ok(g) => {
-            let s = trace.summary(&g);
-            format!(
-                "{name}: {} reads, {} writes, {} distinct 4 KiB blocks ({:.2}% of the image), {:.1} MiB read, {:.3} s",
-                s.reads,
-                s.writes,
-                s.distinct_blocks,
-                100.0 * s.distinct_blocks as f64 / s.image_blocks as f64,
-                s.read_bytes as f64 / (1 << 20) as f64,
-                s.duration_us as f64 / 1e6
-            )
-        }
-        Err(e) => format!("{name}: {e}"),
-    }
+    vmt_formats::summary::one_line(trace, &name)
+}
+
+/// Loads every trace, named by `name` (the file name, or the whole path).
+fn load_all(paths: &[PathBuf], name: impl Fn(&Path) -> String) -> Result<Vec<(String, Trace)>> {
+    paths
+        .iter()
+        .map(|p| Ok((name(p), Trace::load(p)?)))
+        .collect()
 }
 
 fn show(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "{:<28} {:<8} {:>8} {:>8} {:>10} {:>12} {:>8} {:>10}  {}\n",
-        "trace", "kind", "reads", "writes", "blocks", "bytes", "image%", "seconds", "tasks"
-    ));
-    for path in traces {
-        let t = Trace::load(path)?;
-        let g = BlockGeometry::new(t.image.size, block_size)?;
-        let s = t.summary(&g);
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into(),
-        );
-        out.push_str(&format!(
-            "{:<28} {:<8} {:>8} {:>8} {:>10} {:>12} {:>7.2}% {:>10.3}  {}\n",
-            name,
-            match t.kind {
-                TraceKind::Task => "task",
-                TraceKind::Session => "session",
-            },
-            s.reads,
-            s.writes,
-            s.distinct_blocks,
-            s.read_bytes + s.written_bytes,
-            100.0 * s.distinct_blocks as f64 / s.image_blocks as f64,
-            s.duration_us as f64 / 1e6,
-            t.tasks.join(",")
-        ));
-    }
-    print_stdout(&out)?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+    };
+    let traces = load_all(traces, file_name)?;
+    print_stdout(&vmt_formats::summary::traces_table(&traces, block_size)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Markdown tables: per task, and task-to-task similarity.
 fn tasks_table(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
-    use std::collections::BTreeMap;
-    let mut runs: BTreeMap<String, Vec<Vec<u32>>> = BTreeMap::new();
-    let mut image: Option<(ImageId, PathBuf)> = None;
-    for path in traces {
-        let t = Trace::load(path)?;
-        match &image {
-            None => image = Some((t.image, path.clone())),
-            Some((id, first)) if *id != t.image => bail!(
-                "{} belongs to another image ({}) than {} ({})",
-                path.display(),
-                t.image,
-                first.display(),
-                id
-            ),
-            Some(_) => {}
-        }
-        let g = BlockGeometry::new(t.image.size, block_size)?;
-        for (task, blocks) in t.blocks_by_task(&g) {
-            runs.entry(task.to_string()).or_default().push(blocks);
-        }
-    }
-    let Some((id, _)) = image else {
-        bail!("no traces")
-    };
-    let total = BlockGeometry::new(id.size, block_size)?.block_count() as f64;
-    let mean = |v: &[f64]| {
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
-    let mut out = String::from(
-        "| task | runs | mean distinct blocks | mean share of image | blocks in any run |\n|---|---:|---:|---:|---:|\n",
-    );
-    for (task, sets) in &runs {
-        let sizes: Vec<f64> = sets.iter().map(|s| s.len() as f64).collect();
-        let mut union: Vec<u32> = sets.concat();
-        union.sort_unstable();
-        union.dedup();
-        out.push_str(&format!(
-            "| {task} | {} | {:.0} | {:.2}% | {} |\n",
-            sets.len(),
-            mean(&sizes),
-            100.0 * mean(&sizes) / total,
-            union.len()
-        ));
-    }
-    let names: Vec<&String> = runs.keys().collect();
-    out.push_str("\nMean Jaccard similarity of block sets between runs (diagonal: between runs of the same task)\n\n|   |");
-    for n in &names {
-        out.push_str(&format!(" {n} |"));
-    }
-    out.push_str("\n|---|");
-    out.push_str(&"---:|".repeat(names.len()));
-    out.push('\n');
-    for a in &names {
-        out.push_str(&format!("| {a} |"));
-        for b in &names {
-            let mut sims = Vec::new();
-            for (i, x) in runs[*a].iter().enumerate() {
-                for (j, y) in runs[*b].iter().enumerate() {
-                    if a != b || i < j {
-                        sims.push(vmt_formats::trace::jaccard(x, y));
-                    }
-                }
-            }
-            out.push_str(&format!(" {:.2} |", mean(&sims)));
-        }
-        out.push('\n');
-    }
-    print_stdout(&out)?;
+    let traces = load_all(traces, |p| p.display().to_string())?;
+    let table = vmt_formats::summary::TaskTable::new(&traces, block_size)?;
+    print_stdout(&table.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
