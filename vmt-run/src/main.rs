@@ -96,6 +96,19 @@ struct MountArgs {
     /// Never upload (client-server setting).
     #[arg(long)]
     no_upload: bool,
+    #[command(flatten)]
+    limits: Limits,
+    /// Pieces handed to the engine as the plan at a time.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    window: usize,
+    /// FUSE worker threads.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    threads: usize,
+}
+
+/// The rate limits of a downloading client.
+#[derive(Args)]
+struct Limits {
     /// Download limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
     /// unlimited when absent.
     #[arg(long, value_name = "RATE")]
@@ -104,12 +117,6 @@ struct MountArgs {
     /// unlimited when absent.
     #[arg(long, value_name = "RATE")]
     upload_limit: Option<Rate>,
-    /// Pieces handed to the engine as the plan at a time.
-    #[arg(long, value_name = "N", default_value_t = 32)]
-    window: usize,
-    /// FUSE worker threads.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    threads: usize,
 }
 
 #[derive(Args)]
@@ -167,14 +174,8 @@ struct FetchArgs {
     /// Never upload (client-server setting): all bytes come from seeders.
     #[arg(long)]
     no_upload: bool,
-    /// Download limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
-    /// unlimited when absent.
-    #[arg(long, value_name = "RATE")]
-    download_limit: Option<Rate>,
-    /// Upload limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
-    /// unlimited when absent.
-    #[arg(long, value_name = "RATE")]
-    upload_limit: Option<Rate>,
+    #[command(flatten)]
+    limits: Limits,
 }
 
 fn main() -> ExitCode {
@@ -307,8 +308,8 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         peers: a.peer,
         seed_after: a.seed,
         upload: !a.no_upload,
-        download_limit: a.download_limit,
-        upload_limit: a.upload_limit,
+        download_limit: a.limits.download_limit,
+        upload_limit: a.limits.upload_limit,
         ..FetchParams::new(a.torrent, a.out)
     }
     .check()?;
@@ -352,8 +353,8 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         oracle_trace: a.oracle_trace,
         mountpoint: a.mountpoint,
         upload: !a.no_upload,
-        download_limit: a.download_limit.map(Rate::bytes_per_s),
-        upload_limit: a.upload_limit.map(Rate::bytes_per_s),
+        download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
+        upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
         window: a.window,
         threads: a.threads,
     };
