@@ -10,7 +10,7 @@ pub mod plot;
 pub mod summary;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+pub use vmt_appliance::replay::ReplayReport;
 
 /// CSV header, in [`Row`]'s field order.
 pub const HEADER: &str =
@@ -48,23 +48,6 @@ pub struct Row {
     pub bytes: u64,
 }
 
-/// The fields of `vmt-record replay --json` this crate uses.
-#[derive(Debug, Deserialize)]
-pub struct Replay {
-    /// Trace name.
-    pub trace: String,
-    /// Reads replayed.
-    pub reads: u64,
-    /// Bytes read.
-    pub bytes: u64,
-    /// Trace duration, seconds.
-    pub trace_s: f64,
-    /// Think time inserted, seconds.
-    pub think_s: f64,
-    /// Replay completion, seconds.
-    pub completion_s: f64,
-}
-
 /// Where a row comes from, apart from its replay report.
 #[derive(Debug, Clone)]
 pub struct RunKey {
@@ -83,7 +66,7 @@ pub struct RunKey {
 impl Row {
     /// A row from a replay report, with `setup_s` spent before it (download or mount). Stall is
     /// recomputed from the unclamped figures, so it includes the setup.
-    pub fn from_replay(key: &RunKey, r: &Replay, setup_s: f64) -> Row {
+    pub fn from_replay(key: &RunKey, r: &ReplayReport, setup_s: f64) -> Row {
         let completion_s = setup_s + r.completion_s;
         Row {
             phase: key.phase.clone(),
@@ -210,13 +193,18 @@ mod tests {
 
     #[test]
     fn download_counts_as_completion_and_stall() {
-        let rep = Replay {
+        let rep = ReplayReport {
             trace: "git-1".into(),
             reads: 3,
             bytes: 12288,
             trace_s: 0.4,
             think_s: 0.0,
             completion_s: 0.5,
+            stall_s: 0.1,
+            read_p50_s: 0.001,
+            read_p99_s: 0.01,
+            read_max_s: 0.02,
+            segments: Vec::new(),
         };
         let key = RunKey {
             phase: "strategies".into(),

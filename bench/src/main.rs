@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use vmt_bench::{parse_csv, plot, summary, Replay, Row, RunKey, HEADER};
+use vmt_bench::{parse_csv, plot, summary, ReplayReport, Row, RunKey, HEADER};
 
 #[derive(Parser)]
 #[command(
@@ -71,7 +71,7 @@ fn run() -> Result<()> {
         } => {
             let text = std::fs::read_to_string(&replay)
                 .with_context(|| format!("reading {}", replay.display()))?;
-            let rep: Replay = serde_json::from_str(&text)
+            let rep: ReplayReport = serde_json::from_str(&text)
                 .with_context(|| format!("parsing {}", replay.display()))?;
             let key = RunKey {
                 phase,

@@ -1,5 +1,6 @@
 //! End-to-end tests of vmt: one executable, a module per concern.
 
+mod flags;
 mod record;
 mod run;
 mod swarm;

@@ -94,35 +94,53 @@ const FILES: &[(&str, usize)] = &[
     ("data/unread2", 2_000_000),
 ];
 
-#[test]
-fn trace_covers_exactly_the_blocks_of_the_files_read() {
+/// A test's directory: the [`FILES`] image, where traces go, and an empty loop mountpoint.
+struct Workspace {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+    out: PathBuf,
+    mnt: PathBuf,
+}
+
+fn workspace() -> Workspace {
     let dir = tempfile::tempdir().unwrap();
     let image = make_image(dir.path(), FILES);
-    let before = sha256(&image);
-    let out = dir.path().join("traces");
     let mnt = dir.path().join("loop");
     std::fs::create_dir(&mnt).unwrap();
+    Workspace {
+        out: dir.path().join("traces"),
+        image,
+        mnt,
+        dir,
+    }
+}
+
+#[test]
+fn trace_covers_exactly_the_blocks_of_the_files_read() {
+    let ws = workspace();
+    let (image, out, mnt) = (&ws.image, &ws.out, &ws.mnt);
+    let before = sha256(image);
     let script = format!(
         "set -e; mount -t ext4 -o loop,ro,noload \"$VMT_IMAGE\" {m}; \
          cat {m}/etc/config {m}/bin/tool {m}/lib/big.so > /dev/null; umount {m}",
         m = mnt.display()
     );
-    let res = record_task(&image, &out, "readfiles", &script);
+    let res = record_task(image, out, "readfiles", &script);
     assert!(res.status.success(), "vmt-record run failed: {res:?}");
     let trace_path = out.join("readfiles-1.vmtrace");
     let trace = Trace::load(&trace_path).unwrap();
     assert_eq!(trace.kind, TraceKind::Task);
     assert_eq!(trace.tasks, vec!["readfiles"]);
-    assert_eq!(trace.image.size, std::fs::metadata(&image).unwrap().len());
+    assert_eq!(trace.image.size, std::fs::metadata(image).unwrap().len());
 
     let read = blocks_of(&trace, Op::Read, None);
     let wanted: BTreeSet<u64> = FILES[..3]
         .iter()
-        .flat_map(|(p, _)| debugfs_blocks(&image, p))
+        .flat_map(|(p, _)| debugfs_blocks(image, p))
         .collect();
     let unread: BTreeSet<u64> = FILES[3..]
         .iter()
-        .flat_map(|(p, _)| debugfs_blocks(&image, p))
+        .flat_map(|(p, _)| debugfs_blocks(image, p))
         .collect();
     let missing: Vec<_> = wanted.difference(&read).collect();
     assert!(
@@ -143,15 +161,15 @@ fn trace_covers_exactly_the_blocks_of_the_files_read() {
         "{metadata} metadata blocks for {} data blocks",
         wanted.len()
     );
-    assert_eq!(sha256(&image), before, "the image must never be modified");
+    assert_eq!(sha256(image), before, "the image must never be modified");
 
     // A second run counts up and does not overwrite the first.
     let res = run_with_timeout(
         Command::new(bin("vmt-record"))
             .args(["run", "--task", "readfiles", "--image"])
-            .arg(&image)
+            .arg(image)
             .arg("--out")
-            .arg(&out)
+            .arg(out)
             .args(["--", "true"]),
         LIMIT,
     );
@@ -162,12 +180,9 @@ fn trace_covers_exactly_the_blocks_of_the_files_read() {
 
 #[test]
 fn writes_are_recorded_but_never_reach_the_image() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = make_image(dir.path(), FILES);
-    let before = sha256(&image);
-    let out = dir.path().join("traces");
-    let mnt = dir.path().join("loop");
-    std::fs::create_dir(&mnt).unwrap();
+    let ws = workspace();
+    let (image, out, mnt) = (&ws.image, &ws.out, &ws.mnt);
+    let before = sha256(image);
     // Write a new file and overwrite an old one, read them back through a fresh mount (so from
     // the overlay, not the page cache), then check the content inside the task.
     let script = format!(
@@ -177,22 +192,22 @@ fn writes_are_recorded_but_never_reach_the_image() {
          grep -q written-by-task {m}/etc/new; cmp -n 32768 {m}/bin/tool /dev/zero; umount {m}; exit 7",
         m = mnt.display()
     );
-    let res = record_task(&image, &out, "writer", &script);
+    let res = record_task(image, out, "writer", &script);
     assert_eq!(
         res.status.code(),
         Some(7),
         "the task's exit status passes through: {res:?}"
     );
-    let trace = Trace::load(&only_trace_in(&out)).unwrap();
+    let trace = Trace::load(&only_trace_in(out)).unwrap();
     let written = blocks_of(&trace, Op::Write, None);
-    let tool = debugfs_blocks(&image, "bin/tool");
+    let tool = debugfs_blocks(image, "bin/tool");
     let first_eight: BTreeSet<u64> = tool.iter().take(8).copied().collect();
     assert!(
         first_eight.is_subset(&written),
         "the overwritten blocks of bin/tool are in the trace's writes"
     );
     assert_eq!(
-        sha256(&image),
+        sha256(image),
         before,
         "writes went to the overlay, not the image"
     );
@@ -200,18 +215,15 @@ fn writes_are_recorded_but_never_reach_the_image() {
 
 #[test]
 fn session_with_two_marked_tasks() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = make_image(dir.path(), FILES);
-    let out = dir.path().join("traces");
+    let ws = workspace();
+    let (dir, image, out, mnt) = (&ws.dir, &ws.image, &ws.out, &ws.mnt);
     let served = dir.path().join("served");
-    let mnt = dir.path().join("loop");
     std::fs::create_dir(&served).unwrap();
-    std::fs::create_dir(&mnt).unwrap();
     let mut session = Command::new(bin("vmt-record"))
         .args(["session", "--name", "work", "--image"])
-        .arg(&image)
+        .arg(image)
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .arg("--mountpoint")
         .arg(&served)
         .spawn()
@@ -230,7 +242,7 @@ fn session_with_two_marked_tasks() {
     };
     let served_image = served.join("app.img");
     let read_with_loop = |files: &[&str]| {
-        let lm = vmt_appliance::ext4::LoopMount::new(&served_image, &mnt).unwrap();
+        let lm = vmt_appliance::ext4::LoopMount::new(&served_image, mnt).unwrap();
         let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
         lm.read_files(&files).unwrap();
         lm.unmount().unwrap();
@@ -260,8 +272,8 @@ fn session_with_two_marked_tasks() {
     assert_eq!(labels, vec!["alpha", "beta"], "segments follow the marks");
     let alpha = blocks_of(&trace, Op::Read, Some("alpha"));
     let beta = blocks_of(&trace, Op::Read, Some("beta"));
-    let tool = debugfs_blocks(&image, "bin/tool");
-    let unread2 = debugfs_blocks(&image, "data/unread2");
+    let tool = debugfs_blocks(image, "bin/tool");
+    let unread2 = debugfs_blocks(image, "data/unread2");
     assert!(tool.is_subset(&alpha) && tool.is_disjoint(&beta));
     assert!(unread2.is_subset(&beta) && unread2.is_disjoint(&alpha));
 }

@@ -5,101 +5,32 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use vmt_tests::{bin, content, free_port, make_ext4_with, run_with_timeout, wait_until};
+use vmt_tests::{
+    bin, content, free_port, make_ext4_with, run_with_timeout, wait_until, CliSeeder, Proc,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const PIECE: u64 = 256 << 10;
 
-/// A process killed (SIGTERM, then SIGKILL) and waited for on drop; a mount it leaves is
-/// detached.
-struct Proc {
-    child: Child,
-    mountpoint: Option<PathBuf>,
-}
-
-impl Proc {
-    fn sigterm(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(start.elapsed() < LIMIT, "process ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: as above.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let start = Instant::now();
-            while self.child.try_wait().ok().flatten().is_none() {
-                if start.elapsed() > Duration::from_secs(10) {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        if let Some(m) = &self.mountpoint {
-            if vmt_fs::fusefs::is_mounted(m) {
-                let _ = Command::new("umount").arg("-l").arg(m).status();
-            }
-        }
-    }
-}
-
+/// A `vmt-run seed` of `image`, in `dir` with the clients' files.
 struct Swarm {
     dir: tempfile::TempDir,
     image: PathBuf,
-    torrent: PathBuf,
-    seeder_addr: String,
-    _seeder: Proc,
+    seeder: CliSeeder,
 }
 
 /// Seeds `image` (inside `dir`) on a free loopback port, upload-capped at `limit`.
 fn seed(dir: tempfile::TempDir, image: PathBuf, limit: Option<&str>) -> Swarm {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let torrent = dir.path().join("app.torrent");
-    let mut cmd = Command::new(bin("vmt-run"));
-    cmd.args(["seed", "--listen", &addr, "--image"])
-        .arg(&image)
-        .arg("--torrent-out")
-        .arg(&torrent)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(l) = limit {
-        cmd.args(["--upload-limit", l]);
-    }
-    let seeder = Proc {
-        child: cmd.spawn().unwrap(),
-        mountpoint: None,
-    };
-    wait_until("the seeder to listen", LIMIT, || {
-        torrent.exists() && TcpStream::connect(&addr).is_ok()
-    });
+    let extra = limit.map_or_else(Vec::new, |l| vec!["--upload-limit", l]);
     Swarm {
+        seeder: CliSeeder::start(&image, &torrent, &extra),
         dir,
         image,
-        torrent,
-        seeder_addr: addr,
-        _seeder: seeder,
     }
 }
 
@@ -120,14 +51,14 @@ impl Swarm {
         let report = self.dir.path().join(format!("{name}-report.json"));
         let child = Command::new(bin("vmt-run"))
             .args(["mount", "--torrent"])
-            .arg(&self.torrent)
+            .arg(&self.seeder.torrent)
             .arg("--mountpoint")
             .arg(&mountpoint)
             .arg("--data")
             .arg(self.dir.path().join(format!("{name}-data")))
             .args([
                 "--peer",
-                &self.seeder_addr,
+                &self.seeder.addr,
                 "--status",
                 &status_addr,
                 "--report",
@@ -477,7 +408,7 @@ fn bad_input_is_a_clear_error_and_never_a_hang() {
             Command::new(bin("vmt-run"))
                 .arg("mount")
                 .args(args)
-                .args(["--peer", &swarm.seeder_addr]),
+                .args(["--peer", &swarm.seeder.addr]),
             LIMIT,
         )
     };
@@ -491,7 +422,7 @@ fn bad_input_is_a_clear_error_and_never_a_hang() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     };
-    let torrent = swarm.torrent.to_str().unwrap();
+    let torrent = swarm.seeder.torrent.to_str().unwrap();
     let m = mnt.to_str().unwrap();
     // A corrupt torrent.
     let corrupt = d.join("corrupt.torrent");
@@ -569,7 +500,7 @@ fn bad_input_is_a_clear_error_and_never_a_hang() {
             .arg(format!(
                 "mount -t tmpfs none /dev && exec {} mount --torrent {torrent} --mountpoint {m} --peer {}",
                 bin("vmt-run").display(),
-                swarm.seeder_addr
+                swarm.seeder.addr
             )),
         LIMIT,
     );

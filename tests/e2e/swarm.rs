@@ -3,109 +3,30 @@
 //! In-process tests drive `vmt_swarm::Engine` directly (several engines in one runtime, as
 //! rqbit's e2e tests do); the CLI tests at the end run the real `vmt-run seed` / `fetch`.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::{RngCore, SeedableRng};
-use vmt_swarm::{Engine, EngineConfig, Storage, Torrent};
-
-pub(crate) const MIB: usize = 1 << 20;
-pub(crate) const PIECE: u32 = 256 * 1024;
-
-pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
-}
-
-/// Writes a random image and its torrent into `dir`.
-pub(crate) async fn image(dir: &Path, len: usize, seed: u64) -> (PathBuf, Vec<u8>, Torrent) {
-    let data = random_bytes(len, seed);
-    let path = dir.join("image.img");
-    std::fs::write(&path, &data).unwrap();
-    let torrent = Torrent::create(&path, PIECE, Vec::new()).await.unwrap();
-    (path, data, torrent)
-}
-
-pub(crate) async fn within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
-}
-
-pub(crate) async fn seeder(torrent: &Torrent, img: &Path, config: EngineConfig) -> Engine {
-    let storage = Storage::open_seed(img, torrent, false).unwrap();
-    let listener = Engine::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    Engine::start(torrent.clone(), storage, Some(listener), config)
-}
-
-/// A client writing to `dir/<name>.img`, listening on its own port.
-pub(crate) async fn client(
-    torrent: &Torrent,
-    dir: &Path,
-    name: &str,
-    config: EngineConfig,
-) -> Engine {
-    let (out, bits) = paths(dir, name);
-    let (storage, _) = Storage::open_download(&out, torrent, &bits).unwrap();
-    let listener = Engine::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    Engine::start(torrent.clone(), storage, Some(listener), config)
-}
-
-pub(crate) fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("{name}.img")),
-        dir.join(format!("{name}.vmtbits")),
-    )
-}
-
-pub(crate) fn peers(addrs: &[Option<SocketAddr>]) -> Vec<SocketAddr> {
-    addrs.iter().map(|a| a.unwrap()).collect()
-}
-
-pub(crate) async fn shutdown_all(engines: &[&Engine]) {
-    for e in engines {
-        e.shutdown().await.unwrap();
-        assert_eq!(e.running_tasks(), 0, "no engine task outlives shutdown");
-    }
-}
+use vmt_swarm::{EngineConfig, Storage, Torrent};
+use vmt_tests::{
+    content, dialing, free_port, shutdown_all, within, CliSeeder, Proc, TestImage, MIB, PIECE,
+};
 
 /// One seeder, three clients that do not upload: every byte comes from the seeder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_server_all_bytes_from_seeder() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 64 * MIB, 1).await;
-    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
-    let mut clients = Vec::new();
-    for name in ["a", "b", "c"] {
-        let config = EngineConfig {
-            peers: peers(&[seed.listen_addr()]),
-            upload: false,
-            ..Default::default()
-        };
-        clients.push(client(&torrent, dir.path(), name, config).await);
-    }
+    let img = TestImage::new(64 * MIB, 1).await;
+    let seed = img.seeder(EngineConfig::default()).await;
     // Clients also know each other, so "no upload" is what keeps bytes off client links.
-    let addrs: Vec<_> = clients.iter().map(|c| c.listen_addr().unwrap()).collect();
-    for c in &clients {
-        for &a in &addrs {
-            c.add_peer(a);
-        }
-    }
-    for c in &clients {
-        within(
-            "client download",
-            Duration::from_secs(120),
-            c.wait_complete(),
-        )
-        .await
-        .unwrap();
-    }
-    for (c, name) in clients.iter().zip(["a", "b", "c"]) {
+    let names = ["a", "b", "c"];
+    let config = EngineConfig {
+        upload: false,
+        ..dialing(&[&seed])
+    };
+    let clients = img.meshed_clients(&names, config).await;
+    for (c, name) in clients.iter().zip(names) {
+        img.finish_download(c, name).await;
         let st = c.stats();
         assert_eq!(
             st.downloaded_except(&seed.peer_id()),
@@ -114,55 +35,28 @@ async fn client_server_all_bytes_from_seeder() {
         );
         assert_eq!(st.uploaded, 0, "{name} uploaded in client-server mode");
         assert_eq!(st.hash_failures, 0);
-        c.shutdown().await.unwrap();
-        assert!(
-            std::fs::read(paths(dir.path(), name).0).unwrap() == data,
-            "{name} differs"
-        );
     }
-    assert!(seed.stats().uploaded >= 3 * data.len() as u64);
+    assert!(seed.stats().uploaded >= 3 * img.data.len() as u64);
     shutdown_all(&[&seed]).await;
 }
 
 /// Swarm mode with a slow seeder: clients trade pieces among themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_clients_exchange_pieces() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 64 * MIB, 2).await;
+    let img = TestImage::new(64 * MIB, 2).await;
     // 64 MiB to three clients at 24 MiB/s takes 8 s from the seeder alone; sharing is the only
     // way the clients finish with less from it, and some sharing is certain since every client
     // holds pieces the others lack while the seeder is busy.
-    let seed = seeder(
-        &torrent,
-        &img,
-        EngineConfig {
+    let seed = img
+        .seeder(EngineConfig {
             upload_limit: Some(24 * MIB as u64),
             ..Default::default()
-        },
-    )
-    .await;
-    let mut clients = Vec::new();
-    for name in ["a", "b", "c"] {
-        let config = EngineConfig {
-            peers: peers(&[seed.listen_addr()]),
-            ..Default::default()
-        };
-        clients.push(client(&torrent, dir.path(), name, config).await);
-    }
-    let addrs: Vec<_> = clients.iter().map(|c| c.listen_addr().unwrap()).collect();
-    for c in &clients {
-        for &a in &addrs {
-            c.add_peer(a);
-        }
-    }
-    for c in &clients {
-        within(
-            "client download",
-            Duration::from_secs(120),
-            c.wait_complete(),
-        )
-        .await
-        .unwrap();
+        })
+        .await;
+    let names = ["a", "b", "c"];
+    let clients = img.meshed_clients(&names, dialing(&[&seed])).await;
+    for (c, name) in clients.iter().zip(names) {
+        img.finish_download(c, name).await;
     }
     let from_clients: u64 = clients
         .iter()
@@ -174,35 +68,25 @@ async fn swarm_clients_exchange_pieces() {
     );
     assert!(from_clients > 0, "no client got a byte from another client");
     assert!(uploaded_by_clients > 0);
-    for (c, name) in clients.iter().zip(["a", "b", "c"]) {
-        c.shutdown().await.unwrap();
-        assert!(
-            std::fs::read(paths(dir.path(), name).0).unwrap() == data,
-            "{name} differs"
-        );
-    }
     shutdown_all(&[&seed]).await;
 }
 
 /// A demanded piece arrives long before the plan would reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demand_overtakes_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 16 * MIB, 3).await;
+    let img = TestImage::new(16 * MIB, 3).await;
+    let torrent = &img.torrent;
     let n = torrent.piece_count();
     // 4 MiB/s: the plan takes 4 s, so the demand lands while most of it is pending.
-    let seed = seeder(
-        &torrent,
-        &img,
-        EngineConfig {
+    let seed = img
+        .seeder(EngineConfig {
             upload_limit: Some(4 * MIB as u64),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     // Plan and subscription are in place before the first peer is dialed, so every piece is
     // fetched by the plan and seen arriving.
-    let c = client(&torrent, dir.path(), "c", EngineConfig::default()).await;
+    let c = img.client("c", EngineConfig::default()).await;
     let plan: Vec<u32> = (0..n).collect();
     c.set_plan(&plan);
     let mut events = c.subscribe();
@@ -252,8 +136,8 @@ async fn demand_overtakes_plan() {
         rest.windows(2).filter(|w| w[0] > w[1]).count() <= 2,
         "plan order broken: {rest:?}"
     );
-    c.shutdown().await.unwrap();
-    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
+    shutdown_all(&[&c]).await;
+    img.assert_client_has_image("c");
     shutdown_all(&[&seed]).await;
 }
 
@@ -334,20 +218,17 @@ async fn malicious_peer(torrent: &Torrent) -> (SocketAddr, tokio::task::JoinHand
 /// download completes from the honest seeder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_peer_is_detected_and_banned() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 8 * MIB, 4).await;
+    let img = TestImage::new(8 * MIB, 4).await;
+    let (torrent, data) = (&img.torrent, &img.data);
     // A slow seeder leaves the liar plenty of pieces to be asked for.
-    let seed = seeder(
-        &torrent,
-        &img,
-        EngineConfig {
+    let seed = img
+        .seeder(EngineConfig {
             upload_limit: Some(2 * MIB as u64),
             ..Default::default()
-        },
-    )
-    .await;
-    let (evil, evil_task) = malicious_peer(&torrent).await;
-    let c = client(&torrent, dir.path(), "c", EngineConfig::default()).await;
+        })
+        .await;
+    let (evil, evil_task) = malicious_peer(torrent).await;
+    let c = img.client("c", EngineConfig::default()).await;
     // Watch every verified piece as it lands: its bytes on disk must already be the right ones.
     // Subscribed before any peer is dialed, so no piece goes unseen.
     let mut events = c.subscribe();
@@ -380,8 +261,8 @@ async fn corrupt_peer_is_detected_and_banned() {
         .unwrap();
     assert!(liar.banned, "the corrupt peer was not banned");
     assert_eq!(liar.hash_failures, vmt_swarm::MAX_STRIKES);
-    c.shutdown().await.unwrap();
-    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
+    shutdown_all(&[&c]).await;
+    img.assert_client_has_image("c");
     assert!(
         within("liar ends", Duration::from_secs(30), evil_task)
             .await
@@ -395,22 +276,15 @@ async fn corrupt_peer_is_detected_and_banned() {
 /// what it did not have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_without_refetching() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 16 * MIB, 5).await;
-    let seed = seeder(
-        &torrent,
-        &img,
-        EngineConfig {
+    let img = TestImage::new(16 * MIB, 5).await;
+    let torrent = &img.torrent;
+    let seed = img
+        .seeder(EngineConfig {
             upload_limit: Some(8 * MIB as u64),
             ..Default::default()
-        },
-    )
-    .await;
-    let config = EngineConfig {
-        peers: peers(&[seed.listen_addr()]),
-        ..Default::default()
-    };
-    let c = client(&torrent, dir.path(), "c", config.clone()).await;
+        })
+        .await;
+    let c = img.client("c", dialing(&[&seed])).await;
     let half = torrent.piece_count() / 2;
     let mut events = c.subscribe();
     for _ in 0..half {
@@ -422,15 +296,14 @@ async fn restart_resumes_without_refetching() {
     let had = c.stats().pieces.have;
     assert!(had >= half && had < torrent.piece_count());
 
-    let (out, bits) = paths(dir.path(), "c");
-    let (storage, resume) = Storage::open_download(&out, &torrent, &bits).unwrap();
+    let (out, bits) = img.client_paths("c");
+    let (_, resume) = Storage::open_download(&out, torrent, &bits).unwrap();
     assert_eq!(
         resume.recorded, had,
         "every verified piece was recorded at shutdown"
     );
     assert_eq!(resume.rehashed, 0);
-    let listener = Engine::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let c = Engine::start(torrent.clone(), storage, Some(listener), config);
+    let c = img.client("c", dialing(&[&seed])).await;
     within(
         "resumed download",
         Duration::from_secs(60),
@@ -446,29 +319,11 @@ async fn restart_resumes_without_refetching() {
         st.downloaded
     );
     assert_eq!(st.downloaded, missing);
-    c.shutdown().await.unwrap();
-    assert!(std::fs::read(&out).unwrap() == data);
-    shutdown_all(&[&seed]).await;
+    shutdown_all(&[&c, &seed]).await;
+    img.assert_client_has_image("c");
 }
 
 // ---- the real binaries ----
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub(crate) struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 pub(crate) fn vmt_run() -> Command {
     Command::new(vmt_tests::bin("vmt-run"))
@@ -479,35 +334,16 @@ pub(crate) fn vmt_run() -> Command {
 #[test]
 fn cli_seed_fetch_kill_and_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(16 * MIB, 6);
+    let data = content(6, 16 * MIB);
     let img = dir.path().join("app.img");
     std::fs::write(&img, &data).unwrap();
     let torrent = dir.path().join("app.torrent");
-    let port = free_port();
-    let seed_addr = format!("127.0.0.1:{port}");
-    let _seed = KillOnDrop(
-        vmt_run()
-            .args(["seed", "--image"])
-            .arg(&img)
-            .args([
-                "--listen",
-                &seed_addr,
-                "--piece-size",
-                "256KiB",
-                "--torrent-out",
-            ])
-            .arg(&torrent)
-            .args(["--upload-limit", "4MiB"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let seeder = CliSeeder::start(
+        &img,
+        &torrent,
+        &["--piece-size", "256KiB", "--upload-limit", "4MiB"],
     );
-    vmt_tests::wait_until(
-        "the seeder writes its torrent",
-        Duration::from_secs(60),
-        || torrent.exists(),
-    );
+    let seed_addr = seeder.addr.clone();
 
     // First fetch: SIGKILL once its bitmap records some pieces.
     let out = dir.path().join("got.img");
@@ -520,19 +356,12 @@ fn cli_seed_fetch_kill_and_resume() {
             .arg(&out);
         cmd
     };
-    let mut first = KillOnDrop(
-        fetch()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut first = Proc::spawn(fetch().stdout(Stdio::null()).stderr(Stdio::null()));
     vmt_tests::wait_until("the bitmap records pieces", Duration::from_secs(60), || {
         std::fs::metadata(&bits).is_ok_and(|m| m.len() > 0)
     });
     std::thread::sleep(Duration::from_millis(500));
-    first.0.kill().unwrap();
-    first.0.wait().unwrap();
+    first.sigkill();
     assert!(
         std::fs::read(&out).unwrap() != data,
         "killed too late to test resuming"
@@ -627,7 +456,7 @@ fn cli_bad_input_is_a_clear_error() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
     let img = dir.path().join("x.img");
-    std::fs::write(&img, random_bytes(MIB, 9)).unwrap();
+    std::fs::write(&img, content(9, MIB)).unwrap();
     check(
         &[
             "seed",
@@ -708,16 +537,10 @@ async fn mock_tracker() -> (String, Arc<std::sync::Mutex<Vec<u16>>>) {
 /// A client with no `--peer` finds the seeder through the torrent's tracker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracker_announce_finds_the_seeder() {
-    let dir = tempfile::tempdir().unwrap();
     let (url, ports) = mock_tracker().await;
-    let data = random_bytes(4 * MIB, 10);
-    let img = dir.path().join("image.img");
-    std::fs::write(&img, &data).unwrap();
-    let torrent = Torrent::create(&img, PIECE, vec![url.clone()])
-        .await
-        .unwrap();
-    assert_eq!(torrent.trackers(), [url]);
-    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
+    let img = TestImage::with_trackers(4 * MIB, 10, vec![url.clone()]).await;
+    assert_eq!(img.torrent.trackers(), [url]);
+    let seed = img.seeder(EngineConfig::default()).await;
     let seed_port = seed.listen_addr().unwrap().port();
     within("the seeder announces", Duration::from_secs(30), async {
         while !ports.lock().unwrap().contains(&seed_port) {
@@ -725,16 +548,8 @@ async fn tracker_announce_finds_the_seeder() {
         }
     })
     .await;
-    let c = client(&torrent, dir.path(), "c", EngineConfig::default()).await;
-    within(
-        "download via tracker peers",
-        Duration::from_secs(60),
-        c.wait_complete(),
-    )
-    .await
-    .unwrap();
-    c.shutdown().await.unwrap();
-    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
+    let c = img.client("c", EngineConfig::default()).await;
+    img.finish_download(&c, "c").await;
     shutdown_all(&[&seed]).await;
 }
 
@@ -743,30 +558,24 @@ async fn tracker_announce_finds_the_seeder() {
 #[test]
 fn cli_unreachable_peer_is_reported_and_sigterm_stops() {
     use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("app.img");
-    std::fs::write(&img, random_bytes(MIB, 11)).unwrap();
-    let torrent = dir.path().join("app.torrent");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let t = rt
-        .block_on(Torrent::create(&img, PIECE, Vec::new()))
-        .unwrap();
-    t.save(&torrent).unwrap();
+    let img = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(TestImage::new(MIB, 11));
+    let torrent = img.dir.path().join("app.torrent");
+    img.torrent.save(&torrent).unwrap();
     let dead = format!("127.0.0.1:{}", free_port());
-    let out = dir.path().join("got.img");
-    let mut child = KillOnDrop(
+    let out = img.dir.path().join("got.img");
+    let mut child = Proc::spawn(
         vmt_run()
             .args(["fetch", "--torrent"])
             .arg(&torrent)
             .args(["--peer", &dead, "--out"])
             .arg(&out)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::piped()),
     );
     let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.0.stderr.take().unwrap();
+    let stderr = child.child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -784,19 +593,7 @@ fn cli_unreachable_peer_is_reported_and_sigterm_stops() {
             Err(_) => panic!("no 'no reachable peer' status within 30 s: {seen:?}"),
         }
     }
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "fetch ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = child.sigterm();
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(!status.success(), "an interrupted fetch must not exit 0");
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
@@ -811,9 +608,9 @@ async fn deep_request_pipelines_are_all_served() {
     use peer_binary_protocol::{Handshake, Message, MessageDeserializeError, Request};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 16 * MIB, 30).await;
-    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
+    let img = TestImage::new(16 * MIB, 30).await;
+    let (torrent, data) = (&img.torrent, &img.data);
+    let seed = img.seeder(EngineConfig::default()).await;
     let mut s = tokio::net::TcpStream::connect(seed.listen_addr().unwrap())
         .await
         .unwrap();
@@ -880,21 +677,19 @@ async fn deep_request_pipelines_are_all_served() {
 /// the bitmap is recorded one last time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_engine_stops_and_records_its_bitmap() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, _data, torrent) = image(dir.path(), 4 * MIB, 31).await;
-    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
-    let c = client(
-        &torrent,
-        dir.path(),
-        "c",
-        EngineConfig {
-            peers: peers(&[seed.listen_addr()]),
-            // Only the final flush can record the pieces.
-            flush_interval: Duration::from_secs(3600),
-            ..Default::default()
-        },
-    )
-    .await;
+    let img = TestImage::new(4 * MIB, 31).await;
+    let torrent = &img.torrent;
+    let seed = img.seeder(EngineConfig::default()).await;
+    let c = img
+        .client(
+            "c",
+            EngineConfig {
+                // Only the final flush can record the pieces.
+                flush_interval: Duration::from_secs(3600),
+                ..dialing(&[&seed])
+            },
+        )
+        .await;
     within("download", Duration::from_secs(60), c.wait_complete())
         .await
         .unwrap();
@@ -906,15 +701,15 @@ async fn dropped_engine_stops_and_records_its_bitmap() {
         }
     })
     .await;
-    let (out, bits) = paths(dir.path(), "c");
+    let (out, bits) = img.client_paths("c");
     // The bitmap may exist from before (an early flush): wait for the one that records all.
     within("the final flush", Duration::from_secs(10), async {
-        while Storage::recorded_pieces(&bits, &torrent).ok() != Some(torrent.piece_count()) {
+        while Storage::recorded_pieces(&bits, torrent).ok() != Some(torrent.piece_count()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    let (_, resume) = Storage::open_download(&out, &torrent, &bits).unwrap();
+    let (_, resume) = Storage::open_download(&out, torrent, &bits).unwrap();
     assert_eq!(resume.recorded, torrent.piece_count());
     shutdown_all(&[&seed]).await;
 }
@@ -922,32 +717,27 @@ async fn dropped_engine_stops_and_records_its_bitmap() {
 /// `max_peers` bounds connections; a refused client keeps redialing and gets its turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_peers_is_enforced_and_refused_clients_retry() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 4 * MIB, 32).await;
-    let seed = seeder(
-        &torrent,
-        &img,
-        EngineConfig {
+    let img = TestImage::new(4 * MIB, 32).await;
+    let seed = img
+        .seeder(EngineConfig {
             max_peers: 1,
             upload_limit: Some(2 * MIB as u64),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let config = EngineConfig {
-        peers: peers(&[seed.listen_addr()]),
         upload: false,
         max_redial_backoff: Duration::from_millis(500),
-        ..Default::default()
+        ..dialing(&[&seed])
     };
-    let a = client(&torrent, dir.path(), "a", config.clone()).await;
+    let a = img.client("a", config.clone()).await;
     within("a connects", Duration::from_secs(30), async {
         while seed.stats().connected == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    let b = client(&torrent, dir.path(), "b", config).await;
+    let b = img.client("b", config).await;
     // While a downloads, b is refused every time it dials.
     within("a completes", Duration::from_secs(60), async {
         while !a.is_complete() {
@@ -960,17 +750,9 @@ async fn max_peers_is_enforced_and_refused_clients_retry() {
     })
     .await;
     assert_eq!(b.stats().pieces.have, 0);
-    a.shutdown().await.unwrap();
-    within(
-        "b gets its turn",
-        Duration::from_secs(60),
-        b.wait_complete(),
-    )
-    .await
-    .unwrap();
-    b.shutdown().await.unwrap();
-    for name in ["a", "b"] {
-        assert!(std::fs::read(paths(dir.path(), name).0).unwrap() == data);
-    }
+    shutdown_all(&[&a]).await;
+    img.assert_client_has_image("a");
+    // b gets its turn.
+    img.finish_download(&b, "b").await;
     shutdown_all(&[&seed]).await;
 }

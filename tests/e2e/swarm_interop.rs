@@ -11,10 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vmt_swarm::{EngineConfig, Torrent};
-
-use super::swarm::{
-    client, free_port, image, paths, random_bytes, seeder, shutdown_all, within, KillOnDrop, MIB,
-};
+use vmt_tests::{content, free_port, shutdown_all, within, Proc, TestImage, MIB};
 
 /// Whether `program` can be run; if not, says loudly that the test is skipped.
 fn have(program: &str, test: &str) -> bool {
@@ -52,19 +49,20 @@ async fn librqbit_session(dir: &Path, listen: bool) -> Arc<librqbit::Session> {
     .unwrap()
 }
 
-/// The vmt seeder serves a stock librqbit leecher.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn librqbit_leecher_downloads_from_vmt_seeder() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 16 * MIB, 7).await;
-    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
-    let out = dir.path().join("rqbit");
-    let session = librqbit_session(&out, false).await;
+/// Adds `torrent` to `session` with `out` as its folder (and `peer` to dial), and waits until
+/// librqbit has it all: downloaded, or found and checked in `out`.
+async fn librqbit_add(
+    session: &Arc<librqbit::Session>,
+    torrent: &Torrent,
+    out: &Path,
+    peer: Option<std::net::SocketAddr>,
+    what: &str,
+) {
     let handle = session
         .add_torrent(
             librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
             Some(librqbit::AddTorrentOptions {
-                initial_peers: Some(vec![seed.listen_addr().unwrap()]),
+                initial_peers: peer.map(|p| vec![p]),
                 output_folder: Some(out.to_str().unwrap().to_owned()),
                 disable_trackers: true,
                 overwrite: true,
@@ -75,75 +73,60 @@ async fn librqbit_leecher_downloads_from_vmt_seeder() {
         .unwrap()
         .into_handle()
         .unwrap();
-    within(
+    within(what, Duration::from_secs(60), handle.wait_until_completed())
+        .await
+        .unwrap();
+}
+
+/// The vmt seeder serves a stock librqbit leecher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librqbit_leecher_downloads_from_vmt_seeder() {
+    let img = TestImage::new(16 * MIB, 7).await;
+    let seed = img.seeder(EngineConfig::default()).await;
+    let out = img.dir.path().join("rqbit");
+    let session = librqbit_session(&out, false).await;
+    librqbit_add(
+        &session,
+        &img.torrent,
+        &out,
+        Some(seed.listen_addr().unwrap()),
         "librqbit download",
-        Duration::from_secs(60),
-        handle.wait_until_completed(),
     )
-    .await
-    .unwrap();
+    .await;
     session.stop().await;
-    assert!(std::fs::read(out.join(torrent.name())).unwrap() == data);
-    assert!(seed.stats().uploaded >= data.len() as u64);
+    assert!(std::fs::read(out.join(img.torrent.name())).unwrap() == img.data);
+    assert!(seed.stats().uploaded >= img.data.len() as u64);
     shutdown_all(&[&seed]).await;
 }
 
 /// A vmt client downloads from a stock librqbit seeder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmt_client_downloads_from_librqbit_seeder() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_img, data, torrent) = image(dir.path(), 16 * MIB, 8).await;
+    let img = TestImage::new(16 * MIB, 8).await;
     // librqbit finds the image (named as in the torrent) in its output folder and seeds it.
-    let session = librqbit_session(dir.path(), true).await;
-    let handle = session
-        .add_torrent(
-            librqbit::AddTorrent::from_bytes(torrent.as_bytes().to_vec()),
-            Some(librqbit::AddTorrentOptions {
-                output_folder: Some(dir.path().to_str().unwrap().to_owned()),
-                disable_trackers: true,
-                overwrite: true,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap()
-        .into_handle()
-        .unwrap();
-    within(
+    let session = librqbit_session(img.dir.path(), true).await;
+    librqbit_add(
+        &session,
+        &img.torrent,
+        img.dir.path(),
+        None,
         "librqbit checks the image",
-        Duration::from_secs(60),
-        handle.wait_until_completed(),
-    )
-    .await
-    .unwrap();
-    let rqbit_addr = session.listen_addr().unwrap();
-    let c = client(
-        &torrent,
-        dir.path(),
-        "c",
-        EngineConfig {
-            peers: vec![rqbit_addr],
-            ..Default::default()
-        },
     )
     .await;
-    within(
-        "vmt download from librqbit",
-        Duration::from_secs(60),
-        c.wait_complete(),
-    )
-    .await
-    .unwrap();
-    c.shutdown().await.unwrap();
+    let config = EngineConfig {
+        peers: vec![session.listen_addr().unwrap()],
+        ..Default::default()
+    };
+    let c = img.client("c", config).await;
+    img.finish_download(&c, "c").await;
     session.stop().await;
-    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
 }
 
 // ---- Transmission ----
 
 /// A transmission-daemon on loopback, driven through transmission-remote.
 struct Transmission {
-    _daemon: KillOnDrop,
+    _daemon: Proc,
     rpc: String,
     peer_port: u16,
     config: PathBuf,
@@ -163,16 +146,14 @@ impl Transmission {
             download.display()
         );
         std::fs::write(config.join("settings.json"), settings).unwrap();
-        let daemon = KillOnDrop(
+        let daemon = Proc::spawn(
             Command::new("transmission-daemon")
                 .args(["-f", "-g"])
                 .arg(config)
                 .arg("-e")
                 .arg(config.join("log"))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+                .stderr(Stdio::null()),
         );
         let t = Transmission {
             _daemon: daemon,
@@ -229,7 +210,7 @@ async fn vmt_client_downloads_from_transmission_seeder() {
     let dir = tempfile::tempdir().unwrap();
     let seed_dir = dir.path().join("seed");
     std::fs::create_dir_all(&seed_dir).unwrap();
-    let data = random_bytes(16 * MIB, 20);
+    let data = content(20, 16 * MIB);
     std::fs::write(seed_dir.join("payload.bin"), &data).unwrap();
     let torrent_path = dir.path().join("p.torrent");
     let made = vmt_tests::run_with_timeout(
@@ -248,26 +229,20 @@ async fn vmt_client_downloads_from_transmission_seeder() {
         Duration::from_secs(60),
         || tr.complete(),
     );
-    let c = client(
-        &torrent,
-        dir.path(),
-        "c",
-        EngineConfig {
-            peers: vec![format!("127.0.0.1:{}", tr.peer_port).parse().unwrap()],
-            ..Default::default()
-        },
-    )
-    .await;
-    // Transmission unchokes on its 10 s rechoke tick and ramps up slowly: allow a minute or two.
-    within(
-        "download from Transmission",
-        Duration::from_secs(120),
-        c.wait_complete(),
-    )
-    .await
-    .unwrap();
-    c.shutdown().await.unwrap();
-    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
+    let img = TestImage {
+        path: seed_dir.join("payload.bin"),
+        dir,
+        data,
+        torrent,
+    };
+    let config = EngineConfig {
+        peers: vec![format!("127.0.0.1:{}", tr.peer_port).parse().unwrap()],
+        ..Default::default()
+    };
+    let c = img.client("c", config).await;
+    // Transmission unchokes on its 10 s rechoke tick and ramps up slowly: the fixture allows
+    // two minutes.
+    img.finish_download(&c, "c").await;
 }
 
 /// The vmt seeder (dialing in) serves a Transmission leecher; the torrent is vmt's.
@@ -279,22 +254,18 @@ async fn transmission_leecher_downloads_from_vmt_seeder() {
     ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (img, data, torrent) = image(dir.path(), 16 * MIB, 21).await;
-    let torrent_path = dir.path().join("image.torrent");
-    torrent.save(&torrent_path).unwrap();
-    let leech_dir = dir.path().join("leech");
-    let tr = Transmission::start(&dir.path().join("tr"), &leech_dir);
+    let img = TestImage::new(16 * MIB, 21).await;
+    let torrent_path = img.dir.path().join("image.torrent");
+    img.torrent.save(&torrent_path).unwrap();
+    let leech_dir = img.dir.path().join("leech");
+    let tr = Transmission::start(&img.dir.path().join("tr"), &leech_dir);
     tr.add(&torrent_path);
-    let seed = seeder(
-        &torrent,
-        &img,
-        EngineConfig {
+    let seed = img
+        .seeder(EngineConfig {
             peers: vec![format!("127.0.0.1:{}", tr.peer_port).parse().unwrap()],
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let done = tokio::task::spawn_blocking({
         let tr_rpc = tr.rpc.clone();
         move || {
@@ -319,8 +290,8 @@ async fn transmission_leecher_downloads_from_vmt_seeder() {
         "Transmission did not complete; its log:\n{}",
         tr.log()
     );
-    assert!(std::fs::read(leech_dir.join(torrent.name())).unwrap() == data);
-    assert!(seed.stats().uploaded >= data.len() as u64);
+    assert!(std::fs::read(leech_dir.join(img.torrent.name())).unwrap() == img.data);
+    assert!(seed.stats().uploaded >= img.data.len() as u64);
     shutdown_all(&[&seed]).await;
 }
 
@@ -345,19 +316,15 @@ async fn opentracker_announce_connects_seeder_and_client() {
     }
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/announce");
-    let data = random_bytes(4 * MIB, 22);
-    let img = dir.path().join("image.img");
-    std::fs::write(&img, &data).unwrap();
-    let torrent = Torrent::create(&img, super::swarm::PIECE, vec![url])
-        .await
-        .unwrap();
+    let img = TestImage::with_trackers(4 * MIB, 22, vec![url]).await;
+    let torrent = &img.torrent;
     // Debian's opentracker only serves whitelisted info hashes.
     std::fs::write(
         trk.join("whitelist.txt"),
         format!("{}\n", torrent.info_hash().as_string()),
     )
     .unwrap();
-    let _tracker = KillOnDrop(
+    let _tracker = Proc::spawn(
         Command::new("opentracker")
             .args([
                 "-i",
@@ -371,14 +338,12 @@ async fn opentracker_announce_connects_seeder_and_client() {
             .arg(&trk)
             .args(["-w", "whitelist.txt"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
     );
     vmt_tests::wait_until("opentracker listens", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    let seed = seeder(&torrent, &img, EngineConfig::default()).await;
+    let seed = img.seeder(EngineConfig::default()).await;
     // The first announce of the client must already list the seeder: wait until the tracker
     // has it (opentracker's scrape counts it as complete).
     let scrape = format!(
@@ -394,15 +359,7 @@ async fn opentracker_announce_connects_seeder_and_client() {
         let out = Command::new("curl").args(["-fs", &scrape]).output();
         out.is_ok_and(|o| o.stdout.windows(10).any(|w| w == b"completei1"))
     });
-    let c = client(&torrent, dir.path(), "c", EngineConfig::default()).await;
-    within(
-        "download via opentracker",
-        Duration::from_secs(60),
-        c.wait_complete(),
-    )
-    .await
-    .unwrap();
-    c.shutdown().await.unwrap();
-    assert!(std::fs::read(paths(dir.path(), "c").0).unwrap() == data);
+    let c = img.client("c", EngineConfig::default()).await;
+    img.finish_download(&c, "c").await;
     shutdown_all(&[&seed]).await;
 }

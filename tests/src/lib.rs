@@ -1,9 +1,17 @@
-//! Helpers for vmt's end-to-end tests: locate (building if needed) the real binaries, give each
-//! test a fresh directory, run commands with a timeout.
+//! Helpers for vmt's end-to-end tests: locate (building if needed) the real binaries, run
+//! commands with a timeout, and the fixtures most tests start from: a loopback swarm of
+//! engines ([`swarm`]) and child processes stopped on drop, such as a `vmt-run seed`
+//! ([`process`]).
 //!
 //! Cargo sets `CARGO_BIN_EXE_<name>` only for tests of the binary's own package, so this package
 //! builds the workspace binaries itself, once per test process, with the same profile as the
 //! running test (as fuser's `fuser-tests` does).
+
+pub mod process;
+pub mod swarm;
+
+pub use process::{CliSeeder, Proc};
+pub use swarm::{dialing, shutdown_all, within, TestImage, MIB, PIECE};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -94,16 +102,7 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Deterministic incompressible bytes.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    vmt_appliance::content::bytes(seed, len)
 }
 
 /// A loopback port nobody listens on right now.

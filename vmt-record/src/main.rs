@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use vmt_formats::image::{BlockGeometry, IdCache, ImageId};
+use vmt_formats::image::{IdCache, ImageId};
 use vmt_formats::trace::{Trace, TraceKind};
+use vmt_formats::units::{self, Size};
 use vmt_fs::record::{Recording, RecordingParams};
 
 #[derive(Parser)]
@@ -26,7 +27,8 @@ use vmt_fs::record::{Recording, RecordingParams};
     long_about = "Record which blocks of an appliance image each task reads and writes.\n\n\
         The image is served through a FUSE mount as one file; every read and write the kernel \
         sends is logged with its time, offset and length. Writes go to a throwaway \
-        copy-on-write overlay: the image itself is never modified. Traces feed vmt-train."
+        copy-on-write overlay: the image itself is never modified. Traces feed vmt-train.",
+    after_help = units::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -112,8 +114,8 @@ enum Cmd {
         /// Trace files.
         #[arg(required = true)]
         traces: Vec<PathBuf>,
-        /// Block size for counting distinct blocks.
-        #[arg(long, default_value_t = 4096)]
+        /// Block size for counting distinct blocks, e.g. 4096 or 4KiB.
+        #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = units::parse_size_u32)]
         block_size: u32,
     },
     /// Compare tasks across traces: per task label its runs, distinct blocks and share of the
@@ -122,8 +124,8 @@ enum Cmd {
         /// Trace files (task runs and sessions; session segments count as runs of their task).
         #[arg(required = true)]
         traces: Vec<PathBuf>,
-        /// Block size.
-        #[arg(long, default_value_t = 4096)]
+        /// Block size, e.g. 4096 or 4KiB.
+        #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = units::parse_size_u32)]
         block_size: u32,
     },
     /// Print a trace as CSV (t_us,op,offset,len[,task] with '#' header lines).
@@ -151,9 +153,9 @@ enum Cmd {
         /// SHA-256 of --image, if known, to skip hashing it.
         #[arg(long, value_name = "HEX", requires = "image")]
         image_sha256: Option<String>,
-        /// Image size in bytes, when the image is not at hand.
-        #[arg(long)]
-        image_bytes: Option<u64>,
+        /// Image size, when the image is not at hand: bytes, or with a unit (2GiB, 2GB).
+        #[arg(long, value_name = "SIZE")]
+        image_bytes: Option<Size>,
         /// Input format.
         #[arg(long, value_enum, default_value = "auto")]
         format: Format,
@@ -164,12 +166,12 @@ enum Cmd {
     /// Benchmark the recorder's overhead: read throughput through the recording mount versus
     /// the raw image file, sequential (128 KiB) and random (4 KiB), warm and cold cache.
     Bench {
-        /// Image to read (default: a generated file of --size MiB of random bytes).
+        /// Image to read (default: a generated file of --size random bytes).
         #[arg(long)]
         image: Option<PathBuf>,
-        /// Size of the generated image in MiB.
-        #[arg(long, default_value_t = 512)]
-        size: u64,
+        /// Size of the generated image, e.g. 512MiB or 1GB (at least 1MiB).
+        #[arg(long, value_name = "SIZE", default_value = "512MiB")]
+        size: Size,
         /// Repetitions of each pass (the best is kept).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
@@ -192,7 +194,7 @@ enum Cmd {
         #[arg(long)]
         file: PathBuf,
         /// Idle time inserted at each task boundary of a session trace (e.g. 5s, 500ms).
-        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = units::parse_duration)]
         think: Duration,
         /// Evict FILE from the page cache first (a cold local disk).
         #[arg(long)]
@@ -274,7 +276,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             image_bytes,
             format,
             task,
-        } => import(&input, &out, image, image_sha256, image_bytes, format, task),
+        } => import(
+            &input,
+            &out,
+            image,
+            image_sha256,
+            image_bytes.map(Size::bytes),
+            format,
+            task,
+        ),
         Cmd::Bench {
             image,
             size,
@@ -298,55 +308,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
             } else {
-                let mut out = format!(
-                    "{}: {} reads, {:.1} MiB; completion {:.3} s = trace {:.3} s + think {:.3} s + stall {:.3} s; read latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
-                    report.trace,
-                    report.reads,
-                    report.bytes as f64 / (1 << 20) as f64,
-                    report.completion_s,
-                    report.trace_s,
-                    report.think_s,
-                    report.stall_s,
-                    report.read_p50_s * 1e3,
-                    report.read_p99_s * 1e3,
-                    report.read_max_s * 1e3
-                );
-                for s in &report.segments {
-                    out.push_str(&format!(
-                        "  {:<12} {:>6} reads  recorded {:>8.3} s  replayed {:>8.3} s  stall {:>8.3} s\n",
-                        s.task, s.reads, s.recorded_s, s.replayed_s, s.stall_s
-                    ));
-                }
-                print_stdout(&out)?;
+                print_stdout(&report.to_string())?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo(),
     }
-}
-
-/// Parses "5s", "500ms", "2m", "1.5" (seconds).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 5s or 500ms"))?;
-    let secs = match unit {
-        "ms" => v / 1e3,
-        "s" => v,
-        "m" | "min" => v * 60.0,
-        "us" => v / 1e6,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use us, ms, s, m)")),
-    };
-    if !(0.0..=1e7).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -519,131 +486,32 @@ fn control(mountpoint: &Path, line: &str) -> Result<ExitCode> {
 }
 
 fn summary_line(trace: &Trace, name: String) -> String {
-    match BlockGeometry::new(trace.image.size, 4096) {
-        Ok(g) => {
-            let s = trace.summary(&g);
-            format!(
-                "{name}: {} reads, {} writes, {} distinct 4 KiB blocks ({:.2}% of the image), {:.1} MiB read, {:.3} s",
-                s.reads,
-                s.writes,
-                s.distinct_blocks,
-                100.0 * s.distinct_blocks as f64 / s.image_blocks as f64,
-                s.read_bytes as f64 / (1 << 20) as f64,
-                s.duration_us as f64 / 1e6
-            )
-        }
-        Err(e) => format!("{name}: {e}"),
-    }
+    vmt_formats::summary::one_line(trace, &name)
+}
+
+/// Loads every trace, named by `name` (the file name, or the whole path).
+fn load_all(paths: &[PathBuf], name: impl Fn(&Path) -> String) -> Result<Vec<(String, Trace)>> {
+    paths
+        .iter()
+        .map(|p| Ok((name(p), Trace::load(p)?)))
+        .collect()
 }
 
 fn show(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "{:<28} {:<8} {:>8} {:>8} {:>10} {:>12} {:>8} {:>10}  {}\n",
-        "trace", "kind", "reads", "writes", "blocks", "bytes", "image%", "seconds", "tasks"
-    ));
-    for path in traces {
-        let t = Trace::load(path)?;
-        let g = BlockGeometry::new(t.image.size, block_size)?;
-        let s = t.summary(&g);
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into(),
-        );
-        out.push_str(&format!(
-            "{:<28} {:<8} {:>8} {:>8} {:>10} {:>12} {:>7.2}% {:>10.3}  {}\n",
-            name,
-            match t.kind {
-                TraceKind::Task => "task",
-                TraceKind::Session => "session",
-            },
-            s.reads,
-            s.writes,
-            s.distinct_blocks,
-            s.read_bytes + s.written_bytes,
-            100.0 * s.distinct_blocks as f64 / s.image_blocks as f64,
-            s.duration_us as f64 / 1e6,
-            t.tasks.join(",")
-        ));
-    }
-    print_stdout(&out)?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+    };
+    let traces = load_all(traces, file_name)?;
+    print_stdout(&vmt_formats::summary::traces_table(&traces, block_size)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Markdown tables: per task, and task-to-task similarity.
 fn tasks_table(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
-    use std::collections::BTreeMap;
-    let mut runs: BTreeMap<String, Vec<Vec<u32>>> = BTreeMap::new();
-    let mut image: Option<(ImageId, PathBuf)> = None;
-    for path in traces {
-        let t = Trace::load(path)?;
-        match &image {
-            None => image = Some((t.image, path.clone())),
-            Some((id, first)) if *id != t.image => bail!(
-                "{} belongs to another image ({}) than {} ({})",
-                path.display(),
-                t.image,
-                first.display(),
-                id
-            ),
-            Some(_) => {}
-        }
-        let g = BlockGeometry::new(t.image.size, block_size)?;
-        for (task, blocks) in t.blocks_by_task(&g) {
-            runs.entry(task.to_string()).or_default().push(blocks);
-        }
-    }
-    let Some((id, _)) = image else {
-        bail!("no traces")
-    };
-    let total = BlockGeometry::new(id.size, block_size)?.block_count() as f64;
-    let mean = |v: &[f64]| {
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
-    let mut out = String::from(
-        "| task | runs | mean distinct blocks | mean share of image | blocks in any run |\n|---|---:|---:|---:|---:|\n",
-    );
-    for (task, sets) in &runs {
-        let sizes: Vec<f64> = sets.iter().map(|s| s.len() as f64).collect();
-        let mut union: Vec<u32> = sets.concat();
-        union.sort_unstable();
-        union.dedup();
-        out.push_str(&format!(
-            "| {task} | {} | {:.0} | {:.2}% | {} |\n",
-            sets.len(),
-            mean(&sizes),
-            100.0 * mean(&sizes) / total,
-            union.len()
-        ));
-    }
-    let names: Vec<&String> = runs.keys().collect();
-    out.push_str("\nMean Jaccard similarity of block sets between runs (diagonal: between runs of the same task)\n\n|   |");
-    for n in &names {
-        out.push_str(&format!(" {n} |"));
-    }
-    out.push_str("\n|---|");
-    out.push_str(&"---:|".repeat(names.len()));
-    out.push('\n');
-    for a in &names {
-        out.push_str(&format!("| {a} |"));
-        for b in &names {
-            let mut sims = Vec::new();
-            for (i, x) in runs[*a].iter().enumerate() {
-                for (j, y) in runs[*b].iter().enumerate() {
-                    if a != b || i < j {
-                        sims.push(vmt_formats::trace::jaccard(x, y));
-                    }
-                }
-            }
-            out.push_str(&format!(" {:.2} |", mean(&sims)));
-        }
-        out.push('\n');
-    }
-    print_stdout(&out)?;
+    let traces = load_all(traces, |p| p.display().to_string())?;
+    let table = vmt_formats::summary::TaskTable::new(&traces, block_size)?;
+    print_stdout(&table.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -701,39 +569,24 @@ fn import(
 
 fn bench(
     image: Option<PathBuf>,
-    size_mib: u64,
+    size: Size,
     repeat: usize,
     against: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    use vmt_appliance::throughput::{drop_cache, measure, Pattern};
+    use vmt_appliance::throughput::{bench_image, compare};
     let tmp = tempfile::Builder::new().prefix("vmt-bench-").tempdir()?;
     let image = match image {
         Some(p) => p,
         None => {
-            let p = tmp.path().join("bench.img");
-            eprintln!("generating a {size_mib} MiB image of random bytes");
-            let mut f = std::fs::File::create(&p)?;
-            let mut state = 0x1234_5678_9abc_def1u64;
-            let mut chunk = vec![0u8; 1 << 20];
-            for _ in 0..size_mib {
-                for w in chunk.chunks_exact_mut(8) {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    w.copy_from_slice(&state.to_le_bytes());
-                }
-                std::io::Write::write_all(&mut f, &chunk)?;
-            }
-            f.sync_all()?;
-            p
+            eprintln!("generating a {size} image of random bytes");
+            bench_image(tmp.path(), size.bytes())?
         }
     };
-    let image_id = ImageId::size_only(std::fs::metadata(&image)?.len());
     let recording = match &against {
         Some(_) => None,
         None => Some(Recording::start(RecordingParams {
             image: image.clone(),
-            image_id,
+            image_id: ImageId::size_only(std::fs::metadata(&image)?.len()),
             out_dir: tmp.path().join("traces"),
             label: "bench".into(),
             kind: TraceKind::Task,
@@ -742,68 +595,29 @@ fn bench(
             threads: 4,
         })?),
     };
-    let served = match (&against, &recording) {
-        (Some(path), _) => path.clone(),
-        (None, Some(r)) => r.served_path().to_owned(),
+    let (served, what) = match (&against, &recording) {
+        (Some(path), _) => (path.clone(), "file"),
+        (None, Some(r)) => (r.served_path().to_owned(), "fuse"),
         (None, None) => unreachable!("a recording exists without --against"),
     };
-    let passes = [
-        (
-            "sequential 128 KiB",
-            Pattern::Sequential { chunk: 128 << 10 },
-        ),
-        (
-            "random 4 KiB",
-            Pattern::Random {
-                chunk: 4096,
-                count: 20_000,
-                seed: 7,
-            },
-        ),
-    ];
     println!(
         "{:<20} {:<5} {:>12} {:>12} {:>8}",
         "pattern",
         "cache",
         "raw MiB/s",
-        if against.is_some() {
-            "file MiB/s"
-        } else {
-            "fuse MiB/s"
-        },
-        if against.is_some() {
-            "file/raw"
-        } else {
-            "fuse/raw"
-        }
+        format!("{what} MiB/s"),
+        format!("{what}/raw")
     );
-    for (name, pattern) in passes {
-        for cold in [false, true] {
-            let mut best = [0f64; 2];
-            for _ in 0..repeat.max(1) {
-                for (i, path) in [&image, &served].into_iter().enumerate() {
-                    if cold {
-                        drop_cache(&image)?;
-                        if against.is_some() {
-                            drop_cache(&served)?;
-                        }
-                    } else {
-                        measure(path, Pattern::Sequential { chunk: 1 << 20 })?;
-                    }
-                    let pass = measure(path, pattern)?;
-                    best[i] = best[i].max(pass.mib_per_s());
-                }
-            }
-            println!(
-                "{:<20} {:<5} {:>12.1} {:>12.1} {:>8.3}",
-                name,
-                if cold { "cold" } else { "warm" },
-                best[0],
-                best[1],
-                best[1] / best[0]
-            );
-        }
-    }
+    compare(&image, &served, against.is_some(), repeat, |row| {
+        println!(
+            "{:<20} {:<5} {:>12.1} {:>12.1} {:>8.3}",
+            row.pattern,
+            if row.cold { "cold" } else { "warm" },
+            row.raw_mib_s,
+            row.other_mib_s,
+            row.ratio()
+        )
+    })?;
     if let Some(recording) = recording {
         let accesses = recording.accesses();
         recording.finish()?;

@@ -1,11 +1,13 @@
-//! `vmt-run`: start an appliance from the swarm. Glue over `vmt` (the `shared` crate): parse
-//! flags, build the tokio runtime, turn signals into a clean shutdown, draw progress, print
-//! errors once.
+//! `vmt-run`: start an appliance from the swarm. Glue over `vmt_runtime`: parse flags, build
+//! the tokio runtime, bind the sockets, turn signals into a clean shutdown, draw progress,
+//! print errors once.
 //!
-//! Subcommands: `seed` (serve an image), `fetch` (download it whole: the `full` strategy).
+//! Subcommands: `seed` (serve an image: `vmt_runtime::seed`), `fetch` (download it whole, the
+//! `full` strategy: `vmt_runtime::fetch`), `mount` (serve it through FUSE while it streams:
+//! `vmt_runtime::mount`), `demo` (the whole pipeline: `vmt_runtime::demo`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,13 +15,19 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use vmt_swarm::{Engine, EngineConfig, Storage, SwarmStats, Torrent};
+use vmt_formats::units::{self, Rate};
+use vmt_runtime::fetch::{FetchEvent, FetchParams};
+use vmt_runtime::mount::{MountEvent, MountIo};
+use vmt_runtime::peer_addr::PeerAddr;
+use vmt_runtime::seed::{SeedEvent, SeedParams};
+use vmt_swarm::Engine;
 
 #[derive(Parser)]
 #[command(
     name = "vmt-run",
     version,
-    about = "Start virtual appliances on demand from a BitTorrent swarm"
+    about = "Start virtual appliances on demand from a BitTorrent swarm",
+    after_help = vmt_formats::units::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -57,9 +65,9 @@ struct MountArgs {
     /// Where the image file appears (an empty directory).
     #[arg(long, value_name = "DIR")]
     mountpoint: PathBuf,
-    /// A peer to download from (repeatable).
-    #[arg(long, value_name = "ADDR")]
-    peer: Vec<SocketAddr>,
+    /// A peer to download from, as HOST:PORT (a name or an IP address; repeatable).
+    #[arg(long, value_name = "HOST:PORT")]
+    peer: Vec<PeerAddr>,
     /// Accept peers on this address (other clients can then fetch from us).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -88,18 +96,27 @@ struct MountArgs {
     /// Never upload (client-server setting).
     #[arg(long)]
     no_upload: bool,
-    /// Download limit in bytes per second (e.g. 10MiB); unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    download_limit: Option<u64>,
-    /// Upload limit in bytes per second; unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    upload_limit: Option<u64>,
+    #[command(flatten)]
+    limits: Limits,
     /// Pieces handed to the engine as the plan at a time.
     #[arg(long, value_name = "N", default_value_t = 32)]
     window: usize,
     /// FUSE worker threads.
     #[arg(long, value_name = "N", default_value_t = 4)]
     threads: usize,
+}
+
+/// The rate limits of a downloading client.
+#[derive(Args)]
+struct Limits {
+    /// Download limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
+    /// unlimited when absent.
+    #[arg(long, value_name = "RATE")]
+    download_limit: Option<Rate>,
+    /// Upload limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
+    /// unlimited when absent.
+    #[arg(long, value_name = "RATE")]
+    upload_limit: Option<Rate>,
 }
 
 #[derive(Args)]
@@ -114,24 +131,25 @@ struct SeedArgs {
     #[arg(long, value_name = "T", conflicts_with_all = ["torrent_out", "piece_size", "tracker"])]
     torrent: Option<PathBuf>,
     /// Piece size of the created torrent: a power of two from 16KiB to 16MiB.
-    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
-    piece_size: u64,
+    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = units::parse_size_u32)]
+    piece_size: u32,
     /// Where to write the created .torrent [default: IMG.torrent].
     #[arg(long, value_name = "T")]
     torrent_out: Option<PathBuf>,
     /// Announce URL to put in the created torrent (repeatable); the seeder announces to it.
     #[arg(long, value_name = "URL")]
     tracker: Vec<String>,
-    /// Upload limit in bytes per second (e.g. 10MiB); unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    upload_limit: Option<u64>,
+    /// Upload limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
+    /// unlimited when absent.
+    #[arg(long, value_name = "RATE")]
+    upload_limit: Option<Rate>,
     /// Peers uploaded to at once (rotating among interested peers).
     #[arg(long, value_name = "N", default_value_t = 4)]
     upload_slots: usize,
-    /// Also dial this peer (repeatable): for leechers that cannot dial us, e.g. Transmission,
-    /// which never dials 127.0.0.0/8 addresses.
-    #[arg(long, value_name = "ADDR")]
-    peer: Vec<SocketAddr>,
+    /// Also dial this peer, as HOST:PORT (repeatable): for leechers that cannot dial us, e.g.
+    /// Transmission, which never dials 127.0.0.0/8 addresses.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer: Vec<PeerAddr>,
 }
 
 #[derive(Args)]
@@ -139,9 +157,10 @@ struct FetchArgs {
     /// The image's .torrent.
     #[arg(long, value_name = "T")]
     torrent: PathBuf,
-    /// A peer to download from (repeatable); optional when the torrent has trackers.
-    #[arg(long, value_name = "ADDR")]
-    peer: Vec<SocketAddr>,
+    /// A peer to download from, as HOST:PORT (a name or an IP address; repeatable); optional
+    /// when the torrent has trackers.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer: Vec<PeerAddr>,
     /// The image file to write (sparse); its piece bitmap is kept in FILE.vmtbits so an
     /// interrupted fetch resumes.
     #[arg(long, value_name = "FILE")]
@@ -155,35 +174,8 @@ struct FetchArgs {
     /// Never upload (client-server setting): all bytes come from seeders.
     #[arg(long)]
     no_upload: bool,
-    /// Download limit in bytes per second (e.g. 10MiB); unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    download_limit: Option<u64>,
-    /// Upload limit in bytes per second; unlimited when absent.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
-    upload_limit: Option<u64>,
-}
-
-/// Parses "262144", "256KiB", "256K", "4MiB", "1GiB", "10MiB/s" into bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("/s");
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 256KiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use B, KiB, MiB or GiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    #[command(flatten)]
+    limits: Limits,
 }
 
 fn main() -> ExitCode {
@@ -252,187 +244,121 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
-    if !a.image.is_file() {
-        bail!("{}: no such image file", a.image.display());
-    }
-    // Bind first: a busy port fails at once, before minutes of hashing.
-    let listener = Engine::bind(a.listen).await?;
-    let (torrent, verify) = match &a.torrent {
-        Some(t) => (Torrent::load(t)?, true),
-        None => {
-            let piece = u32::try_from(a.piece_size).unwrap_or(u32::MAX);
-            eprintln!(
-                "hashing {} into {} pieces...",
-                a.image.display(),
-                indicatif::HumanBytes(piece as u64)
-            );
-            let t = Torrent::create(&a.image, piece, a.tracker.clone()).await?;
-            let out = a
-                .torrent_out
-                .clone()
-                .unwrap_or_else(|| with_suffix(&a.image, ".torrent"));
-            t.save(&out)?;
-            eprintln!("wrote {}", out.display());
-            (t, false)
+/// Binds `addr` if given, with an error naming it.
+async fn bind(addr: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+    Ok(match addr {
+        Some(addr) => Some(Engine::bind(addr).await?),
+        None => None,
+    })
+}
+
+/// Prints every `every`-th status line when there is no terminal to draw bars on, so a log
+/// still shows progress and "no reachable peer".
+struct PlainLog {
+    enabled: bool,
+    ticks: u32,
+}
+
+impl PlainLog {
+    fn new(bar: &ProgressBar) -> PlainLog {
+        PlainLog {
+            enabled: bar.is_hidden(),
+            ticks: 0,
         }
-    };
-    let (t2, img) = (torrent.clone(), a.image.clone());
-    let storage = tokio::task::spawn_blocking(move || Storage::open_seed(&img, &t2, verify))
-        .await
-        .context("verifying the image")??;
-    let config = EngineConfig {
-        peers: a.peer.clone(),
+    }
+
+    fn tick(&mut self, line: impl FnOnce() -> String) {
+        self.ticks += 1;
+        if self.enabled && self.ticks % 25 == 0 {
+            eprintln!("status: {}", line());
+        }
+    }
+}
+
+async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
+    let params = SeedParams {
+        torrent: a.torrent,
+        piece_size: a.piece_size,
+        torrent_out: a.torrent_out,
+        trackers: a.tracker,
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
-        ..Default::default()
-    };
-    let engine = Engine::start(torrent, storage, Some(listener), config);
-    eprintln!(
-        "seeding {} ({} pieces, info hash {}) on {}",
-        engine.torrent().name(),
-        engine.torrent().piece_count(),
-        engine.torrent().info_hash().as_string(),
-        a.listen
-    );
+        peers: a.peer,
+        ..SeedParams::new(a.image)
+    }
+    .check()?;
+    // Bind first: a busy port fails at once, before minutes of hashing.
+    let listener = Engine::bind(a.listen).await?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+    vmt_runtime::seed::run(params, listener, cancel, |ev| match ev {
+        SeedEvent::Progress(_) => {
+            bar.set_message(ev.to_string());
+            bar.tick();
         }
-        let st = engine.stats();
-        bar.set_message(format!(
-            "uploaded {} to {} peer(s)",
-            indicatif::HumanBytes(st.uploaded),
-            st.connected
-        ));
-        bar.tick();
-    }
+        _ => bar.suspend(|| eprintln!("{ev}")),
+    })
+    .await?;
     bar.finish_and_clear();
-    engine.shutdown().await?;
     Ok(())
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
-    let torrent = Torrent::load(&a.torrent)?;
-    if a.peer.is_empty() && torrent.trackers().is_empty() {
-        bail!("no peers: give --peer ADDR (the torrent has no trackers)");
-    }
-    let listener = match a.listen {
-        Some(addr) => Some(Engine::bind(addr).await?),
-        None => None,
-    };
-    let bits = with_suffix(&a.out, ".vmtbits");
-    let (t2, out, b2) = (torrent.clone(), a.out.clone(), bits.clone());
-    let (storage, resume) =
-        tokio::task::spawn_blocking(move || Storage::open_download(&out, &t2, &b2))
-            .await
-            .context("opening the output")??;
-    let resumed = resume.recorded + resume.rehashed_ok;
-    if resumed > 0 || resume.rehashed > 0 {
-        eprintln!(
-            "resumed {resumed} pieces from {} ({} recorded, {} of {} unrecorded re-hashed ok)",
-            a.out.display(),
-            resume.recorded,
-            resume.rehashed_ok,
-            resume.rehashed
-        );
-    }
-    let config = EngineConfig {
-        peers: a.peer.clone(),
+    let params = FetchParams {
+        peers: a.peer,
+        seed_after: a.seed,
         upload: !a.no_upload,
-        download_limit: a.download_limit,
-        upload_limit: a.upload_limit,
-        ..Default::default()
-    };
-    let engine = Engine::start(torrent, storage, listener, config);
-    let total = engine.torrent().total_length();
-    let bar = ProgressBar::new(total);
+        download_limit: a.limits.download_limit,
+        upload_limit: a.limits.upload_limit,
+        ..FetchParams::new(a.torrent, a.out)
+    }
+    .check()?;
+    let listener = bind(a.listen).await?;
+    let bar = ProgressBar::new(params.torrent().total_length());
     bar.set_style(
         ProgressStyle::with_template(
             "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} | {msg}",
         )
         .expect("valid template"),
     );
-    // Without a terminal the bar is hidden: print a status line now and then instead, so a
-    // log still shows "no reachable peer".
-    let plain = bar.is_hidden();
-    let mut ticks = 0u32;
-    let interrupted = loop {
-        if engine.is_complete() {
-            break false;
+    let mut log = PlainLog::new(&bar);
+    let result = vmt_runtime::fetch::run(params, listener, cancel, |ev| match ev {
+        FetchEvent::Progress(st) => {
+            bar.set_position(st.have_bytes);
+            bar.set_message(ev.to_string());
+            log.tick(|| format!("{}/{} pieces | {ev}", st.pieces.have, st.total_pieces));
         }
-        tokio::select! {
-            _ = cancel.cancelled() => break true,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        FetchEvent::Done(report) => {
+            bar.finish_and_clear();
+            println!("{report}");
         }
-        let st = engine.stats();
-        bar.set_position(st.have_bytes);
-        bar.set_message(status(&st));
-        ticks += 1;
-        if plain && ticks % 25 == 0 {
-            eprintln!(
-                "status: {}/{} pieces | {}",
-                st.pieces.have,
-                st.total_pieces,
-                status(&st)
-            );
-        }
-    };
+        FetchEvent::Seeding => eprintln!("seeding until Ctrl-C"),
+        _ => bar.suspend(|| eprintln!("{ev}")),
+    })
+    .await;
     bar.finish_and_clear();
-    if interrupted {
-        engine.shutdown().await?;
-        let st = engine.stats();
-        bail!(
-            "interrupted with {}/{} pieces; progress saved in {}, run again to resume",
-            st.pieces.have,
-            st.total_pieces,
-            bits.display()
-        );
-    }
-    engine.flush()?;
-    let st = engine.stats();
-    println!(
-        "done: {} verified in {}; downloaded {} bytes ({} wasted), uploaded {} bytes",
-        total,
-        a.out.display(),
-        st.downloaded,
-        st.wasted,
-        st.uploaded
-    );
-    if a.seed {
-        eprintln!("seeding until Ctrl-C");
-        cancel.cancelled().await;
-    }
-    engine.shutdown().await?;
+    result?;
     Ok(())
 }
 
 async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
-    use vmt_model::scheduler::Strategy;
-    use vmt_runtime::{Runtime, RuntimeParams};
-    let strategy = a.strategy.unwrap_or(if a.bundle.is_some() {
-        Strategy::Markov
-    } else {
-        Strategy::Stream
-    });
-    let data = a
-        .data
-        .clone()
-        .unwrap_or_else(|| with_suffix(&a.torrent, ".vmt-data"));
-    let listener = match a.listen {
-        Some(addr) => Some(Engine::bind(addr).await?),
-        None => None,
+    use vmt_runtime::mount::{default_data_dir, default_strategy};
+    let params = vmt_runtime::RuntimeParams {
+        strategy: a.strategy.unwrap_or(default_strategy(a.bundle.is_some())),
+        data_dir: a.data.unwrap_or_else(|| default_data_dir(&a.torrent)),
+        peers: vmt_runtime::peer_addr::resolve_all(&a.peer)?,
+        torrent: a.torrent,
+        bundle: a.bundle,
+        profile: a.profile,
+        oracle_trace: a.oracle_trace,
+        mountpoint: a.mountpoint,
+        upload: !a.no_upload,
+        download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
+        upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
+        window: a.window,
+        threads: a.threads,
     };
-    let status_listener = match a.status {
+    let status = match a.status {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -440,104 +366,58 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         ),
         None => None,
     };
-    if a.peer.is_empty() && a.listen.is_none() {
-        bail!("no peers: give --peer ADDR (or --listen for peers to dial us)");
-    }
-    let runtime = Runtime::start(
-        RuntimeParams {
-            torrent: a.torrent.clone(),
-            bundle: a.bundle.clone(),
-            strategy,
-            profile: a.profile.clone(),
-            oracle_trace: a.oracle_trace.clone(),
-            mountpoint: a.mountpoint.clone(),
-            data_dir: data,
-            peers: a.peer.clone(),
-            upload: !a.no_upload,
-            download_limit: a.download_limit,
-            upload_limit: a.upload_limit,
-            window: a.window,
-            threads: a.threads,
-        },
-        listener,
-    )
-    .await?;
-    let runtime = std::sync::Arc::new(runtime);
-    eprintln!(
-        "serving {} ({strategy}); Ctrl-C to unmount",
-        runtime.served_path().display()
-    );
-    if let Some(l) = status_listener {
-        // Weak: shutting down needs the runtime back from every holder.
-        let rt = std::sync::Arc::downgrade(&runtime);
-        tokio::spawn(vmt_runtime::serve_status(
-            l,
-            move || rt.upgrade().map(|r| r.status()),
-            cancel.clone(),
-        ));
-    }
+    let io = MountIo {
+        listener: bind(a.listen).await?,
+        status,
+        report: a.report,
+    };
     let bars = indicatif::MultiProgress::new();
-    let pieces = bars.add(ProgressBar::new(runtime.status().pieces_total as u64));
+    let pieces = bars.add(ProgressBar::new(0));
     pieces.set_style(
         ProgressStyle::with_template("pieces {bar:30} {pos}/{len} | {msg}")
             .expect("valid template"),
     );
     let belief = bars.add(ProgressBar::new_spinner());
     let reads = bars.add(ProgressBar::new_spinner());
-    let plain = pieces.is_hidden();
-    let mut ticks = 0u32;
-    while !cancel.is_cancelled() {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+    let mut log = PlainLog::new(&pieces);
+    let report = vmt_runtime::mount::run(params, io, cancel, |ev| match ev {
+        MountEvent::Serving { path, strategy } => {
+            eprintln!("serving {} ({strategy}); Ctrl-C to unmount", path.display())
         }
-        let st = runtime.status();
-        pieces.set_position(st.pieces_present as u64);
-        pieces.set_message(format!(
-            "{} in flight | {}",
-            st.pieces_in_flight, st.peer_status
-        ));
-        belief.set_message(match &st.profile {
-            Some((name, b)) => format!(
-                "profile {name} (belief {b:.2}), {} switches",
-                st.profile_switches.len().saturating_sub(1)
-            ),
-            None => format!("strategy {}", st.strategy),
-        });
-        reads.set_message(format!(
-            "reads {} hit / {} missed, {} waiting | stalls {} totalling {:.2} s",
-            st.read_hits, st.read_misses, st.parked_now, st.stalls.count, st.stalls.total_s
-        ));
-        ticks += 1;
-        if plain && ticks % 25 == 0 {
-            eprintln!(
-                "status: {}/{} pieces, {} | {} misses, stalls {:.2} s",
-                st.pieces_present,
-                st.pieces_total,
-                st.peer_status,
-                st.read_misses,
-                st.stalls.total_s
-            );
+        MountEvent::Status(st) => {
+            pieces.set_length(st.pieces_total as u64);
+            pieces.set_position(st.pieces_present as u64);
+            pieces.set_message(format!(
+                "{} in flight | {}",
+                st.pieces_in_flight, st.peer_status
+            ));
+            belief.set_message(match &st.profile {
+                Some((name, b)) => format!(
+                    "profile {name} (belief {b:.2}), {} switches",
+                    st.profile_switches.len().saturating_sub(1)
+                ),
+                None => format!("strategy {}", st.strategy),
+            });
+            reads.set_message(format!(
+                "reads {} hit / {} missed, {} waiting | stalls {} totalling {:.2} s",
+                st.read_hits, st.read_misses, st.parked_now, st.stalls.count, st.stalls.total_s
+            ));
+            log.tick(|| {
+                format!(
+                    "{}/{} pieces, {} | {} misses, stalls {:.2} s",
+                    st.pieces_present,
+                    st.pieces_total,
+                    st.peer_status,
+                    st.read_misses,
+                    st.stalls.total_s
+                )
+            });
         }
-    }
+        _ => {}
+    })
+    .await;
     bars.clear().ok();
-    // A status request in progress may hold the runtime for a moment.
-    let mut runtime = runtime;
-    let runtime = loop {
-        match std::sync::Arc::try_unwrap(runtime) {
-            Ok(r) => break r,
-            Err(shared) => {
-                runtime = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    let report = runtime.shutdown().await?;
-    if let Some(path) = &a.report {
-        let json = serde_json::to_vec_pretty(&report)?;
-        vmt_formats::envelope::write_atomically(path, &json)
-            .with_context(|| format!("writing the report {}", path.display()))?;
-    }
+    let report = report?;
     eprintln!(
         "unmounted: {} reads ({} waited), {} stalls totalling {:.2} s, downloaded {}, uploaded {}",
         report.read_hits + report.read_misses,
@@ -584,17 +464,7 @@ impl vmt_runtime::demo::DemoUi for DemoBars {
 }
 
 async fn demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<()> {
-    let temp;
-    let dir = match keep {
-        Some(d) => {
-            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-            d
-        }
-        None => {
-            temp = vmt_runtime::demo::default_dir().context("creating a temp dir")?;
-            temp.path().to_owned()
-        }
-    };
+    let dir = vmt_runtime::demo::Workdir::new(keep).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bars = indicatif::MultiProgress::new();
     let steps = bars.add(ProgressBar::new_spinner());
     steps.enable_steady_tick(Duration::from_millis(120));
@@ -613,59 +483,14 @@ async fn demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let rows = tokio::select! {
-        r = vmt_runtime::demo::run(&dir, &ui) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
+        r = vmt_runtime::demo::run(dir.path(), &ui) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
         _ = cancel.cancelled() => bail!("interrupted"),
     };
     bars.clear().ok();
-    let full = rows
-        .iter()
-        .find(|r| r.strategy == vmt_model::scheduler::Strategy::Full)
-        .map_or(f64::NAN, |r| r.completion_s);
+    println!("\n{}", vmt_runtime::demo::table(&rows));
     println!(
-        "\nheld-out session ({} s think between tasks), {} Mbit/s seeder:\n",
-        vmt_runtime::demo::DEMO_THINK.as_secs(),
-        vmt_runtime::demo::DEMO_RATE * 8 / 1_000_000
-    );
-    println!(
-        "{:<10} {:>14} {:>10} {:>12}",
-        "strategy", "completion s", "stall s", "vs full"
-    );
-    for r in &rows {
-        println!(
-            "{:<10} {:>14.2} {:>10.2} {:>11.2}x",
-            r.strategy.name(),
-            r.completion_s,
-            r.stall_s,
-            full / r.completion_s
-        );
-    }
-    println!(
-        "\n(demo finished in {:.0} s)",
+        "(demo finished in {:.0} s)",
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn status(st: &SwarmStats) -> String {
-    format!(
-        "{} in flight, {}, up {}",
-        st.pieces.in_flight,
-        st.peer_status(),
-        indicatif::HumanBytes(st.uploaded)
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("262144"), Ok(262144));
-        assert_eq!(parse_size("256KiB"), Ok(262144));
-        assert_eq!(parse_size("4MiB/s"), Ok(4 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("KiB").is_err());
-    }
 }

@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use vmt_formats::image::BlockGeometry;
 use vmt_formats::trace::{Trace, TRACE_EXTENSION};
+use vmt_formats::units::{self, Rate, Size};
 use vmt_model::cluster::ClusterParams;
 use vmt_model::curve::{evaluate_trace_curve, size_curve, Curve, CurveParams, CURVE_STRATEGIES};
 use vmt_model::evaluate::{
@@ -26,11 +27,9 @@ use vmt_model::scheduler::Strategy;
 use vmt_model::simulate::LinkParams;
 use vmt_model::synth::{SynthImage, SynthParams};
 
-mod units;
-
 /// Train schedule profiles from traces, inspect them, and evaluate them in a simulator.
 #[derive(Parser)]
-#[command(name = "vmt-train", version, about)]
+#[command(name = "vmt-train", version, about, after_help = units::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,6 +43,7 @@ enum Command {
     /// by the blocks they read (Jaccard), each cluster becomes a profile (blocks above the
     /// support cutoff, in expected first-access order), and transitions between profiles are
     /// learned from sessions and from task runs recorded back to back.
+    #[command(after_help = units::HELP)]
     Fit {
         /// Trace files (.vmtrace or .csv) or directories holding them; all of one image.
         #[arg(long, num_args = 1.., required = true, value_name = "DIR_OR_FILE")]
@@ -51,8 +51,8 @@ enum Command {
         /// Where to write the bundle.
         #[arg(long, value_name = "BUNDLE.vmtp")]
         out: PathBuf,
-        /// Block size profiles are kept in (a power of two, at least 512 bytes).
-        #[arg(long, default_value = "4KiB", value_parser = units::parse_size_u32)]
+        /// Block size profiles are kept in (a power of two, at least 512 bytes), e.g. 4KiB.
+        #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = units::parse_size_u32)]
         block_size: u32,
         /// Number of profiles: `auto` chooses from the data (silhouette; never merges clearly
         /// different block sets), or a number for k-means with that many.
@@ -86,6 +86,7 @@ enum Command {
     /// belief's top profile was the trace's task.
     ///
     /// With --curve: the piece-size curve instead (see --curve).
+    #[command(after_help = units::HELP)]
     Eval {
         /// The bundle to evaluate. With --cv it only supplies the fit settings (default: the
         /// fit defaults) and is never used for figures.
@@ -94,12 +95,11 @@ enum Command {
         /// Trace files or directories to replay.
         #[arg(long, num_args = 1.., required = true, value_name = "DIR_OR_FILE")]
         traces: Vec<PathBuf>,
-        /// Link bandwidth: e.g. 100Mbit, 1Gbit, 12.5MB/s.
-        #[arg(long, default_value = "100Mbit", value_parser = units::parse_bandwidth)]
-        bandwidth: f64,
-        /// Piece size of the torrent: a power of two from 16KiB to 16MiB, as `vmt-run seed`
-        /// makes them.
-        #[arg(long, default_value = "256KiB", value_parser = units::parse_size_u32)]
+        /// Link bandwidth in bits (100Mbit, 1Gbit) or bytes (12.5MB/s, 10MiB/s) per second.
+        #[arg(long, value_name = "RATE", default_value = "100Mbit")]
+        bandwidth: Rate,
+        /// Piece size of the torrent, e.g. 256KiB (= 262144 bytes; 256KB is 256000).
+        #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = units::parse_size_u32)]
         piece_size: u32,
         /// The torrent has a block-hash table: the mount verifies blocks of this size on their
         /// own, so a read that misses waits only for the blocks it covers [default when given
@@ -119,7 +119,7 @@ enum Command {
         #[arg(long, default_value = "500us", value_parser = units::parse_duration_us)]
         rtt: u64,
         /// Idle time inserted at each task boundary of a session trace (e.g. 5s, 500ms).
-        #[arg(long, default_value = "0s", value_parser = units::parse_duration_us)]
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = units::parse_duration_us)]
         think: u64,
         /// Leave-one-run-out: refit without each trace before replaying it, so no figure
         /// comes from training data.
@@ -136,8 +136,9 @@ enum Command {
         /// (reads of blocks common to most tasks, such as boot, are not counted).
         #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
         accuracy_after: Vec<usize>,
-        /// Idle gap between reads taken as a task boundary by the online belief.
-        #[arg(long, default_value = "1s", value_parser = units::parse_duration_us)]
+        /// Idle gap between reads taken as a task boundary by the online belief (e.g. 1s,
+        /// 500ms).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = units::parse_duration_us)]
         boundary_gap: u64,
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -155,13 +156,14 @@ enum Command {
         curve: bool,
     },
     /// Write synthetic traces (task runs and sessions of a generated image) to a directory.
+    #[command(after_help = units::HELP)]
     Synth {
         /// Output directory (created).
         #[arg(long)]
         out: PathBuf,
-        /// Image size.
-        #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
-        image_size: u64,
+        /// Image size, e.g. 64MiB or 1GB.
+        #[arg(long, value_name = "SIZE", default_value = "64MiB")]
+        image_size: Size,
         /// Number of distinct tasks.
         #[arg(long, default_value_t = 4)]
         tasks: usize,
@@ -174,8 +176,8 @@ enum Command {
         /// Tasks per session.
         #[arg(long, default_value_t = 4)]
         session_len: usize,
-        /// Compute pause between a task's files.
-        #[arg(long, default_value = "20ms", value_parser = units::parse_duration_us)]
+        /// Compute pause between a task's files (e.g. 20ms, 1s).
+        #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = units::parse_duration_us)]
         compute: u64,
         /// Layout seed.
         #[arg(long, default_value_t = 1)]
@@ -185,14 +187,14 @@ enum Command {
         csv: bool,
     },
     /// Benchmark: fit synthetic traces in memory, print fit time and peak memory (VmHWM).
-    #[command(hide = true)]
+    #[command(hide = true, after_help = units::HELP)]
     BenchFit {
         /// Number of traces.
         #[arg(long, default_value_t = 1000)]
         traces: usize,
-        /// Image size.
-        #[arg(long, default_value = "1GiB", value_parser = units::parse_size)]
-        image_size: u64,
+        /// Image size, e.g. 1GiB.
+        #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+        image_size: Size,
         /// Distinct tasks.
         #[arg(long, default_value_t = 16)]
         tasks: usize,
@@ -272,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
             // The curve sets its own piece sizes and checks its block size per point.
             let granularity = Granularity::new(piece_size, if curve { None } else { block_table })?;
             let link = LinkParams {
-                bits_per_s: bandwidth,
+                bits_per_s: bandwidth.bits_per_s() as f64,
                 think_us: think,
                 rtt_us: rtt,
             };
@@ -303,7 +305,7 @@ fn run(cli: Cli) -> Result<()> {
             csv,
         } => synth(
             &out,
-            SynthParams::new(image_size, tasks)
+            SynthParams::new(image_size.bytes(), tasks)
                 .seed(seed)
                 .compute_us(compute),
             runs,
@@ -315,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             traces,
             image_size,
             tasks,
-        } => bench_fit(traces, image_size, tasks),
+        } => bench_fit(traces, image_size.bytes(), tasks),
     }
 }
 

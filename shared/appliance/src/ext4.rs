@@ -20,6 +20,14 @@ pub enum ApplianceError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// A generated image would be too small to measure anything.
+    #[error("a generated image of {size} bytes is too small to measure: give at least {min} bytes (e.g. 512MiB)")]
+    ImageTooSmall {
+        /// The size asked for.
+        size: u64,
+        /// The least accepted.
+        min: u64,
+    },
     /// An external tool is missing or failed.
     #[error("{tool}: {message}")]
     Tool {
@@ -100,20 +108,6 @@ pub struct DemoAppliance {
     pub tasks: Vec<DemoTask>,
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so images are reproducible and incompressible.
-fn fill(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Builds the demo appliance in `dir` (`dir/root` holds the files, `dir/demo.img` the image).
 pub fn build_demo(dir: &Path) -> Result<DemoAppliance, ApplianceError> {
     let root = dir.join("root");
@@ -126,7 +120,8 @@ pub fn build_demo(dir: &Path) -> Result<DemoAppliance, ApplianceError> {
         }
         let mut f = std::fs::File::create(&path).map_err(io_err(&path))?;
         seed += 1;
-        f.write_all(&fill(seed, len)).map_err(io_err(&path))?;
+        f.write_all(&crate::content::bytes(seed, len))
+            .map_err(io_err(&path))?;
         Ok(rel.to_string())
     };
     let mut common = vec![

@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use vmt_formats::trace::{Op, Trace};
 
@@ -30,7 +30,7 @@ pub struct ReplayParams {
 }
 
 /// Timing of one task segment.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SegmentReport {
     /// Task label.
     pub task: String,
@@ -44,8 +44,9 @@ pub struct SegmentReport {
     pub stall_s: f64,
 }
 
-/// Result of a replay.
-#[derive(Clone, Debug, Serialize)]
+/// Result of a replay, as `vmt-record replay --json` prints it and `vmt-bench` reads it back.
+/// Its `Display` is the human report: a summary line, then a line per task segment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplayReport {
     /// The trace's label.
     pub trace: String,
@@ -69,6 +70,33 @@ pub struct ReplayReport {
     pub read_max_s: f64,
     /// Per task segment.
     pub segments: Vec<SegmentReport>,
+}
+
+impl std::fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: {} reads, {:.1} MiB; completion {:.3} s = trace {:.3} s + think {:.3} s + stall {:.3} s; read latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.trace,
+            self.reads,
+            self.bytes as f64 / (1 << 20) as f64,
+            self.completion_s,
+            self.trace_s,
+            self.think_s,
+            self.stall_s,
+            self.read_p50_s * 1e3,
+            self.read_p99_s * 1e3,
+            self.read_max_s * 1e3
+        )?;
+        for s in &self.segments {
+            writeln!(
+                f,
+                "  {:<12} {:>6} reads  recorded {:>8.3} s  replayed {:>8.3} s  stall {:>8.3} s",
+                s.task, s.reads, s.recorded_s, s.replayed_s, s.stall_s
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Replays `trace`'s reads against `path`. See the module doc.

@@ -7,6 +7,9 @@
 //!   checksum), and atomic writes. Loading a file of another image, a newer version, or a
 //!   truncated or corrupt file is an error that names the file.
 //! - [`trace`]: recorded block accesses (`.vmtrace`), and their CSV / blkparse interchange.
+//! - [`summary`]: traces summarised for people: a line, a table, tasks compared.
+//! - [`units`]: sizes (`KiB` = 1024, `KB` = 1000), rates (bits or bytes per second) and
+//!   durations as every vmt tool's flags take them.
 //!
 //! # Example
 //!
@@ -44,4 +47,6 @@
 
 pub mod envelope;
 pub mod image;
+pub mod summary;
 pub mod trace;
+pub mod units;

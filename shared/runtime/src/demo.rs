@@ -357,3 +357,63 @@ pub async fn run(dir: &Path, ui: &(dyn DemoUi + 'static)) -> Result<Vec<DemoRow>
 pub fn default_dir() -> std::io::Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix("vmt-demo-").tempdir()
 }
+
+/// The demo's working directory: the one asked for (created, and kept afterwards), or a temp
+/// dir removed when this is dropped.
+pub struct Workdir {
+    path: std::path::PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Workdir {
+    /// `keep` (created if missing), or a fresh temp dir.
+    pub fn new(keep: Option<std::path::PathBuf>) -> Result<Workdir, DemoError> {
+        match keep {
+            Some(path) => {
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| format!("creating {}: {e}", path.display()))?;
+                Ok(Workdir { path, _temp: None })
+            }
+            None => {
+                let temp = default_dir().map_err(|e| format!("creating a temp dir: {e}"))?;
+                Ok(Workdir {
+                    path: temp.path().to_owned(),
+                    _temp: Some(temp),
+                })
+            }
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The comparison table the demo ends with: each strategy's completion and stall time on the
+/// held-out session, and its speed-up over `full`.
+pub fn table(rows: &[DemoRow]) -> String {
+    let full = rows
+        .iter()
+        .find(|r| r.strategy == Strategy::Full)
+        .map_or(f64::NAN, |r| r.completion_s);
+    let mut out = format!(
+        "held-out session ({} s think between tasks), {} Mbit/s seeder:\n\n{:<10} {:>14} {:>10} {:>12}\n",
+        DEMO_THINK.as_secs(),
+        DEMO_RATE * 8 / 1_000_000,
+        "strategy",
+        "completion s",
+        "stall s",
+        "vs full"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<10} {:>14.2} {:>10.2} {:>11.2}x\n",
+            r.strategy.name(),
+            r.completion_s,
+            r.stall_s,
+            full / r.completion_s
+        ));
+    }
+    out
+}

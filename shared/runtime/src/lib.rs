@@ -15,8 +15,13 @@
 #![deny(missing_docs)]
 
 pub mod demo;
+pub mod fetch;
+pub mod mount;
+mod paths;
+pub mod peer_addr;
 mod planner;
 mod report;
+pub mod seed;
 mod source;
 
 use std::net::SocketAddr;

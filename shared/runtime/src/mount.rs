@@ -1,0 +1,134 @@
+//! `vmt-run mount`: a [`Runtime`] from start to report.
+//!
+//! [`run`] starts the runtime on the listeners it is handed, serves the live [`Status`] as
+//! JSON if asked, reports [`MountEvent`]s for the caller to draw until the cancellation token
+//! fires, then shuts down cleanly and writes the report. The defaults of the flags the user
+//! may leave out are here too ([`default_strategy`], [`default_data_dir`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vmt_model::scheduler::Strategy;
+
+use crate::{paths, serve_status, Runtime, RuntimeError, RuntimeParams, Status};
+
+/// How often a [`MountEvent::Status`] is reported: often enough for a live display.
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The strategy when none is given: `markov` with a bundle, else `stream`.
+pub fn default_strategy(has_bundle: bool) -> Strategy {
+    if has_bundle {
+        Strategy::Markov
+    } else {
+        Strategy::Stream
+    }
+}
+
+/// The data directory when none is given: `T.vmt-data` beside the torrent `T`.
+pub fn default_data_dir(torrent: &Path) -> PathBuf {
+    paths::data_dir_for(torrent)
+}
+
+/// The sockets and files of a mount besides its [`RuntimeParams`].
+#[derive(Debug, Default)]
+pub struct MountIo {
+    /// Accept peers here (other clients can then fetch from us).
+    pub listener: Option<TcpListener>,
+    /// Serve the live status as JSON over HTTP here.
+    pub status: Option<TcpListener>,
+    /// Write the final status here as JSON.
+    pub report: Option<PathBuf>,
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MountError {
+    /// No peer to dial and none can dial us.
+    #[error("no peers: give --peer HOST:PORT (or --listen for peers to dial us)")]
+    NoPeers,
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The report could not be written.
+    #[error("writing the report {}", path.display())]
+    Report {
+        /// The report file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a mount reports as it goes.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MountEvent<'a> {
+    /// The image is mounted and served.
+    Serving {
+        /// The image file as the mount shows it.
+        path: &'a Path,
+        /// The strategy.
+        strategy: Strategy,
+    },
+    /// The live status, every [`STATUS_INTERVAL`].
+    Status(&'a Status),
+}
+
+/// Mounts, serves until `cancel` fires, unmounts, and returns the final status (also written
+/// to `io.report`). See the module doc.
+pub async fn run(
+    params: RuntimeParams,
+    io: MountIo,
+    cancel: CancellationToken,
+    mut on: impl FnMut(MountEvent<'_>),
+) -> Result<Status, MountError> {
+    if params.peers.is_empty() && io.listener.is_none() {
+        return Err(MountError::NoPeers);
+    }
+    let strategy = params.strategy;
+    let runtime = Arc::new(Runtime::start(params, io.listener).await?);
+    on(MountEvent::Serving {
+        path: runtime.served_path(),
+        strategy,
+    });
+    if let Some(l) = io.status {
+        // Weak: shutting down needs the runtime back from every holder.
+        let rt = Arc::downgrade(&runtime);
+        tokio::spawn(serve_status(
+            l,
+            move || rt.upgrade().map(|r| r.status()),
+            cancel.clone(),
+        ));
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+        }
+        on(MountEvent::Status(&runtime.status()));
+    }
+    // A status request in progress may hold the runtime for a moment.
+    let mut runtime = runtime;
+    let runtime = loop {
+        match Arc::try_unwrap(runtime) {
+            Ok(r) => break r,
+            Err(shared) => {
+                runtime = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let report = runtime.shutdown().await?;
+    if let Some(path) = io.report {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(std::io::Error::from)
+            .and_then(|json| vmt_formats::envelope::write_atomically(&path, &json));
+        written.map_err(|source| MountError::Report { path, source })?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,244 @@
+//! `vmt-run seed`: serve an image to the swarm until cancelled.
+//!
+//! [`SeedParams`] is what the user asked for; [`SeedParams::check`] refuses what cannot work
+//! (no image file, a peer name that does not resolve) before anything slow, and gives a
+//! [`ValidSeedParams`]. [`run`] then makes or loads the torrent (hashing the image), opens it
+//! verified, and seeds on the listener it is handed until the cancellation token fires. The
+//! caller binds the listener first, so a busy port fails at once rather than after minutes of
+//! hashing, and tests can bind `127.0.0.1:0`. What happens along the way is reported as
+//! [`SeedEvent`]s for the caller to draw.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vmt_formats::units::{human_bytes, Rate, Size};
+use vmt_swarm::{Engine, EngineConfig, Storage, SwarmError, SwarmStats, Torrent};
+
+use crate::paths;
+use crate::peer_addr::{resolve_all, PeerAddr, PeerAddrError};
+
+/// How often a [`SeedEvent::Progress`] is reported: a seeder's figures change slowly.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What to seed and how. Build with [`SeedParams::new`] and set what differs.
+#[derive(Clone, Debug)]
+pub struct SeedParams {
+    /// The image file to serve (read-only).
+    pub image: PathBuf,
+    /// An existing `.torrent` to serve the image under (the image is verified against it);
+    /// `None` creates one from the image.
+    pub torrent: Option<PathBuf>,
+    /// Piece size of a created torrent: a power of two from 16 KiB to 16 MiB. Default 256 KiB.
+    pub piece_size: u32,
+    /// Where to write a created torrent; `None` = `IMG.torrent`.
+    pub torrent_out: Option<PathBuf>,
+    /// Announce URLs to put in a created torrent; the seeder announces to them.
+    pub trackers: Vec<String>,
+    /// Upload limit; `None` = unlimited.
+    pub upload_limit: Option<Rate>,
+    /// Peers uploaded to at once. Default 4.
+    pub upload_slots: usize,
+    /// Peers to dial as well, for leechers that cannot dial us.
+    pub peers: Vec<PeerAddr>,
+}
+
+impl SeedParams {
+    /// Seeding `image` under a new torrent with the defaults above.
+    pub fn new(image: PathBuf) -> SeedParams {
+        SeedParams {
+            image,
+            torrent: None,
+            piece_size: 256 << 10,
+            torrent_out: None,
+            trackers: Vec::new(),
+            upload_limit: None,
+            upload_slots: EngineConfig::default().upload_slots,
+            peers: Vec::new(),
+        }
+    }
+
+    /// Checks the image exists and resolves the peers.
+    pub fn check(self) -> Result<ValidSeedParams, SeedError> {
+        if !self.image.is_file() {
+            return Err(SeedError::NoImage { path: self.image });
+        }
+        let peers = resolve_all(&self.peers)?;
+        let torrent = match self.torrent {
+            Some(path) => TorrentSource::Load(path),
+            None => TorrentSource::Create {
+                out: self
+                    .torrent_out
+                    .unwrap_or_else(|| paths::torrent_for(&self.image)),
+                piece_size: self.piece_size,
+                trackers: self.trackers,
+            },
+        };
+        Ok(ValidSeedParams {
+            image: self.image,
+            torrent,
+            config: EngineConfig {
+                peers,
+                upload_limit: self.upload_limit.map(Rate::bytes_per_s),
+                upload_slots: self.upload_slots,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+/// Where the torrent comes from.
+#[derive(Clone, Debug)]
+enum TorrentSource {
+    Load(PathBuf),
+    Create {
+        out: PathBuf,
+        piece_size: u32,
+        trackers: Vec<String>,
+    },
+}
+
+/// [`SeedParams`] that passed [`SeedParams::check`].
+#[derive(Clone, Debug)]
+pub struct ValidSeedParams {
+    image: PathBuf,
+    torrent: TorrentSource,
+    config: EngineConfig,
+}
+
+/// Why seeding could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SeedError {
+    /// The image is missing or not a file.
+    #[error("{}: no such image file", path.display())]
+    NoImage {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A peer address is unusable.
+    #[error(transparent)]
+    Peer(#[from] PeerAddrError),
+    /// The torrent, the image or the engine failed.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// Verifying the image against the torrent did not finish.
+    #[error("verifying the image: {0}")]
+    Verify(#[from] tokio::task::JoinError),
+}
+
+/// What seeding reports as it goes.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SeedEvent<'a> {
+    /// The image is being hashed into a new torrent (the slow part for a large image).
+    Hashing {
+        /// The image.
+        image: &'a Path,
+        /// The piece size.
+        piece_size: u32,
+    },
+    /// The new torrent was written.
+    TorrentWritten(&'a Path),
+    /// The image is verified and the engine serves it.
+    Seeding {
+        /// The torrent's name.
+        name: &'a str,
+        /// Its pieces.
+        pieces: u32,
+        /// Its info hash, hex.
+        info_hash: String,
+        /// Where peers are accepted.
+        listen: Option<SocketAddr>,
+    },
+    /// The figures, every [`PROGRESS_INTERVAL`].
+    Progress(&'a SwarmStats),
+}
+
+impl fmt::Display for SeedEvent<'_> {
+    /// The line to show for the event.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeedEvent::Hashing { image, piece_size } => write!(
+                f,
+                "hashing {} into {} pieces...",
+                image.display(),
+                Size::from_bytes(u64::from(*piece_size))
+            ),
+            SeedEvent::TorrentWritten(path) => write!(f, "wrote {}", path.display()),
+            SeedEvent::Seeding {
+                name,
+                pieces,
+                info_hash,
+                listen,
+            } => {
+                write!(f, "seeding {name} ({pieces} pieces, info hash {info_hash})")?;
+                match listen {
+                    Some(addr) => write!(f, " on {addr}"),
+                    None => Ok(()),
+                }
+            }
+            SeedEvent::Progress(st) => write!(
+                f,
+                "uploaded {} to {} peer(s)",
+                human_bytes(st.uploaded),
+                st.connected
+            ),
+        }
+    }
+}
+
+/// Seeds until `cancel` fires, accepting peers on `listener`; returns the final figures. See
+/// the module doc.
+pub async fn run(
+    params: ValidSeedParams,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    mut on: impl FnMut(SeedEvent<'_>),
+) -> Result<SwarmStats, SeedError> {
+    let ValidSeedParams {
+        image,
+        torrent,
+        config,
+    } = params;
+    let (torrent, verify) = match torrent {
+        TorrentSource::Load(path) => (Torrent::load(&path)?, true),
+        TorrentSource::Create {
+            out,
+            piece_size,
+            trackers,
+        } => {
+            on(SeedEvent::Hashing {
+                image: &image,
+                piece_size,
+            });
+            let t = Torrent::create(&image, piece_size, trackers).await?;
+            t.save(&out)?;
+            on(SeedEvent::TorrentWritten(&out));
+            (t, false)
+        }
+    };
+    let (t2, img) = (torrent.clone(), image.clone());
+    let storage =
+        tokio::task::spawn_blocking(move || Storage::open_seed(&img, &t2, verify)).await??;
+    let listen = listener.local_addr().ok();
+    let engine = Engine::start(torrent, storage, Some(listener), config);
+    on(SeedEvent::Seeding {
+        name: engine.torrent().name(),
+        pieces: engine.torrent().piece_count(),
+        info_hash: engine.torrent().info_hash().as_string(),
+        listen,
+    });
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(PROGRESS_INTERVAL) => {}
+        }
+        on(SeedEvent::Progress(&engine.stats()));
+    }
+    engine.shutdown().await?;
+    Ok(engine.stats())
+}
