@@ -57,7 +57,7 @@ impl Drop for Proc {
             }
         }
         if let Some(m) = &self.mountpoint {
-            if vmt_fs::fusefs::is_mounted(m) {
+            if vmt_fs::is_mounted(m) {
                 let _ = Command::new("umount").arg("-l").arg(m).status();
             }
         }
@@ -174,7 +174,7 @@ impl Client {
         let status = self.proc.sigterm();
         assert!(status.success(), "vmt-run mount exit: {status:?}");
         assert!(
-            !vmt_fs::fusefs::is_mounted(&self.mountpoint),
+            !vmt_fs::is_mounted(&self.mountpoint),
             "no stale mount after SIGTERM"
         );
         serde_json::from_slice(&std::fs::read(&self.report).expect("report written")).unwrap()
@@ -576,7 +576,7 @@ fn bad_input_is_a_clear_error_and_never_a_hang() {
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success());
     assert!(stderr.contains("FUSE is not available"), "{stderr}");
-    assert!(!vmt_fs::fusefs::is_mounted(&mnt));
+    assert!(!vmt_fs::is_mounted(&mnt));
 }
 
 #[test]
@@ -614,5 +614,5 @@ fn unreachable_peer_is_reported_and_retried() {
     });
     let status = proc.sigterm();
     assert!(status.success());
-    assert!(!vmt_fs::fusefs::is_mounted(&mnt));
+    assert!(!vmt_fs::is_mounted(&mnt));
 }

@@ -1,14 +1,69 @@
-//! vmt's filesystem: one appliance image served as one file.
+//! vmt's filesystem: one appliance image served as one file, with a FUSE-free core and a thin
+//! fuser adapter, so the whole read path is tested without root.
+//!
+//! # The way of one read
+//!
+//! ```text
+//! FUSE read ─► fuse adapter ─► ImageFs::read: clip, observe, missing units (computed once)
+//!                                │ none: pread + overlay patch + reply, on the FUSE thread
+//!                                └ some: park (reply, range) on those units ─► source.demand
+//! source (swarm): unit verified, marked present ─► UnitsReadySender::units_ready
+//!   ─► ReplyPool thread ─► ImageFs::release: unpark reads with all units ─► pread + patch + reply
+//! shutdown: ImageFs::close answers every parked read with EIO, then unmount
+//! ```
+//!
+//! A read never holds a FUSE worker while it waits, and a reply is never made on a network
+//! task. [`ParkedReads`] is the only wait table: several reads of one unit share its fetch, and
+//! a partial-block write that needs pristine bytes waits in the same table.
 //!
 //! # Layout
-//! - [`fusefs`]: the filesystem over a pristine source and the copy-on-write overlay, and
-//!   mounting it.
-//! - [`overlay`]: the copy-on-write overlay that takes the VM's writes.
-//! - [`parked`]: reads parked on missing data, released when it lands.
-//! - [`record`]: recording a task or session through [`fusefs`] into a trace.
+//! - `source`: [`PristineSource`], where pristine bytes come from, by unit of presence
+//!   (lock-free presence, non-blocking demand); [`FileSource`], the recorder's local image.
+//! - `inode`: the fixed namespace ([`Node`], [`Attr`], [`CONTROL_FILE`]).
+//! - `image_fs`: the core [`ImageFs`]: attributes, lookup, open, readdir, overlay writes,
+//!   fsync; [`AccessObserver`] sees every access.
+//! - `read`: the read path of [`ImageFs`]: serve, park, release, close; [`ReadReply`].
+//! - `parked`: [`ParkedReads`], the race-free wait table keyed by unit.
+//! - `release`: the [`ReplyPool`] threads and the [`units_ready_channel`] that feeds them.
+//! - `stats`, `histogram`: read counters and the stall-time [`LatencyHistogram`].
+//! - `overlay`: the copy-on-write [`Overlay`] that takes the VM's writes.
+//! - `error`: [`FsError`] and the one table from errors to errnos.
+//! - `fuse`: the fuser adapter ([`FuseReply`], [`FuseImageFs`]); `mount`: [`mount`],
+//!   [`Mounted`], [`check_mountpoint`], [`is_mounted`].
+//! - `record`: recording a task or session through the filesystem into a trace
+//!   ([`Recording`]).
 #![deny(missing_docs)]
 
-pub mod fusefs;
-pub mod overlay;
-pub mod parked;
-pub mod record;
+mod error;
+mod fuse;
+mod histogram;
+mod image_fs;
+mod inode;
+mod mount;
+mod overlay;
+mod parked;
+mod read;
+mod record;
+mod release;
+mod source;
+mod stats;
+#[cfg(test)]
+mod testutil;
+
+pub use error::FsError;
+pub use fuse::{FuseImageFs, FuseReply};
+pub use histogram::{LatencyHistogram, LatencySummary};
+pub use image_fs::{AccessObserver, ControlHandler, ImageFs, ImageFsOptions, PRISTINE_WAIT};
+pub use inode::{Attr, Node, PageCache, CONTROL_FILE};
+pub use mount::{check_mountpoint, is_mounted, mount, MountError, Mounted};
+pub use overlay::{Overlay, OverlayError, OVERLAY_BLOCK, OVERLAY_MAP_FILE};
+pub use parked::{Park, ParkedReads, Released};
+pub use read::ReadReply;
+pub use record::{
+    validate_task_name, RecordError, Recorder, Recording, RecordingParams, CHECKPOINT_INTERVAL,
+};
+pub use release::{
+    units_ready_channel, ReplyPool, UnitsReady, UnitsReadyReceiver, UnitsReadySender,
+};
+pub use source::{FileSource, PristineSource};
+pub use stats::ReadStatsSnapshot;
