@@ -16,6 +16,49 @@
 //! task. [`ParkedReads`] is the only wait table: several reads of one unit share its fetch, and
 //! a partial-block write that needs pristine bytes waits in the same table.
 //!
+//! # Example
+//!
+//! The core over a local image, answered through a [`ReadReply`] of our own (FUSE uses
+//! [`FuseReply`]); a write lands in the overlay and the image file stays untouched:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::{Arc, Mutex};
+//! use vmt_formats::image::ImageId;
+//! use vmt_fs::{FileSource, FsError, ImageFs, ImageFsOptions, Overlay, ReadReply, PRISTINE_WAIT};
+//!
+//! /// Keeps what a read was answered with.
+//! struct Keep(Arc<Mutex<Option<Result<Vec<u8>, i32>>>>);
+//! impl ReadReply for Keep {
+//!     fn data(self, bytes: &[u8]) {
+//!         *self.0.lock().unwrap() = Some(Ok(bytes.to_vec()));
+//!     }
+//!     fn error(self, error: FsError) {
+//!         *self.0.lock().unwrap() = Some(Err(error.errno()));
+//!     }
+//! }
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("app.img");
+//! std::fs::write(&path, b"pristine bytes")?;
+//! let options = ImageFsOptions {
+//!     file_name: "app.img".into(),
+//!     size: 14,
+//!     direct_io: false,
+//!     pristine_wait: PRISTINE_WAIT,
+//! };
+//! let overlay = Arc::new(Overlay::temporary(ImageId::size_only(14))?);
+//! let fs = ImageFs::new(FileSource::open(&path)?, overlay, (), options);
+//!
+//! let image = fs.lookup(1, "app.img".as_ref())?.node.ino();
+//! fs.write(image, 0, b"PRISTINE")?;
+//! let answer = Arc::new(Mutex::new(None));
+//! fs.read(image, 0, 4096, Keep(answer.clone())); // every unit present: answered at once
+//! assert_eq!(answer.lock().unwrap().take(), Some(Ok(b"PRISTINE bytes".to_vec())));
+//! assert_eq!(std::fs::read(&path)?, b"pristine bytes");
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //! - `source`: [`PristineSource`], where pristine bytes come from, by unit of presence
 //!   (lock-free presence, non-blocking demand); [`FileSource`], the recorder's local image.

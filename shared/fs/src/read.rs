@@ -229,6 +229,9 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
     /// Waits until the pristine bytes that a write of `len` bytes at `offset` must keep (the
     /// rest of a partly written block the overlay does not hold) are present.
     pub(crate) fn fetch_partial_blocks(&self, offset: u64, len: u32) -> Result<(), FsError> {
+        if len == 0 {
+            return Ok(());
+        }
         let size = self.options.size;
         let end = offset + u64::from(len);
         let (head, tail) = (offset / OVERLAY_BLOCK, (end - 1) / OVERLAY_BLOCK);
@@ -467,6 +470,11 @@ mod tests {
         // A whole block, or a block the overlay holds, waits for nothing.
         fs.write(IMAGE, 2 * U, &[1; 4096]).unwrap();
         fs.write(IMAGE, 2 * U + 10, b"x").unwrap();
+        assert_eq!(
+            fs.write(IMAGE, 0, b"").unwrap(),
+            0,
+            "an empty write waits for nothing"
+        );
         assert_eq!(source.demands().len(), 1);
     }
 
