@@ -19,7 +19,7 @@ use fuser::{
 use crate::error::FsError;
 use crate::image_fs::{AccessObserver, ImageFs};
 use crate::inode::{Attr, Node, PageCache};
-use crate::read::ReadReply;
+use crate::reply::ReadReply;
 use crate::source::PristineSource;
 
 /// The image's size and name never change while mounted, so the kernel may cache them.

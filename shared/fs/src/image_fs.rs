@@ -6,7 +6,8 @@
 //! watches accesses ([`AccessObserver`]: the trace recorder, the online belief), and over what
 //! answers a read ([`ReadReply`]: a FUSE reply, or a fake in tests). Writes always go to the
 //! copy-on-write [`Overlay`]; reads are pristine bytes patched by the overlay. The read path
-//! (serve, park, release, close) is in `read.rs`; this file holds the rest of the operations.
+//! (serve, park, release, close) is in `read.rs`, writes in `write.rs`; this file holds the
+//! state and the namespace operations.
 //!
 //! Every operation returns [`FsError`] on failure; the fuser adapter turns it into an errno.
 
@@ -21,7 +22,7 @@ use crate::error::FsError;
 use crate::inode::{Attr, Node, PageCache, CONTROL_FILE};
 use crate::overlay::Overlay;
 use crate::parked::ParkedReads;
-use crate::read::{ReadReply, Waiter};
+use crate::reply::Waiter;
 use crate::source::PristineSource;
 use crate::stats::ReadStats;
 
@@ -223,7 +224,7 @@ impl<S: PristineSource, O: AccessObserver, R> ImageFs<S, O, R> {
         Ok(self.overlay.sync()?)
     }
 
-    fn control_write(&self, data: &[u8]) -> Result<(), FsError> {
+    pub(crate) fn control_write(&self, data: &[u8]) -> Result<(), FsError> {
         let handler = self.control.as_ref().ok_or(FsError::NotFound)?;
         let text = std::str::from_utf8(data)
             .map_err(|_| FsError::Control("the command is not UTF-8".into()))?;
@@ -231,47 +232,6 @@ impl<S: PristineSource, O: AccessObserver, R> ImageFs<S, O, R> {
             handler(line).map_err(FsError::Control)?;
         }
         Ok(())
-    }
-}
-
-impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
-    /// Writes `data` at `offset` of inode `ino`: into the overlay for the image (clipped to its
-    /// size), as commands for the control file. Returns the bytes taken.
-    ///
-    /// A partial-block write to a block the overlay does not hold keeps the rest of the block's
-    /// pristine bytes, so it first waits (on this thread, through the parked table) for the
-    /// units under that block; writes are rare and usually follow a read of the same block.
-    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        match self.node(ino)? {
-            Node::Image => {}
-            Node::Control => {
-                self.control_write(data)?;
-                return Ok(data.len() as u32);
-            }
-            Node::Root => return Err(FsError::IsDirectory),
-        }
-        let size = self.options.size;
-        if offset >= size {
-            return Err(FsError::PastEnd { offset, size });
-        }
-        let len = (data.len() as u64).min(size - offset) as u32;
-        self.observer.observe(Op::Write, offset, len);
-        self.fetch_partial_blocks(offset, len)?;
-        let write_err = |error| FsError::Write { offset, len, error };
-        let n = self
-            .overlay
-            .write(offset, data, |at, buf| {
-                // Fetched above; a unit still missing here would mean the source broke its
-                // contract, so refuse rather than keep garbage.
-                if self.first_missing(at, buf.len() as u64).is_some() {
-                    return Err(std::io::Error::other(format!(
-                        "pristine bytes at {at} are not present"
-                    )));
-                }
-                self.source.read_at(at, buf)
-            })
-            .map_err(write_err)?;
-        Ok(n as u32)
     }
 }
 

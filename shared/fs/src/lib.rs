@@ -63,9 +63,11 @@
 //! - `source`: [`PristineSource`], where pristine bytes come from, by unit of presence
 //!   (lock-free presence, non-blocking demand); [`FileSource`], the recorder's local image.
 //! - `inode`: the fixed namespace ([`Node`], [`Attr`], [`CONTROL_FILE`]).
-//! - `image_fs`: the core [`ImageFs`]: attributes, lookup, open, readdir, overlay writes,
-//!   fsync; [`AccessObserver`] sees every access.
-//! - `read`: the read path of [`ImageFs`]: serve, park, release, close; [`ReadReply`].
+//! - `image_fs`: the core [`ImageFs`]: its state, attributes, lookup, open, readdir, fsync;
+//!   [`AccessObserver`] sees every access.
+//! - `read`: the read path of [`ImageFs`]: serve, park, release, close.
+//! - `write`: overlay writes and control commands, and the wait for pristine bytes.
+//! - `reply`: what answers a parked waiter: [`ReadReply`], or a blocked write's wake-up.
 //! - `parked`: [`ParkedReads`], the race-free wait table keyed by unit.
 //! - `release`: the [`ReplyPool`] threads and the [`units_ready_channel`] that feeds them.
 //! - `stats`, `histogram`: read counters and the stall-time [`LatencyHistogram`].
@@ -88,10 +90,12 @@ mod parked;
 mod read;
 mod record;
 mod release;
+mod reply;
 mod source;
 mod stats;
 #[cfg(test)]
 mod testutil;
+mod write;
 
 pub use error::FsError;
 pub use fuse::{FuseImageFs, FuseReply};
@@ -101,12 +105,12 @@ pub use inode::{Attr, Node, PageCache, CONTROL_FILE};
 pub use mount::{check_mountpoint, is_mounted, mount, MountError, Mounted};
 pub use overlay::{Overlay, OverlayError, OVERLAY_BLOCK, OVERLAY_MAP_FILE};
 pub use parked::{Park, ParkedReads, Released};
-pub use read::ReadReply;
 pub use record::{
     validate_task_name, RecordError, Recorder, Recording, RecordingParams, CHECKPOINT_INTERVAL,
 };
 pub use release::{
     units_ready_channel, ReplyPool, UnitsReady, UnitsReadyReceiver, UnitsReadySender,
 };
+pub use reply::ReadReply;
 pub use source::{FileSource, PristineSource};
 pub use stats::ReadStatsSnapshot;

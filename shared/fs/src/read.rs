@@ -1,4 +1,4 @@
-//! The way of one read through the core, and the waits on missing units.
+//! The way of one read through the core.
 //!
 //! [`ImageFs::read`] clips the request to the image, shows it to the observer, and computes
 //! once which units it needs that are neither present nor wholly hidden by overlay blocks.
@@ -9,16 +9,10 @@
 //! [`ImageFs::release`] (on a reply-pool thread, never a network task) moves every read that
 //! now has all its units out of the table and answers it the same way. [`ImageFs::close`]
 //! answers everything parked with an error and refuses later reads.
-//!
-//! A partial-block write to a block never fetched needs that block's pristine bytes: it waits
-//! for them through the same table (a [`Waiter::Wake`] entry), blocking its FUSE worker up to
-//! [`ImageFsOptions::pristine_wait`](crate::ImageFsOptions::pristine_wait). A wait that times
-//! out leaves its entry behind; it is released harmlessly when the units arrive, or at close.
+//! A write waiting for pristine units (`write.rs`) parks in the same table; a release wakes it.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use vmt_formats::trace::Op;
 
@@ -27,48 +21,9 @@ use crate::image_fs::{AccessObserver, ImageFs};
 use crate::inode::Node;
 use crate::overlay::OVERLAY_BLOCK;
 use crate::parked::Park;
+use crate::reply::{ReadReply, Waiter};
 use crate::source::PristineSource;
 use crate::stats::ReadStatsSnapshot;
-
-/// Answers one read, now or later, exactly once; it may be moved to another thread.
-pub trait ReadReply: Send + 'static {
-    /// Answers with the bytes read.
-    fn data(self, bytes: &[u8]);
-    /// Answers with an error.
-    fn error(self, error: FsError);
-}
-
-/// What waits in the parked table.
-pub(crate) enum Waiter<R> {
-    /// A FUSE read: its clipped range and its reply.
-    Read { offset: u64, len: u32, reply: R },
-    /// A partial-block write blocked on its FUSE worker until its pristine units arrive.
-    Wake(Arc<Wake>),
-}
-
-/// A one-shot wake-up for a thread blocked on missing units.
-#[derive(Default)]
-pub(crate) struct Wake {
-    woken: Mutex<bool>,
-    cond: Condvar,
-}
-
-impl Wake {
-    fn wake(&self) {
-        *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.cond.notify_all();
-    }
-
-    /// Whether it was woken within `timeout`.
-    fn wait(&self, timeout: Duration) -> bool {
-        let woken = self.woken.lock().unwrap_or_else(|e| e.into_inner());
-        let (woken, _) = self
-            .cond
-            .wait_timeout_while(woken, timeout, |w| !*w)
-            .unwrap_or_else(|e| e.into_inner());
-        *woken
-    }
-}
 
 thread_local! {
     /// One read buffer per thread (FUSE workers, reply pool), so serving a read allocates
@@ -190,7 +145,7 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
 
     /// The units `[first, last]` covering `len > 0` bytes at `offset`. The image has at most
     /// 2^32 units (64 TiB at 16 KiB), so a unit index fits a `u32`.
-    fn unit_span(&self, offset: u64, len: u64) -> (u64, u64) {
+    pub(crate) fn unit_span(&self, offset: u64, len: u64) -> (u64, u64) {
         (offset / self.unit_size, (offset + len - 1) / self.unit_size)
     }
 
@@ -214,89 +169,12 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
             out.push(unit as u32);
         }
     }
-
-    /// The first unit of the range that is not present, if any.
-    pub(crate) fn first_missing(&self, offset: u64, len: u64) -> Option<u32> {
-        if len == 0 {
-            return None;
-        }
-        let (first, last) = self.unit_span(offset, len);
-        (first..=last)
-            .map(|u| u as u32)
-            .find(|&u| !self.source.is_present(u))
-    }
-
-    /// Waits until the pristine bytes that a write of `len` bytes at `offset` must keep (the
-    /// rest of a partly written block the overlay does not hold) are present.
-    pub(crate) fn fetch_partial_blocks(&self, offset: u64, len: u32) -> Result<(), FsError> {
-        if len == 0 {
-            return Ok(());
-        }
-        let size = self.options.size;
-        let end = offset + u64::from(len);
-        let (head, tail) = (offset / OVERLAY_BLOCK, (end - 1) / OVERLAY_BLOCK);
-        // Rare (a write, to a block never read): a small allocation is fine here.
-        let mut units = Vec::new();
-        for block in [head, tail] {
-            let start = block * OVERLAY_BLOCK;
-            let stop = (start + OVERLAY_BLOCK).min(size);
-            let partial = offset > start || end < stop;
-            if !partial || self.overlay.has_block(block) {
-                continue;
-            }
-            let (first, last) = self.unit_span(start, stop - start);
-            units.extend(
-                (first..=last)
-                    .map(|u| u as u32)
-                    .filter(|&u| !self.source.is_present(u)),
-            );
-        }
-        units.sort_unstable();
-        units.dedup();
-        let (Some(&first), Some(&last)) = (units.first(), units.last()) else {
-            return Ok(());
-        };
-        let wake = Arc::new(Wake::default());
-        match self.parked.park(
-            &units,
-            |u| self.source.is_present(u),
-            Waiter::Wake(wake.clone()),
-        ) {
-            Park::Parked => {}
-            Park::Ready(_) => return Ok(()),
-            Park::Closed(_) => return Err(FsError::ShuttingDown),
-        }
-        self.source.demand(first, last);
-        let waited = self.options.pristine_wait;
-        if !wake.wait(waited) {
-            return Err(FsError::PristineTimeout {
-                first,
-                last,
-                waited,
-            });
-        }
-        // Woken by a release (all present) or by close (not all present).
-        if units.iter().all(|&u| self.source.is_present(u)) {
-            Ok(())
-        } else {
-            Err(FsError::ShuttingDown)
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{pristine, test_fs, FakeReply, UNIT};
-
-    const IMAGE: u64 = 2;
-    const U: u64 = UNIT as u64;
-
-    fn read(fs: &crate::testutil::TestFs, offset: u64, size: u32) -> FakeReply {
-        let reply = FakeReply::default();
-        fs.read(IMAGE, offset, size, reply.clone());
-        reply
-    }
+    use crate::testutil::{pristine, read, test_fs, FakeReply, IMAGE, U, UNIT};
 
     #[test]
     fn a_hit_is_served_inline() {
@@ -446,79 +324,5 @@ mod tests {
             assert_eq!(reply.answer(), Some(Err(libc::EIO)));
         }
         assert_eq!(fs.stats().stalls.count, 0);
-    }
-
-    /// A partial-block write to a unit never fetched demands it, waits for it through the
-    /// parked table, and keeps the block's pristine bytes.
-    #[test]
-    fn a_partial_write_waits_for_its_pristine_unit() {
-        let (fs, source) = test_fs(4);
-        let fs2 = fs.clone();
-        let writer = std::thread::spawn(move || fs2.write(IMAGE, U + 100, b"hello"));
-        while fs.parked() == 0 {
-            std::thread::yield_now();
-        }
-        assert_eq!(source.demands(), vec![(1, 1)]);
-        assert!(!writer.is_finished());
-        source.arrive(1);
-        fs.release(1, 1);
-        assert_eq!(writer.join().unwrap().unwrap(), 5);
-        let mut want = pristine(U, 4096);
-        want[100..105].copy_from_slice(b"hello");
-        assert_eq!(read(&fs, U, 4096).answer(), Some(Ok(want)));
-        assert_eq!(fs.stats().stalls.count, 0, "a write is not a read stall");
-        // A whole block, or a block the overlay holds, waits for nothing.
-        fs.write(IMAGE, 2 * U, &[1; 4096]).unwrap();
-        fs.write(IMAGE, 2 * U + 10, b"x").unwrap();
-        assert_eq!(
-            fs.write(IMAGE, 0, b"").unwrap(),
-            0,
-            "an empty write waits for nothing"
-        );
-        assert_eq!(source.demands().len(), 1);
-    }
-
-    #[test]
-    fn a_partial_write_times_out_with_an_io_error() {
-        let (fs, source) = test_fs(4);
-        let mut fs = Arc::into_inner(fs).unwrap();
-        fs.options.pristine_wait = Duration::from_millis(50);
-        let err = fs
-            .write(IMAGE, 3 * U + 4000, b"spans two blocks")
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                FsError::PristineTimeout {
-                    first: 3,
-                    last: 3,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert_eq!(err.errno(), libc::EIO);
-        assert_eq!(fs.overlay().blocks(), 0, "nothing half-written");
-        // The stale wake-up entry is released harmlessly later.
-        source.arrive(3);
-        fs.release(3, 1);
-        assert_eq!(fs.parked(), 0);
-    }
-
-    #[test]
-    fn close_fails_a_waiting_write() {
-        let (fs, _source) = test_fs(4);
-        let fs2 = fs.clone();
-        let writer = std::thread::spawn(move || fs2.write(IMAGE, 10, b"x"));
-        while fs.parked() == 0 {
-            std::thread::yield_now();
-        }
-        fs.close();
-        let err = writer.join().unwrap().unwrap_err();
-        assert!(matches!(err, FsError::ShuttingDown), "{err}");
-        assert!(matches!(
-            fs.write(IMAGE, 20, b"x"),
-            Err(FsError::ShuttingDown)
-        ));
     }
 }

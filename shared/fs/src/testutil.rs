@@ -11,7 +11,7 @@ use vmt_formats::image::ImageId;
 use crate::error::FsError;
 use crate::image_fs::{ImageFs, ImageFsOptions};
 use crate::overlay::Overlay;
-use crate::read::ReadReply;
+use crate::reply::ReadReply;
 use crate::source::PristineSource;
 
 /// The pristine image's byte at `offset`.
@@ -131,4 +131,17 @@ pub(crate) fn test_fs(units: u32) -> (Arc<TestFs>, Arc<FakeSource>) {
 /// The pristine bytes of `len` bytes at `offset`.
 pub(crate) fn pristine(offset: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| pristine_byte(offset + i)).collect()
+}
+
+/// The image's inode number.
+pub(crate) const IMAGE: u64 = 2;
+
+/// [`UNIT`] as a byte offset.
+pub(crate) const U: u64 = UNIT as u64;
+
+/// Reads `size` bytes at `offset` of the image; the reply tells what it was answered.
+pub(crate) fn read(fs: &TestFs, offset: u64, size: u32) -> FakeReply {
+    let reply = FakeReply::default();
+    fs.read(IMAGE, offset, size, reply.clone());
+    reply
 }
