@@ -228,7 +228,7 @@ fn session_with_two_marked_tasks() {
         .arg(&served)
         .spawn()
         .unwrap();
-    let control = served.join(vmt_fs::fusefs::CONTROL_FILE);
+    let control = served.join(vmt_fs::CONTROL_FILE);
     wait_until("the session mount", LIMIT, || control.exists());
     let record = |cmd: &[&str]| {
         let res = run_with_timeout(
@@ -261,10 +261,7 @@ fn session_with_two_marked_tasks() {
         waited.unwrap()
     };
     assert!(status.success());
-    assert!(
-        !vmt_fs::fusefs::is_mounted(&served),
-        "the session unmounted"
-    );
+    assert!(!vmt_fs::is_mounted(&served), "the session unmounted");
 
     let trace = Trace::load(&out.join("work-1.vmtrace")).unwrap();
     assert_eq!(trace.kind, TraceKind::Session);
@@ -311,10 +308,7 @@ fn sigterm_unmounts_and_saves_what_was_recorded() {
         status = child.try_wait().unwrap();
         status.is_some()
     });
-    assert!(
-        !vmt_fs::fusefs::is_mounted(&served),
-        "no stale mount after SIGTERM"
-    );
+    assert!(!vmt_fs::is_mounted(&served), "no stale mount after SIGTERM");
     assert!(!served_image.exists());
     let trace = Trace::load(&out.join("longtask-1.vmtrace")).unwrap();
     let read: u64 = trace.records.iter().map(|r| r.len as u64).sum();

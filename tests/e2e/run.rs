@@ -105,7 +105,7 @@ impl Client {
         let status = self.proc.sigterm();
         assert!(status.success(), "vmt-run mount exit: {status:?}");
         assert!(
-            !vmt_fs::fusefs::is_mounted(&self.mountpoint),
+            !vmt_fs::is_mounted(&self.mountpoint),
             "no stale mount after SIGTERM"
         );
         serde_json::from_slice(&std::fs::read(&self.report).expect("report written")).unwrap()
@@ -507,7 +507,7 @@ fn bad_input_is_a_clear_error_and_never_a_hang() {
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success());
     assert!(stderr.contains("FUSE is not available"), "{stderr}");
-    assert!(!vmt_fs::fusefs::is_mounted(&mnt));
+    assert!(!vmt_fs::is_mounted(&mnt));
 }
 
 #[test]
@@ -545,5 +545,5 @@ fn unreachable_peer_is_reported_and_retried() {
     });
     let status = proc.sigterm();
     assert!(status.success());
-    assert!(!vmt_fs::fusefs::is_mounted(&mnt));
+    assert!(!vmt_fs::is_mounted(&mnt));
 }

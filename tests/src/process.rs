@@ -68,7 +68,7 @@ impl Drop for Proc {
             }
         }
         if let Some(m) = &self.mountpoint {
-            if vmt_fs::fusefs::is_mounted(m) {
+            if vmt_fs::is_mounted(m) {
                 let _ = Command::new("umount").arg("-l").arg(m).status();
             }
         }

@@ -1,6 +1,6 @@
 //! `vmt-record`: record per-task block-access traces of an appliance image through FUSE.
 //!
-//! Glue over `vmt_fs::record` and `vmt_formats::trace`: parse flags, identify the image, start a recording,
+//! Glue over `vmt_fs::Recording` and `vmt_formats::trace`: parse flags, identify the image, start a recording,
 //! run the task or wait for the session's end, print summaries. Signals (Ctrl-C, SIGTERM) stop
 //! the task and the session cleanly: the mount is taken down and the trace saved.
 
@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vmt_formats::image::{IdCache, ImageId};
 use vmt_formats::trace::{Trace, TraceKind};
 use vmt_formats::units::{self, Size};
-use vmt_fs::record::{Recording, RecordingParams};
+use vmt_fs::{Recording, RecordingParams};
 
 #[derive(Parser)]
 #[command(
@@ -253,7 +253,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads,
         } => record_session(&image, name, first_task, out, mountpoint, threads),
         Cmd::Mark { mountpoint, task } => {
-            vmt_fs::record::validate_task_name(&task)?;
+            vmt_fs::validate_task_name(&task)?;
             control(&mountpoint, &format!("mark {task}\n"))
         }
         Cmd::Stop { mountpoint } => control(&mountpoint, "stop\n"),
@@ -369,7 +369,7 @@ fn record_task(
     threads: usize,
     cmd: &[OsString],
 ) -> Result<ExitCode> {
-    vmt_fs::record::validate_task_name(&task)?;
+    vmt_fs::validate_task_name(&task)?;
     let stop = stop_flag()?;
     let image_id = identify(&image.image, image.image_sha256.as_deref())?;
     let recording = Recording::start(RecordingParams {
@@ -444,8 +444,8 @@ fn record_session(
     mountpoint: Option<PathBuf>,
     threads: usize,
 ) -> Result<ExitCode> {
-    vmt_fs::record::validate_task_name(&name)?;
-    vmt_fs::record::validate_task_name(&first_task)?;
+    vmt_fs::validate_task_name(&name)?;
+    vmt_fs::validate_task_name(&first_task)?;
     let stop = stop_flag()?;
     let image_id = identify(&image.image, image.image_sha256.as_deref())?;
     let recording = Recording::start(RecordingParams {
@@ -474,7 +474,7 @@ fn record_session(
 }
 
 fn control(mountpoint: &Path, line: &str) -> Result<ExitCode> {
-    let path = mountpoint.join(vmt_fs::fusefs::CONTROL_FILE);
+    let path = mountpoint.join(vmt_fs::CONTROL_FILE);
     if !path.exists() {
         bail!(
             "no vmt-record session is mounted at {}",
@@ -551,7 +551,7 @@ fn import(
                 .file_stem()
                 .map_or_else(|| "imported".into(), |s| s.to_string_lossy().into_owned()),
         };
-        vmt_fs::record::validate_task_name(&label)?;
+        vmt_fs::validate_task_name(&label)?;
         Trace::from_blkparse(input, &text, id, &label)?
     } else {
         Trace::from_csv(input, &text, id)?

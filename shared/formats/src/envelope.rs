@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
@@ -20,6 +21,9 @@ use sha2::{Digest, Sha256};
 use crate::image::ImageId;
 
 const HEADER_LEN: usize = 8 + 4 + 8 + 32 + 8 + 8;
+
+/// Numbers the temp files of [`write_atomically`] within this process.
+static TEMP_SERIAL: AtomicU64 = AtomicU64::new(0);
 
 /// A kind of vmt file: its magic and the newest version this build reads and writes.
 #[derive(Clone, Copy, Debug)]
@@ -162,7 +166,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         _ => Path::new("."),
     };
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    // Unique per call, not just per process: threads of one process (FUSE fsync, a periodic
+    // sync, shutdown) may replace the same file at once, and a shared temp name lets one
+    // truncate or rename away another's half-written file.
+    let serial = TEMP_SERIAL.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp{}.{serial}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -345,6 +353,36 @@ mod tests {
             meta.file_type().is_fifo(),
             "still a FIFO, not replaced by a file"
         );
+    }
+
+    /// Issue 10: concurrent writers of one file (FUSE fsync, the sync task, shutdown) each
+    /// replace it whole; none fails, none is clobbered by another's temp file, none is left.
+    #[test]
+    fn concurrent_writers_never_share_a_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        let contents: Vec<Vec<u8>> = (0..8u8).map(|t| vec![t; 64 << 10]).collect();
+        std::thread::scope(|s| {
+            for bytes in &contents {
+                let (path, contents) = (&path, &contents);
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomically(path, bytes).unwrap();
+                        let now = std::fs::read(path).unwrap();
+                        assert!(
+                            contents.contains(&now),
+                            "a torn file of {} bytes",
+                            now.len()
+                        );
+                    }
+                });
+            }
+        });
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("map")]);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!
 //! The bitmap is atomic words: the read path checks it without a lock and without allocating
 //! ([`Overlay::is_empty`] short-cuts the common case of an untouched image). Writers serialize on
-//! one mutex, since a partial-block write is a read-modify-write.
+//! one mutex, since a partial-block write is a read-modify-write; syncs serialize on another.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -68,6 +68,8 @@ pub struct Overlay {
     /// Blocks written since the last [`Overlay::sync`].
     dirty: AtomicBool,
     write_lock: Mutex<()>,
+    /// Serializes [`Overlay::sync`] (see there), as `Storage::flush` does with its bitmap.
+    sync_lock: Mutex<()>,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -147,6 +149,7 @@ impl Overlay {
             blocks_present: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             write_lock: Mutex::new(()),
+            sync_lock: Mutex::new(()),
             _tempdir: None,
         })
     }
@@ -251,21 +254,27 @@ impl Overlay {
     }
 
     /// Makes written blocks durable: data first, then the bitmap (persistent overlays only).
+    ///
+    /// Syncs run one at a time (FUSE `fsync`, the periodic sync and shutdown may call this at
+    /// once): otherwise an older bitmap could be renamed over a newer one after the newer sync
+    /// returned, forgetting blocks it promised durable. The bitmap is snapshotted *before* the
+    /// data is synced, so it never claims a block whose bytes were written after that sync.
     pub fn sync(&self) -> Result<(), OverlayError> {
+        let _one_at_a_time = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
         // Cleared first: a write racing with this sync sets it again and is synced next time.
         self.dirty.store(false, Ordering::Release);
+        let body = self.map_path.as_ref().map(|_| MapBody {
+            words: self
+                .words
+                .iter()
+                .map(|w| w.load(Ordering::Acquire))
+                .collect(),
+        });
         self.data.sync_data().map_err(|source| OverlayError::Io {
             path: self.data_path.clone(),
             error: source,
         })?;
-        if let Some(map_path) = &self.map_path {
-            let body = MapBody {
-                words: self
-                    .words
-                    .iter()
-                    .map(|w| w.load(Ordering::Acquire))
-                    .collect(),
-            };
+        if let (Some(map_path), Some(body)) = (&self.map_path, body) {
             envelope::write(map_path, &OVERLAY_MAP_FILE, &self.image, &body)?;
         }
         Ok(())
@@ -305,6 +314,47 @@ mod tests {
         assert_eq!(o.write(9_998, b"abcd", pristine).unwrap(), 2);
         assert_eq!(o.write(20_000, b"x", pristine).unwrap(), 0);
         assert_eq!(&read(&o, 9_990, 10)[8..], b"ab");
+    }
+
+    /// Issue 10: FUSE fsync, the periodic sync and shutdown may sync at once while the VM
+    /// writes. Every sync succeeds, the map always loads, no temp file is left, and a block
+    /// written before a sync that returned is in the map (an older snapshot never lands last).
+    #[test]
+    fn concurrent_syncs_while_writing() {
+        const THREADS: u64 = 6;
+        const BLOCKS: u64 = 40;
+        let dir = tempfile::tempdir().unwrap();
+        let image = ImageId::size_only(THREADS * BLOCKS * OVERLAY_BLOCK);
+        let map_path = dir.path().join("overlay.map");
+        {
+            let o = Overlay::open(dir.path(), image).unwrap();
+            std::thread::scope(|s| {
+                for t in 0..THREADS {
+                    let (o, map_path) = (&o, &map_path);
+                    s.spawn(move || {
+                        for b in 0..BLOCKS {
+                            let block = t * BLOCKS + b;
+                            o.write(block * OVERLAY_BLOCK, &[t as u8 + 1; 100], pristine)
+                                .unwrap();
+                            o.sync().unwrap();
+                            let (_, body): (_, MapBody) =
+                                envelope::read(map_path, &OVERLAY_MAP_FILE).unwrap();
+                            let word = body.words[(block / 64) as usize];
+                            assert!(word & (1 << (block % 64)) != 0, "block {block} synced");
+                        }
+                    });
+                }
+            });
+            // Dropped without a final sync: the map must already hold every block.
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+        let o = Overlay::open(dir.path(), image).unwrap();
+        assert_eq!(o.blocks(), THREADS * BLOCKS);
+        assert_eq!(read(&o, 3 * OVERLAY_BLOCK, 2)[0], 1);
     }
 
     #[test]

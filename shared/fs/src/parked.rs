@@ -1,19 +1,25 @@
-//! Reads parked on missing pieces, answered the moment their last piece lands.
+//! The one table of reads (and writes) waiting for missing units, answered the moment their
+//! last unit lands.
 //!
-//! A FUSE read of a range whose pieces are not all local must not hold a worker thread: its
-//! reply is parked here with the number of pieces it still waits for, the pieces are demanded
-//! from the swarm, and the FUSE loop goes on. When the engine reports a piece verified,
-//! [`ParkedReads::piece_ready`] hands back every read that now has all its pieces. Several
-//! reads of one missing piece share that one fetch.
+//! A FUSE read of a range whose units are not all present must not hold a worker thread: its
+//! reply is parked here with the number of units it still waits for, the units are demanded
+//! from the source, and the FUSE loop goes on. When the source reports units ready,
+//! [`ParkedReads::units_ready`] hands back every item that now has all its units. Several reads
+//! of one missing unit share that one fetch.
 //!
-//! Invariant: a parked entry waits exactly for the pieces that were missing when it was parked,
-//! counted once each. The race between "piece lands" and "read parks" is closed by checking
-//! presence under the table's lock, given that the engine marks a piece present *before* it
-//! calls [`ParkedReads::piece_ready`]: either the park sees the piece present, or the ready call
-//! sees the parked entry.
+//! Invariant: a parked entry waits exactly for the units that were missing when it was parked,
+//! counted once each. The race between "unit lands" and "read parks" is closed by checking
+//! presence under the table's lock, given that the source marks a unit present *before* it
+//! reports it ready and never unmarks it: either the park sees the unit present, or the ready
+//! call (which takes the lock after marking) sees the parked entry. Likewise
+//! [`ParkedReads::close`] and [`ParkedReads::park`] meet under the lock, so after a close
+//! nothing parks and everything parked before it is handed back.
+//!
+//! Parking allocates nothing after warm-up: slab slots and the per-unit index lists are
+//! reused.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 struct Entry<R> {
@@ -25,11 +31,15 @@ struct Entry<R> {
 struct Inner<R> {
     slab: Vec<Option<Entry<R>>>,
     free: Vec<usize>,
+    /// Per missing unit, the slab slots waiting for it.
     waiting: HashMap<u32, Vec<usize>>,
+    /// Emptied index lists, reused so parking does not allocate.
+    spare: Vec<Vec<usize>>,
     parked: usize,
+    closed: bool,
 }
 
-/// See the module doc. `R` is whatever answers the read (a FUSE reply and its range).
+/// See the module doc. `R` is whatever answers the waiter (a reply and its range, a wake-up).
 pub struct ParkedReads<R> {
     inner: Mutex<Inner<R>>,
 }
@@ -41,13 +51,26 @@ impl<R> Default for ParkedReads<R> {
                 slab: Vec::new(),
                 free: Vec::new(),
                 waiting: HashMap::new(),
+                spare: Vec::new(),
                 parked: 0,
+                closed: false,
             }),
         }
     }
 }
 
-/// A read handed back by [`ParkedReads::piece_ready`] or [`ParkedReads::drain`].
+/// What [`ParkedReads::park`] did with an item.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Park<R> {
+    /// Parked: it comes back from [`ParkedReads::units_ready`] or [`ParkedReads::close`].
+    Parked,
+    /// Checked under the lock, every unit is present now: serve it.
+    Ready(R),
+    /// The table is closed: answer it as shutting down.
+    Closed(R),
+}
+
+/// An item handed back by [`ParkedReads::units_ready`] or [`ParkedReads::close`].
 pub struct Released<R> {
     /// The parked item.
     pub item: R,
@@ -56,24 +79,22 @@ pub struct Released<R> {
 }
 
 impl<R> ParkedReads<R> {
-    /// An empty table.
+    /// An empty, open table.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<R>> {
+    fn lock(&self) -> MutexGuard<'_, Inner<R>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Parks `item` until every piece of `pieces` that `is_present` denies has landed. Returns
-    /// the item back if, checked under the lock, nothing is missing any more.
-    pub fn park(
-        &self,
-        pieces: impl Iterator<Item = u32>,
-        is_present: impl Fn(u32) -> bool,
-        item: R,
-    ) -> Option<R> {
+    /// Parks `item` until every unit of `units` (distinct) that `is_present` denies, checked
+    /// under the lock, has been reported ready.
+    pub fn park(&self, units: &[u32], is_present: impl Fn(u32) -> bool, item: R) -> Park<R> {
         let mut inner = self.lock();
+        if inner.closed {
+            return Park::Closed(item);
+        }
         let index = match inner.free.pop() {
             Some(i) => i,
             None => {
@@ -81,16 +102,21 @@ impl<R> ParkedReads<R> {
                 inner.slab.len() - 1
             }
         };
+        // One pass: each unit is asked once, so what is counted is what is registered.
         let mut missing = 0;
-        for piece in pieces {
-            if !is_present(piece) {
-                inner.waiting.entry(piece).or_default().push(index);
+        for &unit in units {
+            if !is_present(unit) {
+                let Inner { waiting, spare, .. } = &mut *inner;
+                waiting
+                    .entry(unit)
+                    .or_insert_with(|| spare.pop().unwrap_or_default())
+                    .push(index);
                 missing += 1;
             }
         }
         if missing == 0 {
             inner.free.push(index);
-            return Some(item);
+            return Park::Ready(item);
         }
         inner.slab[index] = Some(Entry {
             missing,
@@ -98,38 +124,50 @@ impl<R> ParkedReads<R> {
             item,
         });
         inner.parked += 1;
-        None
+        Park::Parked
     }
 
-    /// Piece `piece` is verified and readable: moves every read that waited only for it to `out`.
-    pub fn piece_ready(&self, piece: u32, out: &mut Vec<Released<R>>) {
+    /// Units `first..first + count` are present: moves every item that waited only for units
+    /// reported so far to `out`. Reporting a unit twice is harmless.
+    pub fn units_ready(&self, first: u32, count: u32, out: &mut Vec<Released<R>>) {
         let mut inner = self.lock();
-        let Some(indices) = inner.waiting.remove(&piece) else {
-            return;
-        };
-        for index in indices {
-            let done = match inner.slab[index].as_mut() {
-                Some(entry) => {
-                    entry.missing -= 1;
-                    entry.missing == 0
-                }
-                None => false,
-            };
-            if done {
-                let entry = inner.slab[index].take().expect("checked above");
-                inner.free.push(index);
-                inner.parked -= 1;
-                out.push(Released {
-                    item: entry.item,
-                    parked_at: entry.parked_at,
-                });
+        let end = first.saturating_add(count);
+        for unit in first..end {
+            if inner.parked == 0 {
+                // Nothing waits (the common case for background units): no lookups.
+                return;
             }
+            let Some(mut indices) = inner.waiting.remove(&unit) else {
+                continue;
+            };
+            for &index in &indices {
+                let done = match inner.slab[index].as_mut() {
+                    Some(entry) => {
+                        entry.missing -= 1;
+                        entry.missing == 0
+                    }
+                    None => false,
+                };
+                if done {
+                    let entry = inner.slab[index].take().expect("checked above");
+                    inner.free.push(index);
+                    inner.parked -= 1;
+                    out.push(Released {
+                        item: entry.item,
+                        parked_at: entry.parked_at,
+                    });
+                }
+            }
+            indices.clear();
+            inner.spare.push(indices);
         }
     }
 
-    /// Removes every parked read (shutdown: each must still be answered).
-    pub fn drain(&self, out: &mut Vec<Released<R>>) {
+    /// Closes the table for good and moves every parked item to `out` (shutdown: each must
+    /// still be answered). Later parks return [`Park::Closed`].
+    pub fn close(&self, out: &mut Vec<Released<R>>) {
         let mut inner = self.lock();
+        inner.closed = true;
         inner.waiting.clear();
         inner.free.clear();
         inner.parked = 0;
@@ -141,19 +179,14 @@ impl<R> ParkedReads<R> {
         }
     }
 
-    /// Reads parked now.
+    /// Items parked now.
     pub fn len(&self) -> usize {
         self.lock().parked
     }
 
-    /// Whether no read is parked.
+    /// Whether nothing is parked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Pieces some parked read waits for (for re-demanding after a peer loss).
-    pub fn wanted_pieces(&self, out: &mut Vec<u32>) {
-        out.extend(self.lock().waiting.keys().copied());
     }
 }
 
@@ -164,41 +197,62 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
+    fn items(out: &[Released<&'static str>]) -> Vec<&'static str> {
+        out.iter().map(|r| r.item).collect()
+    }
+
     #[test]
-    fn reads_wait_for_all_their_pieces_and_share_fetches() {
+    fn reads_wait_for_all_their_units_and_share_fetches() {
         let present: HashSet<u32> = [2].into();
         let parked = ParkedReads::new();
-        assert!(parked.park(1..4, |p| present.contains(&p), "a").is_none());
-        assert!(parked.park(3..4, |p| present.contains(&p), "b").is_none());
-        assert_eq!(parked.park(2..3, |p| present.contains(&p), "c"), Some("c"));
+        let is_present = |u| present.contains(&u);
+        assert_eq!(parked.park(&[1, 2, 3], is_present, "a"), Park::Parked);
+        assert_eq!(parked.park(&[3], is_present, "b"), Park::Parked);
+        assert_eq!(parked.park(&[2], is_present, "c"), Park::Ready("c"));
         assert_eq!(parked.len(), 2);
         let mut out = Vec::new();
-        parked.piece_ready(3, &mut out);
-        assert_eq!(out.iter().map(|r| r.item).collect::<Vec<_>>(), vec!["b"]);
+        parked.units_ready(3, 1, &mut out);
+        assert_eq!(items(&out), vec!["b"]);
         out.clear();
-        parked.piece_ready(3, &mut out);
-        assert!(out.is_empty(), "a piece counts once");
-        parked.piece_ready(1, &mut out);
-        assert_eq!(out.iter().map(|r| r.item).collect::<Vec<_>>(), vec!["a"]);
+        parked.units_ready(3, 1, &mut out);
+        assert!(out.is_empty(), "a unit counts once");
+        parked.units_ready(0, 2, &mut out);
+        assert_eq!(items(&out), vec!["a"]);
         assert!(parked.is_empty());
     }
 
     #[test]
-    fn drain_returns_everything() {
+    fn close_returns_everything_and_refuses_later_parks() {
         let parked = ParkedReads::new();
         for i in 0..5u32 {
-            assert!(parked.park(i..i + 2, |_| false, i).is_none());
+            assert_eq!(parked.park(&[i, i + 1], |_| false, i), Park::Parked);
         }
         let mut out = Vec::new();
-        parked.drain(&mut out);
+        parked.close(&mut out);
         assert_eq!(out.len(), 5);
         assert!(parked.is_empty());
         out.clear();
-        parked.piece_ready(1, &mut out);
+        parked.units_ready(1, 1, &mut out);
         assert!(out.is_empty());
+        assert_eq!(parked.park(&[9], |_| false, 9), Park::Closed(9));
     }
 
-    /// A piece landing concurrently with a park is never lost: every read comes back once.
+    #[test]
+    fn slots_are_reused() {
+        let parked = ParkedReads::new();
+        let mut out = Vec::new();
+        for round in 0..100u32 {
+            assert_eq!(parked.park(&[round % 3], |_| false, round), Park::Parked);
+            parked.units_ready(round % 3, 1, &mut out);
+        }
+        assert_eq!(out.len(), 100);
+        let inner = parked.lock();
+        assert_eq!(inner.slab.len(), 1);
+        assert!(inner.waiting.is_empty());
+        assert_eq!(inner.spare.len(), 1);
+    }
+
+    /// A unit landing concurrently with a park is never lost: every read comes back once.
     #[test]
     fn no_lost_wakeups_under_races() {
         for _ in 0..200 {
@@ -208,12 +262,12 @@ mod tests {
             let lander = std::thread::spawn(move || {
                 h2.store(true, Ordering::SeqCst);
                 let mut out = Vec::new();
-                p2.piece_ready(7, &mut out);
+                p2.units_ready(7, 1, &mut out);
                 out.len()
             });
-            let back = parked.park(7..8, |_| have.load(Ordering::SeqCst), ());
+            let back = parked.park(&[7], |_| have.load(Ordering::SeqCst), ());
             let released = lander.join().unwrap();
-            assert_eq!(back.is_some() as usize + released, 1);
+            assert_eq!(matches!(back, Park::Ready(())) as usize + released, 1);
         }
     }
 }

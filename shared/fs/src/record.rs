@@ -8,7 +8,7 @@
 //! and writes the final trace.
 //!
 //! Sessions switch task with a `mark TASK` line written to the control file
-//! ([`CONTROL_FILE`](crate::fusefs::CONTROL_FILE)) and end with `stop`.
+//! ([`CONTROL_FILE`](crate::CONTROL_FILE)) and end with `stop`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +16,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::fusefs::{
-    self, AccessObserver, FileSource, ImageFs, ImageFsOptions, MountError, Mounted,
-};
+use crate::image_fs::{AccessObserver, ImageFs, ImageFsOptions, PRISTINE_WAIT};
+use crate::mount::{self, MountError, Mounted};
 use crate::overlay::{Overlay, OverlayError};
+use crate::source::FileSource;
 use vmt_formats::image::ImageId;
 use vmt_formats::trace::{next_run_path, Op, Record, Trace, TraceError, TraceKind};
 
@@ -287,13 +287,15 @@ impl Recording {
             .unwrap_or_else(|| "image".into());
         let overlay = Arc::new(Overlay::temporary(params.image_id)?);
         let mut fs = ImageFs::new(
-            Arc::new(source),
+            source,
             overlay,
             recorder.clone(),
             ImageFsOptions {
                 file_name: file_name.clone(),
                 size: params.image_id.size,
                 direct_io: true,
+                // Never waits: the local image is present everywhere.
+                pristine_wait: PRISTINE_WAIT,
             },
         );
         if params.kind == TraceKind::Session {
@@ -309,7 +311,7 @@ impl Recording {
                 }
             }));
         }
-        let mounted = fusefs::mount(fs, &mountpoint, "vmt-record", params.threads)?;
+        let mounted = mount::mount(Arc::new(fs), &mountpoint, "vmt-record", params.threads)?;
         let template = Trace {
             image: params.image_id,
             kind: params.kind,

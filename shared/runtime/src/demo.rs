@@ -19,7 +19,7 @@ use vmt_appliance::ext4::{build_demo, DemoAppliance, LoopMount};
 use vmt_appliance::replay::{replay, ReplayParams};
 use vmt_formats::image::ImageId;
 use vmt_formats::trace::{Trace, TraceKind};
-use vmt_fs::record::{Recording, RecordingParams};
+use vmt_fs::{Recording, RecordingParams};
 use vmt_model::profile::{Bundle, BundleParams};
 use vmt_model::scheduler::Strategy;
 use vmt_swarm::{Engine, EngineConfig, Storage, Torrent};

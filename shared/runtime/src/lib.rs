@@ -36,16 +36,22 @@ pub use report::{PeerTraffic, ProfileSwitch, StallSummary, Status};
 
 use planner::{Planner, PlannerObserver};
 use report::RuntimeStats;
-use source::{SharedSource, SwarmSource};
+use source::SwarmSource;
 use vmt_formats::image::ImageId;
 use vmt_formats::trace::{Trace, TraceError};
-use vmt_fs::fusefs::{self, ImageFs, ImageFsOptions, MountError, Mounted};
-use vmt_fs::overlay::{Overlay, OverlayError};
+use vmt_fs::{
+    FuseImageFs, ImageFs, ImageFsOptions, MountError, Mounted, Overlay, OverlayError, ReplyPool,
+    PRISTINE_WAIT,
+};
 use vmt_model::profile::{Bundle, BundleError};
 use vmt_model::scheduler::{
     first_access_pieces, Scheduler, SchedulerError, SchedulerParams, Strategy,
 };
 use vmt_swarm::{Engine, EngineConfig, Storage, SwarmError, Torrent};
+
+/// Threads answering parked reads: one pread and reply each, so two keep up with a link while
+/// one waits on the disk.
+const REPLY_THREADS: usize = 2;
 
 /// What to mount and how.
 #[derive(Clone, Debug)]
@@ -128,7 +134,9 @@ pub enum RuntimeError {
 /// A mounted, streaming appliance. See the module doc.
 pub struct Runtime {
     engine: Engine,
-    source: Arc<SwarmSource>,
+    fs: Arc<FuseImageFs<SwarmSource, PlannerObserver>>,
+    /// Answers parked reads off the network tasks; stopped after the filesystem is closed.
+    replies: Option<ReplyPool>,
     planner: Arc<Planner>,
     stats: Arc<RuntimeStats>,
     overlay: Arc<Overlay>,
@@ -181,7 +189,7 @@ impl Runtime {
             ));
         }
         // Refuse a bad mountpoint before any network or disk work.
-        fusefs::check_mountpoint(&params.mountpoint)?;
+        vmt_fs::check_mountpoint(&params.mountpoint)?;
         let torrent = Torrent::load(&params.torrent)?;
         let piece_size = torrent.lengths().default_piece_length();
         let sched_params = SchedulerParams::new(piece_size);
@@ -264,7 +272,7 @@ impl Runtime {
         let file_name = torrent.name().to_string();
         let engine = Engine::start(torrent, storage, listener, config);
         let stats = Arc::new(RuntimeStats::default());
-        let source = Arc::new(SwarmSource::new(engine.clone(), stats.clone()));
+        let (ready, ready_events) = vmt_fs::units_ready_channel();
         let planner = Arc::new(Planner::new(
             sched,
             names,
@@ -272,21 +280,34 @@ impl Runtime {
             engine.clone(),
             stats.clone(),
         ));
-        let fs = ImageFs::new(
-            Arc::new(SharedSource(source.clone())),
+        let fs = Arc::new(ImageFs::new(
+            SwarmSource::new(engine.clone(), ready),
             overlay.clone(),
             PlannerObserver(planner.clone()),
             ImageFsOptions {
                 file_name: file_name.clone().into(),
                 size: engine.torrent().total_length(),
                 direct_io: false,
+                pristine_wait: PRISTINE_WAIT,
             },
-        );
-        let mounted = match fusefs::mount(fs, &params.mountpoint, "vmt-run", params.threads) {
+        ));
+        let replies_fs = fs.clone();
+        let mounted = ReplyPool::start(ready_events, REPLY_THREADS, move |first, count| {
+            replies_fs.release(first, count)
+        })
+        .map_err(|error| RuntimeError::Io {
+            path: params.mountpoint.clone(),
+            error,
+        })
+        .and_then(|replies| {
+            let m = vmt_fs::mount(fs.clone(), &params.mountpoint, "vmt-run", params.threads)?;
+            Ok((m, replies))
+        });
+        let (mounted, replies) = match mounted {
             Ok(m) => m,
             Err(e) => {
                 let _ = engine.shutdown().await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let cancel = CancellationToken::new();
@@ -334,7 +355,8 @@ impl Runtime {
         Ok(Runtime {
             served: params.mountpoint.join(&file_name),
             engine,
-            source,
+            fs,
+            replies: Some(replies),
             planner,
             stats,
             overlay,
@@ -358,18 +380,18 @@ impl Runtime {
     /// A snapshot of progress, stalls, beliefs and traffic.
     pub fn status(&self) -> Status {
         let st = self.engine.stats();
-        let (hits, misses) = self.stats.reads();
+        let reads = self.fs.stats();
         Status {
             strategy: self.strategy.to_string(),
             uptime_s: self.start.elapsed().as_secs_f64(),
             pieces_present: st.pieces.have,
             pieces_in_flight: st.pieces.in_flight,
             pieces_total: st.total_pieces,
-            read_hits: hits,
-            read_misses: misses,
+            read_hits: reads.hits,
+            read_misses: reads.misses,
             writes: self.stats.writes(),
-            parked_now: self.source.parked(),
-            stalls: self.stats.stall_summary(),
+            parked_now: self.fs.parked(),
+            stalls: reads.stalls.into(),
             profile: self.planner.current(),
             profile_switches: self.planner.switches(),
             downloaded: st.downloaded,
@@ -391,7 +413,10 @@ impl Runtime {
     /// Stops cleanly (see the module doc) and returns the final status.
     pub async fn shutdown(mut self) -> Result<Status, RuntimeError> {
         self.cancel.cancel();
-        self.source.close();
+        self.fs.close();
+        if let Some(replies) = self.replies.take() {
+            let _ = tokio::task::spawn_blocking(move || replies.stop()).await;
+        }
         if let Some(m) = self.mounted.take() {
             let _ = tokio::task::spawn_blocking(move || m.unmount()).await;
         }
@@ -408,7 +433,8 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         // An error path must not leave a mount behind.
         self.cancel.cancel();
-        self.source.close();
+        self.fs.close();
+        self.replies.take();
         if let Some(m) = self.mounted.take() {
             let _ = m.unmount();
         }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use vmt_formats::trace::Op;
-use vmt_fs::fusefs::AccessObserver;
+use vmt_fs::AccessObserver;
 use vmt_model::scheduler::Scheduler;
 use vmt_swarm::Engine;
 

@@ -2,75 +2,35 @@
 //! them for progress bars, the `--status` endpoint and the exit report.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
 
 use serde::Serialize;
+use vmt_fs::LatencySummary;
 
-/// Counters of the serving path.
+/// Counters of the serving path the filesystem does not keep itself.
 #[derive(Default)]
 pub(crate) struct RuntimeStats {
-    hits: AtomicU64,
-    misses: AtomicU64,
     writes: AtomicU64,
-    stalls: AtomicU64,
-    stall_us: AtomicU64,
-    /// Every stall's duration in µs, for percentiles (appended on the miss path only).
-    stall_list: Mutex<Vec<u64>>,
 }
 
 impl RuntimeStats {
-    pub(crate) fn record_hit(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn record_miss(&self) {
-        self.misses.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub(crate) fn record_write(&self) {
         self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_stall(&self, d: Duration) {
-        let us = d.as_micros() as u64;
-        self.stalls.fetch_add(1, Ordering::Relaxed);
-        self.stall_us.fetch_add(us, Ordering::Relaxed);
-        self.stall_list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(us);
-    }
-
-    pub(crate) fn reads(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
-    }
-
-    pub(crate) fn stall_summary(&self) -> StallSummary {
-        let mut list = self
-            .stall_list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        list.sort_unstable();
-        let pct = |p: f64| {
-            list.get(((list.len() as f64 - 1.0) * p).round() as usize)
-                .map_or(0.0, |&us| us as f64 / 1e6)
-        };
-        StallSummary {
-            count: self.stalls.load(Ordering::Relaxed),
-            total_s: self.stall_us.load(Ordering::Relaxed) as f64 / 1e6,
-            p50_s: pct(0.5),
-            p99_s: pct(0.99),
-            max_s: list.last().map_or(0.0, |&us| us as f64 / 1e6),
-        }
-    }
-
     pub(crate) fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+}
+
+impl From<LatencySummary> for StallSummary {
+    fn from(s: LatencySummary) -> StallSummary {
+        StallSummary {
+            count: s.count,
+            total_s: s.total.as_secs_f64(),
+            p50_s: s.p50.as_secs_f64(),
+            p99_s: s.p99.as_secs_f64(),
+            max_s: s.max.as_secs_f64(),
+        }
     }
 }
 
