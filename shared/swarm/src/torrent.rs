@@ -44,7 +44,7 @@ pub const MAX_PIECE_LENGTH: u32 = 16 << 20;
 
 /// A parsed single-file torrent. Cloning is cheap: the bytes, piece hashes and block-hash table
 /// are shared, not copied.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Torrent {
     bytes: Bytes,
     info_hash: Id20,
@@ -355,6 +355,19 @@ impl Torrent {
     }
 }
 
+/// The torrent's identity and geometry, not its megabytes of hashes.
+impl std::fmt::Debug for Torrent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Torrent")
+            .field("name", &self.name)
+            .field("info_hash", &self.info_hash)
+            .field("length", &self.lengths.total_length())
+            .field("piece_length", &self.lengths.default_piece_length())
+            .field("block_hashes", &self.block_hashes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pin<'_> {
     /// The pinned root and image SHA-256, if this build can use the pin.
     fn check(&self) -> std::result::Result<([u8; 32], [u8; 32]), BlockTableError> {
@@ -650,6 +663,8 @@ mod tests {
         let mut again = Vec::new();
         bencode::bencode_serialize_to_writer(&whole, &mut again).unwrap();
         assert_eq!(again, t.as_bytes());
+        let debug = format!("{t:?}");
+        assert!(debug.len() < 400 && debug.contains("blocks: 13"), "{debug}");
         // The same image makes the same torrent (no creation date).
         let t2 = create(&img, 32768, dir.path());
         let t3 = create(&img, 32768, dir.path());
