@@ -167,7 +167,7 @@ impl Torrent {
         let (image_sha256, block_hashes) = match (vmt.info.vmt, vmt.block_hashes) {
             (Some(pin), table) => {
                 let (root, image_sha256) = pin.check().map_err(table_err)?;
-                let table = table.ok_or(table_err(BlockTableError::Missing))?;
+                let table = table.ok_or_else(|| table_err(BlockTableError::Missing))?;
                 let table = BlockHashes::pinned(bytes.slice_ref(table.0), length, &root)
                     .map_err(table_err)?;
                 (Some(image_sha256), Some(table))
@@ -267,7 +267,7 @@ impl Torrent {
     /// The `.torrent` without its block-hash table: the same info dictionary (so the same info
     /// hash and swarm), a few bytes per piece instead of 32 per block. For stock clients that
     /// limit what they take in, e.g. aria2's RPC (`--rpc-max-request-size`, 2 MiB by default,
-    /// so a vmt torrent of an image over ~750 MB). vmt itself refuses it (a pin without its
+    /// so a vmt torrent of an image over ~775 MB). vmt itself refuses it (a pin without its
     /// table) until tables are fetched from peers.
     pub fn bytes_without_table(&self) -> Result<Vec<u8>> {
         let Some(table) = &self.block_hashes else {
