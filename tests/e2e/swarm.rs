@@ -440,18 +440,20 @@ fn cli_bad_input_is_a_clear_error() {
     let bad = dir.path().join("bad.torrent");
     std::fs::write(&bad, b"d4:spam").unwrap();
     let out = dir.path().join("o.img");
-    check(
-        &[
+    let fetch = |torrent: &Path, expect: &str| {
+        let (torrent, out) = (torrent.to_str().unwrap(), out.to_str().unwrap());
+        let args = [
             "fetch",
             "--torrent",
-            bad.to_str().unwrap(),
+            torrent,
             "--peer",
             "127.0.0.1:9",
             "--out",
-            out.to_str().unwrap(),
-        ],
-        "invalid torrent",
-    );
+            out,
+        ];
+        check(&args, expect)
+    };
+    fetch(&bad, "invalid torrent");
     // A busy port.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
@@ -467,6 +469,23 @@ fn cli_bad_input_is_a_clear_error() {
         ],
         "cannot listen on",
     );
+    // A torrent whose block-hash table was tampered with (issue 11).
+    let torrent = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(Torrent::create(&img, PIECE, Vec::new()))
+        .unwrap();
+    let table = torrent.block_hashes().unwrap().as_bytes();
+    let at = table.as_ptr() as usize - torrent.as_bytes().as_ptr() as usize;
+    let mut forged = torrent.as_bytes().to_vec();
+    forged[at + 3] ^= 1;
+    let forged_path = dir.path().join("forged.torrent");
+    std::fs::write(&forged_path, forged).unwrap();
+    for expect in [
+        "forged.torrent: block-hash table refused",
+        "forged or belongs to another torrent",
+    ] {
+        fetch(&forged_path, expect);
+    }
     let help =
         vmt_tests::run_with_timeout(vmt_run().args(["fetch", "--help"]), Duration::from_secs(30));
     let help = String::from_utf8_lossy(&help.stdout);

@@ -222,6 +222,10 @@ async fn vmt_client_downloads_from_transmission_seeder() {
     );
     assert!(made.status.success());
     let torrent = Torrent::load(&torrent_path).unwrap();
+    assert!(
+        torrent.block_hashes().is_none(),
+        "a stock torrent has no block-hash table"
+    );
     let tr = Transmission::start(&dir.path().join("tr"), &seed_dir);
     tr.add(&torrent_path);
     vmt_tests::wait_until(
@@ -293,6 +297,74 @@ async fn transmission_leecher_downloads_from_vmt_seeder() {
     assert!(std::fs::read(leech_dir.join(img.torrent.name())).unwrap() == img.data);
     assert!(seed.stats().uploaded >= img.data.len() as u64);
     shutdown_all(&[&seed]).await;
+}
+
+/// Stock tools read a vmt torrent (with its pinned block-hash table) as an ordinary one: same
+/// info hash, pieces and length; and vmt reads a stock torrent as one without a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_tools_read_vmt_torrents_and_vmt_reads_stock_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 * MIB + 12345, 23);
+    let img = dir.path().join("image.img");
+    std::fs::write(&img, &data).unwrap();
+    let url = "http://127.0.0.1:9/announce".to_owned();
+    let torrent = Torrent::create(&img, super::swarm::PIECE, vec![url.clone()])
+        .await
+        .unwrap();
+    let table = torrent.block_hashes().expect("vmt torrents carry a table");
+    assert_eq!(table.block_count() as usize, data.len().div_ceil(16384));
+    let path = dir.path().join("image.torrent");
+    torrent.save(&path).unwrap();
+    let hash = torrent.info_hash().as_string();
+    let pieces = torrent.piece_count().to_string();
+
+    let meta = librqbit_core::torrent_metainfo::torrent_from_bytes(torrent.as_bytes()).unwrap();
+    assert_eq!(meta.info_hash, torrent.info_hash());
+    assert_eq!(meta.info.data.length, Some(data.len() as u64));
+
+    let test = "stock_tools_read_vmt_torrents_and_vmt_reads_stock_ones";
+    if have("transmission-show", test) {
+        let out = vmt_tests::run_with_timeout(
+            Command::new("transmission-show").arg(&path),
+            Duration::from_secs(20),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(&format!("Hash: {hash}")), "{text}");
+        assert!(text.contains(&format!("Piece Count: {pieces}")), "{text}");
+        assert!(text.contains(&url), "{text}");
+    }
+    if have("aria2c", test) {
+        let out = vmt_tests::run_with_timeout(
+            Command::new("aria2c").arg("--show-files").arg(&path),
+            Duration::from_secs(20),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(&format!("Info Hash: {hash}")), "{text}");
+        assert!(
+            text.contains(&format!("The Number of Pieces: {pieces}")),
+            "{text}"
+        );
+    }
+    if have("transmission-create", test) {
+        let stock = dir.path().join("stock.torrent");
+        let made = vmt_tests::run_with_timeout(
+            Command::new("transmission-create")
+                .args(["-s", "256", "-o"])
+                .arg(&stock)
+                .arg(&img),
+            Duration::from_secs(60),
+        );
+        assert!(made.status.success());
+        let stock = Torrent::load(&stock).unwrap();
+        assert!(stock.block_hashes().is_none());
+        assert_eq!(stock.image_sha256(), None);
+        // Same content, same piece hashes: only the pin differs, so the swarms differ.
+        let p = stock.piece(0).unwrap();
+        assert_eq!(stock.piece_hash(p), torrent.piece_hash(p));
+        assert_ne!(stock.info_hash(), torrent.info_hash());
+    }
 }
 
 // ---- opentracker ----

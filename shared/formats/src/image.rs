@@ -3,7 +3,8 @@
 //! Every file vmt writes names the image it belongs to by an [`ImageId`], so a trace, a bundle or
 //! a piece bitmap of another image is refused instead of silently mixed in. Hashing a multi-GB
 //! image takes seconds, so [`ImageId::of_file`] reports progress and [`IdCache`] remembers the
-//! result per (device, inode, size, mtime) so it is never recomputed for an unchanged file.
+//! result per (device, inode, size, mtime) so it is never recomputed for an unchanged file; a
+//! pass that hashes the image anyway (making its torrent) records its result there too.
 
 use std::fmt;
 use std::fs::File;
@@ -133,44 +134,35 @@ impl IdCache {
         IdCache { path }
     }
 
-    fn key(image: &Path) -> io::Result<String> {
-        let m = std::fs::metadata(image)?;
-        Ok(format!(
-            "{}:{}:{}:{}.{}",
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec()
-        ))
+    /// The cached identity of the file that has `stamp` (just taken with [`FileStamp::of`]).
+    pub fn cached(&self, stamp: &FileStamp) -> Option<ImageId> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        text.lines().find_map(|line| {
+            let (k, hex) = line.split_once(' ')?;
+            (k == stamp.key).then(|| ImageId::from_hex(stamp.size, hex))?
+        })
     }
 
     /// The identity of `image`, from the cache when the file is unchanged, else hashed (with
     /// `progress`) and remembered.
     pub fn identify(&self, image: &Path, progress: impl FnMut(u64)) -> io::Result<ImageId> {
-        let key = Self::key(image)?;
-        let size = std::fs::metadata(image)?.len();
-        if let Ok(text) = std::fs::read_to_string(&self.path) {
-            for line in text.lines() {
-                if let Some((k, hex)) = line.split_once(' ') {
-                    if k == key {
-                        if let Some(id) = ImageId::from_hex(size, hex) {
-                            return Ok(id);
-                        }
-                    }
-                }
-            }
+        let stamp = FileStamp::of(image)?;
+        if let Some(id) = self.cached(&stamp) {
+            return Ok(id);
         }
         let id = ImageId::of_file(image, progress)?;
-        // Only remember the result if the file did not change while we read it.
-        if Self::key(image)? == key {
-            self.remember(&key, &id);
-        }
+        self.remember(image, &stamp, &id);
         Ok(id)
     }
 
-    fn remember(&self, key: &str, id: &ImageId) {
+    /// Remembers `id`, hashed by the caller (e.g. in the same pass that made a torrent) from
+    /// `image` as it was at `before` (taken before reading). Nothing is recorded if the file
+    /// changed since, so a cached identity is always of the content it names.
+    pub fn remember(&self, image: &Path, before: &FileStamp, id: &ImageId) {
         use std::io::Write;
+        if id.size != before.size || FileStamp::of(image).ok().as_ref() != Some(before) {
+            return;
+        }
         if let Some(dir) = self.path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -179,8 +171,39 @@ impl IdCache {
             .append(true)
             .open(&self.path)
         {
-            let _ = writeln!(f, "{key} {}", id.sha256_hex());
+            let _ = writeln!(f, "{} {}", before.key, id.sha256_hex());
         }
+    }
+}
+
+/// What tells an unchanged file: (device, inode, size, mtime). Taken before a file is hashed and
+/// compared after, it also tells whether the file changed while it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    key: String,
+    size: u64,
+}
+
+impl FileStamp {
+    /// The stamp of `path` now.
+    pub fn of(path: &Path) -> io::Result<FileStamp> {
+        let m = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            key: format!(
+                "{}:{}:{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec()
+            ),
+            size: m.size(),
+        })
+    }
+
+    /// The file's size when stamped.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 }
 
@@ -315,6 +338,34 @@ mod tests {
         let b = cache.identify(&img, |_| calls_again += 1).unwrap();
         assert_eq!(a, b);
         assert_eq!(calls_again, 0, "unchanged file must not be hashed again");
+    }
+
+    #[test]
+    fn cache_takes_identities_hashed_elsewhere_only_for_the_unchanged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        std::fs::write(&img, vec![7u8; 10_000]).unwrap();
+        let cache = IdCache::at(dir.path().join("cache"));
+        let before = FileStamp::of(&img).unwrap();
+        let id = ImageId::of_file(&img, |_| {}).unwrap();
+        cache.remember(&img, &before, &id);
+        assert_eq!(cache.cached(&before), Some(id));
+        let mut calls = 0;
+        assert_eq!(cache.identify(&img, |_| calls += 1).unwrap(), id);
+        assert_eq!(
+            calls, 0,
+            "an identity remembered by another pass is not hashed again"
+        );
+
+        // A file that changed after its stamp was taken is not remembered.
+        let img2 = dir.path().join("img2");
+        std::fs::write(&img2, vec![1u8; 5_000]).unwrap();
+        let before2 = FileStamp::of(&img2).unwrap();
+        let id2 = ImageId::of_file(&img2, |_| {}).unwrap();
+        std::fs::write(&img2, vec![2u8; 6_000]).unwrap();
+        cache.remember(&img2, &before2, &id2);
+        assert_eq!(cache.cached(&before2), None);
+        assert_eq!(cache.cached(&FileStamp::of(&img2).unwrap()), None);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use vmt_formats::envelope::FileError;
 
+use super::block_hashes::BlockTableError;
+
 /// Why the swarm engine could not start or keep going. Peer misbehaviour is not here: a bad peer
 /// is logged, penalized and dropped, never an error of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +33,22 @@ pub enum SwarmError {
         /// What is wrong.
         reason: String,
     },
+    /// A `.torrent`'s block-hash table (or the pin in its info dictionary that vouches for it)
+    /// is refused: forged, truncated, of another torrent, or of a newer format.
+    #[error("{}: block-hash table refused", path.display())]
+    BlockTable {
+        /// The file (or `<created>`).
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: BlockTableError,
+    },
     /// Making a torrent from an image failed.
     #[error("{}: cannot create torrent: {reason}", image.display())]
     CreateTorrent {
         /// The image.
         image: PathBuf,
-        /// librqbit's explanation.
+        /// What went wrong.
         reason: String,
     },
     /// The local image file could not be opened, read or written.

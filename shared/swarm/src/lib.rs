@@ -7,6 +7,8 @@
 //!
 //! # Overview
 //! - [`Torrent`]: a parsed or freshly created single-file `.torrent`.
+//! - [`BlockHashes`]: the SHA-256 of every 16 KiB block, pinned in vmt's torrents, so a block
+//!   is verified on its own before its whole piece has arrived (see `BLOCKS.md`).
 //! - [`Storage`]: the sparse image file plus the persisted bitmap of verified pieces.
 //! - [`PiecePicker`]: the synchronous piece bookkeeping and priority rule (demand > plan >
 //!   rarest first > endgame).
@@ -37,6 +39,8 @@
 #![deny(missing_docs)]
 
 mod bitmap;
+mod block_hashes;
+mod digest;
 mod engine;
 mod error;
 mod peer;
@@ -53,6 +57,7 @@ mod waiters;
 mod window;
 
 pub use bitmap::AtomicBitmap;
+pub use block_hashes::{BlockHashes, BlockTableError, BLOCK_HASH_LEN, BLOCK_SIZE};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Result, SwarmError};
 pub use librqbit_core::lengths::{Lengths, ValidPieceIndex};

@@ -1,44 +1,134 @@
-//! The `.torrent` of an image: parsed with librqbit-core, created with librqbit.
+//! The `.torrent` of an image: parsed with librqbit-core, made in one pass by vmt.
 //!
-//! vmt serves one image file, so only single-file torrents are accepted. Parsing goes through
-//! `torrent_from_bytes` (which also computes the info hash) and `validate` (piece geometry), so no
-//! bencode is handled here.
+//! vmt serves one image file, so only single-file torrents are accepted. Standard fields are
+//! parsed by librqbit-core's `torrent_from_bytes` (which also computes the info hash); vmt reads
+//! only its own keys itself, with librqbit's bencode crate.
+//!
+//! # What vmt adds to a stock torrent
+//! - Inside the info dictionary, a `vmt` dictionary (the *pin*): `version` (1), `block size`
+//!   (16384), `block hashes root` (SHA-256 of the block-hash table) and `image sha256` (SHA-256
+//!   of the image content, the identity profile bundles and traces name). The info hash covers
+//!   it, so nobody can change it without making another swarm.
+//! - Outside the info dictionary, under `vmt block hashes`, the block-hash table itself (32
+//!   bytes per 16 KiB block, see [`BlockHashes`]), like BEP 52 keeps its piece layers outside
+//!   info: it would bloat metadata exchange, and it is checked against the pinned root anyway.
+//! - The comment `vmt image sha256 <hex>`, for vmt builds older than the pin (ignored when a pin
+//!   is present).
+//!
+//! Stock clients ignore both unknown keys; the standard fields (`name`, `length`,
+//! `piece length`, `pieces`, `announce`, `announce-list`) are exactly what they expect. A
+//! torrent with neither pin nor table (made by another tool) is a stock torrent: its blocks
+//! cannot be verified alone. A table without a pin, or a pin whose table is missing, short or
+//! of another root, is refused.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use bencode::raw_value::RawValue;
+use bencode::ByteBuf;
+use bytes::Bytes;
 use librqbit_core::hash_id::Id20;
 use librqbit_core::lengths::{Lengths, ValidPieceIndex};
 use librqbit_core::torrent_metainfo::torrent_from_bytes;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::block_hashes::{BlockHashes, BlockTableError, BLOCK_SIZE};
+use super::digest::{digest_image, ImageDigests};
 use super::error::{Result, SwarmError};
-use vmt_formats::image::ImageId;
+use vmt_formats::image::{FileStamp, IdCache, ImageId};
 
 /// Largest piece length accepted: bigger pieces make a demanded read wait for too many bytes and
 /// make each piece buffer huge.
 pub const MAX_PIECE_LENGTH: u32 = 16 << 20;
 
-/// A parsed single-file torrent.
-#[derive(Clone, Debug)]
+/// A parsed single-file torrent. Cloning is cheap: the bytes, piece hashes and block-hash table
+/// are shared, not copied.
+#[derive(Clone)]
 pub struct Torrent {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     info_hash: Id20,
     lengths: Lengths,
-    hashes: Vec<[u8; 20]>,
+    /// The info dictionary's `pieces`: 20 bytes per piece, a slice of `bytes`.
+    pieces: Bytes,
     name: String,
     trackers: Vec<String>,
     identity: ImageId,
     image_sha256: Option<[u8; 32]>,
+    block_hashes: Option<BlockHashes>,
 }
 
-/// Prefix of the `.torrent` comment in which vmt records the SHA-256 of the image content, so a
-/// client can refuse a profile bundle of another image before any piece arrives. The comment is
-/// outside the info dictionary: other clients ignore it and the info hash does not depend on it.
+/// Prefix of the `.torrent` comment in which vmt builds before the pin recorded the SHA-256 of
+/// the image content. The comment is outside the info dictionary, so the pin supersedes it.
 const IMAGE_SHA256_COMMENT: &str = "vmt image sha256 ";
+
+/// Top-level key of the block-hash table.
+const TABLE_KEY: &str = "vmt block hashes";
+
+/// Version of the pin (the `vmt` dictionary inside info) this build writes and reads.
+const PIN_VERSION: i64 = 1;
+
+/// vmt's keys in a `.torrent`, as serde sees them. One type for writing and reading, so the
+/// key names cannot drift apart.
+#[derive(Serialize, Deserialize)]
+struct Pin<'a> {
+    version: i64,
+    #[serde(rename = "block size")]
+    block_size: i64,
+    #[serde(rename = "block hashes root", borrow)]
+    block_hashes_root: ByteBuf<'a>,
+    #[serde(rename = "image sha256", borrow)]
+    image_sha256: ByteBuf<'a>,
+}
+
+/// The parts of a `.torrent` only vmt reads (every other key is skipped without copying).
+#[derive(Deserialize)]
+struct VmtParts<'a> {
+    #[serde(borrow)]
+    info: InfoPin<'a>,
+    #[serde(rename = "vmt block hashes", borrow, default)]
+    block_hashes: Option<ByteBuf<'a>>,
+}
+
+#[derive(Deserialize)]
+struct InfoPin<'a> {
+    #[serde(borrow, default)]
+    vmt: Option<Pin<'a>>,
+}
+
+/// The info dictionary vmt writes: a stock single-file one plus the pin.
+#[derive(Serialize)]
+struct InfoOut<'a> {
+    length: u64,
+    name: ByteBuf<'a>,
+    #[serde(rename = "piece length")]
+    piece_length: u32,
+    pieces: ByteBuf<'a>,
+    vmt: Pin<'a>,
+}
+
+/// The `.torrent` vmt writes. The serializer sorts keys (canonical bencode, as BEP 3 asks), so
+/// clients that re-encode the info dictionary to hash it (Transmission) get the same info hash.
+#[derive(Serialize)]
+struct TorrentOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    announce: Option<&'a str>,
+    /// One tier of all trackers (BEP 12), as librqbit's `create_torrent` writes it.
+    #[serde(rename = "announce-list", skip_serializing_if = "Vec::is_empty")]
+    announce_list: Vec<&'a [String]>,
+    comment: &'a str,
+    #[serde(rename = "created by")]
+    created_by: &'a str,
+    /// Serialized once, so the info hash is computed over exactly these bytes.
+    info: RawValue<&'a [u8]>,
+    #[serde(rename = "vmt block hashes")]
+    block_hashes: ByteBuf<'a>,
+}
 
 impl Torrent {
     /// Parses a `.torrent`; `path` only names the source in errors.
     pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Torrent> {
+        let bytes = Bytes::from(bytes);
         let bad = |reason: String| SwarmError::BadTorrent {
             path: path.to_owned(),
             reason,
@@ -68,10 +158,32 @@ impl Torrent {
                 lengths.total_pieces()
             )));
         }
-        let hashes = pieces
-            .chunks_exact(20)
-            .map(|c| c.try_into().expect("chunks of 20"))
-            .collect();
+        let vmt: VmtParts =
+            bencode::from_bytes(&bytes).map_err(|e| bad(format!("vmt keys: {e:#}")))?;
+        let table_err = |source: BlockTableError| SwarmError::BlockTable {
+            path: path.to_owned(),
+            source,
+        };
+        let (image_sha256, block_hashes) = match (vmt.info.vmt, vmt.block_hashes) {
+            (Some(pin), table) => {
+                let (root, image_sha256) = pin.check().map_err(table_err)?;
+                let table = table.ok_or_else(|| table_err(BlockTableError::Missing))?;
+                let table = BlockHashes::pinned(bytes.slice_ref(table.0), length, &root)
+                    .map_err(table_err)?;
+                (Some(image_sha256), Some(table))
+            }
+            (None, Some(_)) => return Err(table_err(BlockTableError::Unpinned)),
+            (None, None) => {
+                let legacy = meta
+                    .comment
+                    .as_ref()
+                    .and_then(|c| std::str::from_utf8(c.as_ref()).ok())
+                    .and_then(|c| c.strip_prefix(IMAGE_SHA256_COMMENT))
+                    .and_then(|hex| ImageId::from_hex(length, hex))
+                    .map(|id| id.sha256);
+                (legacy, None)
+            }
+        };
         let name = info
             .name
             .as_ref()
@@ -85,19 +197,14 @@ impl Torrent {
             size: length,
             sha256: Sha256::digest(meta.info.raw_bytes.as_ref()).into(),
         };
-        let image_sha256 = meta
-            .comment
-            .as_ref()
-            .and_then(|c| std::str::from_utf8(c.as_ref()).ok())
-            .and_then(|c| c.strip_prefix(IMAGE_SHA256_COMMENT))
-            .and_then(|hex| ImageId::from_hex(length, hex))
-            .map(|id| id.sha256);
+        let pieces = bytes.slice_ref(pieces);
         let info_hash = meta.info_hash;
         Ok(Torrent {
             image_sha256,
+            block_hashes,
             info_hash,
             lengths,
-            hashes,
+            pieces,
             name,
             trackers,
             identity,
@@ -114,54 +221,32 @@ impl Torrent {
         Torrent::from_bytes(bytes, path)
     }
 
-    /// Hashes `image` into a single-file torrent with `piece_length`-byte pieces.
+    /// Hashes `image` into a single-file torrent with `piece_length`-byte pieces (a power of
+    /// two from 16 KiB to 16 MiB), with its block-hash table and content SHA-256 pinned.
     pub async fn create(image: &Path, piece_length: u32, trackers: Vec<String>) -> Result<Torrent> {
-        let err = |reason: String| SwarmError::CreateTorrent {
+        Torrent::create_with_progress(image, piece_length, trackers, |_| {}).await
+    }
+
+    /// [`create`](Self::create), calling `progress(bytes_hashed)` as the image is read (every
+    /// 4 MiB), e.g. to draw a bar. The image is read once, on a blocking thread: the SHA-1 of
+    /// each piece, the SHA-256 of each block and of the whole image are computed in the same
+    /// pass, and the last is recorded in the user's [`IdCache`] so identifying the image later
+    /// does not hash it again.
+    pub async fn create_with_progress(
+        image: &Path,
+        piece_length: u32,
+        trackers: Vec<String>,
+        progress: impl FnMut(u64) + Send + 'static,
+    ) -> Result<Torrent> {
+        let owned = image.to_owned();
+        tokio::task::spawn_blocking(move || {
+            create_blocking(&owned, piece_length, &trackers, IdCache::user(), progress)
+        })
+        .await
+        .map_err(|e| SwarmError::CreateTorrent {
             image: image.to_owned(),
-            reason,
-        };
-        let meta = std::fs::metadata(image).map_err(|source| SwarmError::Storage {
-            path: image.to_owned(),
-            source,
-        })?;
-        if !meta.is_file() {
-            return Err(err("not a regular file".into()));
-        }
-        if meta.len() == 0 {
-            return Err(err("the image is empty".into()));
-        }
-        if !(16384..=MAX_PIECE_LENGTH).contains(&piece_length) || !piece_length.is_power_of_two() {
-            return Err(err(format!(
-                "piece size {piece_length} must be a power of two from 16 KiB to 16 MiB"
-            )));
-        }
-        let options = librqbit::CreateTorrentOptions {
-            name: None,
-            trackers,
-            piece_length: Some(piece_length),
-        };
-        let spawner = librqbit::spawn_utils::BlockingSpawner::new(1);
-        let mut created = librqbit::create_torrent(image, options, &spawner)
-            .await
-            .map_err(|e| err(format!("{e:#}")))?;
-        // librqbit 9.1.0 appends the SHA-1 of zero bytes as an extra piece hash when the image
-        // length is a multiple of the piece length; drop it (the info hash is computed from the
-        // serialized info below, so it covers the fixed list).
-        let info = &mut created.meta.info.data;
-        let expected = meta.len().div_ceil(piece_length as u64) as usize * 20;
-        let pieces = info.pieces.as_ref();
-        if pieces.len() == expected + 20 && pieces[expected..] == sha1(&[]) {
-            info.pieces = librqbit::ByteBufOwned::from(&pieces[..expected]);
-        }
-        // Record the image's content hash (cached per inode, so seeding again does not rehash).
-        let image_id = vmt_formats::image::IdCache::user()
-            .identify(image, |_| {})
-            .map_err(|e| err(format!("hashing the image: {e}")))?;
-        created.meta.comment = Some(librqbit::ByteBufOwned::from(
-            format!("{IMAGE_SHA256_COMMENT}{}", image_id.sha256_hex()).as_bytes(),
-        ));
-        let bytes = created.as_bytes().map_err(|e| err(format!("{e:#}")))?;
-        Torrent::from_bytes(bytes.to_vec(), &PathBuf::from("<created>"))
+            reason: format!("the hashing thread failed: {e}"),
+        })?
     }
 
     /// Writes the `.torrent` file atomically.
@@ -177,6 +262,34 @@ impl Torrent {
     /// The bencoded `.torrent`.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The `.torrent` without its block-hash table: the same info dictionary (so the same info
+    /// hash and swarm), a few bytes per piece instead of 32 per block. For stock clients that
+    /// limit what they take in, e.g. aria2's RPC (`--rpc-max-request-size`, 2 MiB by default,
+    /// so a vmt torrent of an image over ~775 MB). vmt itself refuses it (a pin without its
+    /// table) until tables are fetched from peers.
+    pub fn bytes_without_table(&self) -> Result<Vec<u8>> {
+        let Some(table) = &self.block_hashes else {
+            return Ok(self.bytes.to_vec());
+        };
+        // The table is a slice of `bytes`, right after its key and its length prefix.
+        let start = table.as_bytes().as_ptr() as usize - self.bytes.as_ptr() as usize;
+        let entry = format!("{}:{TABLE_KEY}{}:", TABLE_KEY.len(), table.as_bytes().len());
+        let from = start.checked_sub(entry.len());
+        let bad = || SwarmError::BadTorrent {
+            path: "<memory>".into(),
+            reason: "the block-hash table is not canonically encoded".into(),
+        };
+        let from = from
+            .filter(|&f| self.bytes[f..start] == *entry.as_bytes())
+            .ok_or_else(bad)?;
+        let end = start + table.as_bytes().len();
+        let out = [&self.bytes[..from], &self.bytes[end..]].concat();
+        match torrent_from_bytes(&out) {
+            Ok(meta) if meta.info_hash == self.info_hash => Ok(out),
+            _ => Err(bad()),
+        }
     }
 
     /// SHA-1 of the info dictionary: the swarm's name on the wire.
@@ -206,7 +319,10 @@ impl Torrent {
 
     /// Expected SHA-1 of a piece.
     pub fn piece_hash(&self, piece: ValidPieceIndex) -> &[u8; 20] {
-        &self.hashes[piece.get_usize()]
+        let start = piece.get_usize() * 20;
+        self.pieces[start..start + 20]
+            .try_into()
+            .expect("piece count checked when parsed")
     }
 
     /// The file name inside the torrent.
@@ -219,9 +335,16 @@ impl Torrent {
         &self.trackers
     }
 
-    /// SHA-256 of the image content, when the torrent was made by vmt.
+    /// SHA-256 of the image content, when the torrent was made by vmt (pinned in the info
+    /// dictionary, or in the comment of torrents made before the pin).
     pub fn image_sha256(&self) -> Option<[u8; 32]> {
         self.image_sha256
+    }
+
+    /// The verified table of block hashes, when the torrent pins one; `None` for a stock
+    /// torrent, whose blocks can only be verified with their whole piece.
+    pub fn block_hashes(&self) -> Option<&BlockHashes> {
+        self.block_hashes.as_ref()
     }
 
     /// Identity used in vmt file headers for state tied to this torrent: size = image length,
@@ -232,10 +355,456 @@ impl Torrent {
     }
 }
 
+/// The torrent's identity and geometry, not its megabytes of hashes.
+impl std::fmt::Debug for Torrent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Torrent")
+            .field("name", &self.name)
+            .field("info_hash", &self.info_hash)
+            .field("length", &self.lengths.total_length())
+            .field("piece_length", &self.lengths.default_piece_length())
+            .field("block_hashes", &self.block_hashes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pin<'_> {
+    /// The pinned root and image SHA-256, if this build can use the pin.
+    fn check(&self) -> std::result::Result<([u8; 32], [u8; 32]), BlockTableError> {
+        if self.version != PIN_VERSION {
+            return Err(BlockTableError::Version {
+                found: self.version,
+                supported: PIN_VERSION,
+            });
+        }
+        if self.block_size != BLOCK_SIZE as i64 {
+            return Err(BlockTableError::BlockSize {
+                found: self.block_size,
+            });
+        }
+        let hash = |field: &'static str, b: &ByteBuf| {
+            <[u8; 32]>::try_from(b.0).map_err(|_| BlockTableError::PinField {
+                field,
+                found: b.0.len(),
+            })
+        };
+        Ok((
+            hash("block hashes root", &self.block_hashes_root)?,
+            hash("image sha256", &self.image_sha256)?,
+        ))
+    }
+}
+
+/// Makes the torrent of `image` (see [`Torrent::create_with_progress`]), recording the image's
+/// identity in `cache`.
+fn create_blocking(
+    image: &Path,
+    piece_length: u32,
+    trackers: &[String],
+    cache: IdCache,
+    mut progress: impl FnMut(u64),
+) -> Result<Torrent> {
+    let err = |reason: String| SwarmError::CreateTorrent {
+        image: image.to_owned(),
+        reason,
+    };
+    let io_err = |source| SwarmError::Storage {
+        path: image.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(image).map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() == 0 {
+        return Err(err("the image is empty".into()));
+    }
+    if !(16384..=MAX_PIECE_LENGTH).contains(&piece_length) || !piece_length.is_power_of_two() {
+        return Err(err(format!(
+            "piece size {piece_length} must be a power of two from 16 KiB to 16 MiB"
+        )));
+    }
+    let before = FileStamp::of(image).map_err(io_err)?;
+    let file = std::fs::File::open(image).map_err(io_err)?;
+    let cached = cache.cached(&before).map(|id| id.sha256);
+    let digests =
+        digest_image(&file, before.size(), piece_length, cached, &mut progress).map_err(io_err)?;
+    if FileStamp::of(image).map_err(io_err)? != before {
+        return Err(err("the image changed while it was hashed".into()));
+    }
+    let id = ImageId {
+        size: before.size(),
+        sha256: digests.image_sha256,
+    };
+    if cached.is_none() {
+        cache.remember(image, &before, &id);
+    }
+    let name = image.file_name().map_or(&b"image"[..], |n| n.as_bytes());
+    let bytes = encode(name, piece_length, &id, &digests, trackers)
+        .map_err(|e| err(format!("encoding: {e:#}")))?;
+    Torrent::from_bytes(bytes, &PathBuf::from("<created>"))
+}
+
+/// The bencoded `.torrent` of an image.
+fn encode(
+    name: &[u8],
+    piece_length: u32,
+    id: &ImageId,
+    digests: &ImageDigests,
+    trackers: &[String],
+) -> std::result::Result<Vec<u8>, bencode::SerializeError> {
+    let root = super::block_hashes::root_of(&digests.block_sha256);
+    let info = InfoOut {
+        length: id.size,
+        name: ByteBuf(name),
+        piece_length,
+        pieces: ByteBuf(&digests.piece_sha1),
+        vmt: Pin {
+            version: PIN_VERSION,
+            block_size: BLOCK_SIZE as i64,
+            block_hashes_root: ByteBuf(&root),
+            image_sha256: ByteBuf(&id.sha256),
+        },
+    };
+    let mut info_bytes = Vec::new();
+    bencode::bencode_serialize_to_writer(&info, &mut info_bytes)?;
+    let comment = format!("{IMAGE_SHA256_COMMENT}{}", id.sha256_hex());
+    let created_by = concat!("vmt ", env!("CARGO_PKG_VERSION"));
+    let torrent = TorrentOut {
+        announce: trackers.first().map(String::as_str),
+        announce_list: if trackers.is_empty() {
+            Vec::new()
+        } else {
+            vec![trackers]
+        },
+        comment: &comment,
+        created_by,
+        info: RawValue(&info_bytes),
+        block_hashes: ByteBuf(&digests.block_sha256),
+    };
+    let mut out = Vec::with_capacity(info_bytes.len() + digests.block_sha256.len() + 1024);
+    bencode::bencode_serialize_to_writer(&torrent, &mut out)?;
+    Ok(out)
+}
+
 /// SHA-1 of `data`, through librqbit's hash wrapper (the same implementation it verifies with).
 pub fn sha1(data: &[u8]) -> [u8; 20] {
     use sha1w::ISha1;
     let mut h = sha1w::Sha1::new();
     h.update(data);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::random_image;
+    use librqbit_core::torrent_metainfo::TorrentMetaV1Owned;
+
+    const KIB: usize = 1024;
+
+    /// Makes the torrent of `image` with a cache in `dir` (the user's cache stays untouched).
+    fn create(image: &Path, piece: u32, dir: &Path) -> Torrent {
+        create_blocking(image, piece, &[], IdCache::at(dir.join("ids")), |_| {}).unwrap()
+    }
+
+    /// The piece hashes librqbit's `create_torrent` computes for `image`, without the extra
+    /// hash of zero bytes it appends when the length is a multiple of the piece length.
+    async fn librqbit_torrent(image: &Path, piece: u32) -> TorrentMetaV1Owned {
+        let options = librqbit::CreateTorrentOptions {
+            piece_length: Some(piece),
+            ..Default::default()
+        };
+        let spawner = librqbit::spawn_utils::BlockingSpawner::new(1);
+        let created = librqbit::create_torrent(image, options, &spawner)
+            .await
+            .unwrap();
+        created.meta
+    }
+
+    /// `bytes` with the top-level `vmt block hashes` value replaced by `table` (or the key
+    /// removed). The table is outside the info dictionary, so the info hash does not change.
+    fn with_table(bytes: &[u8], table: Option<&[u8]>) -> Vec<u8> {
+        let key = format!("{}:{TABLE_KEY}", TABLE_KEY.len());
+        let key = key.as_bytes();
+        let at = bytes.windows(key.len()).position(|w| w == key);
+        let (head, tail) = match at {
+            Some(at) => {
+                let value = at + key.len();
+                let colon = value + bytes[value..].iter().position(|&b| b == b':').unwrap();
+                let len: usize = std::str::from_utf8(&bytes[value..colon])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                (&bytes[..at], &bytes[colon + 1 + len..])
+            }
+            // No table: a new one goes last (it sorts after every other top-level key).
+            None => (&bytes[..bytes.len() - 1], &b"e"[..]),
+        };
+        let mut out = head.to_vec();
+        if let Some(table) = table {
+            out.extend_from_slice(key);
+            out.extend_from_slice(format!("{}:", table.len()).as_bytes());
+            out.extend_from_slice(table);
+        }
+        out.extend_from_slice(tail);
+        out
+    }
+
+    fn table_error(result: Result<Torrent>) -> (String, BlockTableError) {
+        match result {
+            Err(e @ SwarmError::BlockTable { .. }) => {
+                let message = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+                let SwarmError::BlockTable { source, .. } = e else {
+                    unreachable!()
+                };
+                (message, source)
+            }
+            other => panic!("expected a refused block table, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_pass_hashes_equal_the_references() {
+        let dir = tempfile::tempdir().unwrap();
+        // A short last piece and block, then a length that is a whole number of pieces.
+        for (len, piece) in [(1_000_000, 65536), (512 * KIB, 262144), (300_000, 16384)] {
+            let (img, data) = random_image(dir.path(), len, len as u64);
+            let t = create(&img, piece, dir.path());
+
+            let reference = librqbit_torrent(&img, piece).await;
+            let pieces = t.lengths().total_pieces() as usize;
+            assert_eq!(
+                &t.pieces[..],
+                &reference.info.data.pieces.as_ref()[..pieces * 20],
+                "SHA-1 per piece as librqbit computes them"
+            );
+            for p in 0..t.piece_count() {
+                let piece_index = t.piece(p).unwrap();
+                let start = t.lengths().piece_offset(piece_index) as usize;
+                let end = start + t.lengths().piece_length(piece_index) as usize;
+                assert_eq!(t.piece_hash(piece_index), &sha1(&data[start..end]));
+            }
+
+            let blocks = t.block_hashes().expect("a vmt torrent carries its table");
+            assert_eq!(blocks.block_count() as usize, len.div_ceil(16384));
+            for (i, block) in data.chunks(16384).enumerate() {
+                assert_eq!(
+                    blocks.hash(i as u32).unwrap()[..],
+                    Sha256::digest(block)[..]
+                );
+                assert!(blocks.verify(i as u32, block));
+            }
+            assert_eq!(blocks.root()[..], Sha256::digest(blocks.as_bytes())[..]);
+
+            let id = ImageId::of_file(&img, |_| {}).unwrap();
+            assert_eq!(t.image_sha256(), Some(id.sha256));
+            assert_eq!(t.total_length(), len as u64);
+            assert_eq!(t.name(), "image.img");
+            std::fs::remove_file(&img).unwrap();
+        }
+    }
+
+    #[test]
+    fn creation_records_the_identity_and_reuses_a_cached_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 100_000, 1);
+        let cache = IdCache::at(dir.path().join("ids"));
+        let mut hashed = 0;
+        let t = create_blocking(&img, 16384, &[], IdCache::at(dir.path().join("ids")), |n| {
+            hashed = n
+        })
+        .unwrap();
+        assert_eq!(hashed, 100_000, "progress reaches the image length");
+        let stamp = FileStamp::of(&img).unwrap();
+        assert_eq!(cache.cached(&stamp).map(|id| id.sha256), t.image_sha256());
+
+        // A cached identity is taken, not recomputed: a planted one ends up in the torrent.
+        let planted = ImageId {
+            size: 100_000,
+            sha256: [9; 32],
+        };
+        let other = IdCache::at(dir.path().join("planted"));
+        other.remember(&img, &stamp, &planted);
+        let t = create_blocking(&img, 16384, &[], other, |_| {}).unwrap();
+        assert_eq!(t.image_sha256(), Some([9; 32]));
+    }
+
+    #[test]
+    fn created_torrents_are_canonical_and_stock_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 200_000, 2);
+        let trackers = vec![
+            "http://a.example/announce".to_owned(),
+            "udp://b.example:80".to_owned(),
+        ];
+        let t = create_blocking(
+            &img,
+            32768,
+            &trackers,
+            IdCache::at(dir.path().join("ids")),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(t.trackers(), &trackers[..]);
+        let meta = torrent_from_bytes(t.as_bytes()).unwrap();
+        assert_eq!(meta.info_hash, t.info_hash());
+        assert_eq!(meta.announce.unwrap().as_ref(), trackers[0].as_bytes());
+        let info = &meta.info.data;
+        assert_eq!((info.length, info.piece_length), (Some(200_000), 32768));
+        // Clients that re-encode the info dictionary to hash it (Transmission) get the same
+        // bytes: keys sorted at every level, integers and strings canonical.
+        let value: bencode::BencodeValueOwned =
+            bencode::from_bytes(meta.info.raw_bytes.as_ref()).unwrap();
+        let mut again = Vec::new();
+        bencode::bencode_serialize_to_writer(&value, &mut again).unwrap();
+        assert_eq!(again, meta.info.raw_bytes.as_ref());
+        let whole: bencode::BencodeValueOwned = bencode::from_bytes(t.as_bytes()).unwrap();
+        let mut again = Vec::new();
+        bencode::bencode_serialize_to_writer(&whole, &mut again).unwrap();
+        assert_eq!(again, t.as_bytes());
+        let debug = format!("{t:?}");
+        assert!(debug.len() < 400 && debug.contains("blocks: 13"), "{debug}");
+        // The same image makes the same torrent (no creation date).
+        let t2 = create(&img, 32768, dir.path());
+        let t3 = create(&img, 32768, dir.path());
+        assert_eq!(t2.as_bytes(), t3.as_bytes());
+    }
+
+    #[test]
+    fn a_flipped_table_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 300_000, 3);
+        let t = create(&img, 65536, dir.path());
+        let table = t.block_hashes().unwrap().as_bytes();
+        let offset = table.as_ptr() as usize - t.as_bytes().as_ptr() as usize;
+        let mut forged = t.as_bytes().to_vec();
+        forged[offset + 5 * 32 + 7] ^= 1;
+        let path = Path::new("app.torrent");
+        let (message, error) = table_error(Torrent::from_bytes(forged, path));
+        assert!(
+            matches!(error, BlockTableError::Root { pinned, .. } if pinned == *t.block_hashes().unwrap().root())
+        );
+        assert!(
+            message.starts_with("app.torrent: block-hash table refused: "),
+            "{message}"
+        );
+        assert!(
+            message.contains("forged or belongs to another torrent"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn another_images_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = random_image(&dir.path().join("a"), 300_000, 4);
+        let (b, _) = random_image(&dir.path().join("b"), 300_000, 5);
+        let (c, _) = random_image(&dir.path().join("c"), 500_000, 6);
+        let ta = create(&a, 65536, dir.path());
+        let tb = create(&b, 65536, dir.path());
+        let tc = create(&c, 65536, dir.path());
+        // Same length: the count fits, the root does not.
+        let spliced = with_table(ta.as_bytes(), Some(tb.block_hashes().unwrap().as_bytes()));
+        assert_eq!(
+            torrent_from_bytes(&spliced).unwrap().info_hash,
+            ta.info_hash()
+        );
+        let (message, error) = table_error(Torrent::from_bytes(spliced, Path::new("a.torrent")));
+        assert!(matches!(error, BlockTableError::Root { .. }), "{message}");
+        // Another length: refused for its size before it is hashed.
+        let spliced = with_table(ta.as_bytes(), Some(tc.block_hashes().unwrap().as_bytes()));
+        let (message, error) = table_error(Torrent::from_bytes(spliced, Path::new("a.torrent")));
+        assert!(
+            matches!(
+                error,
+                BlockTableError::Length {
+                    expected: 608,
+                    found: 992,
+                    ..
+                }
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("forged or belongs to another torrent"),
+            "{message}"
+        );
+        // The untouched torrent still loads.
+        let round = with_table(ta.as_bytes(), Some(ta.block_hashes().unwrap().as_bytes()));
+        assert_eq!(round, ta.as_bytes());
+        Torrent::from_bytes(round, Path::new("a.torrent")).unwrap();
+    }
+
+    #[test]
+    fn a_pin_without_its_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 100_000, 7);
+        let t = create(&img, 16384, dir.path());
+        let stripped = with_table(t.as_bytes(), None);
+        // What stock clients with a size limit get: the same swarm, no table.
+        assert_eq!(t.bytes_without_table().unwrap(), stripped);
+        assert_eq!(
+            torrent_from_bytes(&stripped).unwrap().info_hash,
+            t.info_hash()
+        );
+        let (message, error) = table_error(Torrent::from_bytes(stripped, Path::new("x.torrent")));
+        assert_eq!(error, BlockTableError::Missing, "{message}");
+    }
+
+    #[tokio::test]
+    async fn stock_and_legacy_torrents_load_without_a_table_and_a_table_needs_a_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 100_000, 8);
+        let mut meta = librqbit_torrent(&img, 16384).await;
+        // librqbit's extra hash of zero bytes only appears for whole pieces; 100_000 is not.
+        let encode = |meta: &TorrentMetaV1Owned| {
+            let mut out = Vec::new();
+            bencode::bencode_serialize_to_writer(meta, &mut out).unwrap();
+            out
+        };
+        let stock = Torrent::from_bytes(encode(&meta), Path::new("stock.torrent")).unwrap();
+        assert!(stock.block_hashes().is_none());
+        assert_eq!(stock.image_sha256(), None);
+
+        // A torrent made by vmt before the pin: the image SHA-256 in the comment only.
+        let id = ImageId::of_file(&img, |_| {}).unwrap();
+        meta.comment = Some(
+            format!("{IMAGE_SHA256_COMMENT}{}", id.sha256_hex())
+                .as_bytes()
+                .into(),
+        );
+        let legacy = Torrent::from_bytes(encode(&meta), Path::new("old.torrent")).unwrap();
+        assert!(legacy.block_hashes().is_none());
+        assert_eq!(legacy.image_sha256(), Some(id.sha256));
+
+        // A table (even the right one) that the info dictionary does not pin is refused.
+        let made = create(&img, 16384, dir.path());
+        let with = with_table(
+            &encode(&meta),
+            Some(made.block_hashes().unwrap().as_bytes()),
+        );
+        let (message, error) = table_error(Torrent::from_bytes(with, Path::new("old.torrent")));
+        assert_eq!(error, BlockTableError::Unpinned, "{message}");
+    }
+
+    #[test]
+    fn creation_validates_its_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 100_000, 9);
+        let cache = || IdCache::at(dir.path().join("ids"));
+        for piece in [8192, 16384 + 1, 3 << 14, 32 << 20] {
+            let e = create_blocking(&img, piece, &[], cache(), |_| {}).unwrap_err();
+            assert!(
+                matches!(e, SwarmError::CreateTorrent { .. }),
+                "{piece}: {e}"
+            );
+        }
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let e = create_blocking(&empty, 16384, &[], cache(), |_| {}).unwrap_err();
+        assert!(e.to_string().contains("the image is empty"), "{e}");
+        let e = create_blocking(dir.path(), 16384, &[], cache(), |_| {}).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
 }
