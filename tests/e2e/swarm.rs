@@ -4,6 +4,7 @@
 //! rqbit's e2e tests do); the CLI tests at the end run the real `vmt-run seed` / `fetch`.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;

@@ -303,14 +303,9 @@ async fn transmission_leecher_downloads_from_vmt_seeder() {
 /// info hash, pieces and length; and vmt reads a stock torrent as one without a table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_tools_read_vmt_torrents_and_vmt_reads_stock_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(3 * MIB + 12345, 23);
-    let img = dir.path().join("image.img");
-    std::fs::write(&img, &data).unwrap();
     let url = "http://127.0.0.1:9/announce".to_owned();
-    let torrent = Torrent::create(&img, super::swarm::PIECE, vec![url.clone()])
-        .await
-        .unwrap();
+    let image = TestImage::with_trackers(3 * MIB + 12345, 23, vec![url.clone()]).await;
+    let (dir, data, torrent) = (&image.dir, &image.data, &image.torrent);
     let table = torrent.block_hashes().expect("vmt torrents carry a table");
     assert_eq!(table.block_count() as usize, data.len().div_ceil(16384));
     let path = dir.path().join("image.torrent");
@@ -353,7 +348,7 @@ async fn stock_tools_read_vmt_torrents_and_vmt_reads_stock_ones() {
             Command::new("transmission-create")
                 .args(["-s", "256", "-o"])
                 .arg(&stock)
-                .arg(&img),
+                .arg(&image.path),
             Duration::from_secs(60),
         );
         assert!(made.status.success());
