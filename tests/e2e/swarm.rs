@@ -203,7 +203,7 @@ async fn demand_overtakes_plan() {
     // Plan and subscription are in place before the first peer is dialed, so every piece is
     // fetched by the plan and seen arriving.
     let c = client(&torrent, dir.path(), "c", EngineConfig::default()).await;
-    let plan: Vec<u32> = (0..n).collect();
+    let plan: Vec<u32> = (0..c.layout().blocks()).collect();
     c.set_plan(&plan);
     let mut events = c.subscribe();
     c.add_peer(seed.listen_addr().unwrap());

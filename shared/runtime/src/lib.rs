@@ -257,9 +257,12 @@ impl Runtime {
             ..Default::default()
         };
         let file_name = torrent.name().to_string();
-        let engine = Engine::start(torrent, storage, listener, config);
+        let events = Arc::new(source::PieceEvents::default());
+        let engine =
+            Engine::start_with_events(torrent, storage, listener, config, Some(events.clone()));
         let stats = Arc::new(RuntimeStats::default());
         let source = Arc::new(SwarmSource::new(engine.clone(), stats.clone()));
+        let _ = events.0.set(source.clone());
         let planner = Arc::new(Planner::new(
             sched,
             names,

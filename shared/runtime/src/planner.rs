@@ -19,6 +19,7 @@ use super::report::{ProfileSwitch, RuntimeStats};
 struct State {
     sched: Scheduler,
     plan: Vec<u32>,
+    blocks: Vec<u32>,
     top: Option<usize>,
     switches: Vec<ProfileSwitch>,
 }
@@ -45,6 +46,7 @@ impl Planner {
             state: Mutex::new(State {
                 sched,
                 plan: Vec::with_capacity(window),
+                blocks: Vec::new(),
                 top: None,
                 switches: Vec::new(),
             }),
@@ -65,13 +67,22 @@ impl Planner {
     fn plan_into(&self, s: &mut State) {
         let engine = &self.engine;
         let torrent = engine.torrent();
-        let State { sched, plan, .. } = s;
+        let State {
+            sched,
+            plan,
+            blocks,
+            ..
+        } = s;
         sched.plan(
             &|p| torrent.piece(p).is_some_and(|v| engine.has_piece(v)),
             self.window,
             plan,
         );
-        engine.set_plan(plan);
+        blocks.clear();
+        for &p in plan.iter() {
+            blocks.extend(engine.layout().piece_blocks(p));
+        }
+        engine.set_plan(blocks);
     }
 
     /// Recomputes the plan (after a piece landed).

@@ -83,7 +83,7 @@ impl SwarmSource {
         });
     }
 
-    fn release(self: &Arc<Self>, piece: u32) {
+    pub(crate) fn release(&self, piece: u32) {
         let mut out: Vec<Released<Pending>> = Vec::new();
         self.parked.piece_ready(piece, &mut out);
         for r in out {
@@ -160,13 +160,11 @@ impl PristineSource for SharedSource {
             let Some(valid) = s.engine.torrent().piece(piece) else {
                 continue;
             };
-            // Register even if the piece landed since the park counted it missing: then the
-            // callback runs at once and releases the read; otherwise nobody would.
-            if !s.engine.has_piece(valid) {
-                s.engine.demand(valid);
+            s.engine.demand(valid);
+            // Landed since the park counted it missing: its event may have come before the park.
+            if s.engine.has_piece(valid) {
+                s.release(piece);
             }
-            let source = s.clone();
-            s.engine.on_piece(valid, move |i| source.release(i));
         }
     }
 
@@ -185,18 +183,39 @@ impl PristineSource for SharedSource {
             if s.engine.has_piece(valid) {
                 continue;
             }
-            let (tx, rx) = std::sync::mpsc::channel();
             s.engine.demand(valid);
-            s.engine.on_piece(valid, move |_| {
-                let _ = tx.send(());
-            });
-            rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("piece {piece} did not arrive within 60 s"),
-                )
-            })?;
+            let start = std::time::Instant::now();
+            while !s.engine.has_piece(valid) {
+                if start.elapsed() > Duration::from_secs(60) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("piece {piece} did not arrive within 60 s"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         read_exact(&s.engine, offset, buf)
+    }
+}
+
+/// Turns the engine's block events into piece releases.
+#[derive(Default)]
+pub(crate) struct PieceEvents(pub(crate) std::sync::OnceLock<Arc<SwarmSource>>);
+
+impl vmt_swarm::SwarmEvents for PieceEvents {
+    fn blocks_ready(&self, first: u32, count: u32) {
+        let Some(s) = self.0.get() else { return };
+        let layout = *s.engine.layout();
+        let (a, b) = (layout.piece_of(first), layout.piece_of(first + count - 1));
+        for p in a..=b {
+            if s.engine
+                .torrent()
+                .piece(p)
+                .is_some_and(|v| s.engine.has_piece(v))
+            {
+                s.release(p);
+            }
+        }
     }
 }

@@ -11,7 +11,8 @@ use librqbit_core::lengths::{Lengths, ValidPieceIndex};
 use librqbit_core::torrent_metainfo::torrent_from_bytes;
 use sha2::{Digest, Sha256};
 
-use super::error::{Result, SwarmError};
+use crate::block_hashes::BlockHashes;
+use crate::error::{Result, SwarmError};
 use vmt_formats::image::ImageId;
 
 /// Largest piece length accepted: bigger pieces make a demanded read wait for too many bytes and
@@ -29,6 +30,7 @@ pub struct Torrent {
     trackers: Vec<String>,
     identity: ImageId,
     image_sha256: Option<[u8; 32]>,
+    block_hashes: Option<BlockHashes>,
 }
 
 /// Prefix of the `.torrent` comment in which vmt records the SHA-256 of the image content, so a
@@ -94,6 +96,7 @@ impl Torrent {
             .map(|id| id.sha256);
         let info_hash = meta.info_hash;
         Ok(Torrent {
+            block_hashes: None,
             image_sha256,
             info_hash,
             lengths,
@@ -217,6 +220,17 @@ impl Torrent {
     /// Announce URLs.
     pub fn trackers(&self) -> &[String] {
         &self.trackers
+    }
+
+    /// The block-hash table, when the torrent carries one: blocks can then be verified alone.
+    pub fn block_hashes(&self) -> Option<&BlockHashes> {
+        self.block_hashes.as_ref()
+    }
+
+    /// TEMPORARY (until the block-hash table is in the torrent): attaches a table.
+    pub fn with_block_hashes(mut self, hashes: BlockHashes) -> Torrent {
+        self.block_hashes = Some(hashes);
+        self
     }
 
     /// SHA-256 of the image content, when the torrent was made by vmt.
