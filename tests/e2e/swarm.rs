@@ -88,7 +88,7 @@ async fn demand_overtakes_plan() {
     // Plan and subscription are in place before the first peer is dialed, so every piece is
     // fetched by the plan and seen arriving.
     let c = img.client("c", EngineConfig::default()).await;
-    let plan: Vec<u32> = (0..n).collect();
+    let plan: Vec<u32> = (0..c.layout().blocks()).collect();
     c.set_plan(&plan);
     let mut events = c.subscribe();
     c.add_peer(seed.listen_addr().unwrap());
@@ -273,6 +273,69 @@ async fn corrupt_peer_is_detected_and_banned() {
     shutdown_all(&[&seed]).await;
 }
 
+/// Issue 11: a peer that sends corrupt blocks a reader waits for. Each is thrown away before
+/// it is readable and counts a strike (two ban the peer); the blocks then come from the honest
+/// seeder, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_corrupt_block_is_refused_and_its_sender_struck() {
+    let img = TestImage::new(8 * MIB, 6).await;
+    assert!(img.torrent.block_hashes().is_some());
+    let seed = img.seeder(EngineConfig::default()).await;
+    let (evil, evil_task) = malicious_peer(&img.torrent).await;
+    // Demand only: nothing but the demanded blocks is fetched.
+    let c = img
+        .client(
+            "c",
+            EngineConfig {
+                fetch_all: false,
+                ..Default::default()
+            },
+        )
+        .await;
+    let wanted = 5 * 16 + 3..5 * 16 + 6;
+    c.add_peer(evil);
+    c.demand_blocks(wanted.clone());
+    within("a corrupt block", Duration::from_secs(30), async {
+        while c.stats().hash_failures == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        wanted.clone().all(|b| !c.has_block(b)),
+        "no corrupt block was made readable"
+    );
+    c.add_peer(seed.listen_addr().unwrap());
+    within("the demanded blocks", Duration::from_secs(30), async {
+        while !wanted.clone().all(|b| c.has_block(b)) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let at = wanted.start as usize * 16384;
+    let mut buf = vec![0u8; wanted.len() * 16384];
+    c.read_at(at as u64, &mut buf).unwrap();
+    assert!(
+        buf == img.data[at..at + buf.len()],
+        "the reader gets the image's bytes"
+    );
+    let st = c.stats();
+    let liar = st
+        .peers
+        .iter()
+        .find(|p| &p.peer_id == b"-EVIL00-abcdefghijkl")
+        .unwrap();
+    assert!(liar.hash_failures >= 1, "the sender got a strike");
+    assert!(
+        liar.banned == (liar.hash_failures >= vmt_swarm::MAX_STRIKES),
+        "banned exactly at {} strikes: {liar:?}",
+        vmt_swarm::MAX_STRIKES
+    );
+    assert_eq!(st.pieces.have, 0, "demand fetched blocks, not pieces");
+    shutdown_all(&[&c, &seed]).await;
+    evil_task.abort();
+}
+
 /// Stop a client mid-download and start it again: it resumes from its bitmap and fetches only
 /// what it did not have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +366,9 @@ async fn restart_resumes_without_refetching() {
         resume.recorded, had,
         "every verified piece was recorded at shutdown"
     );
-    assert_eq!(resume.rehashed, 0);
+    // Unfinished pieces had their received blocks verified alone and kept (the torrent has a
+    // block-hash table); no verified piece lost its record.
+    assert_eq!(resume.rehashed_ok, 0);
     let c = img.client("c", dialing(&[&seed])).await;
     within(
         "resumed download",
@@ -312,11 +377,13 @@ async fn restart_resumes_without_refetching() {
     )
     .await
     .unwrap();
-    let missing = (torrent.piece_count() - had) as u64 * PIECE as u64;
+    // Kept blocks of unfinished pieces are not fetched again either.
+    let missing =
+        (torrent.piece_count() - had) as u64 * PIECE as u64 - resume.blocks_kept as u64 * 16384;
     let st = c.stats();
     assert!(
         st.downloaded <= missing,
-        "refetched verified pieces: {} bytes downloaded, {missing} were missing",
+        "refetched verified data: {} bytes downloaded, {missing} were missing",
         st.downloaded
     );
     assert_eq!(st.downloaded, missing);

@@ -89,12 +89,21 @@ impl CliSeeder {
     /// Seeds `image`, writing its torrent to `torrent`, with `extra` flags (e.g.
     /// `--upload-limit 4MiB`).
     pub fn start(image: &Path, torrent: &Path, extra: &[&str]) -> CliSeeder {
+        CliSeeder::spawn(image, "--torrent-out", torrent, extra)
+    }
+
+    /// Seeds `image` with the existing `torrent` (made by another tool, say).
+    pub fn with_torrent(image: &Path, torrent: &Path, extra: &[&str]) -> CliSeeder {
+        CliSeeder::spawn(image, "--torrent", torrent, extra)
+    }
+
+    fn spawn(image: &Path, torrent_flag: &str, torrent: &Path, extra: &[&str]) -> CliSeeder {
         let addr = format!("127.0.0.1:{}", free_port());
         let proc = Proc::spawn(
             Command::new(bin("vmt-run"))
                 .args(["seed", "--listen", &addr, "--image"])
                 .arg(image)
-                .arg("--torrent-out")
+                .arg(torrent_flag)
                 .arg(torrent)
                 .args(extra)
                 .stdout(Stdio::null())

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use vmt_formats::units::{self, Rate};
+use vmt_formats::units::{self, Rate, Size};
 use vmt_runtime::fetch::{FetchEvent, FetchParams};
 use vmt_runtime::mount::{MountEvent, MountIo};
 use vmt_runtime::peer_addr::PeerAddr;
@@ -98,9 +98,10 @@ struct MountArgs {
     no_upload: bool,
     #[command(flatten)]
     limits: Limits,
-    /// Pieces handed to the engine as the plan at a time.
-    #[arg(long, value_name = "N", default_value_t = 32)]
-    window: usize,
+    /// How much of the prefetch plan the engine is handed at a time: enough to keep the link
+    /// busy, little enough that what the belief revises was not yet requested.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB")]
+    window: Size,
     /// FUSE worker threads.
     #[arg(long, value_name = "N", default_value_t = 4)]
     threads: usize,
@@ -355,7 +356,7 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         upload: !a.no_upload,
         download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
         upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
-        window: a.window,
+        window_bytes: a.window.bytes(),
         threads: a.threads,
     };
     let status = match a.status {

@@ -167,7 +167,7 @@ fn client_params(
         upload: false,
         download_limit: None,
         upload_limit: None,
-        window: 32,
+        window_bytes: crate::DEFAULT_WINDOW,
         threads: 4,
     })
 }

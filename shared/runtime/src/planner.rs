@@ -1,20 +1,73 @@
-//! Turns reads into the engine's prefetch plan.
+//! Turns reads into the engine's prefetch plan, off the FUSE threads.
 //!
-//! Every FUSE read is fed to the shared [`Scheduler`] (the online belief) on the FUSE thread —
-//! O(profiles), no allocation — and the plan is recomputed there and handed to the engine's
-//! `set_plan`. A verified piece also advances the plan (the window slides), which an async task
-//! does on the engine's piece events. Switches of the most believed profile are logged with
-//! their time for the report.
+//! The filesystem's observer ([`ReadLog`]) only stamps each read and sends it down a channel:
+//! on the FUSE thread that is a clock read and a queue push, no lock. The planner task
+//! ([`run`]) drains the channel, feeds each read to the [`Scheduler`]'s online belief
+//! (O(profiles), no allocation), and hands the new plan, in blocks, to the engine; a block
+//! arriving also makes it replan, so the window slides. Bursts are coalesced: one replan per
+//! wake-up, however many reads or blocks came. Switches of the most believed profile are
+//! logged with their time for the report.
+//!
+//! Lock order: the planner's state, then (inside `Engine::set_plan`) the engine's picker. The
+//! status snapshot takes only the planner's state.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
 use vmt_formats::trace::Op;
 use vmt_fs::AccessObserver;
 use vmt_model::scheduler::Scheduler;
 use vmt_swarm::Engine;
 
-use super::report::{ProfileSwitch, RuntimeStats};
+use crate::report::ProfileSwitch;
+
+/// A read as the filesystem saw it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Observed {
+    t_us: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// The filesystem's observer: see the module doc.
+pub(crate) struct ReadLog {
+    reads: UnboundedSender<Observed>,
+    start: Instant,
+    writes: Arc<AtomicU64>,
+}
+
+impl ReadLog {
+    pub(crate) fn new(reads: UnboundedSender<Observed>, start: Instant) -> ReadLog {
+        ReadLog {
+            reads,
+            start,
+            writes: Arc::default(),
+        }
+    }
+
+    /// The count of writes, shared with the status.
+    pub(crate) fn writes(&self) -> Arc<AtomicU64> {
+        self.writes.clone()
+    }
+}
+
+impl AccessObserver for ReadLog {
+    fn observe(&self, op: Op, offset: u64, len: u32) {
+        match op {
+            Op::Read => {
+                let t_us = self.start.elapsed().as_micros() as u64;
+                // After shutdown nobody listens, and the read needs no plan.
+                let _ = self.reads.send(Observed { t_us, offset, len });
+            }
+            Op::Write => {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 struct State {
     sched: Scheduler,
@@ -23,23 +76,22 @@ struct State {
     switches: Vec<ProfileSwitch>,
 }
 
-/// See the module doc.
+/// The belief and the plan; see the module doc.
 pub(crate) struct Planner {
     state: Mutex<State>,
     engine: Engine,
-    stats: Arc<RuntimeStats>,
     names: Vec<String>,
+    /// Blocks in the plan handed to the engine at a time.
     window: usize,
-    start: Instant,
 }
 
 impl Planner {
+    /// A planner of `window` blocks; `sched` plans in the engine's blocks.
     pub(crate) fn new(
         sched: Scheduler,
         names: Vec<String>,
         window: usize,
         engine: Engine,
-        stats: Arc<RuntimeStats>,
     ) -> Planner {
         let planner = Planner {
             state: Mutex::new(State {
@@ -49,35 +101,38 @@ impl Planner {
                 switches: Vec::new(),
             }),
             engine,
-            stats,
             names,
             window,
-            start: Instant::now(),
         };
-        planner.replan();
+        planner.replan(&mut planner.lock());
         planner
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn plan_into(&self, s: &mut State) {
+    fn replan(&self, s: &mut State) {
         let engine = &self.engine;
-        let torrent = engine.torrent();
         let State { sched, plan, .. } = s;
-        sched.plan(
-            &|p| torrent.piece(p).is_some_and(|v| engine.has_piece(v)),
-            self.window,
-            plan,
-        );
+        sched.plan(&|b| engine.has_block(b), self.window, plan);
         engine.set_plan(plan);
     }
 
-    /// Recomputes the plan (after a piece landed).
-    pub(crate) fn replan(&self) {
-        let mut s = self.lock();
-        self.plan_into(&mut s);
+    fn observe(&self, s: &mut State, r: Observed) {
+        s.sched.on_read(r.offset, r.len as u64, r.t_us);
+        if let Some((top, belief)) = s.sched.belief().map(|b| b.top()) {
+            if s.top != Some(top) {
+                let from = s.top.and_then(|p| self.names.get(p).cloned());
+                s.top = Some(top);
+                s.switches.push(ProfileSwitch {
+                    t_s: r.t_us as f64 / 1e6,
+                    from,
+                    to: self.names.get(top).cloned().unwrap_or_default(),
+                    belief,
+                });
+            }
+        }
     }
 
     /// The most believed profile and its belief.
@@ -91,35 +146,29 @@ impl Planner {
     pub(crate) fn switches(&self) -> Vec<ProfileSwitch> {
         self.lock().switches.clone()
     }
-
-    fn on_read(&self, offset: u64, len: u32) {
-        let t_us = self.start.elapsed().as_micros() as u64;
-        let mut s = self.lock();
-        s.sched.on_read(offset, len as u64, t_us);
-        if let Some((top, belief)) = s.sched.belief().map(|b| b.top()) {
-            if s.top != Some(top) {
-                let from = s.top.and_then(|p| self.names.get(p).cloned());
-                s.top = Some(top);
-                s.switches.push(ProfileSwitch {
-                    t_s: t_us as f64 / 1e6,
-                    from,
-                    to: self.names.get(top).cloned().unwrap_or_default(),
-                    belief,
-                });
-            }
-        }
-        self.plan_into(&mut s);
-    }
 }
 
-/// The planner as the filesystem's observer.
-pub(crate) struct PlannerObserver(pub(crate) Arc<Planner>);
-
-impl AccessObserver for PlannerObserver {
-    fn observe(&self, op: Op, offset: u64, len: u32) {
-        match op {
-            Op::Read => self.0.on_read(offset, len),
-            Op::Write => self.0.stats.record_write(),
+/// The planner task: see the module doc. Ends when the read log is dropped.
+pub(crate) async fn run(
+    planner: Arc<Planner>,
+    mut reads: UnboundedReceiver<Observed>,
+    arrivals: Arc<Notify>,
+) {
+    loop {
+        let first = tokio::select! {
+            r = reads.recv() => match r {
+                Some(r) => Some(r),
+                None => return,
+            },
+            () = arrivals.notified() => None,
+        };
+        let mut s = planner.lock();
+        if let Some(r) = first {
+            planner.observe(&mut s, r);
         }
+        while let Ok(r) = reads.try_recv() {
+            planner.observe(&mut s, r);
+        }
+        planner.replan(&mut s);
     }
 }

@@ -1,26 +1,7 @@
-//! Counters the serving path bumps (atomics, no locks on a hit) and the snapshot built from
-//! them for progress bars, the `--status` endpoint and the exit report.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! The runtime's snapshot for progress bars, the `--status` endpoint and the exit report.
 
 use serde::Serialize;
 use vmt_fs::LatencySummary;
-
-/// Counters of the serving path the filesystem does not keep itself.
-#[derive(Default)]
-pub(crate) struct RuntimeStats {
-    writes: AtomicU64,
-}
-
-impl RuntimeStats {
-    pub(crate) fn record_write(&self) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-}
 
 impl From<LatencySummary> for StallSummary {
     fn from(s: LatencySummary) -> StallSummary {
@@ -34,7 +15,7 @@ impl From<LatencySummary> for StallSummary {
     }
 }
 
-/// Stalls: reads parked on missing pieces, from the FUSE request to its reply.
+/// Stalls: reads parked on missing blocks, from the FUSE request to its reply.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StallSummary {
     /// Parked reads answered.
@@ -86,9 +67,16 @@ pub struct Status {
     pub pieces_in_flight: u32,
     /// Pieces in the image.
     pub pieces_total: u32,
+    /// Blocks present (verified alone or in their piece): readable.
+    pub blocks_present: u32,
+    /// Blocks in the image.
+    pub blocks_total: u32,
+    /// Whether blocks are verified alone (the torrent has a block-hash table), so a read
+    /// waits for its blocks only, not for whole pieces.
+    pub blocks_verified_alone: bool,
     /// FUSE reads served from local pieces at once.
     pub read_hits: u64,
-    /// FUSE reads that had to wait for a piece.
+    /// FUSE reads that had to wait for missing blocks.
     pub read_misses: u64,
     /// FUSE writes (into the overlay).
     pub writes: u64,
@@ -100,8 +88,10 @@ pub struct Status {
     pub profile: Option<(String, f64)>,
     /// Profile switches so far.
     pub profile_switches: Vec<ProfileSwitch>,
-    /// Payload bytes downloaded.
+    /// Payload bytes downloaded (fetched), wasted ones included.
     pub downloaded: u64,
+    /// Payload bytes received and thrown away (duplicates, corrupt data).
+    pub wasted: u64,
     /// Payload bytes uploaded.
     pub uploaded: u64,
     /// Per peer.

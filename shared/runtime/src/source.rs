@@ -1,32 +1,35 @@
-//! The swarm as the filesystem's pristine source, one unit per piece until the engine tracks
-//! 16 KiB blocks: presence is the engine's piece bitmap, a demand asks the engine for the
-//! pieces and reports each one verified to the filesystem's reply pool.
+//! The swarm as the filesystem's pristine source, and the engine's block events as the
+//! filesystem's releases.
+//!
+//! The unit of presence is the engine's 16 KiB block: a read waits for the blocks it covers.
+//! With the torrent's block-hash table those are verified alone; without one a block becomes
+//! present only with its whole piece, and a demand of one block makes the engine fetch the
+//! piece, so the same source serves both.
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 use vmt_fs::{PristineSource, UnitsReadySender};
-use vmt_swarm::Engine;
+use vmt_swarm::{Engine, SwarmEvents};
 
 /// See the module doc.
 pub(crate) struct SwarmSource {
     engine: Engine,
-    ready: UnitsReadySender,
 }
 
 impl SwarmSource {
-    pub(crate) fn new(engine: Engine, ready: UnitsReadySender) -> SwarmSource {
-        SwarmSource { engine, ready }
+    pub(crate) fn new(engine: Engine) -> SwarmSource {
+        SwarmSource { engine }
     }
 }
 
 impl PristineSource for SwarmSource {
     fn unit_size(&self) -> u32 {
-        self.engine.torrent().lengths().default_piece_length()
+        self.engine.layout().block_len()
     }
 
     fn is_present(&self, unit: u32) -> bool {
-        self.engine
-            .torrent()
-            .piece(unit)
-            .is_some_and(|p| self.engine.has_piece(p))
+        self.engine.has_block(unit)
     }
 
     fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> std::io::Result<()> {
@@ -42,16 +45,22 @@ impl PristineSource for SwarmSource {
     }
 
     fn demand(&self, first: u32, last: u32) {
-        for piece in first..=last {
-            let Some(valid) = self.engine.torrent().piece(piece) else {
-                continue;
-            };
-            self.engine.demand(valid);
-            // Registered even if the piece is verified by now: the callback then runs at once,
-            // and the release finds whatever parked on it.
-            let ready = self.ready.clone();
-            self.engine
-                .on_piece(valid, move |i| ready.units_ready(i, 1));
-        }
+        // Queued for the engine's intake task: no lock here, on the FUSE thread.
+        self.engine.demand_blocks(first..last + 1);
+    }
+}
+
+/// Where the engine's "blocks are present" go: to the filesystem's reply pool, which answers
+/// the reads parked on them, and to the planner, whose plan slides past them. Called on a
+/// network task; both hand-offs are non-blocking.
+pub(crate) struct Arrivals {
+    pub ready: UnitsReadySender,
+    pub planner: Arc<Notify>,
+}
+
+impl SwarmEvents for Arrivals {
+    fn blocks_ready(&self, first: u32, count: u32) {
+        self.ready.units_ready(first, count);
+        self.planner.notify_one();
     }
 }

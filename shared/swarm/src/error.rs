@@ -105,5 +105,47 @@ pub enum SwarmError {
     Shutdown,
 }
 
+/// Why a connection ended. Normal operation: logged at debug level and shown in dial status,
+/// never an error of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Socket error.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer serves another torrent.
+    #[error("peer serves another torrent")]
+    WrongTorrent,
+    /// We dialed ourselves.
+    #[error("connected to ourselves")]
+    SelfConnection,
+    /// Another connection to this peer is kept.
+    #[error("duplicate connection")]
+    Duplicate(librqbit_core::hash_id::Id20),
+    /// The peer is banned.
+    #[error("peer is banned")]
+    Banned,
+    /// Silence or unanswered requests.
+    #[error("{0}")]
+    Timeout(&'static str),
+    /// The engine has `max_peers` connections already.
+    #[error("too many peers connected")]
+    TooManyPeers,
+    /// Local storage failed.
+    #[error("storage: {0}")]
+    Storage(io::Error),
+}
+
+impl From<peer_binary_protocol::MessageDeserializeError> for PeerError {
+    fn from(e: peer_binary_protocol::MessageDeserializeError) -> Self {
+        PeerError::Protocol(e.to_string())
+    }
+}
+
 /// Result alias of the swarm engine.
 pub type Result<T, E = SwarmError> = std::result::Result<T, E>;

@@ -1,26 +1,40 @@
-//! The swarm engine: BitTorrent piece transfer with exact, application-driven piece priority.
+//! The swarm engine: BitTorrent transfer with exact, application-driven priority, down to the
+//! 16 KiB block.
 //!
 //! Stock librqbit picks pieces by file order and fixed stream windows; vmt needs to say, at any
-//! moment, "this piece now" and "these next, in this order". So vmt speaks the peer-wire
+//! moment, "these blocks now" and "these next, in this order". So vmt speaks the peer-wire
 //! protocol itself, on librqbit's building blocks (peer-protocol codec, core metainfo and piece
-//! geometry, tracker comms, torrent creation), and stays a normal BEP 3 peer.
+//! geometry, tracker comms, torrent creation), and stays a normal BEP 3 peer: to any other
+//! client, its requests are ordinary block requests.
 //!
 //! # Overview
 //! - [`Torrent`]: a parsed or freshly created single-file `.torrent`.
 //! - [`BlockHashes`]: the SHA-256 of every 16 KiB block, pinned in vmt's torrents, so a block
 //!   is verified on its own before its whole piece has arrived (see `BLOCKS.md`).
-//! - [`Storage`]: the sparse image file plus the persisted bitmap of verified pieces.
-//! - [`PiecePicker`]: the synchronous piece bookkeeping and priority rule (demand > plan >
-//!   rarest first > endgame).
+//! - [`Layout`]: how the image is cut into pieces (hashed, announced, seeded) and blocks
+//!   (requested, verified alone with the table, waited for by reads).
+//! - [`Storage`]: the sparse image file, its present blocks and verified pieces, and the
+//!   persisted piece bitmap.
+//! - [`PiecePicker`]: the synchronous fetch bookkeeping and priority rule (demanded blocks >
+//!   planned blocks > rarest first > endgame).
 //! - [`Engine`]: connections, uploads, choking, rate limits; the API the runtime calls
-//!   (`demand`, `set_plan`, `has_piece`, `on_piece`, `read_at`, `stats`).
+//!   (`demand_blocks`, `set_plan`, `has_block`, `read_at`, `stats`) and the [`SwarmEvents`] it
+//!   publishes every readable block to.
 //!
-//! A demanded piece must not wait behind background blocks. Three things keep it in front:
-//! each connection keeps only a delay-based window of requests outstanding (enough to fill the
-//! link, a few blocks of queue; the `window` module), so little is queued at the remote when
-//! a demand comes and unstarted background requests are cancelled; uploads keep their backlog
-//! in user space (`TCP_NOTSENT_LOWAT`), where such a cancel still reaches them; and while a
-//! demanded piece arrives, the other connections ask for nothing else, so it has the downlink.
+//! Inside, one concept a module: `connection` (a peer's socket: handshake, reader, writer),
+//! `download` (the download side as a synchronous state machine, tested without sockets),
+//! `peers` (the registry of connections: bans, choking, announcements), `state` (the torrent
+//! state connections share and its two readable-data transitions), `wire` (the writer's
+//! queue), `window` (the delay-based request window), `tracker` (announces; addresses come
+//! back over a channel). `STATE.md` beside these sources writes down the block and piece
+//! lifecycle and the lock order.
+//!
+//! A demanded block must not wait behind background blocks. Three things keep it in front:
+//! it is requested at once, beyond the window; each connection keeps only a delay-based
+//! window of other requests outstanding (enough to fill the link, a few blocks of queue);
+//! uploads keep their backlog in user space (`TCP_NOTSENT_LOWAT`), where a cancel still
+//! reaches them; and while a demanded piece arrives, the other connections ask for nothing
+//! else, so it has the downlink.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), vmt_swarm::SwarmError> {
@@ -35,36 +49,42 @@
 //! engine.shutdown().await?;
 //! # Ok(()) }
 //! ```
-
 #![deny(missing_docs)]
 
 mod bitmap;
 mod block_hashes;
+mod connection;
 mod digest;
+mod download;
 mod engine;
 mod error;
-mod peer;
+mod events;
+mod layout;
+mod peers;
 mod picker;
 mod ratelimit;
 mod spawn;
+mod state;
 mod stats;
 mod storage;
 #[cfg(test)]
 mod testutil;
 mod torrent;
 mod tracker;
-mod waiters;
 mod window;
+mod wire;
 
 pub use bitmap::AtomicBitmap;
 pub use block_hashes::{BlockHashes, BlockTableError, BLOCK_HASH_LEN, BLOCK_SIZE};
+pub use download::MAX_STRIKES;
 pub use engine::{Engine, EngineConfig};
-pub use error::{Result, SwarmError};
+pub use error::{PeerError, Result, SwarmError};
+pub use events::SwarmEvents;
+pub use layout::Layout;
 pub use librqbit_core::lengths::{Lengths, ValidPieceIndex};
-pub use peer::{MAX_STRIKES, MAX_UPLOAD_QUEUE};
 pub use picker::{Pick, PickReason, PieceCounts, PiecePicker, PieceState};
 pub use ratelimit::{RateLimiter, TokenBucket};
 pub use stats::{DialState, DialStatus, PeerStats, SwarmStats};
 pub use storage::{ResumeReport, Storage, BITMAP_KIND};
 pub use torrent::{sha1, Torrent};
-pub use waiters::PieceCallback;
+pub use wire::MAX_UPLOAD_QUEUE;

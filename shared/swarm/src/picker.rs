@@ -1,38 +1,49 @@
-//! Which piece a peer should fetch next: demand, then plan, then rarest first, then endgame.
+//! Which piece a peer should fetch next, and which of its blocks are wanted.
 //!
-//! [`PiecePicker`] is the engine's only source of piece decisions. It is a plain synchronous
-//! type (no tokio, no I/O, no clock): given the same calls and seed it makes the same picks, so it
-//! is unit-tested on its own and could be driven by a simulator.
+//! [`PiecePicker`] is the engine's only source of fetch decisions. It is a plain synchronous
+//! type (no tokio, no I/O, no clock): given the same calls and seed it makes the same picks, so
+//! it is unit-tested on its own, against a reference model, and could drive a simulator.
+//!
+//! Pieces are handed to peers (a peer can only serve whole pieces it announced); inside an
+//! assigned piece the peer requests the *wanted* blocks, demanded ones first. A block is wanted
+//! when it is missing and demanded (a read waits for it), planned (the prefetch plan names it),
+//! or its piece is wanted as a whole (background fill). Without a block-hash table a block
+//! cannot be verified alone, so any wanted block makes the whole piece wanted
+//! ([`PiecePicker::new`]'s `verify_blocks`).
 //!
 //! # Invariant
 //! Every piece is in exactly one [`PieceState`]:
-//! - `Have`: verified and written; never picked again.
-//! - `InFlight`: assigned to at least one peer (`copies > 0`) and not yet verified.
-//! - `Queued`: wanted, assigned to no peer.
-//! - `NotNeeded`: not wanted (see [`PiecePicker::set_wanted`]) and not in flight.
+//! - `Have`: verified (SHA-1) and written, every block present; never picked again.
+//! - `InFlight`: assigned to at least one peer (`copies > 0`) and not verified.
+//! - `Queued`: assigned to no peer, and it *needs* fetching: it has missing blocks and is wanted,
+//!   or has demanded or planned blocks missing.
+//! - `NotNeeded`: assigned to no peer, and nothing in it is wanted (it may hold present
+//!   blocks: a partial piece a demand or a plan left behind).
 //!
 //! `copies[p]` counts the peers holding an assignment for `p`; each assignment handed out by
-//! [`PiecePicker::pick`] is returned exactly once by [`PiecePicker::release`] (peer gave up:
-//! choke, disconnect, bad hash, piece already done) or [`PiecePicker::complete`] (verified).
-//! A `Have` piece may still have `copies > 0` while duplicate endgame requests drain.
+//! [`PiecePicker::pick`] is returned exactly once by [`PiecePicker::release`] (peer gave up or
+//! has nothing more to fetch in it) or [`PiecePicker::complete`] (verified). A `Have` piece may
+//! still have `copies > 0` while duplicate requests drain. `demanded_missing[p]` and
+//! `planned_missing[p]` count the demanded and planned blocks of `p` that are not present; a
+//! piece is in the demand list exactly when its `demanded_missing` is positive.
 //!
 //! # Priority
-//! 1. Demanded pieces, oldest demand first. A demanded piece already in flight elsewhere may be
-//!    assigned to one more peer ([`MAX_URGENT_COPIES`]), so a slow peer cannot hold up a parked read.
-//! 2. The plan (application prefetch order), first queued piece the peer has. A planned piece
-//!    is fetched even when not wanted (`NotNeeded`): the plan is how an application that does
-//!    not fetch everything (no `fetch_all`) asks for pieces ahead of its reads. With several
-//!    peers connected, the pick is the least available of the next `PLAN_SPREAD` (16) queued
-//!    entries, ties broken by the seeded rotation: clients of a flash crowd follow the same
-//!    plan, and asking the seeder for the same piece at once would spend its uplink on copies
-//!    instead of on pieces they can then trade.
+//! 1. Pieces with demanded blocks, oldest demand first. One already in flight may be assigned
+//!    to one more peer ([`MAX_URGENT_COPIES`]), so a slow peer cannot hold up a parked read.
+//! 2. The plan: the pieces of the planned blocks, in the order of their first planned block,
+//!    first queued one the peer has. With several peers connected, the pick is the least
+//!    available of the next `PLAN_SPREAD` (16) queued entries, ties broken by the seeded
+//!    rotation: clients of a flash crowd follow the same plan, and asking the seeder for the
+//!    same piece at once would spend its uplink on copies instead of pieces they can trade.
 //! 3. Rarest first among queued pieces; ties broken from a seeded rotation so that clients
 //!    started together do not all fetch the same piece.
 //! 4. Endgame: when nothing is queued, duplicate an in-flight piece with the fewest copies.
 //!
-//! Picks, releases and completions allocate nothing; [`PiecePicker::set_plan`] and
-//! [`PiecePicker::demand`] reuse their buffers (allocating only to grow them), so the plan can
-//! be replaced on every read the application sees. A unit test counts allocations to hold this.
+//! Picks, releases, completions and block arrivals allocate nothing; [`PiecePicker::set_plan`]
+//! and [`PiecePicker::demand`] reuse their buffers (allocating only to grow them), so the plan
+//! can be replaced as often as the application likes. A unit test counts allocations.
+
+use crate::layout::Layout;
 
 /// Plan entries among which a pick prefers the least available, once several peers are
 /// connected (see [`PiecePicker::set_plan_spread`]).
@@ -51,16 +62,16 @@ pub enum PieceState {
     Have,
     /// Assigned to at least one peer.
     InFlight,
-    /// Wanted, not assigned.
+    /// Needs fetching, not assigned.
     Queued,
-    /// Not wanted, not assigned.
+    /// Nothing in it wanted, not assigned.
     NotNeeded,
 }
 
 /// Why a piece was picked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PickReason {
-    /// A reader waits for it.
+    /// A reader waits for some of its blocks.
     Demand,
     /// Next in the application's plan.
     Plan,
@@ -86,25 +97,58 @@ pub struct PieceCounts {
     pub have: u32,
     /// Pieces assigned to peers.
     pub in_flight: u32,
-    /// Wanted pieces waiting for a peer.
+    /// Pieces waiting for a peer.
     pub queued: u32,
-    /// Pieces not wanted.
+    /// Pieces nothing is wanted of.
     pub not_needed: u32,
 }
 
-/// The piece bookkeeping and priority decisions of one torrent.
+/// A plain bit set over blocks.
+#[derive(Debug, Clone)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(len: u32) -> Bits {
+        Bits(vec![0; (len as usize).div_ceil(64)])
+    }
+    fn get(&self, i: u32) -> bool {
+        self.0[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+    fn set(&mut self, i: u32) {
+        self.0[(i / 64) as usize] |= 1 << (i % 64);
+    }
+    fn clear(&mut self, i: u32) {
+        self.0[(i / 64) as usize] &= !(1 << (i % 64));
+    }
+}
+
+/// The piece and block bookkeeping and priority decisions of one torrent.
 #[derive(Debug, Clone)]
 pub struct PiecePicker {
+    layout: Layout,
+    verify_blocks: bool,
     state: Vec<PieceState>,
     wanted: Vec<bool>,
     copies: Vec<u8>,
     /// Number of connected peers that have each piece.
     avail: Vec<u16>,
-    demanded: Vec<u32>,
-    is_demanded: Vec<bool>,
-    plan: Vec<u32>,
+    present_count: Vec<u16>,
+    demanded_missing: Vec<u16>,
+    planned_missing: Vec<u16>,
+    /// Position of each piece in `plan`, or `NOT_PLANNED`.
     plan_rank: Vec<u32>,
-    /// Every plan entry before this index is not `Queued`.
+    present: Bits,
+    demanded: Bits,
+    planned: Bits,
+    /// Pieces with demanded blocks missing, oldest demand first.
+    demand_order: Vec<u32>,
+    /// The plan as given, in blocks (to clear it when replaced).
+    plan_blocks: Vec<u32>,
+    /// The plan's pieces, in the order of their first planned block.
+    plan: Vec<u32>,
+    /// Scratch: the previous plan's pieces while a new plan is set.
+    old_plan: Vec<u32>,
+    /// Every plan entry before this index is not plannable.
     plan_cursor: usize,
     /// Start of the rarest-first tie-break rotation.
     rotation: u32,
@@ -114,35 +158,53 @@ pub struct PiecePicker {
 }
 
 impl PiecePicker {
-    /// A picker for `pieces` pieces, all queued. `seed` fixes the rarest-first tie-break.
-    pub fn new(pieces: u32, seed: u64) -> PiecePicker {
-        let n = pieces as usize;
+    /// A picker for `layout`, every piece queued (wanted). `seed` fixes the tie-breaks;
+    /// `verify_blocks` says whether a block can be verified alone (the torrent has a block-hash
+    /// table): if not, a wanted block makes its whole piece wanted.
+    pub fn new(layout: Layout, seed: u64, verify_blocks: bool) -> PiecePicker {
+        let n = layout.pieces() as usize;
         // splitmix64 step: a well-spread rotation from any seed, including small ones.
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         PiecePicker {
+            layout,
+            verify_blocks,
             state: vec![PieceState::Queued; n],
             wanted: vec![true; n],
             copies: vec![0; n],
             avail: vec![0; n],
-            demanded: Vec::new(),
-            is_demanded: vec![false; n],
-            plan: Vec::new(),
+            present_count: vec![0; n],
+            demanded_missing: vec![0; n],
+            planned_missing: vec![0; n],
             plan_rank: vec![NOT_PLANNED; n],
+            present: Bits::new(layout.blocks()),
+            demanded: Bits::new(layout.blocks()),
+            planned: Bits::new(layout.blocks()),
+            // Every piece may wait for a demand at once; sized now so a demand never allocates.
+            demand_order: Vec::with_capacity(n),
+            plan_blocks: Vec::new(),
+            plan: Vec::new(),
+            old_plan: Vec::new(),
             plan_cursor: 0,
-            rotation: if pieces == 0 {
-                0
-            } else {
-                (z % pieces as u64) as u32
-            },
+            rotation: if n == 0 { 0 } else { (z % n as u64) as u32 },
             plan_window: 1,
             counts: PieceCounts {
-                queued: pieces,
+                queued: n as u32,
                 ..PieceCounts::default()
             },
         }
+    }
+
+    /// The geometry.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether blocks are verified alone (see [`PiecePicker::new`]).
+    pub fn verifies_blocks(&self) -> bool {
+        self.verify_blocks
     }
 
     /// Number of pieces.
@@ -170,34 +232,6 @@ impl PiecePicker {
         self.counts.queued == 0 && self.counts.in_flight == 0
     }
 
-    fn set_state(&mut self, piece: u32, new: PieceState) {
-        let slot = &mut self.state[piece as usize];
-        let old = *slot;
-        if old == new {
-            return;
-        }
-        *slot = new;
-        *self.count_mut(old) -= 1;
-        *self.count_mut(new) += 1;
-        if Self::plannable(new) {
-            let rank = self.plan_rank[piece as usize];
-            if rank != NOT_PLANNED && (rank as usize) < self.plan_cursor {
-                self.plan_cursor = rank as usize;
-            }
-        }
-        if new == PieceState::Have && self.is_demanded[piece as usize] {
-            self.is_demanded[piece as usize] = false;
-            self.demanded.retain(|&p| p != piece);
-        }
-    }
-
-    /// Whether the plan may hand out a piece in state `s`. Planning a piece makes it queued
-    /// even when it is not otherwise wanted (see [`PiecePicker::set_plan`]), so this is the
-    /// queued state alone.
-    fn plannable(s: PieceState) -> bool {
-        s == PieceState::Queued
-    }
-
     fn count_mut(&mut self, s: PieceState) -> &mut u32 {
         match s {
             PieceState::Have => &mut self.counts.have,
@@ -207,90 +241,229 @@ impl PiecePicker {
         }
     }
 
-    /// The state a piece falls back to when no peer holds it.
-    fn idle_state(&self, piece: u32) -> PieceState {
+    fn set_state(&mut self, piece: u32, new: PieceState) {
+        let old = std::mem::replace(&mut self.state[piece as usize], new);
+        if old == new {
+            return;
+        }
+        *self.count_mut(old) -= 1;
+        *self.count_mut(new) += 1;
+        if new == PieceState::Queued {
+            let rank = self.plan_rank[piece as usize];
+            if rank != NOT_PLANNED && (rank as usize) < self.plan_cursor {
+                self.plan_cursor = rank as usize;
+            }
+        }
+    }
+
+    /// Whether `piece` has missing blocks that something wants.
+    fn needs(&self, piece: u32) -> bool {
         let i = piece as usize;
-        if self.wanted[i] || self.is_demanded[i] || self.plan_rank[i] != NOT_PLANNED {
-            PieceState::Queued
-        } else {
-            PieceState::NotNeeded
-        }
+        let size = self.layout.piece_blocks(piece).len() as u16;
+        self.state[i] != PieceState::Have
+            && self.present_count[i] < size
+            && (self.wanted[i] || self.demanded_missing[i] > 0 || self.planned_missing[i] > 0)
     }
 
-    /// Records `piece` as verified without a peer (resume, seeding). Returns false if it already was.
-    pub fn mark_have(&mut self, piece: u32) -> bool {
-        if self.state[piece as usize] == PieceState::Have {
-            return false;
-        }
-        self.set_state(piece, PieceState::Have);
-        true
-    }
-
-    /// Includes or excludes `piece` from the pieces to fetch. Demanded pieces are fetched anyway.
-    pub fn set_wanted(&mut self, piece: u32, wanted: bool) {
-        self.wanted[piece as usize] = wanted;
+    /// Puts an unassigned piece in the state its wants give it.
+    fn refresh(&mut self, piece: u32) {
         if matches!(
             self.state[piece as usize],
             PieceState::Queued | PieceState::NotNeeded
         ) {
-            let s = self.idle_state(piece);
+            let s = if self.needs(piece) {
+                PieceState::Queued
+            } else {
+                PieceState::NotNeeded
+            };
             self.set_state(piece, s);
         }
     }
 
-    /// Puts `piece` ahead of everything else. Returns false if it is already verified.
-    pub fn demand(&mut self, piece: u32) -> bool {
-        let i = piece as usize;
-        if self.state[i] == PieceState::Have {
+    /// Whether the plan may hand out `piece` now.
+    fn plannable(&self, piece: u32) -> bool {
+        self.state[piece as usize] == PieceState::Queued && self.planned_missing[piece as usize] > 0
+    }
+
+    fn undemand_piece(&mut self, piece: u32) {
+        if let Some(k) = self.demand_order.iter().position(|&p| p == piece) {
+            self.demand_order.remove(k);
+        }
+    }
+
+    /// Records `piece` as verified without a peer (resume, seeding, a piece finished by hashing
+    /// local data). Returns false if it already was.
+    pub fn mark_have(&mut self, piece: u32) -> bool {
+        if self.state[piece as usize] == PieceState::Have {
             return false;
         }
-        if !self.is_demanded[i] {
-            self.is_demanded[i] = true;
-            self.demanded.push(piece);
+        for b in self.layout.piece_blocks(piece) {
+            self.present.set(b);
+            self.demanded.clear(b);
         }
-        if self.state[i] == PieceState::NotNeeded {
-            self.set_state(piece, PieceState::Queued);
+        let i = piece as usize;
+        self.present_count[i] = self.layout.piece_blocks(piece).len() as u16;
+        if self.demanded_missing[i] > 0 {
+            self.demanded_missing[i] = 0;
+            self.undemand_piece(piece);
         }
+        self.planned_missing[i] = 0;
+        self.set_state(piece, PieceState::Have);
         true
     }
 
-    /// Replaces the prefetch order. Out-of-range and repeated entries are ignored. Planned
-    /// pieces are fetched even when not otherwise wanted (a client without background fill
-    /// still prefetches its plan); a piece leaving the plan goes back to not needed unless
-    /// wanted or demanded.
-    pub fn set_plan(&mut self, plan: &[u32]) {
-        for k in 0..self.plan.len() {
-            let p = self.plan[k];
-            self.plan_rank[p as usize] = NOT_PLANNED;
-            if self.state[p as usize] == PieceState::Queued {
-                let s = self.idle_state(p);
-                self.set_state(p, s);
+    /// Records a block verified on its own and written. Returns false if it already was.
+    pub fn block_present(&mut self, block: u32) -> bool {
+        if self.present.get(block) {
+            return false;
+        }
+        self.present.set(block);
+        let piece = self.layout.piece_of(block);
+        let i = piece as usize;
+        self.present_count[i] += 1;
+        if self.demanded.get(block) {
+            self.demanded.clear(block);
+            self.demanded_missing[i] -= 1;
+            if self.demanded_missing[i] == 0 {
+                self.undemand_piece(piece);
             }
         }
-        self.plan.clear();
-        for &p in plan {
-            if let Some(rank) = self.plan_rank.get_mut(p as usize) {
-                if *rank == NOT_PLANNED {
-                    *rank = self.plan.len() as u32;
-                    self.plan.push(p);
-                    if self.state[p as usize] == PieceState::NotNeeded {
-                        self.set_state(p, PieceState::Queued);
-                    }
+        if self.planned.get(block) {
+            self.planned_missing[i] -= 1;
+        }
+        self.refresh(piece);
+        true
+    }
+
+    /// Whether `block` is present (verified and written).
+    pub fn is_present(&self, block: u32) -> bool {
+        self.present.get(block)
+    }
+
+    /// Includes or excludes `piece` as a whole from what to fetch (background fill).
+    /// Demanded and planned blocks are fetched anyway.
+    pub fn set_wanted(&mut self, piece: u32, wanted: bool) {
+        self.wanted[piece as usize] = wanted;
+        self.refresh(piece);
+    }
+
+    /// Puts the missing blocks of `blocks` (clipped to the image) ahead of everything else.
+    /// Returns whether any of them is missing.
+    pub fn demand(&mut self, blocks: std::ops::Range<u32>) -> bool {
+        let blocks = blocks.start..blocks.end.min(self.layout.blocks());
+        let mut any = false;
+        let mut last_piece = u32::MAX;
+        for b in blocks {
+            if self.present.get(b) {
+                continue;
+            }
+            any = true;
+            let piece = self.layout.piece_of(b);
+            if !self.demanded.get(b) {
+                self.demanded.set(b);
+                let i = piece as usize;
+                self.demanded_missing[i] += 1;
+                if self.demanded_missing[i] == 1 {
+                    self.demand_order.push(piece);
                 }
             }
+            if piece != last_piece {
+                last_piece = piece;
+                self.refresh(piece);
+            }
+        }
+        any
+    }
+
+    /// Replaces the prefetch plan (blocks, most urgent first). Out-of-range and repeated
+    /// entries are ignored. Planned blocks are fetched even when their piece is not otherwise
+    /// wanted; a piece leaving the plan goes back to not needed unless wanted or demanded.
+    pub fn set_plan(&mut self, blocks: &[u32]) {
+        for k in 0..self.plan_blocks.len() {
+            let b = self.plan_blocks[k];
+            self.planned.clear(b);
+            if !self.present.get(b) {
+                self.planned_missing[self.layout.piece_of(b) as usize] -= 1;
+            }
+        }
+        self.plan_blocks.clear();
+        std::mem::swap(&mut self.plan, &mut self.old_plan);
+        for k in 0..self.old_plan.len() {
+            self.plan_rank[self.old_plan[k] as usize] = NOT_PLANNED;
+        }
+        for &b in blocks {
+            if b >= self.layout.blocks() || self.planned.get(b) {
+                continue;
+            }
+            self.planned.set(b);
+            self.plan_blocks.push(b);
+            let piece = self.layout.piece_of(b);
+            let i = piece as usize;
+            if !self.present.get(b) {
+                self.planned_missing[i] += 1;
+            }
+            if self.plan_rank[i] == NOT_PLANNED {
+                self.plan_rank[i] = self.plan.len() as u32;
+                self.plan.push(piece);
+            }
+        }
+        for k in 0..self.old_plan.len() {
+            let p = self.old_plan[k];
+            self.refresh(p);
+        }
+        self.old_plan.clear();
+        for k in 0..self.plan.len() {
+            let p = self.plan[k];
+            self.refresh(p);
         }
         self.plan_cursor = 0;
     }
 
-    /// Whether a reader waits for `piece`.
+    /// Whether a reader waits for some block of `piece`.
     pub fn is_demanded(&self, piece: u32) -> bool {
-        self.is_demanded[piece as usize]
+        self.demanded_missing[piece as usize] > 0
+    }
+
+    /// Whether a reader waits for `block`.
+    pub fn is_block_demanded(&self, block: u32) -> bool {
+        self.demanded.get(block)
+    }
+
+    /// Whether `block` is to be requested ahead of everything: a reader waits for it, or,
+    /// when blocks cannot be verified alone, for any block of its piece (the read then needs
+    /// the whole piece).
+    pub fn is_block_urgent(&self, block: u32) -> bool {
+        if self.verify_blocks {
+            self.demanded.get(block)
+        } else {
+            !self.present.get(block)
+                && self.demanded_missing[self.layout.piece_of(block) as usize] > 0
+        }
+    }
+
+    /// Whether `block` is missing and named by the plan.
+    pub fn is_block_planned(&self, block: u32) -> bool {
+        self.planned.get(block) && !self.present.get(block)
+    }
+
+    /// Whether `block` should be fetched: missing, and demanded, planned, or in a wanted piece
+    /// (any wanted block of its piece, when blocks cannot be verified alone).
+    pub fn block_wanted(&self, block: u32) -> bool {
+        if self.present.get(block) {
+            return false;
+        }
+        let i = self.layout.piece_of(block) as usize;
+        if self.verify_blocks {
+            self.wanted[i] || self.demanded.get(block) || self.planned.get(block)
+        } else {
+            self.wanted[i] || self.demanded_missing[i] > 0 || self.planned_missing[i] > 0
+        }
     }
 
     /// Whether a demanded piece is being fetched: other peers then hold back background
     /// blocks, which would share our downlink with it.
     pub fn demand_in_flight(&self) -> bool {
-        self.demanded
+        self.demand_order
             .iter()
             .any(|&p| self.state[p as usize] == PieceState::InFlight)
     }
@@ -313,6 +486,11 @@ impl PiecePicker {
         *a = a.saturating_sub(1);
     }
 
+    /// Number of peers holding an assignment of `piece`.
+    pub fn copies(&self, piece: u32) -> u8 {
+        self.copies[piece as usize]
+    }
+
     /// Number of connected peers that have `piece`.
     pub fn availability(&self, piece: u32) -> u16 {
         self.avail[piece as usize]
@@ -326,7 +504,7 @@ impl PiecePicker {
 
     /// The next piece for a peer that has the pieces where `peer_has` is true and already holds
     /// the assignments where `mine` is true. `urgent_only` restricts the pick to demanded pieces
-    /// (used when the peer's request pipeline is full).
+    /// (used when the peer's request window is full).
     pub fn pick(
         &mut self,
         peer_has: impl Fn(u32) -> bool,
@@ -335,7 +513,7 @@ impl PiecePicker {
     ) -> Option<Pick> {
         // 1. Demand.
         let mut urgent_dup = None;
-        for &p in &self.demanded {
+        for &p in &self.demand_order {
             let i = p as usize;
             match self.state[i] {
                 PieceState::Queued if peer_has(p) => {
@@ -359,9 +537,7 @@ impl PiecePicker {
             return None;
         }
         // 2. Plan.
-        while self.plan_cursor < self.plan.len()
-            && !Self::plannable(self.state[self.plan[self.plan_cursor] as usize])
-        {
+        while self.plan_cursor < self.plan.len() && !self.plannable(self.plan[self.plan_cursor]) {
             self.plan_cursor += 1;
         }
         let (window, rotation) = (self.plan_window, self.rotation % self.plan_window);
@@ -369,7 +545,7 @@ impl PiecePicker {
         let mut seen = 0;
         for k in self.plan_cursor..self.plan.len() {
             let p = self.plan[k];
-            if !Self::plannable(self.state[p as usize]) {
+            if !self.plannable(p) {
                 continue;
             }
             if peer_has(p) {
@@ -425,14 +601,15 @@ impl PiecePicker {
         None
     }
 
-    /// A peer gives back its assignment of `piece` without a verified result.
+    /// A peer gives back its assignment of `piece` without verifying it: it gave up, or has
+    /// nothing more to fetch in it (a partial piece keeps its present blocks).
     pub fn release(&mut self, piece: u32) {
         let i = piece as usize;
         debug_assert!(self.copies[i] > 0, "release of piece {piece} not assigned");
         self.copies[i] = self.copies[i].saturating_sub(1);
         if self.copies[i] == 0 && self.state[i] == PieceState::InFlight {
-            let s = self.idle_state(piece);
-            self.set_state(piece, s);
+            self.set_state(piece, PieceState::NotNeeded);
+            self.refresh(piece);
         }
     }
 
@@ -447,11 +624,41 @@ impl PiecePicker {
 
     /// Checks the module invariant; for tests.
     #[cfg(test)]
-    fn check_invariant(&self) {
+    pub(crate) fn check_invariant(&self) {
         let mut c = PieceCounts::default();
         for (i, &s) in self.state.iter().enumerate() {
+            let p = i as u32;
+            let blocks = self.layout.piece_blocks(p);
+            let present = blocks.clone().filter(|&b| self.present.get(b)).count() as u16;
+            let dm = blocks
+                .clone()
+                .filter(|&b| self.demanded.get(b) && !self.present.get(b))
+                .count() as u16;
+            let pm = blocks
+                .clone()
+                .filter(|&b| self.planned.get(b) && !self.present.get(b))
+                .count() as u16;
+            assert_eq!(self.present_count[i], present, "piece {i} present count");
+            if s != PieceState::Have {
+                assert_eq!(self.demanded_missing[i], dm, "piece {i} demanded count");
+                assert_eq!(self.planned_missing[i], pm, "piece {i} planned count");
+            }
+            assert!(
+                blocks
+                    .clone()
+                    .all(|b| !(self.demanded.get(b) && self.present.get(b))),
+                "piece {i}: a present block is still demanded"
+            );
+            assert_eq!(
+                self.demanded_missing[i] > 0,
+                self.demand_order.contains(&p),
+                "piece {i} demand list"
+            );
             match s {
-                PieceState::Have => c.have += 1,
+                PieceState::Have => {
+                    c.have += 1;
+                    assert_eq!(present as usize, blocks.len());
+                }
                 PieceState::InFlight => {
                     c.in_flight += 1;
                     assert!(self.copies[i] > 0, "in-flight piece {i} without copies");
@@ -459,23 +666,21 @@ impl PiecePicker {
                 PieceState::Queued => {
                     c.queued += 1;
                     assert_eq!(self.copies[i], 0, "queued piece {i} with copies");
-                    assert!(
-                        self.wanted[i] || self.is_demanded[i] || self.plan_rank[i] != NOT_PLANNED
-                    );
+                    assert!(self.needs(p), "queued piece {i} needs nothing");
                 }
                 PieceState::NotNeeded => {
                     c.not_needed += 1;
                     assert_eq!(self.copies[i], 0);
-                    assert!(
-                        !self.wanted[i] && !self.is_demanded[i] && self.plan_rank[i] == NOT_PLANNED
-                    );
+                    assert!(!self.needs(p), "piece {i} needs fetching but is not queued");
                 }
             }
-            assert_eq!(self.is_demanded[i], self.demanded.contains(&(i as u32)));
         }
         assert_eq!(c, self.counts);
         for k in 0..self.plan_cursor {
-            assert!(!Self::plannable(self.state[self.plan[k] as usize]));
+            assert!(!self.plannable(self.plan[k]));
+        }
+        for (k, &p) in self.plan.iter().enumerate() {
+            assert_eq!(self.plan_rank[p as usize], k as u32);
         }
     }
 }
@@ -486,6 +691,24 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
+    /// `pieces` pieces of `per_piece` 16 KiB blocks each.
+    pub(crate) fn layout(pieces: u32, per_piece: u32) -> Layout {
+        let piece = per_piece * 16384;
+        let lengths =
+            librqbit_core::lengths::Lengths::new(pieces as u64 * piece as u64, piece).unwrap();
+        Layout::new(&lengths).unwrap()
+    }
+
+    /// A picker whose pieces are one block each, so blocks and pieces share their numbers.
+    fn picker(pieces: u32, seed: u64) -> PiecePicker {
+        PiecePicker::new(layout(pieces, 1), seed, true)
+    }
+
+    /// Demands all of `piece` (one block).
+    fn demand(p: &mut PiecePicker, piece: u32) -> bool {
+        p.demand(piece..piece + 1)
+    }
+
     fn all(_: u32) -> bool {
         true
     }
@@ -495,9 +718,9 @@ mod tests {
 
     #[test]
     fn demand_beats_plan_beats_rarest() {
-        let mut p = PiecePicker::new(10, 1);
+        let mut p = picker(10, 1);
         p.set_plan(&[5, 6, 7]);
-        assert!(p.demand(9));
+        assert!(demand(&mut p, 9));
         let first = p.pick(all, none, false).unwrap();
         assert_eq!(
             first,
@@ -530,7 +753,7 @@ mod tests {
     #[test]
     fn plan_fetches_pieces_that_are_not_wanted() {
         // Without fetch_all (demand, oracle) nothing is wanted: the plan alone asks for pieces.
-        let mut p = PiecePicker::new(6, 1);
+        let mut p = picker(6, 1);
         for i in 0..6 {
             p.set_wanted(i, false);
         }
@@ -560,7 +783,7 @@ mod tests {
 
     #[test]
     fn urgent_duplicates_and_endgame() {
-        let mut p = PiecePicker::new(2, 0);
+        let mut p = picker(2, 0);
         let a = p.pick(all, none, false).unwrap().piece;
         let b = p.pick(all, none, false).unwrap().piece;
         assert_ne!(a, b);
@@ -581,7 +804,7 @@ mod tests {
         );
         assert_eq!(p.state(b), PieceState::Have);
         // A demanded in-flight piece gets a second peer even with urgent_only.
-        assert!(p.demand(a));
+        assert!(demand(&mut p, a));
         assert_eq!(
             p.pick(all, |i| i == 99, true).unwrap(),
             Pick {
@@ -597,7 +820,7 @@ mod tests {
 
     #[test]
     fn release_requeues_and_rewinds_plan() {
-        let mut p = PiecePicker::new(4, 0);
+        let mut p = picker(4, 0);
         p.set_plan(&[0, 1, 2, 3]);
         let x = p.pick(all, none, false).unwrap();
         let y = p.pick(all, none, false).unwrap();
@@ -609,13 +832,13 @@ mod tests {
 
     #[test]
     fn not_needed_pieces_are_skipped_unless_demanded() {
-        let mut p = PiecePicker::new(3, 0);
+        let mut p = picker(3, 0);
         p.set_wanted(0, false);
         p.set_wanted(1, false);
         assert_eq!(p.counts().not_needed, 2);
         assert_eq!(p.pick(all, none, false).unwrap().piece, 2);
         assert_eq!(p.pick(all, |i| i == 2, false), None);
-        p.demand(1);
+        demand(&mut p, 1);
         assert_eq!(p.pick(all, none, false).unwrap().piece, 1);
         p.check_invariant();
     }
@@ -647,25 +870,49 @@ mod tests {
 
     #[test]
     fn picks_and_plans_allocate_nothing() {
-        let mut p = PiecePicker::new(4096, 3);
+        let mut p = picker(4096, 3);
         let plan: Vec<u32> = (0..4096).rev().collect();
-        p.set_plan(&plan); // sizes the plan buffer once
-        p.demand(5); // sizes the demand list once
+        // Twice: sizes the plan's two buffers, which take turns.
+        p.set_plan(&plan);
+        p.set_plan(&plan);
+        demand(&mut p, 5); // sizes the demand list once
         let before = ALLOCATIONS.with(|c| c.get());
         for round in 0..100u32 {
             p.set_plan(&plan[(round as usize)..]);
             let pick = p.pick(|i| i % 3 != 0, |_| false, false).unwrap();
             p.release(pick.piece);
-            p.demand(round * 7 % 4096);
+            demand(&mut p, round * 7 % 4096);
             let pick = p.pick(all, none, true).unwrap();
             p.complete(pick.piece);
         }
-        let after = ALLOCATIONS.with(|c| c.get());
         assert_eq!(
-            after - before,
+            ALLOCATIONS.with(|c| c.get()) - before,
             0,
             "pick/set_plan/demand/release/complete allocated"
         );
+        let mut q = PiecePicker::new(layout(256, 16), 5, true);
+        let plan: Vec<u32> = (0..4096).rev().step_by(3).collect();
+        // Twice: the plan's two buffers take turns.
+        q.set_plan(&plan);
+        q.set_plan(&plan);
+        let before_blocks = ALLOCATIONS.with(|c| c.get());
+        for round in 0..100u32 {
+            q.set_plan(&plan[round as usize..]);
+            q.demand(round * 37 % 4096..round * 37 % 4096 + 9);
+            let pick = q.pick(all, none, false).unwrap();
+            for b in q.layout().piece_blocks(pick.piece) {
+                if q.block_wanted(b) {
+                    q.block_present(b);
+                }
+            }
+            q.release(pick.piece);
+        }
+        assert_eq!(
+            ALLOCATIONS.with(|c| c.get()) - before_blocks,
+            0,
+            "block arrivals, block demands or block plans allocated"
+        );
+        let after = ALLOCATIONS.with(|c| c.get());
         // The counter does see allocations.
         let b = std::hint::black_box(Box::new(1u64));
         assert!(ALLOCATIONS.with(|c| c.get()) > after);
@@ -676,7 +923,7 @@ mod tests {
     fn plan_spread_sends_crowd_members_to_different_rare_pieces() {
         let plan: Vec<u32> = (100..200).collect();
         let first = |seed: u64, spread: bool| {
-            let mut p = PiecePicker::new(1000, seed);
+            let mut p = picker(1000, seed);
             p.set_plan(&plan);
             p.set_plan_spread(spread);
             for i in 0..1000 {
@@ -699,7 +946,7 @@ mod tests {
         assert!(picks.len() > 1, "{picks:?}");
         assert!(picks.iter().all(|&q| (100..100 + PLAN_SPREAD).contains(&q)));
         // A piece others already have is left to them: the rarer ones go first.
-        let mut p = PiecePicker::new(1000, 3);
+        let mut p = picker(1000, 3);
         p.set_plan(&plan);
         p.set_plan_spread(true);
         for i in 0..1000 {
@@ -717,7 +964,7 @@ mod tests {
 
     #[test]
     fn planned_pieces_are_fetched_without_background_fill() {
-        let mut p = PiecePicker::new(8, 1);
+        let mut p = picker(8, 1);
         for i in 0..8 {
             p.set_wanted(i, false);
         }
@@ -744,7 +991,7 @@ mod tests {
         urgent_only: bool,
     ) -> Option<Pick> {
         let ok = |i: u32| has[i as usize];
-        for &d in &p.demanded {
+        for &d in &p.demand_order {
             if p.state[d as usize] == PieceState::Queued && ok(d) {
                 return Some(Pick {
                     piece: d,
@@ -752,7 +999,7 @@ mod tests {
                 });
             }
         }
-        for &d in &p.demanded {
+        for &d in &p.demand_order {
             let i = d as usize;
             if p.state[i] == PieceState::InFlight
                 && p.copies[i] < MAX_URGENT_COPIES
@@ -769,7 +1016,7 @@ mod tests {
             return None;
         }
         for &q in &p.plan {
-            if PiecePicker::plannable(p.state[q as usize]) && ok(q) {
+            if p.plannable(q) && ok(q) {
                 return Some(Pick {
                     piece: q,
                     reason: PickReason::Plan,
@@ -812,7 +1059,7 @@ mod tests {
         for seed in 0..40u64 {
             let mut rng = StdRng::seed_from_u64(seed);
             let n = rng.gen_range(1..40u32);
-            let mut p = PiecePicker::new(n, seed);
+            let mut p = picker(n, seed);
             // Three simulated peers with their bitfields and assignments.
             let mut has = vec![vec![false; n as usize]; 3];
             let mut mine: Vec<Vec<bool>> = vec![vec![false; n as usize]; 3];
@@ -852,7 +1099,7 @@ mod tests {
                         }
                     }
                     6 => {
-                        p.demand(rng.gen_range(0..n));
+                        demand(&mut p, rng.gen_range(0..n));
                     }
                     7 => {
                         let len = rng.gen_range(0..n as usize + 3);
@@ -875,6 +1122,182 @@ mod tests {
                     .sum();
                 let copies: u32 = p.copies.iter().map(|&c| c as u32).sum();
                 assert_eq!(total, copies, "every assignment is counted once");
+            }
+        }
+    }
+
+    #[test]
+    fn a_demand_wants_only_its_blocks_when_blocks_verify_alone() {
+        // Demand only (no background fill): 4 pieces of 4 blocks.
+        let mut p = PiecePicker::new(layout(4, 4), 1, true);
+        for i in 0..4 {
+            p.set_wanted(i, false);
+        }
+        assert_eq!(p.counts().not_needed, 4);
+        assert!(p.demand(5..7));
+        assert!(p.is_demanded(1) && p.is_block_demanded(5) && !p.is_block_demanded(4));
+        assert_eq!(
+            p.pick(all, none, false),
+            Some(Pick {
+                piece: 1,
+                reason: PickReason::Demand
+            })
+        );
+        let wanted: Vec<u32> = (4..8).filter(|&b| p.block_wanted(b)).collect();
+        assert_eq!(wanted, vec![5, 6], "only the demanded blocks");
+        assert!(p.demand_in_flight());
+        assert!(p.block_present(5));
+        assert!(!p.block_present(5), "a block arrives once");
+        assert!(p.is_demanded(1));
+        p.block_present(6);
+        assert!(!p.is_demanded(1) && !p.demand_in_flight());
+        // Nothing else wanted in it: the peer gives it back and it stays partial.
+        p.release(1);
+        assert_eq!(p.state(1), PieceState::NotNeeded);
+        assert!(p.is_present(5) && !p.is_present(4));
+        // A later demand of a present block needs nothing.
+        assert!(!p.demand(5..7));
+        assert_eq!(p.pick(all, none, false), None);
+        p.check_invariant();
+    }
+
+    #[test]
+    fn without_block_verification_a_demand_wants_the_whole_piece() {
+        let mut p = PiecePicker::new(layout(4, 4), 1, false);
+        for i in 0..4 {
+            p.set_wanted(i, false);
+        }
+        p.demand(5..6);
+        let wanted: Vec<u32> = (0..16).filter(|&b| p.block_wanted(b)).collect();
+        assert_eq!(wanted, vec![4, 5, 6, 7]);
+        assert_eq!(p.pick(all, none, false).unwrap().piece, 1);
+        assert!(p.complete(1));
+        assert!(!p.is_demanded(1) && (4..8).all(|b| p.is_present(b)));
+        p.check_invariant();
+    }
+
+    #[test]
+    fn the_plan_is_blocks_and_picks_their_pieces_in_order() {
+        let mut p = PiecePicker::new(layout(4, 4), 1, true);
+        for i in 0..4 {
+            p.set_wanted(i, false);
+        }
+        // Pieces in the order of their first planned block: 2, then 0.
+        p.set_plan(&[9, 2, 10, 99, 9]);
+        assert_eq!(p.counts().queued, 2);
+        assert!(p.block_wanted(9) && p.block_wanted(10) && !p.block_wanted(8));
+        assert!(p.is_block_planned(2) && !p.is_block_planned(3));
+        assert_eq!(
+            p.pick(all, none, false),
+            Some(Pick {
+                piece: 2,
+                reason: PickReason::Plan
+            })
+        );
+        assert_eq!(p.pick(all, none, false).unwrap().piece, 0);
+        assert_eq!(p.pick(all, |i| i == 0 || i == 2, false), None);
+        // Planned blocks of piece 2 arrive: given back, it needs nothing more.
+        p.block_present(9);
+        p.block_present(10);
+        p.release(2);
+        assert_eq!(p.state(2), PieceState::NotNeeded);
+        // A new plan drops piece 0's block: once given back, piece 0 is not needed.
+        p.set_plan(&[12]);
+        p.release(0);
+        assert_eq!(p.state(0), PieceState::NotNeeded);
+        assert_eq!(p.state(3), PieceState::Queued);
+        p.check_invariant();
+    }
+
+    #[test]
+    fn blocks_arriving_in_a_wanted_piece_leave_it_for_its_peer_to_verify() {
+        let mut p = PiecePicker::new(layout(2, 2), 1, true);
+        assert_eq!(p.pick(all, none, false).unwrap().piece, 1);
+        p.block_present(2);
+        p.block_present(3);
+        // All blocks present but not yet hashed: not queued again, still the peer's.
+        assert_eq!(p.state(1), PieceState::InFlight);
+        assert!(!p.block_wanted(2));
+        assert!(p.complete(1));
+        assert_eq!(p.state(1), PieceState::Have);
+        // A piece whose blocks are all present but which failed its SHA-1 (a table that
+        // disagrees with the torrent) is not fetched again forever.
+        let mut q = PiecePicker::new(layout(1, 2), 1, true);
+        assert_eq!(q.pick(all, none, false).unwrap().piece, 0);
+        q.block_present(0);
+        q.block_present(1);
+        q.release(0);
+        assert_eq!(q.state(0), PieceState::NotNeeded);
+        assert_eq!(q.pick(all, none, false), None);
+        p.check_invariant();
+        q.check_invariant();
+    }
+
+    /// Random block-level operations on multi-block pieces keep the invariant, and
+    /// `block_wanted` matches its definition.
+    #[test]
+    fn randomized_blocks_keep_the_invariant() {
+        for seed in 0..40u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let pieces = rng.gen_range(1..12u32);
+            let per = rng.gen_range(1..6u32);
+            let verify = rng.gen_bool(0.7);
+            let mut p = PiecePicker::new(layout(pieces, per), seed, verify);
+            let blocks = p.layout().blocks();
+            let mut mine = vec![0u32; pieces as usize];
+            let mut plan: Vec<u32> = Vec::new();
+            for _ in 0..300 {
+                match rng.gen_range(0..8) {
+                    0 => {
+                        let a = rng.gen_range(0..blocks);
+                        let len = rng.gen_range(1..4);
+                        p.demand(a..a + len);
+                    }
+                    1 => {
+                        let len = rng.gen_range(0..blocks as usize + 2);
+                        plan = (0..len).map(|_| rng.gen_range(0..blocks + 2)).collect();
+                        p.set_plan(&plan);
+                    }
+                    2 => p.set_wanted(rng.gen_range(0..pieces), rng.gen_bool(0.5)),
+                    3 | 4 => {
+                        if let Some(pk) = p.pick(all, |i| mine[i as usize] > 0, false) {
+                            mine[pk.piece as usize] += 1;
+                        }
+                    }
+                    5 => {
+                        // A peer's block arrives in a piece it holds.
+                        if let Some(i) = (0..pieces).find(|&i| mine[i as usize] > 0) {
+                            let b = rng.gen_range(p.layout().piece_blocks(i));
+                            if verify {
+                                p.block_present(b);
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some(i) = (0..pieces).find(|&i| mine[i as usize] > 0) {
+                            mine[i as usize] -= 1;
+                            if rng.gen_bool(0.4) {
+                                p.complete(i);
+                            } else {
+                                p.release(i);
+                            }
+                        }
+                    }
+                }
+                p.check_invariant();
+                for b in 0..blocks {
+                    let piece = p.layout().piece_of(b) as usize;
+                    let planned_missing = plan.contains(&b) && !p.is_present(b);
+                    let expect = !p.is_present(b)
+                        && if verify {
+                            p.wanted[piece] || p.is_block_demanded(b) || planned_missing
+                        } else {
+                            p.wanted[piece]
+                                || p.demanded_missing[piece] > 0
+                                || p.planned_missing[piece] > 0
+                        };
+                    assert_eq!(p.block_wanted(b), expect, "seed {seed} block {b}");
+                }
             }
         }
     }

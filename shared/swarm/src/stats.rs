@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::picker::PieceCounts;
+use crate::picker::PieceCounts;
 
 /// Lifetime counters of one remote peer (by peer id), kept after it disconnects.
 #[derive(Debug, Default)]
@@ -85,6 +85,12 @@ pub struct SwarmStats {
     pub total_pieces: u32,
     /// Bytes in verified pieces.
     pub have_bytes: u64,
+    /// Blocks present (verified alone or in their piece): what readers can read.
+    pub blocks_present: u32,
+    /// Number of blocks in the torrent.
+    pub total_blocks: u32,
+    /// Bytes in present blocks.
+    pub present_bytes: u64,
     /// Payload bytes received (including wasted ones).
     pub downloaded: u64,
     /// Payload bytes sent.

@@ -1,4 +1,10 @@
-//! Local piece storage: a sparse image file plus a persisted bitmap of verified pieces.
+//! Local piece storage: a sparse image file, the blocks and pieces verified in it, and a
+//! persisted bitmap of verified pieces.
+//!
+//! Two bitmaps say what may be read: verified *pieces* (SHA-1; what is announced and seeded)
+//! and present *blocks* (16 KiB; what a reader may read). A verified piece has all its blocks
+//! present; with the torrent's block-hash table a block can also be present alone, verified on
+//! its own before the rest of its piece has arrived.
 //!
 //! Storage is deliberately synchronous (`pread`/`pwrite` on a shared `File`, as rqbit's storage
 //! is): pieces are written in one call from a buffer the peer task already owns, and the FUSE
@@ -12,6 +18,10 @@
 //! had its data on disk before the file was written. After a crash, pieces verified since the
 //! last flush are simply not in the file; on resume they are re-hashed (only pieces not recorded,
 //! and only where the file has data), so nothing is lost and nothing unverified is trusted.
+//!
+//! Blocks of unfinished pieces (verified alone with the torrent's block-hash table) are not in
+//! the file: on resume they are verified again, block by block, where the file has data, so
+//! they survive a restart for the price of hashing them.
 //!
 //! The bitmap envelope's image identity is the torrent's [`Torrent::identity`] (image length +
 //! SHA-256 of the info dictionary), so a bitmap of another torrent is refused.
@@ -27,9 +37,10 @@ use std::sync::Mutex;
 use librqbit_core::lengths::{Lengths, ValidPieceIndex};
 use serde::{Deserialize, Serialize};
 
-use super::bitmap::{wire_bit, AtomicBitmap};
-use super::error::{Result, SwarmError};
-use super::torrent::{sha1, Torrent};
+use crate::bitmap::{wire_bit, AtomicBitmap};
+use crate::error::{Result, SwarmError};
+use crate::layout::Layout;
+use crate::torrent::{sha1, Torrent};
 use vmt_formats::envelope::{self, FileError, FileKind};
 use vmt_formats::image::ImageId;
 
@@ -57,6 +68,8 @@ pub struct ResumeReport {
     pub rehashed_ok: u32,
     /// Pieces not recorded that had to be hashed.
     pub rehashed: u32,
+    /// Blocks of unfinished pieces kept because they match the torrent's block-hash table.
+    pub blocks_kept: u32,
 }
 
 /// A sparse image file with its verified-piece bitmap.
@@ -65,7 +78,9 @@ pub struct Storage {
     path: PathBuf,
     file: File,
     lengths: Lengths,
+    layout: Layout,
     have: AtomicBitmap,
+    blocks: AtomicBitmap,
     bitmap_path: Option<PathBuf>,
     identity: ImageId,
     dirty: AtomicBool,
@@ -114,7 +129,7 @@ impl Storage {
             // Sparse: no blocks are allocated until pieces are written.
             file.set_len(torrent.total_length()).map_err(io_err)?;
         }
-        let storage = Storage::new(path, file, torrent, Some(bitmap_path.to_owned()));
+        let storage = Storage::new(path, file, torrent, Some(bitmap_path.to_owned()))?;
         let mut report = ResumeReport::default();
         match envelope::read::<BitmapBody>(bitmap_path, &BITMAP_KIND) {
             Ok((header, body)) => {
@@ -136,7 +151,7 @@ impl Storage {
                 }
                 for i in 0..body.pieces {
                     if wire_bit(&body.bits, i) {
-                        storage.have.set(i);
+                        storage.set_piece_bits(i, |_| {});
                         report.recorded += 1;
                     }
                 }
@@ -170,7 +185,7 @@ impl Storage {
                 found: len,
             });
         }
-        let storage = Storage::new(path, file, torrent, None);
+        let storage = Storage::new(path, file, torrent, None)?;
         let mut buf = vec![0u8; torrent.lengths().default_piece_length() as usize];
         for info in torrent.lengths().iter_piece_infos() {
             if verify {
@@ -186,22 +201,33 @@ impl Storage {
                     });
                 }
             }
-            storage.have.set(info.piece_index.get());
+            storage.set_piece_bits(info.piece_index.get(), |_| {});
         }
         Ok(storage)
     }
 
-    fn new(path: &Path, file: File, torrent: &Torrent, bitmap_path: Option<PathBuf>) -> Storage {
-        Storage {
+    fn new(
+        path: &Path,
+        file: File,
+        torrent: &Torrent,
+        bitmap_path: Option<PathBuf>,
+    ) -> Result<Storage> {
+        let layout = Layout::new(torrent.lengths()).map_err(|reason| SwarmError::BadTorrent {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(Storage {
             path: path.to_owned(),
             file,
             lengths: *torrent.lengths(),
+            layout,
             have: AtomicBitmap::new(torrent.piece_count()),
+            blocks: AtomicBitmap::new(layout.blocks()),
             bitmap_path,
             identity: torrent.identity(),
             dirty: AtomicBool::new(false),
             flush_lock: Mutex::new(()),
-        }
+        })
     }
 
     fn verify_unrecorded(&self, torrent: &Torrent, report: &mut ResumeReport) -> Result<()> {
@@ -221,8 +247,20 @@ impl Storage {
                     source,
                 })?;
             if sha1(data) == *torrent.piece_hash(info.piece_index) {
-                self.have.set(i);
+                self.set_piece_bits(i, |_| {});
                 report.rehashed_ok += 1;
+            } else if let Some(table) = torrent.block_hashes() {
+                // An unfinished piece: its blocks verified alone survive the restart.
+                let bl = self.layout.block_len() as usize;
+                for b in self.layout.piece_blocks(i) {
+                    let at = (self.layout.block_offset(b) - offset) as usize;
+                    let block = &data[at..(at + bl).min(data.len())];
+                    let len = block.len() as u64;
+                    if self.has_data(self.layout.block_offset(b), len) && table.verify(b, block) {
+                        self.blocks.set(b);
+                        report.blocks_kept += 1;
+                    }
+                }
             }
         }
         Ok(())
@@ -256,9 +294,24 @@ impl Storage {
         &self.lengths
     }
 
+    /// How the image is cut into pieces and blocks.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// The verified pieces; lock-free.
     pub fn bitmap(&self) -> &AtomicBitmap {
         &self.have
+    }
+
+    /// The present blocks; lock-free.
+    pub fn block_bitmap(&self) -> &AtomicBitmap {
+        &self.blocks
+    }
+
+    /// Whether block `b` is present (verified alone or in its piece); lock-free.
+    pub fn has_block(&self, b: u32) -> bool {
+        self.blocks.get(b)
     }
 
     /// Whether piece `i` is verified; lock-free.
@@ -291,9 +344,35 @@ impl Storage {
             .write_all_at(data, self.lengths.piece_offset(piece))
     }
 
-    /// Marks a written piece verified; returns whether it was not before.
-    pub fn mark_verified(&self, piece: ValidPieceIndex) -> bool {
-        let new = self.have.set(piece.get());
+    /// Writes the verified bytes of `block`. Does not mark it: call [`Storage::mark_block`].
+    pub fn write_block(&self, block: u32, data: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(data.len(), self.layout.block_size(block) as usize);
+        self.file
+            .write_all_at(data, self.layout.block_offset(block))
+    }
+
+    /// Marks a written block present; returns whether it was not before. Its piece is not
+    /// verified by this: a piece is verified (SHA-1) only whole.
+    pub fn mark_block(&self, block: u32) -> bool {
+        self.blocks.set(block)
+    }
+
+    /// Sets the bits of a piece whose bytes are written: its blocks first, so a reader that
+    /// sees the piece bit also sees every block bit. `new_block` sees each block not present
+    /// before.
+    fn set_piece_bits(&self, piece: u32, mut new_block: impl FnMut(u32)) -> bool {
+        for b in self.layout.piece_blocks(piece) {
+            if self.blocks.set(b) {
+                new_block(b);
+            }
+        }
+        self.have.set(piece)
+    }
+
+    /// Marks a written piece verified, and its blocks present; returns whether the piece was
+    /// not verified before. `new_block` sees each block that was not present before.
+    pub fn mark_verified(&self, piece: ValidPieceIndex, new_block: impl FnMut(u32)) -> bool {
+        let new = self.set_piece_bits(piece.get(), new_block);
         if new {
             self.dirty.store(true, Ordering::Release);
         }
@@ -357,7 +436,7 @@ mod tests {
             let off = torrent.lengths().piece_offset(p) as usize;
             let len = torrent.lengths().piece_length(p) as usize;
             s.write_piece(p, &data[off..off + len]).unwrap();
-            s.mark_verified(p);
+            s.mark_verified(p, |_| {});
             if i == 2 {
                 s.flush().unwrap();
             }
@@ -379,6 +458,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn blocks_of_unfinished_pieces_survive_a_restart_when_the_table_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, data) = random_image(dir.path(), 3 * 65536 + 100, 8);
+        let torrent = make_torrent(&img, 65536).await;
+        let out = dir.path().join("out.img");
+        let bits = dir.path().join("out.bits");
+        let (s, _) = Storage::open_download(&out, &torrent, &bits).unwrap();
+        // Blocks 5 and 6 of piece 1 verified alone; block 9 of piece 2 written but corrupt
+        // (a crash in the middle of a write, say); piece 0 untouched.
+        for b in [5u32, 6] {
+            let at = b as usize * 16384;
+            s.write_block(b, &data[at..at + 16384]).unwrap();
+            s.mark_block(b);
+        }
+        let mut bad = data[9 * 16384..10 * 16384].to_vec();
+        bad[0] ^= 1;
+        s.write_block(9, &bad).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let (s, r) = Storage::open_download(&out, &torrent, &bits).unwrap();
+        assert_eq!((r.recorded, r.rehashed, r.rehashed_ok), (0, 2, 0));
+        assert_eq!(r.blocks_kept, 2);
+        assert!(s.has_block(5) && s.has_block(6));
+        assert!(!s.has_block(4) && !s.has_block(9) && !s.has_piece(1));
+    }
+
+    #[tokio::test]
     async fn bad_bitmaps_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let (img, _) = random_image(dir.path(), 4 * 16384, 1);
@@ -388,7 +494,7 @@ mod tests {
         let out = dir.path().join("out.img");
         let bits = dir.path().join("out.bits");
         let (s, _) = Storage::open_download(&out, &other, &bits).unwrap();
-        s.mark_verified(other.piece(0).unwrap());
+        s.mark_verified(other.piece(0).unwrap(), |_| {});
         s.flush().unwrap();
         drop(s);
         let err = Storage::open_download(&out, &torrent, &bits)

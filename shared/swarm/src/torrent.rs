@@ -498,7 +498,7 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::random_image;
+    use crate::testutil::{librqbit_torrent, random_image};
     use librqbit_core::torrent_metainfo::TorrentMetaV1Owned;
 
     const KIB: usize = 1024;
@@ -506,20 +506,6 @@ mod tests {
     /// Makes the torrent of `image` with a cache in `dir` (the user's cache stays untouched).
     fn create(image: &Path, piece: u32, dir: &Path) -> Torrent {
         create_blocking(image, piece, &[], IdCache::at(dir.join("ids")), |_| {}).unwrap()
-    }
-
-    /// The piece hashes librqbit's `create_torrent` computes for `image`, without the extra
-    /// hash of zero bytes it appends when the length is a multiple of the piece length.
-    async fn librqbit_torrent(image: &Path, piece: u32) -> TorrentMetaV1Owned {
-        let options = librqbit::CreateTorrentOptions {
-            piece_length: Some(piece),
-            ..Default::default()
-        };
-        let spawner = librqbit::spawn_utils::BlockingSpawner::new(1);
-        let created = librqbit::create_torrent(image, options, &spawner)
-            .await
-            .unwrap();
-        created.meta
     }
 
     /// `bytes` with the top-level `vmt block hashes` value replaced by `table` (or the key

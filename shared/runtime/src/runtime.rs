@@ -1,0 +1,333 @@
+//! [`Runtime`]: an appliance image served through FUSE while it streams from the swarm.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use vmt_formats::image::ImageId;
+use vmt_formats::trace::TraceError;
+use vmt_fs::{
+    FuseImageFs, ImageFs, ImageFsOptions, MountError, Mounted, Overlay, OverlayError, ReplyPool,
+    PRISTINE_WAIT,
+};
+use vmt_model::profile::BundleError;
+use vmt_model::scheduler::{SchedulerError, Strategy};
+use vmt_swarm::{Engine, EngineConfig, Storage, SwarmError, Torrent};
+
+use crate::planner::{self, Planner, ReadLog};
+use crate::report::{PeerTraffic, Status};
+use crate::schedule::scheduler;
+use crate::source::{Arrivals, SwarmSource};
+use crate::tasks::Tasks;
+
+/// Threads answering parked reads: one pread and reply each, so two keep up with a link while
+/// one waits on the disk.
+const REPLY_THREADS: usize = 2;
+/// How often overlay writes are made durable without an `fsync` from the guest.
+const OVERLAY_SYNC: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the runtime's tasks.
+const TASKS_DEADLINE: Duration = Duration::from_secs(5);
+/// Plan handed to the engine when none is given: 8 MiB, a little over half a second at
+/// 100 Mbit/s, so the plan stays ahead of the link without naming what the belief may soon
+/// revise.
+pub const DEFAULT_WINDOW: u64 = 8 << 20;
+
+/// What to mount and how.
+#[derive(Clone, Debug)]
+pub struct RuntimeParams {
+    /// The image's `.torrent`.
+    pub torrent: PathBuf,
+    /// Profiles and Markov model; required by `profile` and `markov`.
+    pub bundle: Option<PathBuf>,
+    /// How pieces are prefetched.
+    pub strategy: Strategy,
+    /// For `profile`: the profile to follow (name or index); `None` = the most likely first.
+    pub profile: Option<String>,
+    /// For `oracle`: the trace whose first-access order is the plan.
+    pub oracle_trace: Option<PathBuf>,
+    /// Where the image appears.
+    pub mountpoint: PathBuf,
+    /// Local piece store and overlay.
+    pub data_dir: PathBuf,
+    /// Peers to dial.
+    pub peers: Vec<SocketAddr>,
+    /// Serve verified pieces to other peers (swarm mode); `false` is client-server mode.
+    pub upload: bool,
+    /// Download limit, bytes per second.
+    pub download_limit: Option<u64>,
+    /// Upload limit, bytes per second.
+    pub upload_limit: Option<u64>,
+    /// Bytes of the plan handed to the engine at a time (at least one block).
+    pub window_bytes: u64,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+/// Why the runtime could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The torrent, storage or engine failed.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// The bundle could not be read or belongs to another image.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The oracle trace could not be read.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The strategy cannot be set up.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The overlay could not be opened.
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
+    /// Mounting failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    /// An invalid combination of options.
+    #[error("{0}")]
+    Config(String),
+    /// The bundle was trained on another image than the torrent serves.
+    #[error("bundle {} belongs to another image ({bundle}) than torrent {} ({torrent})", bundle_path.display(), torrent_path.display())]
+    WrongImage {
+        /// The bundle file.
+        bundle_path: PathBuf,
+        /// Its image.
+        bundle: ImageId,
+        /// The torrent file.
+        torrent_path: PathBuf,
+        /// What the torrent says of its image.
+        torrent: String,
+    },
+    /// A local file could not be created.
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+/// A mounted, streaming appliance. See the crate doc.
+pub struct Runtime {
+    engine: Engine,
+    fs: Arc<FuseImageFs<SwarmSource, ReadLog>>,
+    /// Answers parked reads off the network tasks; stopped after the filesystem is closed.
+    replies: Option<ReplyPool>,
+    planner: Arc<Planner>,
+    writes: Arc<AtomicU64>,
+    overlay: Arc<Overlay>,
+    mounted: Option<Mounted>,
+    tasks: Tasks,
+    served: PathBuf,
+    strategy: Strategy,
+    start: Instant,
+}
+
+impl Runtime {
+    /// Loads everything, starts the engine (accepting peers on `listener`), and mounts.
+    pub async fn start(
+        params: RuntimeParams,
+        listener: Option<TcpListener>,
+    ) -> Result<Runtime, RuntimeError> {
+        // Refuse a bad mountpoint before any network or disk work.
+        vmt_fs::check_mountpoint(&params.mountpoint)?;
+        let torrent = Torrent::load(&params.torrent)?;
+        std::fs::create_dir_all(&params.data_dir).map_err(|error| RuntimeError::Io {
+            path: params.data_dir.clone(),
+            error,
+        })?;
+        let image_path = params.data_dir.join("pristine.img");
+        let bits = params.data_dir.join("pristine.vmtbits");
+        let (t2, i2, b2) = (torrent.clone(), image_path.clone(), bits.clone());
+        let (storage, _resume) =
+            tokio::task::spawn_blocking(move || Storage::open_download(&i2, &t2, &b2))
+                .await
+                .map_err(|e| RuntimeError::Config(format!("opening storage: {e}")))??;
+        // The plan is in the engine's blocks: what a read waits for, and (with the block-hash
+        // table) what is verified alone.
+        let block = storage.layout().block_len();
+        let (sched, names) = scheduler(&params, &torrent, block)?;
+        // The overlay is tied to the torrent's identity: writes made on another image's blocks
+        // would be garbage here.
+        let overlay = Arc::new(Overlay::open(
+            &params.data_dir.join("overlay"),
+            ImageId {
+                size: torrent.total_length(),
+                sha256: torrent.identity().sha256,
+            },
+        )?);
+        let config = EngineConfig {
+            peers: params.peers.clone(),
+            upload: params.upload,
+            download_limit: params.download_limit,
+            upload_limit: params.upload_limit,
+            fetch_all: params.strategy.fills_background(),
+            ..Default::default()
+        };
+        let file_name = torrent.name().to_string();
+        let (ready, ready_events) = vmt_fs::units_ready_channel();
+        let arrived = Arc::new(Notify::new());
+        let arrivals = Arc::new(Arrivals {
+            ready,
+            planner: arrived.clone(),
+        });
+        let engine = Engine::start_with_events(torrent, storage, listener, config, Some(arrivals));
+        let start = Instant::now();
+        let (reads, read_log) = tokio::sync::mpsc::unbounded_channel();
+        let observer = ReadLog::new(reads, start);
+        let writes = observer.writes();
+        let window = (params.window_bytes / block as u64).max(1) as usize;
+        let planner = Arc::new(Planner::new(sched, names, window, engine.clone()));
+        let fs = Arc::new(ImageFs::new(
+            SwarmSource::new(engine.clone()),
+            overlay.clone(),
+            observer,
+            ImageFsOptions {
+                file_name: file_name.clone().into(),
+                size: engine.torrent().total_length(),
+                direct_io: false,
+                pristine_wait: PRISTINE_WAIT,
+            },
+        ));
+        let replies_fs = fs.clone();
+        let mounted = ReplyPool::start(ready_events, REPLY_THREADS, move |first, count| {
+            replies_fs.release(first, count)
+        })
+        .map_err(|error| RuntimeError::Io {
+            path: params.mountpoint.clone(),
+            error,
+        })
+        .and_then(|replies| {
+            let m = vmt_fs::mount(fs.clone(), &params.mountpoint, "vmt-run", params.threads)?;
+            Ok((m, replies))
+        });
+        let (mounted, replies) = match mounted {
+            Ok(m) => m,
+            Err(e) => {
+                fs.close();
+                let _ = engine.shutdown().await;
+                return Err(e);
+            }
+        };
+        let tasks = Tasks::default();
+        tasks.spawn("planner", planner::run(planner.clone(), read_log, arrived));
+        tasks.spawn("overlay-sync", sync_overlay(overlay.clone()));
+        Ok(Runtime {
+            served: params.mountpoint.join(&file_name),
+            engine,
+            fs,
+            replies: Some(replies),
+            planner,
+            writes,
+            overlay,
+            mounted: Some(mounted),
+            tasks,
+            strategy: params.strategy,
+            start,
+        })
+    }
+
+    /// The image file as the mount shows it.
+    pub fn served_path(&self) -> &Path {
+        &self.served
+    }
+
+    /// The engine (for its listen address and stats).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A snapshot of progress, stalls, beliefs and traffic.
+    pub fn status(&self) -> Status {
+        let st = self.engine.stats();
+        let reads = self.fs.stats();
+        Status {
+            strategy: self.strategy.to_string(),
+            uptime_s: self.start.elapsed().as_secs_f64(),
+            pieces_present: st.pieces.have,
+            pieces_in_flight: st.pieces.in_flight,
+            pieces_total: st.total_pieces,
+            blocks_present: st.blocks_present,
+            blocks_total: st.total_blocks,
+            blocks_verified_alone: self.engine.verifies_blocks(),
+            read_hits: reads.hits,
+            read_misses: reads.misses,
+            writes: self.writes.load(Ordering::Relaxed),
+            parked_now: self.fs.parked(),
+            stalls: reads.stalls.into(),
+            profile: self.planner.current(),
+            profile_switches: self.planner.switches(),
+            downloaded: st.downloaded,
+            wasted: st.wasted,
+            uploaded: st.uploaded,
+            peers: st
+                .peers
+                .iter()
+                .map(|p| PeerTraffic {
+                    addr: p.addr.to_string(),
+                    downloaded: p.downloaded,
+                    uploaded: p.uploaded,
+                })
+                .collect(),
+            peer_status: st.peer_status(),
+            overlay_blocks: self.overlay.blocks(),
+        }
+    }
+
+    /// Stops in the order that loses nothing: stop planning, answer every parked read (`EIO`:
+    /// the mount is going away), unmount, make the overlay durable, stop the engine (which
+    /// persists the piece bitmap), wait for the runtime's tasks; returns the final status.
+    pub async fn shutdown(mut self) -> Result<Status, RuntimeError> {
+        self.tasks.stop(TASKS_DEADLINE).await;
+        self.fs.close();
+        if let Some(replies) = self.replies.take() {
+            let _ = tokio::task::spawn_blocking(move || replies.stop()).await;
+        }
+        if let Some(m) = self.mounted.take() {
+            let _ = tokio::task::spawn_blocking(move || m.unmount()).await;
+        }
+        let overlay = self.overlay.clone();
+        match tokio::task::spawn_blocking(move || overlay.sync()).await {
+            Ok(Err(e)) => tracing::warn!("overlay sync at shutdown: {e}"),
+            Err(e) => tracing::warn!("overlay sync at shutdown: {e}"),
+            Ok(Ok(())) => {}
+        }
+        let status = self.status();
+        self.engine.shutdown().await?;
+        Ok(status)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // An error path must not leave a mount behind.
+        self.tasks.cancel().cancel();
+        self.fs.close();
+        self.replies.take();
+        if let Some(m) = self.mounted.take() {
+            let _ = m.unmount();
+        }
+    }
+}
+
+/// Makes overlay writes durable every [`OVERLAY_SYNC`] even without `fsync` from the guest.
+async fn sync_overlay(overlay: Arc<Overlay>) {
+    loop {
+        tokio::time::sleep(OVERLAY_SYNC).await;
+        if overlay.is_dirty() {
+            let o = overlay.clone();
+            match tokio::task::spawn_blocking(move || o.sync()).await {
+                Ok(Err(e)) => tracing::warn!("overlay sync: {e}"),
+                Err(e) => tracing::warn!("overlay sync: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}

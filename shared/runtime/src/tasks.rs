@@ -1,0 +1,96 @@
+//! The one way the runtime starts tasks: named, inside a tracing span, tracked, and stopped by
+//! one cancellation token, so shutdown can wait for every one of them (up to a deadline)
+//! instead of leaving them running behind a returned `shutdown`. A task is dropped at its next
+//! await once the token fires: final work (the last overlay sync, the report) belongs to the
+//! shutdown sequence, not to a task.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// The runtime's background tasks.
+#[derive(Clone, Default)]
+pub(crate) struct Tasks {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Tasks {
+    /// Cancelled when the tasks are told to stop.
+    pub fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Runs `fut` as task `name` until it ends or the tasks are stopped.
+    pub fn spawn(&self, name: &'static str, fut: impl Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(
+            async move {
+                tokio::select! {
+                    () = fut => tracing::trace!("task {name} finished"),
+                    () = cancel.cancelled() => tracing::trace!("task {name} stopped"),
+                }
+            }
+            .instrument(tracing::debug_span!("task", name)),
+        );
+    }
+
+    /// Tells every task to stop and waits for them, at most `deadline`; returns how many were
+    /// still running then.
+    pub async fn stop(&self, deadline: Duration) -> usize {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} runtime task(s) did not stop within {deadline:?}",
+                self.tracker.len()
+            );
+        }
+        self.tracker.len()
+    }
+
+    /// Tasks still running.
+    #[cfg(test)]
+    pub fn running(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends on drop: tells the test the task's future is gone.
+    struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ = self.0.take().map(|tx| tx.send(()));
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_ends_every_task_and_waits_for_it() {
+        let tasks = Tasks::default();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tasks.spawn("forever", async move {
+            let _guard = Dropped(Some(tx));
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+        tasks.spawn("short", async {});
+        tokio::task::yield_now().await;
+        assert_eq!(tasks.running(), 1, "the short task ended on its own");
+        assert_eq!(tasks.stop(Duration::from_secs(5)).await, 0);
+        assert!(
+            rx.await.is_ok(),
+            "the endless task was dropped before stop returned"
+        );
+    }
+}

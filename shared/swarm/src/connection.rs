@@ -1,0 +1,382 @@
+//! One peer connection: handshake, then a reader and a writer running side by side.
+//!
+//! Bytes become messages only through librqbit-peer-protocol (`Handshake`, `Message`). The
+//! reader and writer are two futures polled by one task, so a writer blocked on a full socket
+//! never stops the reader, and the reader never waits on the writer: it queues outgoing
+//! messages in the connection's outbox and wakes the writer.
+//!
+//! The reader feeds download-side messages to the synchronous [`Download`] state machine and
+//! hands what it produces on (requests to the writer, verified pieces to every peer); it serves
+//! the upload side itself: requests are checked and queued for the writer while the peer is
+//! unchoked. The writer reads verified blocks from storage only when it sends them, under the
+//! upload rate limit, and keeps its backlog in user space (`TCP_NOTSENT_LOWAT`) where a cancel
+//! still reaches it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use librqbit_core::hash_id::Id20;
+use peer_binary_protocol::extended::PeerExtendedMessageIds;
+use peer_binary_protocol::{
+    Handshake, Message, MessageDeserializeError, Piece, Request, MAX_MSG_LEN,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::download::{Download, Outputs};
+use crate::error::PeerError;
+use crate::peers::{PeerLink, PeerRegistry, Refused};
+use crate::ratelimit::RateLimiter;
+use crate::state::TorrentState;
+use crate::stats::Counters;
+use crate::wire::{Out, MAX_UPLOAD_QUEUE};
+
+/// Largest block served: BEP 3 clients ask 16 KiB; some ask up to 128 KiB.
+const MAX_BLOCK: u32 = 128 * 1024;
+/// Drop a connection silent for this long (keep-alives come every 2 minutes at most).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Drop a peer that leaves our requests unanswered this long (it holds pieces hostage).
+const SNUB_TIMEOUT: Duration = Duration::from_secs(30);
+const KEEPALIVE: Duration = Duration::from_secs(90);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keeps at most this many unsent bytes in the kernel's socket buffer.
+const UNSENT_LOW_WATER: libc::c_int = 64 * 1024;
+
+/// What a connection may use of its engine: the torrent state, the peer registry, the rate
+/// limits and a few settings. Cheap to clone (one per connection).
+#[derive(Clone)]
+pub(crate) struct ConnCtx {
+    pub state: Arc<TorrentState>,
+    pub peers: Arc<PeerRegistry>,
+    pub down_limit: Arc<RateLimiter>,
+    pub up_limit: Arc<RateLimiter>,
+    pub our_id: Id20,
+    /// Most block requests outstanding at one peer (the window's ceiling).
+    pub request_depth: usize,
+    /// Cancelled when the engine stops.
+    pub cancel: CancellationToken,
+}
+
+/// Keeps queued uploads in the outbox rather than in a multi-megabyte socket buffer: a peer's
+/// cancel (it found the block elsewhere, or needs another one first) can then still withdraw
+/// them. Best effort: without the option the socket just buffers more.
+fn limit_unsent(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let v = UNSENT_LOW_WATER;
+    // SAFETY: a valid socket descriptor and a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("TCP_NOTSENT_LOWAT: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn no_extensions() -> PeerExtendedMessageIds {
+    PeerExtendedMessageIds {
+        ut_metadata: None,
+        ut_pex: None,
+    }
+}
+
+/// Handshakes on `stream`, registers the peer and runs it until it ends or the engine stops.
+pub(crate) async fn run(
+    ctx: &ConnCtx,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    outbound: bool,
+) -> Result<(), PeerError> {
+    stream.set_nodelay(true)?;
+    limit_unsent(&stream);
+    let st = &ctx.state;
+    // No extension bit: vmt speaks plain BEP 3, so peers send no extended messages to ignore.
+    let mut ours = Handshake::new(st.torrent().info_hash(), ctx.our_id);
+    ours.reserved = 0;
+    let mut hs = [0u8; 68];
+    let n = ours.serialize_unchecked_len(&mut hs);
+    let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        stream.write_all(&hs[..n]).await?;
+        stream.read_exact(&mut hs).await?;
+        Ok::<_, PeerError>(Handshake::deserialize(&hs)?.0)
+    })
+    .await
+    .map_err(|_| PeerError::Timeout("no handshake"))??;
+    if theirs.info_hash != st.torrent().info_hash() {
+        return Err(PeerError::WrongTorrent);
+    }
+    if theirs.peer_id == ctx.our_id {
+        return Err(PeerError::SelfConnection);
+    }
+    let link = Arc::new(PeerLink::new(
+        ctx.cancel.child_token(),
+        ctx.peers.counters_for(theirs.peer_id),
+        ctx.peers.now_ms(),
+    ));
+    // Queued before registration so it precedes every Have the registry broadcasts.
+    link.push(Out::Bitfield);
+    let (conn, live) = match ctx
+        .peers
+        .register(theirs.peer_id, addr, outbound, link.clone())
+    {
+        Ok(c) => c,
+        Err(Refused::Banned) => return Err(PeerError::Banned),
+        Err(Refused::Duplicate) => return Err(PeerError::Duplicate(theirs.peer_id)),
+        Err(Refused::Full) => return Err(PeerError::TooManyPeers),
+    };
+    st.picker().set_plan_spread(live > 1);
+    tracing::debug!(peer = %theirs.peer_id.as_string(), "connected");
+    let (mut rd, mut wr) = stream.into_split();
+    let mut reader = Reader {
+        ctx,
+        link: &link,
+        dl: Download::new(
+            st,
+            theirs.peer_id,
+            addr,
+            link.counters.clone(),
+            ctx.request_depth,
+            Instant::now(),
+        ),
+        out: Outputs::default(),
+    };
+    let result = tokio::select! {
+        r = reader.run(&mut rd) => r,
+        r = write_loop(ctx, &link, &mut wr) => r,
+        _ = link.close.cancelled() => Ok(()),
+    };
+    if matches!(result, Err(PeerError::Banned)) {
+        ctx.peers.ban(theirs.peer_id, addr);
+    }
+    reader.dl.close(st);
+    let live = ctx.peers.unregister(conn);
+    st.picker().set_plan_spread(live > 1);
+    // Its pieces are free again: let the other connections take them up.
+    ctx.peers.wake_readers();
+    result
+}
+
+/// The reading half: messages in, state machine, outputs out.
+struct Reader<'a> {
+    ctx: &'a ConnCtx,
+    link: &'a Arc<PeerLink>,
+    dl: Download,
+    out: Outputs,
+}
+
+impl Reader<'_> {
+    async fn run(&mut self, rd: &mut OwnedReadHalf) -> Result<(), PeerError> {
+        let st = &*self.ctx.state;
+        // Room for a few full block messages per read; a bitfield of a huge torrent may need more.
+        let size = (4 * MAX_MSG_LEN).max(st.torrent().lengths().piece_bitfield_bytes() + 64);
+        let mut buf = vec![0u8; size];
+        let (mut start, mut end) = (0usize, 0usize);
+        loop {
+            self.dl.update_interest(st, &mut self.out);
+            let filled = self.dl.fill(st, Instant::now(), &mut self.out);
+            self.flush();
+            filled?;
+            let limit = if self.dl.outstanding() > 0 {
+                SNUB_TIMEOUT
+            } else {
+                IDLE_TIMEOUT
+            };
+            tokio::select! {
+                biased;
+                _ = self.link.wake_reader.notified() => {
+                    let woke = self.dl.on_wake(st, &mut self.out);
+                    self.flush();
+                    woke?;
+                    continue;
+                }
+                r = tokio::time::timeout(limit, rd.read(&mut buf[end..])) => {
+                    let n = r.map_err(|_| PeerError::Timeout(if self.dl.outstanding() > 0 {
+                        "requests unanswered"
+                    } else {
+                        "idle"
+                    }))??;
+                    if n == 0 {
+                        return Err(PeerError::Closed);
+                    }
+                    end += n;
+                    self.ctx.down_limit.consume(n as u64).await;
+                }
+            }
+            loop {
+                match Message::deserialize(&buf[start..end], &[]) {
+                    Ok((msg, len)) => {
+                        let handled = self.handle(msg);
+                        self.flush();
+                        handled?;
+                        start += len;
+                    }
+                    Err(MessageDeserializeError::NotEnoughData(more, _)) => {
+                        if end - start + more > buf.len() {
+                            return Err(PeerError::Protocol(format!(
+                                "message of {} bytes is too large",
+                                end - start + more
+                            )));
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if start == end {
+                (start, end) = (0, 0);
+            } else if buf.len() - end < MAX_MSG_LEN {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+        }
+    }
+
+    /// Hands what the state machine produced on: requests to our writer, verified pieces to
+    /// every peer.
+    fn flush(&mut self) {
+        self.link.push_all(&self.out.msgs);
+        for &piece in &self.out.verified {
+            self.ctx.peers.announce(piece);
+        }
+        if self.out.released {
+            self.ctx.peers.wake_readers();
+        }
+        self.out.clear();
+    }
+
+    fn handle(&mut self, msg: Message<'_>) -> Result<(), PeerError> {
+        let st = &*self.ctx.state;
+        match msg {
+            Message::KeepAlive | Message::Extended(_) => Ok(()),
+            Message::Choke => self.dl.on_choke(st, &mut self.out),
+            Message::Unchoke => {
+                self.dl.on_unchoke();
+                Ok(())
+            }
+            Message::Interested => {
+                self.link.remote_interested.store(true, Ordering::Relaxed);
+                self.ctx.peers.rechoke(false);
+                Ok(())
+            }
+            Message::NotInterested => {
+                self.link.remote_interested.store(false, Ordering::Relaxed);
+                self.ctx.peers.rechoke(false);
+                Ok(())
+            }
+            Message::Have(i) => {
+                self.dl.on_have(st, i);
+                Ok(())
+            }
+            Message::Bitfield(bits) => self.dl.on_bitfield(st, bits.as_ref()),
+            Message::Request(r) => self.on_request(r),
+            Message::Cancel(r) => {
+                self.link.outbox().cancel_upload(&r);
+                Ok(())
+            }
+            Message::Piece(p) => {
+                let data = p.data();
+                self.dl
+                    .on_block(st, p.index, p.begin, data, Instant::now(), &mut self.out)
+            }
+        }
+    }
+
+    fn on_request(&mut self, r: Request) -> Result<(), PeerError> {
+        if self.link.am_choking.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let st = &*self.ctx.state;
+        let lengths = st.torrent().lengths();
+        let Some(piece) = lengths.validate_piece_index(r.index) else {
+            return Ok(());
+        };
+        let ok = r.length > 0
+            && r.length <= MAX_BLOCK
+            && r.begin as u64 + r.length as u64 <= lengths.piece_length(piece) as u64
+            && st.storage().has_piece(r.index);
+        if ok && !self.link.push(Out::Piece(r)) {
+            return Err(PeerError::Protocol(format!(
+                "more than {MAX_UPLOAD_QUEUE} requests queued"
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn write_loop(
+    ctx: &ConnCtx,
+    link: &PeerLink,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), PeerError> {
+    let st = &*ctx.state;
+    let bitfield_len = st.torrent().lengths().piece_bitfield_bytes();
+    let mut buf = vec![0u8; (2 * MAX_BLOCK as usize + 64).max(bitfield_len + 64)];
+    let mut bitfield = vec![0u8; bitfield_len];
+    let mut block = vec![0u8; MAX_BLOCK as usize];
+    let ext = no_extensions;
+    loop {
+        let mut len = 0;
+        // Batch queued messages into one write while a worst-case message still fits, but
+        // not much more than the socket's unsent allowance: what is popped cannot be cancelled.
+        while len < UNSENT_LOW_WATER as usize && buf.len() - len >= MAX_BLOCK as usize + 64 {
+            let Some(out) = link.outbox().pop() else {
+                break;
+            };
+            let msg = match out {
+                Out::Bitfield => {
+                    if st.storage().bitmap().count() == 0 {
+                        continue;
+                    }
+                    st.storage().bitmap().to_wire(&mut bitfield);
+                    Message::Bitfield(librqbit::ByteBuf(&bitfield))
+                }
+                Out::Interested => Message::Interested,
+                Out::NotInterested => Message::NotInterested,
+                Out::Choke => Message::Choke,
+                Out::Unchoke => Message::Unchoke,
+                Out::Have(i) => Message::Have(i),
+                Out::Request(r) => Message::Request(r),
+                Out::Cancel(r) => Message::Cancel(r),
+                Out::Piece(r) => {
+                    let data = &mut block[..r.length as usize];
+                    let lengths = st.torrent().lengths();
+                    let piece = lengths
+                        .validate_piece_index(r.index)
+                        .expect("validated when queued");
+                    let offset = lengths.piece_offset(piece) + r.begin as u64;
+                    st.storage()
+                        .read_at(offset, data)
+                        .map_err(PeerError::Storage)?;
+                    ctx.up_limit.consume(r.length as u64).await;
+                    Counters::add(&st.counters().uploaded, r.length as u64);
+                    Counters::add(&link.counters.uploaded, r.length as u64);
+                    Message::Piece(Piece::from_data(r.index, r.begin, data))
+                }
+            };
+            len += msg
+                .serialize(&mut buf[len..], &ext)
+                .map_err(|e| PeerError::Protocol(format!("serialize: {e}")))?;
+        }
+        if len == 0 {
+            tokio::select! {
+                _ = link.wake_writer.notified() => continue,
+                _ = tokio::time::sleep(KEEPALIVE) => {
+                    len = Message::KeepAlive
+                        .serialize(&mut buf, &ext)
+                        .map_err(|e| PeerError::Protocol(format!("serialize: {e}")))?;
+                }
+            }
+        }
+        wr.write_all(&buf[..len]).await?;
+    }
+}

@@ -1,0 +1,1069 @@
+//! The download side of one connection, as a synchronous state machine.
+//!
+//! [`Download`] turns what the remote peer says (choke, have, bitfield, blocks) and what the
+//! engine wants (demand, plan, background) into block requests, and blocks into stored data. It
+//! does no I/O on sockets and no waiting: each call takes the torrent state and an [`Outputs`]
+//! to fill with messages for the writer and pieces to announce, which the connection task then
+//! hands on. That is why it is unit-tested without sockets.
+//!
+//! # Requests
+//! The picker assigns whole pieces (a peer serves only pieces it announced); inside a piece this
+//! connection requests the *wanted* blocks. Blocks a reader waits for are requested at once,
+//! beyond the request window, ahead of everything; other wanted blocks keep a delay-based
+//! [`RequestWindow`] outstanding (enough to fill the link, a few blocks of queue, so a later
+//! demand does not wait behind much). While a demanded piece arrives over another connection,
+//! this one asks for nothing else, so it has the downlink.
+//!
+//! # Arrivals
+//! With the torrent's block-hash table, a block someone waits for or plans to read is verified
+//! alone (SHA-256), written and published at once: the read it unblocks is answered before the
+//! rest of its piece exists. Other blocks (background fill) are assembled in a piece buffer, as
+//! is everything without a table. When every block of the piece is received or present, the
+//! piece is checked against its SHA-1, written, and announced; only then is it seeded.
+//! A block or piece that fails its hash is thrown away and counts a strike against the peer; at
+//! [`MAX_STRIKES`] the peer is banned.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use librqbit_core::hash_id::Id20;
+use peer_binary_protocol::Request;
+
+use crate::bitmap::wire_bit;
+use crate::error::PeerError;
+use crate::picker::{PickReason, PiecePicker};
+use crate::state::TorrentState;
+use crate::stats::{Counters, PeerCounters};
+use crate::torrent::sha1;
+use crate::window::RequestWindow;
+use crate::wire::Out;
+
+/// Corrupt blocks or pieces tolerated from one peer before it is banned.
+pub const MAX_STRIKES: u32 = 2;
+/// A piece has at most 16 MiB / 16 KiB blocks (the torrent module caps piece length).
+const MAX_BLOCKS: usize = 1024;
+/// Urgent pieces one fill may start: a bound, so a burst of demands cannot starve the rest.
+const MAX_URGENT_STARTS: usize = 8;
+
+/// One bit per block of a piece.
+#[derive(Clone, Copy)]
+struct Mask([u64; MAX_BLOCKS / 64]);
+
+impl Mask {
+    const EMPTY: Mask = Mask([0; MAX_BLOCKS / 64]);
+    fn get(&self, i: u32) -> bool {
+        self.0[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+    fn set(&mut self, i: u32) {
+        self.0[(i / 64) as usize] |= 1 << (i % 64);
+    }
+    fn clear(&mut self, i: u32) {
+        self.0[(i / 64) as usize] &= !(1 << (i % 64));
+    }
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+}
+
+/// A piece assigned to this connection.
+struct Active {
+    piece: u32,
+    reason: PickReason,
+    /// A second copy of a demanded piece another connection fetches: only its urgent blocks
+    /// are asked for here, so the two do not both fetch the rest.
+    duplicate: bool,
+    first: u32,
+    blocks: u32,
+    /// Requested and not yet answered.
+    pending: Mask,
+    /// In `buf`, not stored yet.
+    received: Mask,
+    received_bytes: u64,
+    /// The piece's bytes as they arrive; empty until the first block.
+    buf: Vec<u8>,
+}
+
+/// What a call produced besides its state change; the connection drains it.
+#[derive(Default)]
+pub(crate) struct Outputs {
+    /// Messages for the writer, in order.
+    pub msgs: Vec<Out>,
+    /// Pieces this connection verified first: to announce to every peer.
+    pub verified: Vec<u32>,
+    /// A piece was given back unfinished: other connections may take it up.
+    pub released: bool,
+}
+
+impl Outputs {
+    pub fn clear(&mut self) {
+        self.msgs.clear();
+        self.verified.clear();
+        self.released = false;
+    }
+}
+
+/// See the module doc.
+pub(crate) struct Download {
+    peer_id: Id20,
+    addr: SocketAddr,
+    counters: Arc<PeerCounters>,
+    remote_has: Vec<u64>,
+    peer_choking: bool,
+    am_interested: bool,
+    active: Vec<Active>,
+    /// Block requests sent and not yet answered or cancelled.
+    outstanding: usize,
+    /// When each outstanding request was sent, in order: (block, sent).
+    sent: VecDeque<(u32, Instant)>,
+    /// Piece buffers to reuse, so assembling a piece allocates nothing.
+    pool: Vec<Vec<u8>>,
+    /// Pieces to finish or give back after a fill (decided under the picker lock).
+    idle: Vec<u32>,
+    strikes: u32,
+    window: RequestWindow,
+}
+
+impl Download {
+    pub fn new(
+        st: &TorrentState,
+        peer_id: Id20,
+        addr: SocketAddr,
+        counters: Arc<PeerCounters>,
+        request_depth: usize,
+        now: Instant,
+    ) -> Download {
+        Download {
+            peer_id,
+            addr,
+            counters,
+            remote_has: vec![0; st.storage().bitmap().words()],
+            peer_choking: true,
+            am_interested: false,
+            active: Vec::new(),
+            outstanding: 0,
+            sent: VecDeque::with_capacity(request_depth.max(64)),
+            pool: Vec::new(),
+            idle: Vec::new(),
+            strikes: 0,
+            window: RequestWindow::new(request_depth, now),
+        }
+    }
+
+    /// Requests sent and not answered: the connection's snub timer runs while this is positive.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    fn remote_has(&self, i: u32) -> bool {
+        self.remote_has[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// The remote announced `piece`.
+    pub fn on_have(&mut self, st: &TorrentState, piece: u32) {
+        if piece >= st.layout().pieces() || self.remote_has(piece) {
+            return;
+        }
+        self.remote_has[(piece / 64) as usize] |= 1 << (piece % 64);
+        st.picker().add_availability(piece);
+    }
+
+    /// The remote's bitfield (its first message).
+    pub fn on_bitfield(&mut self, st: &TorrentState, bits: &[u8]) -> Result<(), PeerError> {
+        let n = st.layout().pieces();
+        if bits.len() != (n as usize).div_ceil(8) {
+            return Err(PeerError::Protocol(format!(
+                "bitfield of {} bytes",
+                bits.len()
+            )));
+        }
+        // One lock for the whole bitfield, not one per piece.
+        let mut picker = st.picker();
+        for i in 0..n {
+            if wire_bit(bits, i) && !self.remote_has(i) {
+                self.remote_has[(i / 64) as usize] |= 1 << (i % 64);
+                picker.add_availability(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// The remote choked us: our requests are void.
+    pub fn on_choke(&mut self, st: &TorrentState, out: &mut Outputs) -> Result<(), PeerError> {
+        self.peer_choking = true;
+        out.released |= !self.active.is_empty();
+        self.outstanding = 0;
+        self.sent.clear();
+        let mut result = Ok(());
+        for a in std::mem::take(&mut self.active) {
+            let r = self.give_back(st, a);
+            result = result.and(r);
+        }
+        result
+    }
+
+    /// The remote unchoked us.
+    pub fn on_unchoke(&mut self) {
+        self.peer_choking = false;
+    }
+
+    /// A block arrived: `data` in two parts (the receive buffer may wrap).
+    pub fn on_block(
+        &mut self,
+        st: &TorrentState,
+        piece: u32,
+        begin: u32,
+        data: (&[u8], &[u8]),
+        now: Instant,
+        out: &mut Outputs,
+    ) -> Result<(), PeerError> {
+        let len = (data.0.len() + data.1.len()) as u32;
+        Counters::add(&st.counters().downloaded, len as u64);
+        Counters::add(&self.counters.downloaded, len as u64);
+        let layout = *st.layout();
+        let slot = layout
+            .block_at(piece, begin, len)
+            .and_then(|b| Some((b, self.active.iter().position(|a| a.piece == piece)?)));
+        let Some((b, k)) = slot else {
+            // Unasked for, or a piece given up meanwhile.
+            Counters::add(&st.counters().wasted, len as u64);
+            return Ok(());
+        };
+        let a = &mut self.active[k];
+        let i = b - a.first;
+        if a.pending.get(i) {
+            a.pending.clear(i);
+            self.outstanding -= 1;
+            if let Some(sent) = forget(&mut self.sent, b) {
+                self.window
+                    .on_answer(now.duration_since(sent), self.outstanding, now);
+            }
+        }
+        if a.received.get(i) || st.storage().has_block(b) {
+            Counters::add(&st.counters().wasted, len as u64);
+            return Ok(());
+        }
+        if a.buf.is_empty() {
+            a.buf = self.pool.pop().unwrap_or_default();
+            a.buf.resize(layout.piece_len() as usize, 0);
+        }
+        let at = (i * layout.block_len()) as usize;
+        a.buf[at..at + data.0.len()].copy_from_slice(data.0);
+        a.buf[at + data.0.len()..at + len as usize].copy_from_slice(data.1);
+        let alone = st.block_hashes().is_some() && {
+            let picker = st.picker();
+            picker.is_block_demanded(b) || picker.is_block_planned(b)
+        };
+        if alone {
+            // Someone waits for it, or will soon read it: verified and readable now.
+            let buf = std::mem::take(&mut self.active[k].buf);
+            let stored = self.store_alone(st, b, &buf[at..at + len as usize]);
+            self.active[k].buf = buf;
+            if !stored? {
+                return Ok(());
+            }
+        } else {
+            let a = &mut self.active[k];
+            a.received.set(i);
+            a.received_bytes += len as u64;
+        }
+        if self.is_whole(st, k) {
+            let a = self.active.swap_remove(k);
+            self.finish(st, a, out)?;
+        }
+        Ok(())
+    }
+
+    /// Verifies one block against the block-hash table and stores it. Ok(false): it failed
+    /// (thrown away, the peer struck; it stays wanted and is asked for again).
+    fn store_alone(&mut self, st: &TorrentState, b: u32, data: &[u8]) -> Result<bool, PeerError> {
+        let ok = st.block_hashes().is_some_and(|h| h.verify(b, data));
+        if !ok {
+            Counters::add(&st.counters().wasted, data.len() as u64);
+            self.strike(st, format_args!("block {b}"))?;
+            return Ok(false);
+        }
+        st.storage()
+            .write_block(b, data)
+            .map_err(|e| self.storage_error(st, e))?;
+        st.block_stored(b);
+        Ok(true)
+    }
+
+    fn storage_error(&self, st: &TorrentState, e: std::io::Error) -> PeerError {
+        tracing::error!("{}: writing: {e}", st.storage().path().display());
+        PeerError::Storage(e)
+    }
+
+    /// A corrupt block or piece from this peer; Err once it is to be banned.
+    fn strike(&mut self, st: &TorrentState, what: std::fmt::Arguments) -> Result<(), PeerError> {
+        st.counters().hash_failures.fetch_add(1, Ordering::Relaxed);
+        self.counters.hash_failures.fetch_add(1, Ordering::Relaxed);
+        self.strikes += 1;
+        tracing::warn!(
+            peer = %self.peer_id.as_string(), addr = %self.addr,
+            "{what} failed verification ({} of {MAX_STRIKES} strikes)", self.strikes
+        );
+        if self.strikes >= MAX_STRIKES {
+            return Err(PeerError::Banned);
+        }
+        Ok(())
+    }
+
+    /// Whether every block of active piece `k` is received here or present.
+    fn is_whole(&self, st: &TorrentState, k: usize) -> bool {
+        let a = &self.active[k];
+        (0..a.blocks).all(|i| a.received.get(i) || st.storage().has_block(a.first + i))
+    }
+
+    /// Checks a whole piece against its SHA-1; stores and announces it if good.
+    fn finish(
+        &mut self,
+        st: &TorrentState,
+        mut a: Active,
+        out: &mut Outputs,
+    ) -> Result<(), PeerError> {
+        let layout = *st.layout();
+        let piece = st
+            .torrent()
+            .piece(a.piece)
+            .expect("the picker only knows valid pieces");
+        self.cancel_pending(st, &mut a, out, |_| true);
+        if a.buf.is_empty() {
+            a.buf = self.pool.pop().unwrap_or_default();
+            a.buf.resize(layout.piece_len() as usize, 0);
+        }
+        let size = layout.piece_size(a.piece) as usize;
+        let bl = layout.block_len() as usize;
+        // Blocks stored alone are on disk, not in the buffer.
+        for i in 0..a.blocks {
+            if !a.received.get(i) {
+                let at = i as usize * bl;
+                let end = (at + bl).min(size);
+                st.storage()
+                    .read_at(layout.block_offset(a.first + i), &mut a.buf[at..end])
+                    .map_err(|e| self.storage_error(st, e))?;
+            }
+        }
+        let result = if sha1(&a.buf[..size]) == *st.torrent().piece_hash(piece) {
+            st.storage()
+                .write_piece(piece, &a.buf[..size])
+                .map_err(|e| self.storage_error(st, e))
+                .map(|()| {
+                    tracing::trace!(piece = a.piece, reason = ?a.reason, "piece verified");
+                    if st.piece_stored(piece, true) {
+                        out.verified.push(a.piece);
+                    }
+                })
+        } else {
+            Counters::add(&st.counters().wasted, a.received_bytes);
+            // With a table, find which blocks were bad and keep the good ones.
+            let bad_here = match st.block_hashes() {
+                Some(_) => {
+                    let received = a.received;
+                    a.received = Mask::EMPTY;
+                    let mut bad = false;
+                    for i in (0..a.blocks).filter(|&i| received.get(i)) {
+                        let at = i as usize * bl;
+                        let block = &a.buf[at..(at + bl).min(size)];
+                        if st
+                            .block_hashes()
+                            .is_some_and(|h| h.verify(a.first + i, block))
+                        {
+                            st.storage()
+                                .write_block(a.first + i, block)
+                                .map_err(|e| self.storage_error(st, e))?;
+                            st.block_stored(a.first + i);
+                        } else {
+                            bad = true;
+                        }
+                    }
+                    if !bad {
+                        tracing::error!(
+                            piece = a.piece,
+                            "every block matches the block-hash table but the piece does not \
+                             match its SHA-1: the torrent's two hash lists disagree"
+                        );
+                    }
+                    bad
+                }
+                None => true,
+            };
+            st.picker().release(a.piece);
+            out.released = true;
+            if bad_here {
+                self.strike(st, format_args!("piece {}", a.piece))
+            } else {
+                Ok(())
+            }
+        };
+        self.pool.push(std::mem::take(&mut a.buf));
+        result
+    }
+
+    /// Gives back an unfinished piece. With a table its received blocks are verified and kept
+    /// (they were fetched once already); without one they are lost.
+    fn give_back(&mut self, st: &TorrentState, mut a: Active) -> Result<(), PeerError> {
+        let mut result = Ok(());
+        if st.block_hashes().is_some() && !a.received.is_empty() {
+            let layout = *st.layout();
+            let bl = layout.block_len() as usize;
+            for i in 0..a.blocks {
+                if a.received.get(i) {
+                    let b = a.first + i;
+                    let at = i as usize * bl;
+                    let block = &a.buf[at..at + layout.block_size(b) as usize];
+                    if let Err(e) = self.store_alone(st, b, block) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        st.picker().release(a.piece);
+        if !a.buf.is_empty() {
+            self.pool.push(std::mem::take(&mut a.buf));
+        }
+        result
+    }
+
+    /// Withdraws pending requests of `a` for which `which(block)` holds.
+    fn cancel_pending(
+        &mut self,
+        st: &TorrentState,
+        a: &mut Active,
+        out: &mut Outputs,
+        which: impl Fn(u32) -> bool,
+    ) {
+        if a.pending.is_empty() {
+            return;
+        }
+        let layout = st.layout();
+        for i in 0..a.blocks {
+            let b = a.first + i;
+            if a.pending.get(i) && which(b) {
+                a.pending.clear(i);
+                self.outstanding -= 1;
+                forget(&mut self.sent, b);
+                out.msgs.push(Out::Cancel(Request::new(
+                    a.piece,
+                    layout.begin_in_piece(b),
+                    layout.block_size(b),
+                )));
+            }
+        }
+    }
+
+    /// Something changed elsewhere (a piece or block verified through another peer, a demand,
+    /// a plan): drops work that is done, stores buffered blocks a reader now waits for.
+    pub fn on_wake(&mut self, st: &TorrentState, out: &mut Outputs) -> Result<(), PeerError> {
+        let mut k = 0;
+        while k < self.active.len() {
+            let piece = self.active[k].piece;
+            if st.storage().has_piece(piece) {
+                let mut a = self.active.swap_remove(k);
+                self.cancel_pending(st, &mut a, out, |_| true);
+                st.picker().release(piece);
+                if !a.buf.is_empty() {
+                    self.pool.push(a.buf);
+                }
+                continue;
+            }
+            let mut a = std::mem::replace(&mut self.active[k], Active::placeholder());
+            self.cancel_pending(st, &mut a, out, |b| st.storage().has_block(b));
+            if st.block_hashes().is_some() && !a.received.is_empty() {
+                let demanded = {
+                    let picker = st.picker();
+                    let mut any = Mask::EMPTY;
+                    for i in 0..a.blocks {
+                        if a.received.get(i) && picker.is_block_demanded(a.first + i) {
+                            any.set(i);
+                        }
+                    }
+                    any
+                };
+                if !demanded.is_empty() {
+                    let bl = st.layout().block_len() as usize;
+                    for i in 0..a.blocks {
+                        if demanded.get(i) {
+                            let b = a.first + i;
+                            a.received.clear(i);
+                            a.received_bytes -= st.layout().block_size(b) as u64;
+                            let at = i as usize * bl;
+                            let block = &a.buf[at..at + st.layout().block_size(b) as usize];
+                            let r = self.store_alone(st, b, block);
+                            if let Err(e) = r {
+                                self.active[k] = a;
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+            }
+            self.active[k] = a;
+            k += 1;
+        }
+        Ok(())
+    }
+
+    /// Sends Interested or NotInterested when that changes.
+    pub fn update_interest(&mut self, st: &TorrentState, out: &mut Outputs) {
+        let have = st.storage().bitmap();
+        let wants = (0..self.remote_has.len()).any(|k| self.remote_has[k] & !have.word(k) != 0);
+        if wants != self.am_interested {
+            self.am_interested = wants;
+            out.msgs.push(if wants {
+                Out::Interested
+            } else {
+                Out::NotInterested
+            });
+        }
+    }
+
+    /// Sends the requests the state calls for now (see the module doc).
+    pub fn fill(
+        &mut self,
+        st: &TorrentState,
+        now: Instant,
+        out: &mut Outputs,
+    ) -> Result<(), PeerError> {
+        if self.peer_choking || !self.am_interested {
+            return Ok(());
+        }
+        {
+            let mut picker = st.picker();
+            self.decide(&mut picker, now, out);
+        }
+        // Outside the picker lock: finishing and giving back take it themselves.
+        while let Some(piece) = self.idle.pop() {
+            let Some(k) = self.active.iter().position(|a| a.piece == piece) else {
+                continue;
+            };
+            let whole = self.is_whole(st, k);
+            let a = self.active.swap_remove(k);
+            if whole {
+                self.finish(st, a, out)?;
+            } else {
+                out.released = true;
+                self.give_back(st, a)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decide(&mut self, picker: &mut PiecePicker, now: Instant, out: &mut Outputs) {
+        let layout = *picker.layout();
+        // 1. Blocks a reader waits for, in pieces this connection holds: now, beyond the window.
+        let mut carries_demand = false;
+        for k in 0..self.active.len() {
+            let (piece, first, blocks, duplicate) = {
+                let a = &self.active[k];
+                (a.piece, a.first, a.blocks, a.duplicate)
+            };
+            if !picker.is_demanded(piece) {
+                continue;
+            }
+            for i in 0..blocks {
+                let b = first + i;
+                if picker.is_block_urgent(b) {
+                    carries_demand |= !duplicate;
+                    if !self.active[k].pending.get(i) && !self.active[k].received.get(i) {
+                        self.request(&layout, k, b, now, out);
+                    }
+                }
+            }
+        }
+        // 2. Demanded pieces nobody here holds yet (or a slow peer holds).
+        for _ in 0..MAX_URGENT_STARTS {
+            let (has, active) = (&self.remote_has, &self.active);
+            let pick = picker.pick(
+                |i| has[(i / 64) as usize] & (1 << (i % 64)) != 0,
+                |i| active.iter().any(|a| a.piece == i),
+                true,
+            );
+            let Some(pick) = pick else { break };
+            let duplicate = picker.copies(pick.piece) > 1;
+            let k = self.start(&layout, pick.piece, pick.reason, duplicate);
+            for b in layout.piece_blocks(pick.piece) {
+                if picker.is_block_urgent(b) {
+                    carries_demand |= !duplicate;
+                    self.request(&layout, k, b, now, out);
+                }
+            }
+        }
+        // 3. Other wanted blocks within the window, unless a demanded piece is arriving over
+        // another connection: background here would share our downlink with it. (A copy of
+        // a demanded piece held here does not count: the demand arrives elsewhere too.)
+        let hold_back = !carries_demand && picker.demand_in_flight();
+        while !hold_back && self.outstanding < self.window.depth() {
+            if let Some((k, b)) = self.next_wanted(picker) {
+                self.request(&layout, k, b, now, out);
+                continue;
+            }
+            let (has, active) = (&self.remote_has, &self.active);
+            let pick = picker.pick(
+                |i| has[(i / 64) as usize] & (1 << (i % 64)) != 0,
+                |i| active.iter().any(|a| a.piece == i),
+                false,
+            );
+            match pick {
+                Some(pick) => {
+                    self.start(&layout, pick.piece, pick.reason, false);
+                }
+                None => break,
+            }
+        }
+        // 4. Pieces with nothing pending and nothing more wanted here: finish or give back.
+        for a in &self.active {
+            if a.pending.is_empty()
+                && !(0..a.blocks).any(|i| !a.received.get(i) && wanted_here(picker, a, a.first + i))
+            {
+                self.idle.push(a.piece);
+            }
+        }
+    }
+
+    /// The first wanted block not yet asked for, in the order pieces were started.
+    fn next_wanted(&self, picker: &PiecePicker) -> Option<(usize, u32)> {
+        self.active.iter().enumerate().find_map(|(k, a)| {
+            (0..a.blocks)
+                .find(|&i| {
+                    !a.pending.get(i) && !a.received.get(i) && wanted_here(picker, a, a.first + i)
+                })
+                .map(|i| (k, a.first + i))
+        })
+    }
+
+    fn start(
+        &mut self,
+        layout: &crate::layout::Layout,
+        piece: u32,
+        reason: PickReason,
+        duplicate: bool,
+    ) -> usize {
+        let blocks = layout.piece_blocks(piece);
+        self.active.push(Active {
+            piece,
+            reason,
+            duplicate,
+            first: blocks.start,
+            blocks: blocks.len() as u32,
+            pending: Mask::EMPTY,
+            received: Mask::EMPTY,
+            received_bytes: 0,
+            buf: Vec::new(),
+        });
+        self.active.len() - 1
+    }
+
+    fn request(
+        &mut self,
+        layout: &crate::layout::Layout,
+        k: usize,
+        b: u32,
+        now: Instant,
+        out: &mut Outputs,
+    ) {
+        let a = &mut self.active[k];
+        a.pending.set(b - a.first);
+        self.outstanding += 1;
+        self.sent.push_back((b, now));
+        out.msgs.push(Out::Request(Request::new(
+            a.piece,
+            layout.begin_in_piece(b),
+            layout.block_size(b),
+        )));
+    }
+
+    /// Returns assignments and availability when the connection ends.
+    pub fn close(&mut self, st: &TorrentState) {
+        for a in std::mem::take(&mut self.active) {
+            // Blocks that fail here were from a peer that is going anyway.
+            let _ = self.give_back(st, a);
+        }
+        let mut picker = st.picker();
+        for i in 0..st.layout().pieces() {
+            if self.remote_has(i) {
+                picker.remove_availability(i);
+            }
+        }
+    }
+}
+
+impl Active {
+    /// Holds a slot while its piece is worked on outside the vector.
+    fn placeholder() -> Active {
+        Active {
+            piece: u32::MAX,
+            reason: PickReason::Rarest,
+            duplicate: false,
+            first: 0,
+            blocks: 0,
+            pending: Mask::EMPTY,
+            received: Mask::EMPTY,
+            received_bytes: 0,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// Whether this connection should fetch `b` of `a`: a duplicate copy only its urgent blocks.
+fn wanted_here(picker: &PiecePicker, a: &Active, b: u32) -> bool {
+    if a.duplicate {
+        picker.is_block_urgent(b)
+    } else {
+        picker.block_wanted(b)
+    }
+}
+
+/// Removes the send record of a request (answered or cancelled); when it was sent.
+fn forget(sent: &mut VecDeque<(u32, Instant)>, block: u32) -> Option<Instant> {
+    // Answers come in request order, so this is almost always the front.
+    let k = sent.iter().position(|&(b, _)| b == block)?;
+    sent.remove(k).map(|(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+    use crate::storage::Storage;
+    use crate::testutil::{make_torrent, random_image, stock_torrent};
+
+    const PIECE: u32 = 4 * 16384;
+
+    /// A fresh download of a 6-piece image (5 full pieces and a short one).
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        st: TorrentState,
+        data: Vec<u8>,
+    }
+
+    fn fixture(table: bool, fetch_all: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, data) = random_image(dir.path(), 5 * PIECE as usize + 20_000, 9);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let torrent = if table {
+            rt.block_on(make_torrent(&img, PIECE))
+        } else {
+            rt.block_on(stock_torrent(&img, PIECE))
+        };
+        assert_eq!(torrent.block_hashes().is_some(), table);
+        let out = dir.path().join("out.img");
+        let (storage, _) =
+            Storage::open_download(&out, &torrent, &dir.path().join("out.bits")).unwrap();
+        let mut picker = PiecePicker::new(*storage.layout(), 1, table);
+        for i in 0..storage.layout().pieces() {
+            picker.set_wanted(i, fetch_all);
+        }
+        let st = TorrentState::new(torrent, storage, picker, None);
+        Fixture {
+            _dir: dir,
+            st,
+            data,
+        }
+    }
+
+    impl Fixture {
+        fn layout(&self) -> Layout {
+            *self.st.layout()
+        }
+
+        /// A download from a peer that has every piece and has unchoked us.
+        fn connected(&self) -> (Download, Outputs) {
+            let now = Instant::now();
+            let mut d = Download::new(
+                &self.st,
+                Id20::new([7; 20]),
+                "127.0.0.1:1".parse().unwrap(),
+                Arc::default(),
+                256,
+                now,
+            );
+            let mut out = Outputs::default();
+            let n = self.layout().pieces();
+            let mut bits = vec![0xffu8; (n as usize).div_ceil(8)];
+            *bits.last_mut().unwrap() = 0xff << (bits.len() as u32 * 8 - n);
+            d.on_bitfield(&self.st, &bits).unwrap();
+            d.on_unchoke();
+            d.update_interest(&self.st, &mut out);
+            assert!(matches!(out.msgs[..], [Out::Interested]));
+            out.clear();
+            (d, out)
+        }
+
+        /// The blocks requested in `out`, in order.
+        fn requested(&self, out: &Outputs) -> Vec<u32> {
+            out.msgs
+                .iter()
+                .filter_map(|m| match m {
+                    Out::Request(r) => self.layout().block_at(r.index, r.begin, r.length),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// Answers block `b` with the image's bytes (or `corrupt` ones).
+        fn answer(
+            &self,
+            d: &mut Download,
+            b: u32,
+            corrupt: bool,
+            out: &mut Outputs,
+        ) -> Result<(), PeerError> {
+            let l = self.layout();
+            let at = l.block_offset(b) as usize;
+            let mut bytes = self.data[at..at + l.block_size(b) as usize].to_vec();
+            if corrupt {
+                bytes[7] ^= 1;
+            }
+            let (x, y) = bytes.split_at(100);
+            d.on_block(
+                &self.st,
+                l.piece_of(b),
+                l.begin_in_piece(b),
+                (x, y),
+                Instant::now(),
+                out,
+            )
+        }
+
+        fn stored(&self, b: u32) -> bool {
+            let l = self.layout();
+            let mut buf = vec![0u8; l.block_size(b) as usize];
+            self.st
+                .storage()
+                .read_at(l.block_offset(b), &mut buf)
+                .unwrap();
+            let at = l.block_offset(b) as usize;
+            self.st.storage().has_block(b) && buf == self.data[at..at + buf.len()]
+        }
+    }
+
+    #[test]
+    fn fetches_everything_within_the_window_and_verifies_pieces() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        let mut verified = Vec::new();
+        for _round in 0..100 {
+            d.fill(&f.st, Instant::now(), &mut out).unwrap();
+            let asked = f.requested(&out);
+            assert!(d.outstanding() <= 8, "the initial window is 8 blocks");
+            verified.append(&mut out.verified);
+            out.clear();
+            if asked.is_empty() && d.outstanding() == 0 {
+                break;
+            }
+            for b in asked {
+                f.answer(&mut d, b, false, &mut out).unwrap();
+            }
+        }
+        verified.append(&mut out.verified);
+        verified.sort();
+        assert_eq!(verified, (0..f.layout().pieces()).collect::<Vec<_>>());
+        assert!(f.st.storage().is_complete());
+        assert!((0..f.layout().blocks()).all(|b| f.stored(b)));
+    }
+
+    #[test]
+    fn a_demanded_block_goes_first_is_verified_alone_and_nothing_else_is_fetched() {
+        // Demand only: just the blocks a reader waits for.
+        let f = fixture(true, false);
+        let (mut d, mut out) = f.connected();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(f.requested(&out).is_empty(), "nothing wanted yet");
+        assert!(f.st.picker().demand(9..11));
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(f.requested(&out), vec![9, 10]);
+        out.clear();
+        f.answer(&mut d, 10, false, &mut out).unwrap();
+        assert!(f.stored(10), "readable before the rest of its piece");
+        assert!(!f.st.storage().has_piece(2));
+        f.answer(&mut d, 9, false, &mut out).unwrap();
+        assert!(f.stored(9));
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(
+            f.requested(&out).is_empty(),
+            "the rest of the piece is not wanted"
+        );
+        assert_eq!(d.outstanding(), 0);
+        assert_eq!(f.st.picker().state(2), crate::picker::PieceState::NotNeeded);
+        assert!(!f.st.storage().has_block(8) && !f.st.storage().has_block(11));
+    }
+
+    #[test]
+    fn with_background_fill_a_demand_jumps_the_queue_and_the_piece_follows() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        let first = f.requested(&out);
+        assert_eq!(first.len(), 8, "the initial window");
+        assert!(!first.contains(&18));
+        out.clear();
+        // A reader now waits for block 18 (piece 4): asked for at once, beyond the window.
+        f.st.picker().demand(18..19);
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(f.requested(&out), vec![18]);
+        out.clear();
+        f.answer(&mut d, 18, false, &mut out).unwrap();
+        assert!(f.stored(18));
+        // The rest of piece 4 follows as background, assembled and checked whole.
+        let mut pending = first;
+        for _ in 0..100 {
+            for b in pending.drain(..) {
+                f.answer(&mut d, b, false, &mut out).unwrap();
+            }
+            out.msgs.clear();
+            d.fill(&f.st, Instant::now(), &mut out).unwrap();
+            pending = f.requested(&out);
+            if f.st.storage().has_piece(4) {
+                break;
+            }
+        }
+        assert!(f.st.storage().has_piece(4));
+        assert!((16..20).all(|b| f.stored(b)));
+    }
+
+    #[test]
+    fn corrupt_blocks_are_refused_struck_and_the_peer_banned() {
+        let f = fixture(true, false);
+        let (mut d, mut out) = f.connected();
+        f.st.picker().demand(3..5);
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(f.requested(&out), vec![3, 4]);
+        out.clear();
+        f.answer(&mut d, 3, true, &mut out).unwrap();
+        assert!(
+            !f.st.storage().has_block(3),
+            "a corrupt block is never stored"
+        );
+        assert_eq!(f.st.counters().hash_failures.load(Ordering::Relaxed), 1);
+        // Still wanted: asked for again.
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(f.requested(&out), vec![3]);
+        out.clear();
+        f.answer(&mut d, 4, false, &mut out).unwrap();
+        assert!(f.stored(4));
+        let second = f.answer(&mut d, 3, true, &mut out);
+        assert!(matches!(second, Err(PeerError::Banned)), "{second:?}");
+        assert!(!f.st.storage().has_block(3));
+    }
+
+    #[test]
+    fn without_a_table_a_demand_waits_for_the_whole_piece_and_a_bad_piece_strikes() {
+        let f = fixture(false, false);
+        let (mut d, mut out) = f.connected();
+        f.st.picker().demand(5..6);
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(
+            f.requested(&out),
+            vec![4, 5, 6, 7],
+            "all of piece 1, urgently"
+        );
+        out.clear();
+        f.answer(&mut d, 5, false, &mut out).unwrap();
+        assert!(!f.st.storage().has_block(5), "no table: not readable alone");
+        f.answer(&mut d, 4, false, &mut out).unwrap();
+        f.answer(&mut d, 6, true, &mut out).unwrap();
+        f.answer(&mut d, 7, false, &mut out).unwrap();
+        assert!(!f.st.storage().has_piece(1));
+        assert_eq!(f.st.counters().hash_failures.load(Ordering::Relaxed), 1);
+        assert!(out.released);
+        out.clear();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(f.requested(&out), vec![4, 5, 6, 7], "asked for again");
+        out.clear();
+        for b in 4..8 {
+            f.answer(&mut d, b, false, &mut out).unwrap();
+        }
+        assert_eq!(out.verified, vec![1]);
+        assert!((4..8).all(|b| f.stored(b)));
+    }
+
+    #[test]
+    fn a_choke_gives_pieces_back_and_keeps_verified_received_blocks() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        let asked = f.requested(&out);
+        out.clear();
+        // Two background blocks of a 4-block piece arrive (buffered, not yet stored), then
+        // a choke.
+        let (x, y) = (asked[2], asked[3]);
+        assert_eq!(f.layout().piece_of(x), f.layout().piece_of(y));
+        f.answer(&mut d, x, false, &mut out).unwrap();
+        f.answer(&mut d, y, false, &mut out).unwrap();
+        assert!(!f.st.storage().has_block(x));
+        d.on_choke(&f.st, &mut out).unwrap();
+        assert!(out.released);
+        assert_eq!(d.outstanding(), 0);
+        assert!(f.stored(x) && f.stored(y), "kept: verified by the table");
+        let picker = f.st.picker();
+        assert_eq!(picker.counts().in_flight, 0);
+        drop(picker);
+        out.clear();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(f.requested(&out).is_empty(), "choked: no requests");
+    }
+
+    #[test]
+    fn blocks_verified_elsewhere_are_cancelled() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        let asked = f.requested(&out);
+        out.clear();
+        // Another connection stores the first requested block.
+        let b = asked[0];
+        let l = f.layout();
+        let at = l.block_offset(b) as usize;
+        f.st.storage()
+            .write_block(b, &f.data[at..at + l.block_size(b) as usize])
+            .unwrap();
+        f.st.block_stored(b);
+        d.on_wake(&f.st, &mut out).unwrap();
+        assert!(
+            matches!(out.msgs[..], [Out::Cancel(r)] if l.block_at(r.index, r.begin, r.length) == Some(b)),
+            "{:?}",
+            out.msgs
+        );
+        assert_eq!(d.outstanding(), asked.len() - 1);
+    }
+
+    #[test]
+    fn while_a_demand_arrives_elsewhere_background_holds_back() {
+        let f = fixture(true, true);
+        let (mut other, mut out) = f.connected();
+        f.st.picker().demand(0..1);
+        other.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(
+            f.requested(&out)[0],
+            0,
+            "the other connection carries the demand"
+        );
+        out.clear();
+        // A second connection may duplicate the demanded block (a slow peer must not hold
+        // up a read), but asks for no background while it arrives.
+        let (mut d, mut out2) = f.connected();
+        d.fill(&f.st, Instant::now(), &mut out2).unwrap();
+        assert_eq!(
+            f.requested(&out2),
+            vec![0],
+            "held back while block 0 arrives"
+        );
+        out2.clear();
+        f.answer(&mut other, 0, false, &mut out).unwrap();
+        d.on_wake(&f.st, &mut out2).unwrap();
+        assert!(
+            matches!(out2.msgs[..], [Out::Cancel(_)]),
+            "its copy is withdrawn"
+        );
+        out2.clear();
+        d.fill(&f.st, Instant::now(), &mut out2).unwrap();
+        assert_eq!(f.requested(&out2).len(), 8, "free again once it is here");
+    }
+}
