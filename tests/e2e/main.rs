@@ -1,6 +1,7 @@
 //! End-to-end tests of vmt: one executable, a module per concern.
 
 mod flags;
+mod layering;
 mod record;
 mod run;
 mod swarm;

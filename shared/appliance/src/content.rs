@@ -2,10 +2,8 @@
 //! images. An xorshift stream is cheap (1 GiB in about a second), reproducible from its seed,
 //! and incompressible, so neither a filesystem nor a page cache can shortcut reading it.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::Path;
-
-use crate::ext4::ApplianceError;
 
 /// The xorshift64 state for `seed` (never zero, which xorshift would keep forever).
 fn state(seed: u64) -> u64 {
@@ -31,12 +29,8 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// Writes `len` bytes of the stream for `seed` to a new file at `path` (synced), 1 MiB at a
 /// time, so a multi-GB image needs no multi-GB buffer. Equal to [`bytes`] for the same seed.
-pub fn write_file(path: &Path, seed: u64, len: u64) -> Result<(), ApplianceError> {
-    let io = |error| ApplianceError::Io {
-        path: path.to_owned(),
-        error,
-    };
-    let mut f = std::fs::File::create(path).map_err(io)?;
+pub fn write_file(path: &Path, seed: u64, len: u64) -> io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
     let mut s = state(seed);
     // A multiple of 8, so chunks continue the stream exactly where `bytes` would.
     let mut chunk = vec![0u8; 1 << 20];
@@ -44,10 +38,10 @@ pub fn write_file(path: &Path, seed: u64, len: u64) -> Result<(), ApplianceError
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;
         fill(&mut s, &mut chunk[..n]);
-        f.write_all(&chunk[..n]).map_err(io)?;
+        f.write_all(&chunk[..n])?;
         left -= n as u64;
     }
-    f.sync_all().map_err(io)
+    f.sync_all()
 }
 
 #[cfg(test)]

@@ -117,7 +117,10 @@ pub fn bench_image(dir: &Path, size: u64) -> Result<PathBuf, ApplianceError> {
         });
     }
     let path = dir.join("bench.img");
-    crate::content::write_file(&path, 0x1234_5678, size)?;
+    crate::content::write_file(&path, 0x1234_5678, size).map_err(|error| ApplianceError::Io {
+        path: path.clone(),
+        error,
+    })?;
     Ok(path)
 }
 

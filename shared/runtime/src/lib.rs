@@ -24,7 +24,8 @@
 //! network task. `vmt-swarm`'s `STATE.md` has the lock order across the layers.
 //!
 //! # Layout
-//! - [`runtime`](Runtime): start, status, shutdown of a mount; `source` adapts the engine to
+//! - `runtime` ([`Runtime`]): start, status, shutdown of a mount, asked by `params`
+//!   ([`RuntimeParams`]); `source` adapts the engine to
 //!   the filesystem (blocks as units, block events as releases); `planner` turns observed
 //!   reads into the engine's plan on a task of its own; `schedule` builds the strategy's
 //!   scheduler; `tasks` names, tracks and stops the runtime's tasks.
@@ -39,6 +40,7 @@
 pub mod demo;
 pub mod fetch;
 pub mod mount;
+mod params;
 mod paths;
 pub mod peer_addr;
 mod planner;
@@ -50,6 +52,7 @@ mod source;
 mod status;
 mod tasks;
 
+pub use params::{RuntimeError, RuntimeParams, DEFAULT_WINDOW};
 pub use report::{PeerTraffic, ProfileSwitch, StallSummary, Status};
-pub use runtime::{Runtime, RuntimeError, RuntimeParams, DEFAULT_WINDOW};
+pub use runtime::Runtime;
 pub use status::serve_status;

@@ -1,6 +1,5 @@
 //! [`Runtime`]: an appliance image served through FUSE while it streams from the swarm.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,15 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use vmt_formats::image::ImageId;
-use vmt_formats::trace::TraceError;
-use vmt_fs::{
-    FuseImageFs, ImageFs, ImageFsOptions, MountError, Mounted, Overlay, OverlayError, ReplyPool,
-    PRISTINE_WAIT,
-};
-use vmt_model::profile::BundleError;
-use vmt_model::scheduler::{SchedulerError, Strategy};
-use vmt_swarm::{Engine, EngineConfig, Storage, SwarmError, Torrent};
+use vmt_fs::{FuseImageFs, ImageFs, ImageFsOptions, Mounted, Overlay, ReplyPool, PRISTINE_WAIT};
+use vmt_model::scheduler::Strategy;
+use vmt_swarm::{Engine, EngineConfig, Storage, Torrent};
 
+use crate::params::{RuntimeError, RuntimeParams};
 use crate::planner::{self, Planner, ReadLog};
 use crate::report::{PeerTraffic, Status};
 use crate::schedule::scheduler;
@@ -31,89 +26,6 @@ const REPLY_THREADS: usize = 2;
 const OVERLAY_SYNC: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the runtime's tasks.
 const TASKS_DEADLINE: Duration = Duration::from_secs(5);
-/// Plan handed to the engine when none is given: 8 MiB, a little over half a second at
-/// 100 Mbit/s, so the plan stays ahead of the link without naming what the belief may soon
-/// revise.
-pub const DEFAULT_WINDOW: u64 = 8 << 20;
-
-/// What to mount and how.
-#[derive(Clone, Debug)]
-pub struct RuntimeParams {
-    /// The image's `.torrent`.
-    pub torrent: PathBuf,
-    /// Profiles and Markov model; required by `profile` and `markov`.
-    pub bundle: Option<PathBuf>,
-    /// How pieces are prefetched.
-    pub strategy: Strategy,
-    /// For `profile`: the profile to follow (name or index); `None` = the most likely first.
-    pub profile: Option<String>,
-    /// For `oracle`: the trace whose first-access order is the plan.
-    pub oracle_trace: Option<PathBuf>,
-    /// Where the image appears.
-    pub mountpoint: PathBuf,
-    /// Local piece store and overlay.
-    pub data_dir: PathBuf,
-    /// Peers to dial.
-    pub peers: Vec<SocketAddr>,
-    /// Serve verified pieces to other peers (swarm mode); `false` is client-server mode.
-    pub upload: bool,
-    /// Download limit, bytes per second.
-    pub download_limit: Option<u64>,
-    /// Upload limit, bytes per second.
-    pub upload_limit: Option<u64>,
-    /// Bytes of the plan handed to the engine at a time (at least one block).
-    pub window_bytes: u64,
-    /// FUSE worker threads.
-    pub threads: usize,
-}
-
-/// Why the runtime could not start or stop cleanly.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RuntimeError {
-    /// The torrent, storage or engine failed.
-    #[error(transparent)]
-    Swarm(#[from] SwarmError),
-    /// The bundle could not be read or belongs to another image.
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
-    /// The oracle trace could not be read.
-    #[error(transparent)]
-    Trace(#[from] TraceError),
-    /// The strategy cannot be set up.
-    #[error(transparent)]
-    Scheduler(#[from] SchedulerError),
-    /// The overlay could not be opened.
-    #[error(transparent)]
-    Overlay(#[from] OverlayError),
-    /// Mounting failed.
-    #[error(transparent)]
-    Mount(#[from] MountError),
-    /// An invalid combination of options.
-    #[error("{0}")]
-    Config(String),
-    /// The bundle was trained on another image than the torrent serves.
-    #[error("bundle {} belongs to another image ({bundle}) than torrent {} ({torrent})", bundle_path.display(), torrent_path.display())]
-    WrongImage {
-        /// The bundle file.
-        bundle_path: PathBuf,
-        /// Its image.
-        bundle: ImageId,
-        /// The torrent file.
-        torrent_path: PathBuf,
-        /// What the torrent says of its image.
-        torrent: String,
-    },
-    /// A local file could not be created.
-    #[error("{}: {error}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        error: std::io::Error,
-    },
-}
-
 /// A mounted, streaming appliance. See the crate doc.
 pub struct Runtime {
     engine: Engine,

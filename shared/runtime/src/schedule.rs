@@ -8,7 +8,7 @@ use vmt_model::profile::Bundle;
 use vmt_model::scheduler::{first_access_units, Scheduler, SchedulerParams, Strategy};
 use vmt_swarm::Torrent;
 
-use crate::runtime::{RuntimeError, RuntimeParams};
+use crate::params::{RuntimeError, RuntimeParams};
 
 /// The scheduler for `params.strategy`, planning in `unit`-byte units (the engine's blocks),
 /// and the names of the bundle's profiles (none without a bundle).

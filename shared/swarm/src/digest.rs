@@ -10,7 +10,6 @@ use std::sync::mpsc;
 use sha2::{Digest, Sha256};
 
 use super::block_hashes::{block_count, BLOCK_HASH_LEN, BLOCK_SIZE};
-use super::torrent::sha1;
 
 /// Bytes read per call: large enough that syscalls vanish next to hashing, small enough that
 /// progress is smooth; whole pieces fit (a piece larger than this is read whole).
@@ -145,4 +144,12 @@ fn advise_sequential(file: &File) {
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
     }
+}
+
+/// SHA-1 of `data`, through librqbit's hash wrapper (the same implementation it verifies with).
+pub fn sha1(data: &[u8]) -> [u8; 20] {
+    use sha1w::ISha1;
+    let mut h = sha1w::Sha1::new();
+    h.update(data);
+    h.finish()
 }

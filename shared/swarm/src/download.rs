@@ -33,11 +33,11 @@ use librqbit_core::hash_id::Id20;
 use peer_binary_protocol::Request;
 
 use crate::bitmap::wire_bit;
+use crate::digest::sha1;
 use crate::error::PeerError;
 use crate::picker::{PickReason, PiecePicker};
 use crate::state::TorrentState;
 use crate::stats::{Counters, PeerCounters};
-use crate::torrent::sha1;
 use crate::window::RequestWindow;
 use crate::wire::Out;
 

@@ -76,6 +76,7 @@ mod wire;
 
 pub use bitmap::AtomicBitmap;
 pub use block_hashes::{BlockHashes, BlockTableError, BLOCK_HASH_LEN, BLOCK_SIZE};
+pub use digest::sha1;
 pub use download::MAX_STRIKES;
 pub use engine::{Engine, EngineConfig};
 pub use error::{PeerError, Result, SwarmError};
@@ -86,5 +87,5 @@ pub use picker::{Pick, PickReason, PieceCounts, PiecePicker, PieceState};
 pub use ratelimit::{RateLimiter, TokenBucket};
 pub use stats::{DialState, DialStatus, PeerStats, SwarmStats};
 pub use storage::{ResumeReport, Storage, BITMAP_KIND};
-pub use torrent::{sha1, Torrent};
+pub use torrent::Torrent;
 pub use wire::MAX_UPLOAD_QUEUE;

@@ -38,9 +38,10 @@ use librqbit_core::lengths::{Lengths, ValidPieceIndex};
 use serde::{Deserialize, Serialize};
 
 use crate::bitmap::{wire_bit, AtomicBitmap};
+use crate::digest::sha1;
 use crate::error::{Result, SwarmError};
 use crate::layout::Layout;
-use crate::torrent::{sha1, Torrent};
+use crate::torrent::Torrent;
 use vmt_formats::envelope::{self, FileError, FileKind};
 use vmt_formats::image::ImageId;
 

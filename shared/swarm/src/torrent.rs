@@ -487,17 +487,10 @@ fn encode(
     Ok(out)
 }
 
-/// SHA-1 of `data`, through librqbit's hash wrapper (the same implementation it verifies with).
-pub fn sha1(data: &[u8]) -> [u8; 20] {
-    use sha1w::ISha1;
-    let mut h = sha1w::Sha1::new();
-    h.update(data);
-    h.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha1;
     use crate::testutil::{librqbit_torrent, random_image};
     use librqbit_core::torrent_metainfo::TorrentMetaV1Owned;
 
