@@ -293,7 +293,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
     vmt_runtime::seed::run(params, listener, cancel, |ev| match ev {
-        SeedEvent::Progress(_) => {
+        SeedEvent::Progress(_) | SeedEvent::Hashed { .. } => {
             bar.set_message(ev.to_string());
             bar.tick();
         }

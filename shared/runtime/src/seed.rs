@@ -11,6 +11,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -125,6 +127,9 @@ pub enum SeedError {
     /// The torrent, the image or the engine failed.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// Stopped (Ctrl-C, SIGTERM) before the torrent was made.
+    #[error("interrupted while hashing the image; no torrent written")]
+    Interrupted,
     /// Verifying the image against the torrent did not finish.
     #[error("verifying the image: {0}")]
     Verify(#[from] tokio::task::JoinError),
@@ -140,6 +145,13 @@ pub enum SeedEvent<'a> {
         image: &'a Path,
         /// The piece size.
         piece_size: u32,
+    },
+    /// Hashing progress, every [`PROGRESS_INTERVAL`] while the image is hashed.
+    Hashed {
+        /// Bytes hashed so far.
+        done: u64,
+        /// Bytes in the image.
+        total: u64,
     },
     /// The new torrent was written.
     TorrentWritten(&'a Path),
@@ -167,6 +179,12 @@ impl fmt::Display for SeedEvent<'_> {
                 "hashing {} into {} pieces...",
                 image.display(),
                 Size::from_bytes(u64::from(*piece_size))
+            ),
+            SeedEvent::Hashed { done, total } => write!(
+                f,
+                "hashed {} of {}",
+                human_bytes(*done),
+                human_bytes(*total)
             ),
             SeedEvent::TorrentWritten(path) => write!(f, "wrote {}", path.display()),
             SeedEvent::Seeding {
@@ -215,7 +233,24 @@ pub async fn run(
                 image: &image,
                 piece_size,
             });
-            let t = Torrent::create(&image, piece_size, trackers).await?;
+            let total = std::fs::metadata(&image).map_or(0, |m| m.len());
+            let hashed = Arc::new(AtomicU64::new(0));
+            let h = hashed.clone();
+            let create = Torrent::create_with_progress(&image, piece_size, trackers, move |n| {
+                h.store(n, Ordering::Relaxed)
+            });
+            tokio::pin!(create);
+            let t = loop {
+                tokio::select! {
+                    t = &mut create => break t?,
+                    _ = tokio::time::sleep(PROGRESS_INTERVAL) => on(SeedEvent::Hashed {
+                        done: hashed.load(Ordering::Relaxed),
+                        total,
+                    }),
+                    // The hashing thread finishes on its own; nothing is written.
+                    _ = cancel.cancelled() => return Err(SeedError::Interrupted),
+                }
+            };
             t.save(&out)?;
             on(SeedEvent::TorrentWritten(&out));
             (t, false)
