@@ -79,6 +79,26 @@ impl AtomicBitmap {
     }
 }
 
+/// A plain (not atomic) bit set over any word storage: a `Vec` for a torrent's blocks, a
+/// fixed array for one piece's blocks (no allocation per piece).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bits<W>(pub W);
+
+impl<W: AsRef<[u64]> + AsMut<[u64]>> Bits<W> {
+    pub fn get(&self, i: u32) -> bool {
+        self.0.as_ref()[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+    pub fn set(&mut self, i: u32) {
+        self.0.as_mut()[(i / 64) as usize] |= 1 << (i % 64);
+    }
+    pub fn clear(&mut self, i: u32) {
+        self.0.as_mut()[(i / 64) as usize] &= !(1 << (i % 64));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().iter().all(|&w| w == 0)
+    }
+}
+
 /// Whether bit `i` is set in a BitTorrent wire-form bitfield.
 pub fn wire_bit(bytes: &[u8], i: u32) -> bool {
     bytes

@@ -49,24 +49,8 @@ const MAX_BLOCKS: usize = 1024;
 const MAX_URGENT_STARTS: usize = 8;
 
 /// One bit per block of a piece.
-#[derive(Clone, Copy)]
-struct Mask([u64; MAX_BLOCKS / 64]);
-
-impl Mask {
-    const EMPTY: Mask = Mask([0; MAX_BLOCKS / 64]);
-    fn get(&self, i: u32) -> bool {
-        self.0[(i / 64) as usize] & (1 << (i % 64)) != 0
-    }
-    fn set(&mut self, i: u32) {
-        self.0[(i / 64) as usize] |= 1 << (i % 64);
-    }
-    fn clear(&mut self, i: u32) {
-        self.0[(i / 64) as usize] &= !(1 << (i % 64));
-    }
-    fn is_empty(&self) -> bool {
-        self.0.iter().all(|&w| w == 0)
-    }
-}
+type Mask = crate::bitmap::Bits<[u64; MAX_BLOCKS / 64]>;
+const EMPTY: Mask = crate::bitmap::Bits([0; MAX_BLOCKS / 64]);
 
 /// A piece assigned to this connection.
 struct Active {
@@ -363,7 +347,7 @@ impl Download {
             let bad_here = match st.block_hashes() {
                 Some(_) => {
                     let received = a.received;
-                    a.received = Mask::EMPTY;
+                    a.received = EMPTY;
                     let mut bad = false;
                     for i in (0..a.blocks).filter(|&i| received.get(i)) {
                         let at = i as usize * bl;
@@ -476,7 +460,7 @@ impl Download {
             if st.block_hashes().is_some() && !a.received.is_empty() {
                 let demanded = {
                     let picker = st.picker();
-                    let mut any = Mask::EMPTY;
+                    let mut any = EMPTY;
                     for i in 0..a.blocks {
                         if a.received.get(i) && picker.is_block_demanded(a.first + i) {
                             any.set(i);
@@ -650,8 +634,8 @@ impl Download {
             duplicate,
             first: blocks.start,
             blocks: blocks.len() as u32,
-            pending: Mask::EMPTY,
-            received: Mask::EMPTY,
+            pending: EMPTY,
+            received: EMPTY,
             received_bytes: 0,
             buf: Vec::new(),
         });
@@ -701,8 +685,8 @@ impl Active {
             duplicate: false,
             first: 0,
             blocks: 0,
-            pending: Mask::EMPTY,
-            received: Mask::EMPTY,
+            pending: EMPTY,
+            received: EMPTY,
             received_bytes: 0,
             buf: Vec::new(),
         }

@@ -103,23 +103,11 @@ pub struct PieceCounts {
     pub not_needed: u32,
 }
 
-/// A plain bit set over blocks.
-#[derive(Debug, Clone)]
-struct Bits(Vec<u64>);
+/// The blocks of the image, one bit each.
+type Bits = crate::bitmap::Bits<Vec<u64>>;
 
-impl Bits {
-    fn new(len: u32) -> Bits {
-        Bits(vec![0; (len as usize).div_ceil(64)])
-    }
-    fn get(&self, i: u32) -> bool {
-        self.0[(i / 64) as usize] & (1 << (i % 64)) != 0
-    }
-    fn set(&mut self, i: u32) {
-        self.0[(i / 64) as usize] |= 1 << (i % 64);
-    }
-    fn clear(&mut self, i: u32) {
-        self.0[(i / 64) as usize] &= !(1 << (i % 64));
-    }
+fn bits(len: u32) -> Bits {
+    crate::bitmap::Bits(vec![0; (len as usize).div_ceil(64)])
 }
 
 /// The piece and block bookkeeping and priority decisions of one torrent.
@@ -179,9 +167,9 @@ impl PiecePicker {
             demanded_missing: vec![0; n],
             planned_missing: vec![0; n],
             plan_rank: vec![NOT_PLANNED; n],
-            present: Bits::new(layout.blocks()),
-            demanded: Bits::new(layout.blocks()),
-            planned: Bits::new(layout.blocks()),
+            present: bits(layout.blocks()),
+            demanded: bits(layout.blocks()),
+            planned: bits(layout.blocks()),
             // Every piece may wait for a demand at once; sized now so a demand never allocates.
             demand_order: Vec::with_capacity(n),
             plan_blocks: Vec::new(),
