@@ -9,7 +9,8 @@
 # --full: every held-out trace (sessions with 0 and 5 s think), N = 1 2 4 8 16, 100 Mbit/s links;
 #          about 40 minutes (strategies phase ~18, crowd phase ~20).
 # Env: WORK (default datasets/work, holds appliance.img), RATE, SEED_RATE (tc rates, e.g.
-# 100mbit), THINK (full 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (held-out
+# 100mbit), BURST (tbf bucket, default 256kb: what an idle link passes at once), THINK (full
+# 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (held-out
 # traces), STRATEGIES (of phase strategies, default all; sshfs and aria2 also gate the crowd's
 # baselines), CROWD (vmt runs of the crowd phase as STRATEGY:MODE, default "markov:swarm
 # markov:cs oracle:swarm"), SEED_ARGS (extra `vmt-run seed` options), PHASES (default
@@ -29,8 +30,11 @@
 #               markov and oracle in swarm mode, markov in client-server mode (--no-upload);
 #               sshfs and aria2 at the smallest and largest N (quick: the largest).
 # Output (default datasets/results/<mode>): results.csv, summary.txt, strategies.svg, crowd.svg,
-# raw/ (every replay report and mount report). Everything it creates (namespaces, mounts,
-# processes) is removed at the end and on failure.
+# raw/ (every replay report and mount report). Each row of a vmt-run mount carries the bytes it
+# fetched and its miss latency (from the mount's report); full and aria2 rows the download's
+# bytes. summary.txt starts with the exact command, the commit and the links; the RTT that
+# miss latency is measured against is curl's TCP connect time to the tracker, once per run.
+# Everything it creates (namespaces, mounts, processes) is removed at the end and on failure.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -41,13 +45,24 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --full) mode=full ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (namespaces, tc, FUSE)" >&2; exit 1; }
-cmdline="${PHASES:+PHASES=\"$PHASES\" }datasets/bench.sh --$mode"
+# The exact command, with every knob the caller set (before the defaults fill the rest).
+cmdline=
+for v in WORK RATE SEED_RATE BURST THINK NS TASKS SESSIONS STRATEGIES CROWD SEED_ARGS PHASES KEEP; do
+  if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
+done
+cmdline+="datasets/bench.sh --$mode${out:+ --out $(printf '%q' "$out")}"
+# The commit measured, taken now: the results written at the end change the tree.
+commit=$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')
+# Changes to tracked files count, but not earlier results (datasets/results).
+if [ "$commit" != '?' ] && [ -n "$(cd "$root" && git status --porcelain --untracked-files=no -- . ':!datasets/results' 2>/dev/null)" ]; then
+  commit="$commit + uncommitted changes"
+fi
 if [ "$mode" = full ]; then
   RATE=${RATE:-100mbit}; SEED_RATE=${SEED_RATE:-100mbit}; NS=${NS:-1 2 4 8 16}
   TASKS=${TASKS-compile-1 git-1 man-1 perl-1 python-1 search-1 shell-1 sqlite-1 vmboot-1}
@@ -62,6 +77,7 @@ else
   SESSION_THINKS=$THINK
 fi
 PHASES=${PHASES:-strategies crowd}
+BURST=${BURST:-256kb}
 for ph in $PHASES; do
   case "$ph" in strategies|crowd) ;; *) echo "bench.sh: unknown phase '$ph' in PHASES (strategies, crowd)" >&2; exit 2 ;; esac
 done
@@ -166,8 +182,8 @@ for i in $(seq 0 "$nmax"); do
   inns "$ns" ip addr add "$(ip_of "$i")/24" dev v0
   inns "$ns" ip link set v0 up
   inns "$ns" ip link set lo up
-  inns "$ns" tc qdisc add dev v0 root tbf rate "$up" burst 256kb latency 50ms
-  inns "$hub" tc qdisc add dev "h$i" root tbf rate "$RATE" burst 256kb latency 50ms
+  inns "$ns" tc qdisc add dev v0 root tbf rate "$up" burst "$BURST" latency 50ms
+  inns "$hub" tc qdisc add dev "h$i" root tbf rate "$RATE" burst "$BURST" latency 50ms
 done
 seeder=$(ip_of 0)
 
@@ -188,7 +204,9 @@ say "seeder: vmt-run seed (hashing the image)"
 inns "$(ns_of 0)" "$bin/vmt-run" seed --image "$image" --listen "$seeder:6881" \
   --torrent-out "$W/app.torrent" ${SEED_ARGS:-} >"$W/seed.log" 2>&1 &
 wait_for 300 listening "$(ns_of 0)" 6881
-wait_for 60 test -s "$W/app.torrent"
+# It binds first, then hashes (SHA-1 per piece, SHA-256 per 16 KiB block for the block-hash
+# table, SHA-256 of the image) and writes the .torrent atomically.
+wait_for 300 test -s "$W/app.torrent"
 
 mkdir -p /run/sshd
 ssh-keygen -q -t ed25519 -N '' -f "$W/host_key"
@@ -226,12 +244,21 @@ inns "$(ns_of 0)" $A2 --dir="$imgdir" --bt-seed-unverified=true --seed-ratio=0.0
   --listen-port=6882 "$W/stock.torrent" >"$W/aria2-seed.log" 2>&1 &
 wait_for 60 listening "$(ns_of 0)" 6882
 
+# Round trip client 1 -> seeder on the idle links, the summary's unit of miss latency with one
+# block's transfer: the median of 15 TCP connects (curl's time_connect) to the tracker.
+rtt_ms=$(for _ in $(seq 15); do
+    inns "$(ns_of 1)" curl -s -o /dev/null --max-time 2 -w '%{time_connect}\n' "http://$seeder:6969/" || true
+  done | awk '$1 > 0 {print $1 * 1000}' | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}')
+say "RTT client 1 -> seeder: ${rtt_ms:-not measured (the summary uses its default)} ms"
+
 csv=$W/results.csv
 mkdir -p "$W/raw"
-# add_row JSON PHASE STRATEGY MODE N CLIENT SETUP_S
+"$bin/vmt-bench" init --csv "$csv"
+image_bytes=$(stat -L -c %s "$image")
+# add_row JSON PHASE STRATEGY MODE N CLIENT SETUP_S [--mount-report FILE | --fetched BYTES]
 add_row() {
   "$bin/vmt-bench" add --csv "$csv" --replay "$1" --phase "$2" --strategy "$3" --mode "$4" \
-    --n "$5" --client "$6" --setup-s "$7"
+    --n "$5" --client "$6" --setup-s "$7" "${@:8}"
 }
 # replay TRACE FILE THINK JSON [--cold]
 replay() {
@@ -300,7 +327,7 @@ aria2_get() {  # aria2_get I: whole image into $W/c$I/dl with the stock client; 
 one_client() {
   local i=$1 st=$2 md=$3 trace=$4 think=$5 n=$6 phase=$7 t0 setup file
   local tagname="$phase-$st-$md-n$n-c$i-$trace-think$think"
-  local json=$W/raw/$tagname.json
+  local json=$W/raw/$tagname.json extra=()
   case "$st" in
     sshfs)
       t0=$(now); sshfs_start "$i"; file=$W/c$i/mnt/$imgname
@@ -310,14 +337,17 @@ one_client() {
     aria2)
       setup=$(aria2_get "$i"); file=$W/c$i/dl/$imgname
       replay "$trace" "$file" "$think" "$json"
-      rm -rf "$W/c$i" ;;
+      rm -rf "$W/c$i"; extra=(--fetched "$image_bytes") ;;
     *)
       t0=$(now); mount_start "$i" "$st" "$md" "$trace" "$n"; file=$W/c$i/mnt/$imgname
       wait_for 60 test -s "$file"; setup=$(since "$t0")
       replay "$trace" "$file" "$think" "$json"
-      mount_stop "$i" "$tagname" ;;
+      mount_stop "$i" "$tagname"
+      # Bytes fetched and miss latency; a mount that wrote no report leaves them empty.
+      if [ -f "$W/raw/$tagname.mount.json" ]; then extra=(--mount-report "$W/raw/$tagname.mount.json")
+      else say "no mount report for $tagname: its fetched and miss cells stay empty"; fi ;;
   esac
-  add_row "$json" "$phase" "$st" "$md" "$n" "$i" "$setup"
+  add_row "$json" "$phase" "$st" "$md" "$n" "$i" "$setup" "${extra[@]}"
 }
 
 # --- phase 1: strategies, one client ---------------------------------------------------------
@@ -332,12 +362,12 @@ for r in "${runs[@]}"; do
   add_row "$W/raw/strategies-local-$1-think$2.json" strategies local local 1 0 0
 done
 # Whole-image downloads, each once, then every replay on the local copy.
-replay_copy() {  # replay_copy STRATEGY FILE SETUP_S: every run on a downloaded copy, then drop it
+replay_copy() {  # replay_copy STRATEGY FILE SETUP_S FETCHED: every run on a downloaded copy, then drop it
   local r
   for r in "${runs[@]}"; do
-    set -- "$1" "$2" "$3" $r
-    replay "$4" "$2" "$5" "$W/raw/strategies-$1-$4-think$5.json"
-    add_row "$W/raw/strategies-$1-$4-think$5.json" strategies "$1" swarm 1 1 "$3"
+    set -- "$1" "$2" "$3" "$4" $r
+    replay "$5" "$2" "$6" "$W/raw/strategies-$1-$5-think$6.json"
+    add_row "$W/raw/strategies-$1-$5-think$6.json" strategies "$1" swarm 1 1 "$3" --fetched "$4"
   done
   rm -rf "$W/c1"
 }
@@ -346,12 +376,15 @@ say "full: vmt-run fetch"
 mkdir -p "$W/c1"; t0=$(now)
 inns "$(ns_of 1)" timeout 900 "$bin/vmt-run" fetch --torrent "$W/app.torrent" \
   --peer "$seeder:6881" --out "$W/c1/full.img" >"$W/raw/full-fetch.log" 2>&1
-replay_copy full "$W/c1/full.img" "$(since "$t0")"
+full_s=$(since "$t0")
+# What the fetch downloaded, from its report line ("downloaded N bytes"), else the image size.
+full_bytes=$(sed -n 's/.*; downloaded \([0-9][0-9]*\) bytes.*/\1/p' "$W/raw/full-fetch.log" | tail -n 1)
+replay_copy full "$W/c1/full.img" "$full_s" "${full_bytes:-$image_bytes}"
 fi
 if has aria2; then
 say "full: aria2c"
 a2_s=$(aria2_get 1)
-replay_copy aria2 "$W/c1/dl/$imgname" "$a2_s"
+replay_copy aria2 "$W/c1/dl/$imgname" "$a2_s" "$image_bytes"   # aria2 reports no byte count: the image
 fi
 for st in sshfs demand stream profile markov oracle; do
   has "$st" || continue
@@ -402,11 +435,12 @@ rm -rf "$out/raw"
 cp -r "$W/raw" "$out/raw"
 cp "$csv" "$out/results.csv"
 header="vmt benchmark: $cmdline
-date: $(date -u +'%Y-%m-%d %H:%M UTC'); commit $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')
-links: $RATE each way per client, seeder uplink $SEED_RATE (tc tbf); think $THINK; $(nproc) cores
+date: $(date -u +'%Y-%m-%d %H:%M UTC'); commit $commit
+links: $RATE each way per client, seeder uplink $SEED_RATE (tc tbf, burst $BURST); RTT ${rtt_ms:-?} ms; think $THINK; $(nproc) cores
 held-out traces: ${TASKS:-(no tasks)} ${SESSIONS}; bundle $(basename "$bundle") (trained on traces/train)
 phases: $PHASES; failed runs (rows missing): $(if [ -s "$W/failed" ]; then paste -sd';' "$W/failed"; else echo none; fi)
 
 "
-"$bin/vmt-bench" report --csv "$out/results.csv" --out "$out" --header "$header"
+"$bin/vmt-bench" report --csv "$out/results.csv" --out "$out" --header "$header" \
+  --link-rate "$RATE" --seed-rate "$SEED_RATE" ${rtt_ms:+--rtt-ms "$rtt_ms"}
 say "results in $out"

@@ -1,11 +1,14 @@
-//! Means per group and the ratios issue 6 asks for, as text.
+//! The summary: means per group and the ratios issues 6 and 11 ask for, as text.
 //!
 //! Every ratio compares rows of one CSV, i.e. runs measured side by side on the same links.
+//! This file has the completion tables and the crowd's ratios; `bytes`, `cold` and `latency`
+//! add their sections.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::Row;
+use crate::ratio::quotient;
+use crate::{bytes, cold, latency, Link, Ratio, Row};
 
 /// Strategies in the order tables and plots show them.
 pub const ORDER: &[&str] = &[
@@ -34,10 +37,12 @@ pub fn mean(
 /// A kind of trace: its label and which rows are of it.
 pub type TraceKind = (&'static str, fn(&Row) -> bool);
 
-/// The kinds of trace the strategies phase replays.
-pub fn trace_kinds() -> [TraceKind; 3] {
+/// The kinds of trace the strategies phase replays. The boot is apart from the tasks: it
+/// lasts minutes of recorded compute that a mean over seconds-long tasks would be made of.
+pub fn trace_kinds() -> [TraceKind; 4] {
     [
-        ("tasks", |r| !r.is_session()),
+        ("tasks", Row::is_cold_task),
+        ("boot", Row::is_boot),
         ("sessions", |r| r.is_session() && r.think_s == 0.0),
         ("sessions+think", |r| r.is_session() && r.think_s > 0.0),
     ]
@@ -69,40 +74,13 @@ pub fn crowd_series(rows: &[Row]) -> Vec<(String, String)> {
     s
 }
 
-/// A ratio `a / b` with its goal (if any), for the summary.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ratio {
-    /// What is divided by what.
-    pub what: String,
-    /// The ratio, `None` when either side has no rows (or the divisor is 0).
-    pub value: Option<f64>,
-    /// Goal: the ratio should be at most this.
-    pub goal_max: Option<f64>,
+/// Mean of `f` over rows matching `keep`, without the count.
+fn mean_of(rows: &[Row], keep: impl Fn(&Row) -> bool, f: impl Fn(&Row) -> f64) -> Option<f64> {
+    mean(rows, keep, f).map(|(m, _)| m)
 }
 
-impl Ratio {
-    fn verdict(&self) -> String {
-        match (self.value, self.goal_max) {
-            (None, _) => "n/a (not measured in this run)".into(),
-            (Some(v), None) => format!("{v:.2}"),
-            (Some(v), Some(g)) if v <= g => format!("{v:.2}  (goal <= {g}: met)"),
-            (Some(v), Some(g)) => format!(
-                "{v:.2}  (goal <= {g}: missed by {:.0}%)",
-                (v / g - 1.0) * 100.0
-            ),
-        }
-    }
-}
-
-fn ratio(a: Option<(f64, usize)>, b: Option<(f64, usize)>) -> Option<f64> {
-    match (a, b) {
-        (Some((a, _)), Some((b, _))) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
-/// The headline ratios: flash crowd at the largest N measured, and scaling from N=1.
-pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
+/// The crowd's ratios: flash crowd at the largest N measured, and scaling from N=1.
+pub fn crowd_ratios(rows: &[Row]) -> Vec<Ratio> {
     let crowd = |st: &'static str, mode: Option<&'static str>, n: u32| {
         move |r: &Row| {
             r.phase == "crowd" && r.strategy == st && mode.is_none_or(|m| r.mode == m) && r.n == n
@@ -118,135 +96,166 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
     else {
         return Vec::new();
     };
-    let markov = mean(rows, crowd("markov", Some("swarm"), nmax), comp);
+    let markov = mean_of(rows, crowd("markov", Some("swarm"), nmax), comp);
     let mut out = vec![
-        Ratio {
-            what: format!("N={nmax} swarm: markov mean stall / oracle mean stall"),
-            value: ratio(
-                mean(rows, crowd("markov", Some("swarm"), nmax), stall),
-                mean(rows, crowd("oracle", Some("swarm"), nmax), stall),
+        Ratio::at_most(
+            format!("N={nmax} swarm: markov mean stall / oracle mean stall"),
+            quotient(
+                mean_of(rows, crowd("markov", Some("swarm"), nmax), stall),
+                mean_of(rows, crowd("oracle", Some("swarm"), nmax), stall),
             ),
-            goal_max: Some(1.5),
-        },
-        Ratio {
-            what: format!("N={nmax}: network storage (sshfs) mean completion / markov swarm"),
-            value: ratio(mean(rows, crowd("sshfs", None, nmax), comp), markov),
-            goal_max: None,
-        },
-        Ratio {
-            what: format!("N={nmax}: full download (aria2c) + run mean completion / markov swarm"),
-            value: ratio(mean(rows, crowd("aria2", None, nmax), comp), markov),
-            goal_max: None,
-        },
+            1.5,
+        ),
+        Ratio::at_least(
+            format!("N={nmax}: network storage (sshfs) mean completion / markov swarm"),
+            quotient(mean_of(rows, crowd("sshfs", None, nmax), comp), markov),
+            3.0,
+        ),
+        Ratio::info(
+            format!("N={nmax}: full download (aria2c) + run mean completion / markov swarm"),
+            quotient(mean_of(rows, crowd("aria2", None, nmax), comp), markov),
+        ),
     ];
     for (mode, goal) in [("swarm", Some(1.2)), ("cs", None)] {
-        let m = if mode == "swarm" { "swarm" } else { "cs" };
-        out.push(Ratio {
-            what: format!("markov {mode}: mean completion N={nmax} / N=1"),
-            value: ratio(
-                mean(rows, crowd("markov", Some(m), nmax), comp),
-                mean(rows, crowd("markov", Some(m), 1), comp),
-            ),
-            goal_max: goal,
+        let what = format!("markov {mode}: mean completion N={nmax} / N=1");
+        let value = quotient(
+            mean_of(rows, crowd("markov", Some(mode), nmax), comp),
+            mean_of(rows, crowd("markov", Some(mode), 1), comp),
+        );
+        out.push(match goal {
+            Some(g) => Ratio::at_most(what, value, g),
+            None => Ratio::info(what, value),
         });
     }
     out
 }
 
-/// The whole summary: strategies table, crowd table, ratios.
-pub fn render(rows: &[Row]) -> String {
+/// The whole summary: completion per strategy, bytes fetched, the one-client figures, miss
+/// latency, the crowd, then every ratio with its goal. `link` (rate and RTT) is needed by
+/// the figures measured against the link; without it they say n/a.
+pub fn render(rows: &[Row], link: Option<&Link>) -> String {
+    let mut s = strategies_table(rows);
+    s += &bytes::table(rows);
+    let (text, mut one) = cold::section(rows, link);
+    s += &text;
+    s += &latency::section(rows, link);
+    s += &crowd_table(rows);
+    one.retain(|r| r.value.is_some() || r.goal.is_some());
+    let groups = [
+        ("One client (N=1), held-out traces (issue 11)", one),
+        ("Flash crowd (issues 6 and 11)", crowd_ratios(rows)),
+    ];
+    if groups.iter().any(|(_, r)| !r.is_empty()) {
+        let _ = writeln!(s, "Ratios (same run, same links)");
+        for (title, rs) in groups.iter().filter(|(_, r)| !r.is_empty()) {
+            let _ = writeln!(s, "\n {title}");
+            for x in rs {
+                let _ = writeln!(s, "  {:<70} {}", x.what, x.verdict());
+            }
+        }
+    }
+    s
+}
+
+/// A table of one cell per strategy (rows) and kind of trace (columns), one client, under
+/// `title`; `cell` gets the filter of its rows. Empty when the phase was not run.
+pub fn by_strategy_and_kind(
+    rows: &[Row],
+    title: &str,
+    cell: impl Fn(&dyn Fn(&Row) -> bool) -> String,
+) -> String {
     let mut s = String::new();
     let strat = strategies(rows, "strategies");
-    if !strat.is_empty() {
-        let _ = writeln!(
-            s,
-            "One client (N=1), held-out traces: mean completion / mean stall, seconds\n"
-        );
-        let _ = write!(s, "{:<10}", "strategy");
-        for (k, _) in trace_kinds() {
-            let _ = write!(s, " {:>24}", k);
+    if strat.is_empty() {
+        return s;
+    }
+    let _ = writeln!(s, "{title}\n");
+    let _ = write!(s, "{:<10}", "strategy");
+    for (k, _) in trace_kinds() {
+        let _ = write!(s, " {:>24}", k);
+    }
+    let _ = writeln!(s);
+    for st in &strat {
+        let _ = write!(s, "{st:<10}");
+        for (_, keep) in trace_kinds() {
+            let c = cell(&|r: &Row| r.phase == "strategies" && &r.strategy == st && keep(r));
+            let _ = write!(s, " {c:>24}");
         }
         let _ = writeln!(s);
-        for st in &strat {
-            let _ = write!(s, "{st:<10}");
-            for (_, keep) in trace_kinds() {
-                let k = |r: &Row| r.phase == "strategies" && &r.strategy == st && keep(r);
-                match (
-                    mean(rows, k, |r| r.completion_s),
-                    mean(rows, k, |r| r.stall_s),
-                ) {
-                    (Some((c, n)), Some((st, _))) => {
-                        let _ = write!(s, " {:>24}", format!("{c:.2} / {st:.2} ({n})"));
-                    }
-                    _ => {
-                        let _ = write!(s, " {:>24}", "-");
-                    }
-                }
-            }
-            let _ = writeln!(s);
-        }
-        let _ = writeln!(
-            s,
-            "\n(n) = replays averaged. completion includes setup: the whole-image download for
-full/aria2, mounting until the image appears for the others.\n"
-        );
     }
+    s
+}
+
+/// "completion / stall" means of the rows `keep` keeps, with their count if `count`.
+fn completion_stall(rows: &[Row], keep: impl Fn(&Row) -> bool, count: bool) -> String {
+    match (
+        mean(rows, &keep, |r| r.completion_s),
+        mean(rows, &keep, |r| r.stall_s),
+    ) {
+        (Some((c, n)), Some((st, _))) if count => format!("{c:.2} / {st:.2} ({n})"),
+        (Some((c, _)), Some((st, _))) => format!("{c:.2} / {st:.2}"),
+        _ => "-".into(),
+    }
+}
+
+/// Mean completion / mean stall per strategy and kind of trace, one client.
+fn strategies_table(rows: &[Row]) -> String {
+    let mut s = by_strategy_and_kind(
+        rows,
+        "One client (N=1), held-out traces: mean completion / mean stall, seconds",
+        |keep| completion_stall(rows, keep, true),
+    );
+    if !s.is_empty() {
+        s += "\n(n) = replays averaged. completion includes setup: the whole-image download for
+full/aria2, mounting until the image appears for the others. tasks: every held-out task
+but the boot (vmboot-*, its reads at their recorded times).\n\n";
+    }
+    s
+}
+
+/// Mean completion / mean stall per crowd series and N.
+fn crowd_table(rows: &[Row]) -> String {
+    let mut s = String::new();
     let series = crowd_series(rows);
-    if !series.is_empty() {
-        let ns: BTreeSet<u32> = rows
-            .iter()
-            .filter(|r| r.phase == "crowd")
-            .map(|r| r.n)
-            .collect();
-        let _ = writeln!(
-            s,
-            "Flash crowd: N clients start together, each replays a held-out session"
-        );
-        let _ = writeln!(
-            s,
-            "with think time; mean completion / mean stall, seconds\n"
-        );
-        let _ = write!(s, "{:<16}", "strategy mode");
+    if series.is_empty() {
+        return s;
+    }
+    let ns: BTreeSet<u32> = rows
+        .iter()
+        .filter(|r| r.phase == "crowd")
+        .map(|r| r.n)
+        .collect();
+    let _ = writeln!(
+        s,
+        "Flash crowd: N clients start together, each replays a held-out session"
+    );
+    let _ = writeln!(
+        s,
+        "with think time; mean completion / mean stall, seconds\n"
+    );
+    let _ = write!(s, "{:<16}", "strategy mode");
+    for n in &ns {
+        let _ = write!(s, " {:>16}", format!("N={n}"));
+    }
+    let _ = writeln!(s);
+    for (st, mode) in &series {
+        let _ = write!(s, "{:<16}", format!("{st} {mode}"));
         for n in &ns {
-            let _ = write!(s, " {:>16}", format!("N={n}"));
-        }
-        let _ = writeln!(s);
-        for (st, mode) in &series {
-            let _ = write!(s, "{:<16}", format!("{st} {mode}"));
-            for n in &ns {
-                let k = |r: &Row| {
-                    r.phase == "crowd" && &r.strategy == st && &r.mode == mode && r.n == *n
-                };
-                match (
-                    mean(rows, k, |r| r.completion_s),
-                    mean(rows, k, |r| r.stall_s),
-                ) {
-                    (Some((c, _)), Some((st, _))) => {
-                        let _ = write!(s, " {:>16}", format!("{c:.2} / {st:.2}"));
-                    }
-                    _ => {
-                        let _ = write!(s, " {:>16}", "-");
-                    }
-                }
-            }
-            let _ = writeln!(s);
+            let k =
+                |r: &Row| r.phase == "crowd" && &r.strategy == st && &r.mode == mode && r.n == *n;
+            let cell = completion_stall(rows, k, false);
+            let _ = write!(s, " {cell:>16}");
         }
         let _ = writeln!(s);
     }
-    let r = ratios(rows);
-    if !r.is_empty() {
-        let _ = writeln!(s, "Ratios (same run, same links)\n");
-        for x in r {
-            let _ = writeln!(s, "  {:<66} {}", x.what, x.verdict());
-        }
-    }
+    let _ = writeln!(s);
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::row;
+    use crate::row::tests::row;
 
     #[test]
     fn ratios_at_largest_n() {
@@ -259,15 +268,16 @@ mod tests {
             row("crowd", "markov", "cs", 1, "session-1", 20.0, 1.0),
             row("crowd", "markov", "cs", 4, "session-1", 40.0, 1.0),
         ];
-        let r = ratios(&rows);
+        let r = crowd_ratios(&rows);
         assert_eq!(r[0].value, Some(2.0)); // mean stall 2 / 1
         assert!(r[0].verdict().contains("missed by 33%"));
         assert_eq!(r[1].value, Some(2.0)); // 48 / 24
+        assert!(r[1].verdict().contains("(goal >= 3: missed by 33%)"));
         assert_eq!(r[2].value, None); // no aria2 rows
         assert_eq!(r[3].value, Some(1.2));
         assert!(r[3].verdict().contains("met"));
         assert_eq!(r[4].value, Some(2.0));
-        assert!(ratios(&[]).is_empty());
+        assert!(crowd_ratios(&[]).is_empty());
     }
 
     #[test]
@@ -277,7 +287,7 @@ mod tests {
             row("strategies", "local", "local", 1, "git-1", 1.0, 0.0),
         ];
         assert_eq!(strategies(&rows, "strategies"), vec!["local", "markov"]);
-        let text = render(&rows);
+        let text = render(&rows, None);
         assert!(text.find("local").unwrap() < text.find("markov").unwrap());
         assert!(text.contains("2.00 / 1.00 (1)"));
     }
