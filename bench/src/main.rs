@@ -172,10 +172,16 @@ fn run() -> Result<()> {
             }
             let fresh = !csv_exists(&csv)?;
             let mut f = OpenOptions::new().create(true).append(true).open(&csv)?;
-            if fresh {
-                writeln!(f, "{HEADER}")?;
-            }
-            writeln!(f, "{}", row.to_csv())?;
+            // One write per line: the crowd's clients append at the same time, and an O_APPEND
+            // write lands whole, where `writeln!` may split a line into several writes.
+            let mut line = if fresh {
+                format!("{HEADER}\n")
+            } else {
+                String::new()
+            };
+            line.push_str(&row.to_csv());
+            line.push('\n');
+            f.write_all(line.as_bytes())?;
         }
         Cmd::Report {
             csv,
