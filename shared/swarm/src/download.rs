@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use librqbit_core::constants::CHUNK_SIZE;
 use librqbit_core::hash_id::Id20;
 use peer_binary_protocol::Request;
 
@@ -106,6 +107,8 @@ pub(crate) struct Download {
     pool: Vec<Vec<u8>>,
     /// Pieces to finish or give back after a fill (decided under the picker lock).
     idle: Vec<u32>,
+    /// A block whose message arrived in two parts, joined to be hashed and written.
+    scratch: Vec<u8>,
     strikes: u32,
     window: RequestWindow,
 }
@@ -131,6 +134,7 @@ impl Download {
             sent: VecDeque::with_capacity(request_depth.max(64)),
             pool: Vec::new(),
             idle: Vec::new(),
+            scratch: Vec::with_capacity(CHUNK_SIZE as usize),
             strikes: 0,
             window: RequestWindow::new(request_depth, now),
         }
@@ -229,27 +233,36 @@ impl Download {
             Counters::add(&st.counters().wasted, len as u64);
             return Ok(());
         }
-        if a.buf.is_empty() {
-            a.buf = self.pool.pop().unwrap_or_default();
-            a.buf.resize(layout.piece_len() as usize, 0);
-        }
-        let at = (i * layout.block_len()) as usize;
-        a.buf[at..at + data.0.len()].copy_from_slice(data.0);
-        a.buf[at + data.0.len()..at + len as usize].copy_from_slice(data.1);
         let alone = st.block_hashes().is_some() && {
             let picker = st.picker();
             picker.is_block_demanded(b) || picker.is_block_planned(b)
         };
         if alone {
-            // Someone waits for it, or will soon read it: verified and readable now.
-            let buf = std::mem::take(&mut self.active[k].buf);
-            let stored = self.store_alone(st, b, &buf[at..at + len as usize]);
-            self.active[k].buf = buf;
+            // Someone waits for it, or will soon read it: verified and readable now, written
+            // straight from the message (no piece buffer for a piece fetched for a few blocks).
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let block = if data.1.is_empty() {
+                data.0
+            } else {
+                scratch.clear();
+                scratch.extend_from_slice(data.0);
+                scratch.extend_from_slice(data.1);
+                &scratch[..]
+            };
+            let stored = self.store_alone(st, b, block);
+            self.scratch = scratch;
             if !stored? {
                 return Ok(());
             }
         } else {
             let a = &mut self.active[k];
+            if a.buf.is_empty() {
+                a.buf = self.pool.pop().unwrap_or_default();
+                a.buf.resize(layout.piece_len() as usize, 0);
+            }
+            let at = (i * layout.block_len()) as usize;
+            a.buf[at..at + data.0.len()].copy_from_slice(data.0);
+            a.buf[at + data.0.len()..at + len as usize].copy_from_slice(data.1);
             a.received.set(i);
             a.received_bytes += len as u64;
         }
@@ -580,23 +593,24 @@ impl Download {
         // 3. Other wanted blocks within the window, unless a demanded piece is arriving over
         // another connection: background here would share our downlink with it. (A copy of
         // a demanded piece held here does not count: the demand arrives elsewhere too.)
+        // Planned blocks come first, of the pieces held and then of further plan pieces; the
+        // rest of the pieces held (background) only after the plan: fetching the whole of
+        // each planned piece first would spend the link on bytes nobody is about to read.
         let hold_back = !carries_demand && picker.demand_in_flight();
         while !hold_back && self.outstanding < self.window.depth() {
-            if let Some((k, b)) = self.next_wanted(picker) {
+            if let Some((k, b)) = self.next_wanted(picker, true) {
                 self.request(&layout, k, b, now, out);
                 continue;
             }
-            let (has, active) = (&self.remote_has, &self.active);
-            let pick = picker.pick(
-                |i| has[(i / 64) as usize] & (1 << (i % 64)) != 0,
-                |i| active.iter().any(|a| a.piece == i),
-                false,
-            );
-            match pick {
-                Some(pick) => {
-                    self.start(&layout, pick.piece, pick.reason, false);
-                }
-                None => break,
+            if self.start_pick(picker, &layout, PickReason::Plan) {
+                continue;
+            }
+            if let Some((k, b)) = self.next_wanted(picker, false) {
+                self.request(&layout, k, b, now, out);
+                continue;
+            }
+            if !self.start_pick(picker, &layout, PickReason::Endgame) {
+                break;
             }
         }
         // 4. Pieces with nothing pending and nothing more wanted here: finish or give back.
@@ -609,15 +623,42 @@ impl Download {
         }
     }
 
-    /// The first wanted block not yet asked for, in the order pieces were started.
-    fn next_wanted(&self, picker: &PiecePicker) -> Option<(usize, u32)> {
+    /// The first wanted block not yet asked for (only planned ones if `planned`), in the
+    /// order pieces were started.
+    fn next_wanted(&self, picker: &PiecePicker, planned: bool) -> Option<(usize, u32)> {
         self.active.iter().enumerate().find_map(|(k, a)| {
             (0..a.blocks)
                 .find(|&i| {
-                    !a.pending.get(i) && !a.received.get(i) && wanted_here(picker, a, a.first + i)
+                    let b = a.first + i;
+                    !a.pending.get(i)
+                        && !a.received.get(i)
+                        && wanted_here(picker, a, b)
+                        && (!planned || picker.is_block_planned(b))
                 })
                 .map(|i| (k, a.first + i))
         })
+    }
+
+    /// Takes up a new piece of a class up to `upto`; false if there is none.
+    fn start_pick(
+        &mut self,
+        picker: &mut PiecePicker,
+        layout: &crate::layout::Layout,
+        upto: PickReason,
+    ) -> bool {
+        let (has, active) = (&self.remote_has, &self.active);
+        let pick = picker.pick_upto(
+            |i| has[(i / 64) as usize] & (1 << (i % 64)) != 0,
+            |i| active.iter().any(|a| a.piece == i),
+            upto,
+        );
+        match pick {
+            Some(pick) => {
+                self.start(layout, pick.piece, pick.reason, false);
+                true
+            }
+            None => false,
+        }
     }
 
     fn start(

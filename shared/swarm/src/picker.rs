@@ -68,8 +68,8 @@ pub enum PieceState {
     NotNeeded,
 }
 
-/// Why a piece was picked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a piece was picked; the classes in priority order (`Demand < Plan < ...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PickReason {
     /// A reader waits for some of its blocks.
     Demand,
@@ -499,6 +499,23 @@ impl PiecePicker {
         mine: impl Fn(u32) -> bool,
         urgent_only: bool,
     ) -> Option<Pick> {
+        let upto = if urgent_only {
+            PickReason::Demand
+        } else {
+            PickReason::Endgame
+        };
+        self.pick_upto(peer_has, mine, upto)
+    }
+
+    /// [`PiecePicker::pick`] among the classes up to `upto` only: e.g. `Plan` takes a demanded
+    /// or planned piece, never background, so a peer can fetch the planned blocks of further
+    /// pieces before the rest of the pieces it holds.
+    pub fn pick_upto(
+        &mut self,
+        peer_has: impl Fn(u32) -> bool,
+        mine: impl Fn(u32) -> bool,
+        upto: PickReason,
+    ) -> Option<Pick> {
         // 1. Demand.
         let mut urgent_dup = None;
         for &p in &self.demand_order {
@@ -521,7 +538,7 @@ impl PiecePicker {
         if let Some(p) = urgent_dup {
             return Some(self.assign(p, PickReason::Demand));
         }
-        if urgent_only {
+        if upto < PickReason::Plan {
             return None;
         }
         // 2. Plan.
@@ -550,6 +567,9 @@ impl PiecePicker {
         }
         if let Some((_, p)) = best {
             return Some(self.assign(p, PickReason::Plan));
+        }
+        if upto < PickReason::Rarest {
+            return None;
         }
         // 3. Rarest first.
         let n = self.len();
@@ -1194,6 +1214,30 @@ mod tests {
         p.release(0);
         assert_eq!(p.state(0), PieceState::NotNeeded);
         assert_eq!(p.state(3), PieceState::Queued);
+        p.check_invariant();
+    }
+
+    #[test]
+    fn a_pick_can_stop_at_the_plan() {
+        let mut p = PiecePicker::new(layout(4, 4), 1, true);
+        p.set_plan(&[9]);
+        assert_eq!(
+            p.pick_upto(all, none, PickReason::Plan),
+            Some(Pick {
+                piece: 2,
+                reason: PickReason::Plan
+            })
+        );
+        assert_eq!(
+            p.pick_upto(all, none, PickReason::Plan),
+            None,
+            "only background left"
+        );
+        assert_eq!(
+            p.pick_upto(all, none, PickReason::Endgame)
+                .map(|x| x.reason),
+            Some(PickReason::Rarest)
+        );
         p.check_invariant();
     }
 
