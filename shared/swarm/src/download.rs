@@ -64,6 +64,9 @@ struct Active {
     blocks: u32,
     /// Requested and not yet answered.
     pending: Mask,
+    /// Requests withdrawn so that urgent ones are next at the remote: not asked for again
+    /// until those have arrived (by then, whatever the remote had already sent is here too).
+    withdrawn: Mask,
     /// In `buf`, not stored yet.
     received: Mask,
     received_bytes: u64,
@@ -221,6 +224,7 @@ impl Download {
         };
         let a = &mut self.active[k];
         let i = b - a.first;
+        a.withdrawn.clear(i);
         if a.pending.get(i) {
             a.pending.clear(i);
             self.outstanding -= 1;
@@ -552,23 +556,29 @@ impl Download {
 
     fn decide(&mut self, picker: &mut PiecePicker, now: Instant, out: &mut Outputs) {
         let layout = *picker.layout();
+        if !self.urgent_pending(picker) {
+            for a in &mut self.active {
+                a.withdrawn = EMPTY;
+            }
+        }
         // 1. Blocks a reader waits for, in pieces this connection holds: now, beyond the window.
-        let mut carries_demand = false;
+        let mut issued_urgent = false;
         for k in 0..self.active.len() {
-            let (piece, first, blocks, duplicate) = {
+            let (piece, first, blocks) = {
                 let a = &self.active[k];
-                (a.piece, a.first, a.blocks, a.duplicate)
+                (a.piece, a.first, a.blocks)
             };
             if !picker.is_demanded(piece) {
                 continue;
             }
             for i in 0..blocks {
                 let b = first + i;
-                if picker.is_block_urgent(b) {
-                    carries_demand |= !duplicate;
-                    if !self.active[k].pending.get(i) && !self.active[k].received.get(i) {
-                        self.request(&layout, k, b, now, out);
-                    }
+                if picker.is_block_urgent(b)
+                    && !self.active[k].pending.get(i)
+                    && !self.active[k].received.get(i)
+                {
+                    issued_urgent = true;
+                    self.request(&layout, k, b, now, out);
                 }
             }
         }
@@ -585,22 +595,38 @@ impl Download {
             let k = self.start(&layout, pick.piece, pick.reason, duplicate);
             for b in layout.piece_blocks(pick.piece) {
                 if picker.is_block_urgent(b) {
-                    carries_demand |= !duplicate;
+                    issued_urgent = true;
                     self.request(&layout, k, b, now, out);
                 }
             }
         }
-        // 3. Other wanted blocks within the window, unless a demanded piece is arriving over
-        // another connection: background here would share our downlink with it. (A copy of
-        // a demanded piece held here does not count: the demand arrives elsewhere too.)
-        // Planned blocks come first, of the pieces held and then of further plan pieces; the
-        // rest of the pieces held (background) only after the plan: fetching the whole of
-        // each planned piece first would spend the link on bytes nobody is about to read.
-        let hold_back = !carries_demand && picker.demand_in_flight();
+        // The remote answers in order: withdraw the requests queued there that nobody waits
+        // for, so the urgent ones just sent come next instead of after them.
+        if issued_urgent {
+            self.withdraw_background(picker, &layout, out);
+        }
+        // 3. Other wanted blocks within the window, unless a demanded block is arriving: over
+        // another connection, background here would share our downlink with it; over this
+        // one, it would queue at the remote ahead of the reader's next miss (misses come in
+        // bursts). Between bursts (the reader computes) the window refills.
+        // Planned blocks come first. Alone with one peer, the planned blocks of further plan
+        // pieces come before the rest of the pieces held: fetching each planned piece whole
+        // would spend the link on bytes nobody is about to read. With several peers, the
+        // rest of the pieces held comes first, wanted or not (see `wanted_here`): only whole
+        // pieces can be traded, and a crowd whose members hold partial pieces all wait on the
+        // seeder.
+        let hold_back = picker.demand_in_flight();
+        let whole_first = picker.has_several_peers();
         while !hold_back && self.outstanding < self.window.depth() {
             if let Some((k, b)) = self.next_wanted(picker, true) {
                 self.request(&layout, k, b, now, out);
                 continue;
+            }
+            if whole_first {
+                if let Some((k, b)) = self.next_wanted(picker, false) {
+                    self.request(&layout, k, b, now, out);
+                    continue;
+                }
             }
             if self.start_pick(picker, &layout, PickReason::Plan) {
                 continue;
@@ -616,9 +642,47 @@ impl Download {
         // 4. Pieces with nothing pending and nothing more wanted here: finish or give back.
         for a in &self.active {
             if a.pending.is_empty()
+                && a.withdrawn.is_empty()
                 && !(0..a.blocks).any(|i| !a.received.get(i) && wanted_here(picker, a, a.first + i))
             {
                 self.idle.push(a.piece);
+            }
+        }
+    }
+
+    /// Whether an urgent block is requested here and not yet answered.
+    fn urgent_pending(&self, picker: &PiecePicker) -> bool {
+        self.active.iter().any(|a| {
+            !a.pending.is_empty()
+                && picker.is_demanded(a.piece)
+                && (0..a.blocks).any(|i| a.pending.get(i) && picker.is_block_urgent(a.first + i))
+        })
+    }
+
+    /// Cancels every pending request nobody waits for (see [`Active::withdrawn`]).
+    fn withdraw_background(
+        &mut self,
+        picker: &PiecePicker,
+        layout: &crate::layout::Layout,
+        out: &mut Outputs,
+    ) {
+        for a in &mut self.active {
+            if a.pending.is_empty() {
+                continue;
+            }
+            for i in 0..a.blocks {
+                let b = a.first + i;
+                if a.pending.get(i) && !picker.is_block_urgent(b) {
+                    a.pending.clear(i);
+                    a.withdrawn.set(i);
+                    self.outstanding -= 1;
+                    forget(&mut self.sent, b);
+                    out.msgs.push(Out::Cancel(Request::new(
+                        a.piece,
+                        layout.begin_in_piece(b),
+                        layout.block_size(b),
+                    )));
+                }
             }
         }
     }
@@ -631,6 +695,7 @@ impl Download {
                 .find(|&i| {
                     let b = a.first + i;
                     !a.pending.get(i)
+                        && !a.withdrawn.get(i)
                         && !a.received.get(i)
                         && wanted_here(picker, a, b)
                         && (!planned || picker.is_block_planned(b))
@@ -676,6 +741,7 @@ impl Download {
             first: blocks.start,
             blocks: blocks.len() as u32,
             pending: EMPTY,
+            withdrawn: EMPTY,
             received: EMPTY,
             received_bytes: 0,
             buf: Vec::new(),
@@ -727,6 +793,7 @@ impl Active {
             first: 0,
             blocks: 0,
             pending: EMPTY,
+            withdrawn: EMPTY,
             received: EMPTY,
             received_bytes: 0,
             buf: Vec::new(),
@@ -734,10 +801,14 @@ impl Active {
     }
 }
 
-/// Whether this connection should fetch `b` of `a`: a duplicate copy only its urgent blocks.
+/// Whether this connection should fetch `b` of `a`: a duplicate copy only its urgent blocks;
+/// with several peers connected every missing block (a started piece is finished, so it can
+/// be traded); otherwise the wanted ones.
 fn wanted_here(picker: &PiecePicker, a: &Active, b: u32) -> bool {
     if a.duplicate {
         picker.is_block_urgent(b)
+    } else if picker.has_several_peers() {
+        !picker.is_present(b)
     } else {
         picker.block_wanted(b)
     }
@@ -1090,5 +1161,73 @@ mod tests {
         out2.clear();
         d.fill(&f.st, Instant::now(), &mut out2).unwrap();
         assert_eq!(f.requested(&out2).len(), 8, "free again once it is here");
+    }
+
+    #[test]
+    fn an_urgent_request_withdraws_queued_background_until_it_arrives() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        let background = f.requested(&out);
+        assert_eq!(background.len(), 8);
+        out.clear();
+        f.st.picker().demand(18..19);
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(
+            f.requested(&out),
+            vec![18],
+            "the urgent block, and nothing new"
+        );
+        let cancelled: Vec<u32> = out
+            .msgs
+            .iter()
+            .filter_map(|m| match m {
+                Out::Cancel(r) => f.layout().block_at(r.index, r.begin, r.length),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cancelled, background, "the queued background is withdrawn");
+        assert_eq!(d.outstanding(), 1);
+        out.clear();
+        // A withdrawn block the remote had already sent is still taken.
+        f.answer(&mut d, background[0], false, &mut out).unwrap();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(
+            f.requested(&out).is_empty(),
+            "nothing while the urgent block is on its way"
+        );
+        f.answer(&mut d, 18, false, &mut out).unwrap();
+        assert!(f.stored(18));
+        out.clear();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        let again = f.requested(&out);
+        assert!(
+            background[1..].iter().all(|b| again.contains(b)) && !again.contains(&background[0]),
+            "withdrawn blocks are asked for again once it is here: {again:?}"
+        );
+    }
+
+    #[test]
+    fn with_several_peers_a_started_piece_is_finished_before_the_plan_goes_on() {
+        // Demand only, so nothing but the piece started for the plan is fetched.
+        let f = fixture(true, false);
+        let (mut d, mut out) = f.connected();
+        f.st.picker().set_plan(&[5, 9]);
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(
+            f.requested(&out),
+            vec![5, 9],
+            "alone: the planned blocks only"
+        );
+        let g = fixture(true, false);
+        let (mut e, mut out2) = g.connected();
+        g.st.picker().set_plan_spread(true);
+        g.st.picker().set_plan(&[5, 9]);
+        e.fill(&g.st, Instant::now(), &mut out2).unwrap();
+        assert_eq!(
+            g.requested(&out2),
+            vec![5, 4, 6, 7, 9, 8, 10, 11],
+            "with several peers: each planned block's piece is finished, to be traded"
+        );
     }
 }

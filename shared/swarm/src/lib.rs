@@ -29,12 +29,13 @@
 //! back over a channel). `STATE.md` beside these sources writes down the block and piece
 //! lifecycle and the lock order.
 //!
-//! A demanded block must not wait behind background blocks. Three things keep it in front:
-//! it is requested at once, beyond the window; each connection keeps only a delay-based
-//! window of other requests outstanding (enough to fill the link, a few blocks of queue);
-//! uploads keep their backlog in user space (`TCP_NOTSENT_LOWAT`), where a cancel still
-//! reaches them; and while a demanded piece arrives, the other connections ask for nothing
-//! else, so it has the downlink.
+//! A demanded block must not wait behind background blocks. Four things keep it in front:
+//! it is requested at once, beyond the window; the background requests still queued at that
+//! peer are withdrawn (cancelled, and asked for again once the demanded block is in); each
+//! connection keeps only a delay-based window of other requests outstanding (enough to fill
+//! the link, a block or two of queue); and while a demanded block arrives, no connection asks
+//! for anything else. Uploads keep their backlog in user space (`TCP_NOTSENT_LOWAT`), where a
+//! cancel still reaches it.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), vmt_swarm::SwarmError> {

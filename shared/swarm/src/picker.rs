@@ -462,6 +462,12 @@ impl PiecePicker {
         self.plan_window = if spread { PLAN_SPREAD } else { 1 };
     }
 
+    /// Whether several peers are connected (see [`PiecePicker::set_plan_spread`]): pieces are
+    /// then worth more whole, since only whole pieces can be traded.
+    pub fn has_several_peers(&self) -> bool {
+        self.plan_window > 1
+    }
+
     /// A connected peer announced `piece`.
     pub fn add_availability(&mut self, piece: u32) {
         let a = &mut self.avail[piece as usize];
