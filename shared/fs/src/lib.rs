@@ -9,9 +9,10 @@
 //!                                └ some: park (reply, range) on those units ─► source.demand
 //! source (swarm): unit verified, marked present ─► UnitsReadySender::units_ready
 //!   ─► ReplyPool thread ─► ImageFs::release: unpark reads with all units ─► pread + patch + reply
-//! every 0.5 s: ImageFs::expire_parked answers reads past the read timeout (EIO) and reads
-//!   whose process was killed; ImageFs::oldest_parked / newly_overdue show the long waits
-//! shutdown: ImageFs::close answers every parked read with EIO, then unmount
+//! every 250 ms (runtime): ImageFs::expire_parked answers reads past the read timeout (EIO)
+//!   and reads whose process was killed; ImageFs::oldest_parked / newly_overdue show long waits
+//! shutdown: ImageFs::close answers every parked read with EIO, then Mounted::unmount: clean,
+//!   else a lazy detach (something holds the image), and says which
 //! ```
 //!
 //! A read never holds a FUSE worker while it waits, and a reply is never made on a network

@@ -120,7 +120,8 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
     /// Answers the parked reads that must not wait any longer: those parked for the read
     /// timeout or longer ([`FsError::ReadTimeout`], `EIO`), and those whose process was
     /// killed ([`FsError::Interrupted`]). Returns how many. Meant to be called every fraction
-    /// of a second, off the read path; it reads `/proc` once per parked read.
+    /// of a second, off the read path; it reads `/proc` once per parked read, under the
+    /// table's lock (parks wait that long; nothing else is locked meanwhile).
     pub fn expire_parked(&self) -> usize {
         let now = Instant::now();
         let timeout = self.options.read_timeout;
