@@ -112,7 +112,7 @@ impl Swarm {
 }
 
 /// The `--status` endpoint's JSON.
-fn http_status(addr: &str) -> serde_json::Value {
+pub(crate) fn http_status(addr: &str) -> serde_json::Value {
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut text = String::new();

@@ -43,6 +43,20 @@ struct ImageArgs {
     /// SHA-256 of the image, if known, to skip hashing it.
     #[arg(long, value_name = "HEX")]
     image_sha256: Option<String>,
+    /// Let other users read the served image (a VM running as another user); they can never
+    /// write it nor the control file. Without it only you (and root) can use the mount.
+    #[arg(long)]
+    allow_other: bool,
+}
+
+impl ImageArgs {
+    fn access(&self) -> vmt_fs::Access {
+        if self.allow_other {
+            vmt_fs::Access::Everyone
+        } else {
+            vmt_fs::Access::Owner
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -381,6 +395,7 @@ fn record_task(
         first_task: task,
         mountpoint,
         threads,
+        access: image.access(),
     })?;
     let spawned = Command::new(&cmd[0])
         .args(&cmd[1..])
@@ -457,6 +472,7 @@ fn record_session(
         first_task,
         mountpoint,
         threads,
+        access: image.access(),
     })?;
     eprintln!(
         "recording session into {}\nimage served at {}\nmark tasks with: vmt-record mark --mountpoint {} TASK\nstop with: vmt-record stop --mountpoint {} (or Ctrl-C)",
@@ -593,6 +609,7 @@ fn bench(
             first_task: "bench".into(),
             mountpoint: None,
             threads: 4,
+            access: vmt_fs::Access::Owner,
         })?),
     };
     let (served, what) = match (&against, &recording) {
@@ -647,6 +664,7 @@ fn demo() -> Result<ExitCode> {
             first_task: task.name.to_string(),
             mountpoint: None,
             threads: 4,
+            access: vmt_fs::Access::Owner,
         })?;
         let mnt = tmp.path().join(format!("mnt-{}", task.name));
         let lm = LoopMount::new(recording.served_path(), &mnt)?;

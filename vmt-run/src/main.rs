@@ -105,6 +105,14 @@ struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, value_name = "N", default_value_t = 4)]
     threads: usize,
+    /// Let other users read the image (a VMM or loop device running as another user); they
+    /// can never write it. Without it only you (and root) can use the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// Fail a read with an I/O error once it has waited this long for missing pieces (e.g.
+    /// 30s) [default: wait as long as it takes, like a hard NFS mount].
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
+    read_timeout: Option<Duration>,
 }
 
 /// The rate limits of a downloading client.
@@ -352,12 +360,18 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         bundle: a.bundle,
         profile: a.profile,
         oracle_trace: a.oracle_trace,
-        mountpoint: a.mountpoint,
+        mountpoint: a.mountpoint.clone(),
         upload: !a.no_upload,
         download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
         upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
         window_bytes: a.window.bytes(),
         threads: a.threads,
+        access: if a.allow_other {
+            vmt_runtime::Access::Everyone
+        } else {
+            vmt_runtime::Access::Owner
+        },
+        read_timeout: a.read_timeout,
     };
     let status = match a.status {
         Some(addr) => Some(
@@ -372,6 +386,7 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         status,
         report: a.report,
     };
+    let mountpoint = a.mountpoint;
     let bars = indicatif::MultiProgress::new();
     let pieces = bars.add(ProgressBar::new(0));
     pieces.set_style(
@@ -399,8 +414,14 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
                 ),
                 None => format!("strategy {}", st.strategy),
             });
+            let oldest = st.oldest_parked.as_ref().map_or_else(String::new, |o| {
+                format!(
+                    " (longest {:.0} s, {} blocks missing)",
+                    o.waited_s, o.missing
+                )
+            });
             reads.set_message(format!(
-                "reads {} hit / {} missed, {} waiting | stalls {} totalling {:.2} s",
+                "reads {} hit / {} missed, {} waiting{oldest} | stalls {} totalling {:.2} s",
                 st.read_hits, st.read_misses, st.parked_now, st.stalls.count, st.stalls.total_s
             ));
             log.tick(|| {
@@ -419,8 +440,21 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
     .await;
     bars.clear().ok();
     let report = report?;
+    let how = match report.unmount.as_deref() {
+        Some("lazy") => "the image was still open (a loop device, a VM, a reader): detached \
+            lazily, its holders get I/O errors from now on; "
+            .to_string(),
+        Some("gone") => "the mount was already gone; ".to_string(),
+        Some(failed) if failed.starts_with("failed") => format!("unmount {failed}; "),
+        _ => "unmounted: ".to_string(),
+    };
+    if report.fuse_left_behind && report.unmount.as_deref() == Some("clean") {
+        eprintln!(
+            "vmt-run: the filesystem was still in use from another mount namespace; it ends now"
+        );
+    }
     eprintln!(
-        "unmounted: {} reads ({} waited), {} stalls totalling {:.2} s, downloaded {}, uploaded {}",
+        "{how}{} reads ({} waited), {} stalls totalling {:.2} s, downloaded {}, uploaded {}",
         report.read_hits + report.read_misses,
         report.read_misses,
         report.stalls.count,
@@ -428,6 +462,12 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         indicatif::HumanBytes(report.downloaded),
         indicatif::HumanBytes(report.uploaded)
     );
+    if let Some(failed) = report.unmount.filter(|u| u.starts_with("failed")) {
+        bail!(
+            "{} may still be mounted: unmount {failed}",
+            mountpoint.display()
+        );
+    }
     Ok(())
 }
 

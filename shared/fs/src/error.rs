@@ -59,6 +59,19 @@ pub enum FsError {
         /// How long the write waited.
         waited: Duration,
     },
+    /// A read waited for missing units longer than the read timeout allows.
+    #[error("a read of {len} bytes at {offset} waited {} s for missing blocks: timed out", waited.as_secs())]
+    ReadTimeout {
+        /// Start of the read.
+        offset: u64,
+        /// Its length.
+        len: u32,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The process waiting for the read was killed: its request is answered so it can die.
+    #[error("the reading process was killed while its read waited")]
+    Interrupted,
     /// Reading pristine or overlay bytes failed.
     #[error("reading {len} bytes at {offset}: {error}")]
     Read {
@@ -100,7 +113,11 @@ impl FsError {
             FsError::FixedSize { .. } => libc::EPERM,
             FsError::PastEnd { .. } => libc::ENOSPC,
             FsError::Control(_) => libc::EINVAL,
-            FsError::ShuttingDown | FsError::PristineTimeout { .. } | FsError::Sync(_) => libc::EIO,
+            FsError::ShuttingDown
+            | FsError::PristineTimeout { .. }
+            | FsError::ReadTimeout { .. }
+            | FsError::Sync(_) => libc::EIO,
+            FsError::Interrupted => libc::EINTR,
             // The OS's own errno says most (ENOSPC on a full overlay disk); a synthetic error
             // without one is an I/O error.
             FsError::Read { error, .. } | FsError::Write { error, .. } => {
@@ -124,6 +141,7 @@ impl FsError {
                 | FsError::FixedSize { .. }
                 | FsError::PastEnd { .. }
                 | FsError::Unsupported
+                | FsError::Interrupted
         )
     }
 }

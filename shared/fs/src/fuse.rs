@@ -25,16 +25,24 @@ use crate::source::PristineSource;
 /// The image's size and name never change while mounted, so the kernel may cache them.
 const TTL: Duration = Duration::from_secs(60);
 
-/// A FUSE read's reply, as the core's [`ReadReply`].
-pub struct FuseReply(ReplyData);
+/// A FUSE read's reply, as the core's [`ReadReply`], with the thread that sent the read.
+pub struct FuseReply {
+    reply: ReplyData,
+    pid: u32,
+}
 
 impl ReadReply for FuseReply {
     fn data(self, bytes: &[u8]) {
-        self.0.data(bytes);
+        self.reply.data(bytes);
     }
 
     fn error(self, error: FsError) {
-        self.0.error(errno_of(&error));
+        self.reply.error(errno_of(&error));
+    }
+
+    fn requester(&self) -> Option<u32> {
+        // 0: sent by the kernel itself (no process waits on it).
+        (self.pid != 0).then_some(self.pid)
     }
 }
 
@@ -131,7 +139,7 @@ impl<S: PristineSource, O: AccessObserver> Filesystem for FuseFs<S, O> {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -140,7 +148,11 @@ impl<S: PristineSource, O: AccessObserver> Filesystem for FuseFs<S, O> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.0.read(ino.0, offset, size, FuseReply(reply));
+        let reply = FuseReply {
+            reply,
+            pid: req.pid(),
+        };
+        self.0.read(ino.0, offset, size, reply);
     }
 
     fn write(

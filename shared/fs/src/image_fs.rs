@@ -58,6 +58,10 @@ pub struct ImageFsOptions {
     /// How long a partial-block write to missing units waits for them before failing with an
     /// I/O error ([`PRISTINE_WAIT`] unless a test needs it shorter).
     pub pristine_wait: Duration,
+    /// How long a read may wait for missing units before it fails with an I/O error, checked
+    /// by [`ImageFs::expire_parked`]; `None` waits as long as it takes (a hard mount: never
+    /// wrong data, never an error while the swarm may still deliver).
+    pub read_timeout: Option<Duration>,
 }
 
 /// See the module doc.

@@ -9,7 +9,10 @@
 //!                                └ some: park (reply, range) on those units ─► source.demand
 //! source (swarm): unit verified, marked present ─► UnitsReadySender::units_ready
 //!   ─► ReplyPool thread ─► ImageFs::release: unpark reads with all units ─► pread + patch + reply
-//! shutdown: ImageFs::close answers every parked read with EIO, then unmount
+//! every 250 ms (runtime): ImageFs::expire_parked answers reads past the read timeout (EIO)
+//!   and reads whose process was killed; ImageFs::oldest_parked / newly_overdue show long waits
+//! shutdown: ImageFs::close answers every parked read with EIO, then Mounted::unmount: clean,
+//!   else a lazy detach (something holds the image), and says which
 //! ```
 //!
 //! A read never holds a FUSE worker while it waits, and a reply is never made on a network
@@ -46,6 +49,7 @@
 //!     size: 14,
 //!     direct_io: false,
 //!     pristine_wait: PRISTINE_WAIT,
+//!     read_timeout: None,
 //! };
 //! let overlay = Arc::new(Overlay::temporary(ImageId::size_only(14))?);
 //! let fs = ImageFs::new(FileSource::open(&path)?, overlay, (), options);
@@ -68,13 +72,15 @@
 //! - `read`: the read path of [`ImageFs`]: serve, park, release, close.
 //! - `write`: overlay writes and control commands, and the wait for pristine bytes.
 //! - `reply`: what answers a parked waiter: [`ReadReply`], or a blocked write's wake-up.
-//! - `parked`: [`ParkedReads`], the race-free wait table keyed by unit.
+//! - `parked`: [`ParkedReads`], the race-free wait table keyed by unit; `requester`: whether
+//!   the process behind a parked read was killed.
 //! - `release`: the [`ReplyPool`] threads and the [`units_ready_channel`] that feeds them.
 //! - `stats`, `histogram`: read counters and the stall-time [`LatencyHistogram`].
 //! - `overlay`: the copy-on-write [`Overlay`] that takes the VM's writes.
 //! - `error`: [`FsError`] and the one table from errors to errnos.
-//! - `fuse`: the fuser adapter ([`FuseReply`], [`FuseImageFs`]); `mount`: [`mount`],
-//!   [`Mounted`], [`check_mountpoint`], [`is_mounted`].
+//! - `fuse`: the fuser adapter ([`FuseReply`], [`FuseImageFs`]); `mount`: [`mount`] with
+//!   [`MountParams`] and [`Access`], [`Mounted`] and its [`Unmount`], [`check_mountpoint`],
+//!   [`is_mounted`].
 //! - `record`: recording a task or session through the filesystem into a trace
 //!   ([`Recording`]).
 #![deny(missing_docs)]
@@ -91,6 +97,7 @@ mod read;
 mod record;
 mod release;
 mod reply;
+mod requester;
 mod source;
 mod stats;
 #[cfg(test)]
@@ -102,9 +109,12 @@ pub use fuse::{FuseImageFs, FuseReply};
 pub use histogram::{LatencyHistogram, LatencySummary};
 pub use image_fs::{AccessObserver, ControlHandler, ImageFs, ImageFsOptions, PRISTINE_WAIT};
 pub use inode::{Attr, Node, PageCache, CONTROL_FILE};
-pub use mount::{check_mountpoint, is_mounted, mount, MountError, Mounted};
+pub use mount::{
+    check_mountpoint, is_mounted, mount, Access, MountError, MountParams, Mounted, Unmount,
+    Unmounted, UNMOUNT_WAIT,
+};
 pub use overlay::{Overlay, OverlayError, OVERLAY_BLOCK, OVERLAY_MAP_FILE};
-pub use parked::{Park, ParkedReads, Released};
+pub use parked::{Park, ParkedReads, Released, Waiting};
 pub use record::{
     validate_task_name, RecordError, Recorder, Recording, RecordingParams, CHECKPOINT_INTERVAL,
 };

@@ -17,15 +17,32 @@
 //!
 //! Parking allocates nothing after warm-up: slab slots and the per-unit index lists are
 //! reused.
+//!
+//! Waits are visible and can be cut short: [`ParkedReads::oldest`] and
+//! [`ParkedReads::newly_overdue`] tell which units the longest waits are for (an entry's
+//! units are found by scanning the per-unit lists: rare calls, off the read path), and
+//! [`ParkedReads::expire`] takes out entries that must not wait any longer (a read timeout, a
+//! killed reader), unregistering them from every unit they waited for.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 struct Entry<R> {
     missing: u32,
     parked_at: Instant,
+    /// Already handed out by [`ParkedReads::newly_overdue`].
+    overdue: bool,
     item: R,
+}
+
+/// A parked entry's wait: when it parked and the units it still waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// When it was parked.
+    pub parked_at: Instant,
+    /// The units it still waits for, ascending.
+    pub units: Vec<u32>,
 }
 
 struct Inner<R> {
@@ -121,6 +138,7 @@ impl<R> ParkedReads<R> {
         inner.slab[index] = Some(Entry {
             missing,
             parked_at: Instant::now(),
+            overdue: false,
             item,
         });
         inner.parked += 1;
@@ -175,6 +193,92 @@ impl<R> ParkedReads<R> {
             out.push(Released {
                 item: entry.item,
                 parked_at: entry.parked_at,
+            });
+        }
+    }
+
+    /// Takes out every parked item for which `take(item, parked_at)` says so, to `out`, as if
+    /// it had never parked: the units it waited for no longer count it.
+    pub fn expire(&self, mut take: impl FnMut(&R, Instant) -> bool, out: &mut Vec<Released<R>>) {
+        let mut inner = self.lock();
+        if inner.parked == 0 {
+            return;
+        }
+        let mut taken = Vec::new();
+        for (index, slot) in inner.slab.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|e| take(&e.item, e.parked_at)) {
+                let entry = slot.take().expect("checked above");
+                taken.push(index);
+                out.push(Released {
+                    item: entry.item,
+                    parked_at: entry.parked_at,
+                });
+            }
+        }
+        if taken.is_empty() {
+            return;
+        }
+        inner.parked -= taken.len();
+        let Inner {
+            waiting,
+            spare,
+            free,
+            ..
+        } = &mut *inner;
+        waiting.retain(|_, slots| {
+            slots.retain(|i| !taken.contains(i));
+            if slots.is_empty() {
+                spare.push(std::mem::take(slots));
+            }
+            !slots.is_empty()
+        });
+        free.extend(taken);
+    }
+
+    /// The units the entry in slot `index` waits for, ascending.
+    fn units_of(inner: &Inner<R>, index: usize) -> Vec<u32> {
+        let mut units: Vec<u32> = inner
+            .waiting
+            .iter()
+            .filter(|(_, slots)| slots.contains(&index))
+            .map(|(&unit, _)| unit)
+            .collect();
+        units.sort_unstable();
+        units
+    }
+
+    /// The longest waiting entry.
+    pub fn oldest(&self) -> Option<Waiting> {
+        let inner = self.lock();
+        let (index, parked_at) = inner
+            .slab
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e.parked_at)))
+            .min_by_key(|&(_, at)| at)?;
+        Some(Waiting {
+            parked_at,
+            units: Self::units_of(&inner, index),
+        })
+    }
+
+    /// Moves to `out` every entry parked for `age` or longer that no earlier call handed out,
+    /// so that each long wait is told once.
+    pub fn newly_overdue(&self, age: Duration, now: Instant, out: &mut Vec<Waiting>) {
+        let mut inner = self.lock();
+        let mut due = Vec::new();
+        for (index, slot) in inner.slab.iter_mut().enumerate() {
+            if let Some(e) = slot {
+                if !e.overdue && now.saturating_duration_since(e.parked_at) >= age {
+                    e.overdue = true;
+                    due.push((index, e.parked_at));
+                }
+            }
+        }
+        for (index, parked_at) in due {
+            out.push(Waiting {
+                parked_at,
+                units: Self::units_of(&inner, index),
             });
         }
     }
@@ -250,6 +354,53 @@ mod tests {
         assert_eq!(inner.slab.len(), 1);
         assert!(inner.waiting.is_empty());
         assert_eq!(inner.spare.len(), 1);
+    }
+
+    #[test]
+    fn expired_items_leave_every_unit_they_waited_for() {
+        let parked = ParkedReads::new();
+        assert_eq!(parked.park(&[1, 2], |_| false, "a"), Park::Parked);
+        assert_eq!(parked.park(&[2, 3], |_| false, "b"), Park::Parked);
+        assert_eq!(parked.park(&[3], |_| false, "c"), Park::Parked);
+        let mut out = Vec::new();
+        parked.expire(|item, _| *item == "b", &mut out);
+        assert_eq!(items(&out), vec!["b"]);
+        assert_eq!(parked.len(), 2);
+        out.clear();
+        // The slot of "b" is reused; a stale registration would count "d" down wrongly.
+        assert_eq!(parked.park(&[9], |_| false, "d"), Park::Parked);
+        parked.units_ready(2, 2, &mut out);
+        assert_eq!(items(&out), vec!["c"]);
+        out.clear();
+        parked.units_ready(1, 1, &mut out);
+        assert_eq!(items(&out), vec!["a"]);
+        assert_eq!(parked.len(), 1, "d still waits for unit 9");
+        let inner = parked.lock();
+        assert_eq!(inner.waiting.keys().collect::<Vec<_>>(), vec![&9]);
+    }
+
+    #[test]
+    fn the_oldest_wait_and_each_overdue_wait_once() {
+        let parked = ParkedReads::new();
+        assert!(parked.oldest().is_none());
+        assert_eq!(parked.park(&[5, 6, 7], |u| u == 6, "old"), Park::Parked);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(parked.park(&[1], |_| false, "new"), Park::Parked);
+        let oldest = parked.oldest().unwrap();
+        assert_eq!(oldest.units, vec![5, 7]);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        parked.newly_overdue(Duration::from_millis(10), now, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0], oldest);
+        out.clear();
+        parked.newly_overdue(Duration::from_millis(10), now, &mut out);
+        assert!(out.is_empty(), "told once");
+        parked.newly_overdue(Duration::ZERO, now, &mut out);
+        assert_eq!(
+            out.iter().map(|w| w.units.clone()).collect::<Vec<_>>(),
+            vec![vec![1]]
+        );
     }
 
     /// A unit landing concurrently with a park is never lost: every read comes back once.

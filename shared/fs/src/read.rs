@@ -10,9 +10,16 @@
 //! now has all its units out of the table and answers it the same way. [`ImageFs::close`]
 //! answers everything parked with an error and refuses later reads.
 //! A write waiting for pristine units (`write.rs`) parks in the same table; a release wakes it.
+//!
+//! By default a read waits as long as it takes (a hard mount: never wrong data).
+//! [`ImageFs::expire_parked`], called now and then, answers the reads that must not wait any
+//! longer: past the read timeout if one is set (`EIO`), or whose process was killed. Every
+//! parked read is counted as a stall with its wait however it ends (data, timeout, killed
+//! reader, shutdown), so a read that waited ten seconds for nothing still shows.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use vmt_formats::trace::Op;
 
@@ -20,10 +27,11 @@ use crate::error::FsError;
 use crate::image_fs::{AccessObserver, ImageFs};
 use crate::inode::Node;
 use crate::overlay::OVERLAY_BLOCK;
-use crate::parked::Park;
+use crate::parked::{Park, Waiting};
 use crate::reply::{ReadReply, Waiter};
+use crate::requester;
 use crate::source::PristineSource;
-use crate::stats::ReadStatsSnapshot;
+use crate::stats::{ReadStatsSnapshot, StallEnd};
 
 thread_local! {
     /// One read buffer per thread (FUSE workers, reply pool), so serving a read allocates
@@ -89,7 +97,7 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
             let is_read = matches!(r.item, Waiter::Read { .. });
             self.answer(r.item, None);
             if is_read {
-                self.stats.stall(r.parked_at.elapsed());
+                self.stats.stall(r.parked_at.elapsed(), StallEnd::Served);
             }
         }
     }
@@ -102,8 +110,65 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
         let mut parked = Vec::new();
         self.parked.close(&mut parked);
         for r in parked {
+            if matches!(r.item, Waiter::Read { .. }) {
+                self.stats.stall(r.parked_at.elapsed(), StallEnd::Shutdown);
+            }
             self.answer(r.item, Some(FsError::ShuttingDown));
         }
+    }
+
+    /// Answers the parked reads that must not wait any longer: those parked for the read
+    /// timeout or longer ([`FsError::ReadTimeout`], `EIO`), and those whose process was
+    /// killed ([`FsError::Interrupted`]). Returns how many. Meant to be called every fraction
+    /// of a second, off the read path; it reads `/proc` once per parked read, under the
+    /// table's lock (parks wait that long; nothing else is locked meanwhile).
+    pub fn expire_parked(&self) -> usize {
+        let now = Instant::now();
+        let timeout = self.options.read_timeout;
+        let timed_out = |parked_at: Instant| {
+            timeout.is_some_and(|t| now.saturating_duration_since(parked_at) >= t)
+        };
+        let mut expired = Vec::new();
+        self.parked.expire(
+            |waiter, parked_at| match waiter {
+                Waiter::Read { reply, .. } => {
+                    timed_out(parked_at) || reply.requester().is_some_and(requester::killed_or_gone)
+                }
+                Waiter::Wake(_) => false,
+            },
+            &mut expired,
+        );
+        let count = expired.len();
+        for r in expired {
+            let waited = now.saturating_duration_since(r.parked_at);
+            let Waiter::Read { offset, len, reply } = r.item else {
+                continue;
+            };
+            if timed_out(r.parked_at) {
+                self.stats.stall(waited, StallEnd::TimedOut);
+                reply.error(FsError::ReadTimeout {
+                    offset,
+                    len,
+                    waited,
+                });
+            } else {
+                self.stats.stall(waited, StallEnd::Interrupted);
+                reply.error(FsError::Interrupted);
+            }
+        }
+        count
+    }
+
+    /// The longest wait in the parked table now (a read's, or a partial write's).
+    pub fn oldest_parked(&self) -> Option<Waiting> {
+        self.parked.oldest()
+    }
+
+    /// The waits of `age` or longer not told before: each long wait is told once.
+    pub fn newly_overdue(&self, age: std::time::Duration) -> Vec<Waiting> {
+        let mut out = Vec::new();
+        self.parked.newly_overdue(age, Instant::now(), &mut out);
+        out
     }
 
     /// The read path's counters.
@@ -175,6 +240,8 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
 mod tests {
     use super::*;
     use crate::testutil::{pristine, read, test_fs, FakeReply, IMAGE, U, UNIT};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn a_hit_is_served_inline() {
@@ -323,6 +390,70 @@ mod tests {
         for reply in &parked {
             assert_eq!(reply.answer(), Some(Err(libc::EIO)));
         }
-        assert_eq!(fs.stats().stalls.count, 0);
+        // Issue 12: reads failed at shutdown still count as stalls, with their wait.
+        let stats = fs.stats();
+        assert_eq!((stats.stalls.count, stats.failed_at_shutdown), (3, 3));
+    }
+
+    /// Issue 12: a read whose process is gone is answered at once; with a read timeout, a
+    /// parked read is answered `EIO` once it has waited that long, no sooner; each counts as
+    /// a stall; the others keep waiting and are served when their units land.
+    #[test]
+    fn expire_answers_timed_out_reads_and_reads_of_killed_processes() {
+        let (fs, source) = test_fs(8);
+        let mut fs = Arc::into_inner(fs).unwrap();
+        let slow = read(&fs, U, 10);
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let orphan = FakeReply::from_thread(child.id());
+        fs.read(IMAGE, 2 * U, 10, orphan.clone());
+        let alive = FakeReply::from_thread(std::process::id());
+        fs.read(IMAGE, 3 * U, 10, alive.clone());
+        assert_eq!(fs.parked(), 3);
+        assert_eq!(fs.expire_parked(), 0, "no timeout, every reader alive");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(fs.expire_parked(), 1);
+        assert_eq!(orphan.answer(), Some(Err(libc::EINTR)));
+        assert_eq!(fs.oldest_parked().unwrap().units, vec![1]);
+        std::thread::sleep(Duration::from_millis(1100));
+        fs.options.read_timeout = Some(Duration::from_secs(1));
+        let fresh = read(&fs, 4 * U, 10);
+        assert_eq!(fs.newly_overdue(Duration::from_secs(1)).len(), 2);
+        assert_eq!(
+            fs.expire_parked(),
+            2,
+            "the fresh read has not waited long enough"
+        );
+        assert_eq!(slow.answer(), Some(Err(libc::EIO)));
+        assert_eq!(alive.answer(), Some(Err(libc::EIO)));
+        let stats = fs.stats();
+        assert_eq!(
+            (stats.stalls.count, stats.timed_out, stats.interrupted),
+            (3, 2, 1)
+        );
+        assert!(stats.stalls.max >= Duration::from_secs(1));
+        assert_eq!(fs.parked(), 1);
+        // Late units find nothing to answer twice; the fresh read is served.
+        source.arrive(1);
+        fs.release(1, 1);
+        source.arrive(4);
+        fs.release(4, 1);
+        assert_eq!(fresh.answer(), Some(Ok(pristine(4 * U, 10))));
+        assert_eq!(slow.answer(), Some(Err(libc::EIO)));
+    }
+
+    /// Without a read timeout a read waits as long as it takes.
+    #[test]
+    fn without_a_timeout_reads_wait() {
+        let (fs, source) = test_fs(4);
+        let reply = read(&fs, U, 10);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(fs.expire_parked(), 0);
+        source.arrive(1);
+        fs.release(1, 1);
+        assert_eq!(reply.answer(), Some(Ok(pristine(U, 10))));
     }
 }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::image_fs::{AccessObserver, ImageFs, ImageFsOptions, PRISTINE_WAIT};
-use crate::mount::{self, MountError, Mounted};
+use crate::mount::{self, Access, MountError, MountParams, Mounted, Unmount, UNMOUNT_WAIT};
 use crate::overlay::{Overlay, OverlayError};
 use crate::source::FileSource;
 use vmt_formats::image::ImageId;
@@ -199,6 +199,9 @@ pub struct RecordingParams {
     pub mountpoint: Option<PathBuf>,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Who besides the recording user may use the mount (the image, and the control file,
+    /// which stays its owner's).
+    pub access: Access,
 }
 
 /// A recording in progress. See the module doc.
@@ -296,6 +299,7 @@ impl Recording {
                 direct_io: true,
                 // Never waits: the local image is present everywhere.
                 pristine_wait: PRISTINE_WAIT,
+                read_timeout: None,
             },
         );
         if params.kind == TraceKind::Session {
@@ -311,7 +315,12 @@ impl Recording {
                 }
             }));
         }
-        let mounted = mount::mount(Arc::new(fs), &mountpoint, "vmt-record", params.threads)?;
+        let mount_params = MountParams {
+            fs_name: "vmt-record".into(),
+            threads: params.threads,
+            access: params.access,
+        };
+        let mounted = mount::mount(Arc::new(fs), &mountpoint, &mount_params)?;
         let template = Trace {
             image: params.image_id,
             kind: params.kind,
@@ -398,14 +407,18 @@ impl Recording {
 
     /// Unmounts and writes the final trace. The trace is written even if unmounting failed.
     pub fn finish(mut self) -> Result<Trace, RecordError> {
-        let unmounted = self.mounted.take().map(Mounted::unmount);
+        let unmounted = self.mounted.take().map(|m| m.unmount(UNMOUNT_WAIT));
         if let Some((tx, handle)) = self.checkpointer.take() {
             drop(tx);
             let _ = handle.join();
         }
         self.save(false)?;
-        if let Some(Err(e)) = unmounted {
-            tracing::warn!("unmount: {e}");
+        match unmounted {
+            Some(Err(e)) => tracing::warn!("unmount: {e}"),
+            Some(Ok(u)) if u.how == Unmount::Lazy => tracing::warn!(
+                "the image was still open (a loop device, a reader): the mount was detached lazily"
+            ),
+            _ => {}
         }
         Ok(Trace::load(&self.trace_path)?)
     }
@@ -415,7 +428,7 @@ impl Drop for Recording {
     fn drop(&mut self) {
         // An early return must still leave no mount behind and the trace saved.
         if let Some(m) = self.mounted.take() {
-            let _ = m.unmount();
+            let _ = m.unmount(UNMOUNT_WAIT);
         }
         if let Some((tx, handle)) = self.checkpointer.take() {
             drop(tx);

@@ -12,6 +12,11 @@ pub trait ReadReply: Send + 'static {
     fn data(self, bytes: &[u8]);
     /// Answers with an error.
     fn error(self, error: FsError);
+    /// The process (thread id) waiting for the answer, if known: a parked read whose
+    /// process was killed is answered at once, so that the process can die.
+    fn requester(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// What waits in the parked table.

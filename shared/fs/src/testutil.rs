@@ -82,9 +82,14 @@ pub(crate) type Answer = Result<Vec<u8>, i32>;
 
 /// A reply that records its answers; clones share them.
 #[derive(Clone, Default)]
-pub(crate) struct FakeReply(Arc<Mutex<Vec<Answer>>>);
+pub(crate) struct FakeReply(Arc<Mutex<Vec<Answer>>>, Option<u32>);
 
 impl FakeReply {
+    /// A reply whose read was sent by thread `tid`.
+    pub(crate) fn from_thread(tid: u32) -> FakeReply {
+        FakeReply(Arc::default(), Some(tid))
+    }
+
     /// The answer, if any; panics if answered more than once.
     pub(crate) fn answer(&self) -> Option<Answer> {
         let answers = self.0.lock().unwrap();
@@ -100,6 +105,10 @@ impl ReadReply for FakeReply {
 
     fn error(self, error: FsError) {
         self.0.lock().unwrap().push(Err(error.errno()));
+    }
+
+    fn requester(&self) -> Option<u32> {
+        self.1
     }
 }
 
@@ -123,6 +132,7 @@ pub(crate) fn test_fs(units: u32) -> (Arc<TestFs>, Arc<FakeSource>) {
             size,
             direct_io: false,
             pristine_wait: Duration::from_secs(10),
+            read_timeout: None,
         },
     );
     (Arc::new(fs), source)

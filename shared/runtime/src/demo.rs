@@ -85,6 +85,7 @@ fn record_runs(
         first_task: label.to_string(),
         mountpoint: None,
         threads: 4,
+        access: vmt_fs::Access::Owner,
     };
     for task in &app.tasks {
         for run in 1..=3 {
@@ -169,6 +170,8 @@ fn client_params(
         upload_limit: None,
         window_bytes: crate::DEFAULT_WINDOW,
         threads: 4,
+        access: vmt_fs::Access::Owner,
+        read_timeout: None,
     })
 }
 

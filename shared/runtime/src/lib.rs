@@ -28,7 +28,8 @@
 //!   ([`RuntimeParams`]); `source` adapts the engine to
 //!   the filesystem (blocks as units, block events as releases); `planner` turns observed
 //!   reads into the engine's plan on a task of its own; `schedule` builds the strategy's
-//!   scheduler; `tasks` names, tracks and stops the runtime's tasks.
+//!   scheduler; `tasks` names, tracks and stops the runtime's tasks; `parked_watch` answers
+//!   reads past `--read-timeout` or of killed processes, and logs long waits.
 //! - [`mount`], [`seed`], [`fetch`]: `vmt-run mount`, `seed` and `fetch` from params to
 //!   report, taking bound sockets and a cancellation token so tests run the same code.
 //! - [`demo`]: the embedded demo (`vmt-run demo`).
@@ -41,6 +42,7 @@ pub mod demo;
 pub mod fetch;
 pub mod mount;
 mod params;
+mod parked_watch;
 mod paths;
 pub mod peer_addr;
 mod planner;
@@ -53,6 +55,7 @@ mod status;
 mod tasks;
 
 pub use params::{RuntimeError, RuntimeParams, DEFAULT_WINDOW};
-pub use report::{PeerTraffic, ProfileSwitch, StallSummary, Status};
+pub use report::{OldestParked, PeerTraffic, ProfileSwitch, StallSummary, Status};
 pub use runtime::Runtime;
 pub use status::serve_status;
+pub use vmt_fs::Access;

@@ -1,8 +1,9 @@
 //! `vmt-run mount`: a [`Runtime`] from start to report.
 //!
-//! [`run`] starts the runtime on the listeners it is handed, serves the live [`Status`] as
-//! JSON if asked, reports [`MountEvent`]s for the caller to draw until the cancellation token
-//! fires, then shuts down cleanly and writes the report. The defaults of the flags the user
+//! [`run`] checks that the report can be written, starts the runtime on the listeners it is
+//! handed, serves the live [`Status`] as JSON if asked, reports [`MountEvent`]s for the caller
+//! to draw until the cancellation token fires, then shuts down (bounded) and writes the
+//! report, also when a step of the shutdown failed. The defaults of the flags the user
 //! may leave out are here too ([`default_strategy`], [`default_data_dir`]).
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,16 @@ pub enum MountError {
     /// The runtime failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The report's directory is missing or not writable: found at start, not after the
+    /// whole session.
+    #[error("the report {} cannot be written: its directory is missing or refuses a new file", path.display())]
+    ReportPath {
+        /// The report file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The report could not be written.
     #[error("writing the report {}", path.display())]
     Report {
@@ -90,6 +101,12 @@ pub async fn run(
     if params.peers.is_empty() && io.listener.is_none() {
         return Err(MountError::NoPeers);
     }
+    if let Some(path) = &io.report {
+        check_report_path(path).map_err(|source| MountError::ReportPath {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let strategy = params.strategy;
     let runtime = Arc::new(Runtime::start(params, io.listener).await?);
     on(MountEvent::Serving {
@@ -123,12 +140,30 @@ pub async fn run(
             }
         }
     };
-    let report = runtime.shutdown().await?;
+    let (report, stopped) = runtime.stop().await;
     if let Some(path) = io.report {
         let written = serde_json::to_vec_pretty(&report)
             .map_err(std::io::Error::from)
             .and_then(|json| vmt_formats::envelope::write_atomically(&path, &json));
-        written.map_err(|source| MountError::Report { path, source })?;
+        if let Err(source) = written {
+            if let Err(e) = stopped {
+                tracing::error!("{e}");
+            }
+            return Err(MountError::Report { path, source });
+        }
     }
+    stopped?;
     Ok(report)
+}
+
+/// Checks that the report `path` can be written: its directory exists and takes a file.
+fn check_report_path(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".vmt-report-check")
+        .tempfile_in(dir)
+        .map(drop)
 }

@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use vmt_formats::image::ImageId;
 use vmt_formats::trace::TraceError;
-use vmt_fs::{MountError, OverlayError};
+use vmt_fs::{Access, MountError, OverlayError};
 use vmt_model::profile::BundleError;
 use vmt_model::scheduler::{SchedulerError, Strategy};
 use vmt_swarm::SwarmError;
@@ -44,6 +45,11 @@ pub struct RuntimeParams {
     pub window_bytes: u64,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Who besides the mounting user may use the mount (others read, never write).
+    pub access: Access,
+    /// How long a read may wait for missing blocks before failing with `EIO`; `None` waits
+    /// as long as it takes (a hard mount).
+    pub read_timeout: Option<Duration>,
 }
 
 /// Why the runtime could not start or stop cleanly.

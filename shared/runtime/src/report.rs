@@ -1,24 +1,54 @@
 //! The runtime's snapshot for progress bars, the `--status` endpoint and the exit report.
 
 use serde::Serialize;
-use vmt_fs::LatencySummary;
+use vmt_fs::{ReadStatsSnapshot, Waiting};
 
-impl From<LatencySummary> for StallSummary {
-    fn from(s: LatencySummary) -> StallSummary {
+/// Block numbers listed for the oldest parked read: enough to see which file or range it is,
+/// few enough for a status line.
+const LISTED_BLOCKS: usize = 64;
+
+impl From<ReadStatsSnapshot> for StallSummary {
+    fn from(r: ReadStatsSnapshot) -> StallSummary {
+        let s = r.stalls;
         StallSummary {
             count: s.count,
             total_s: s.total.as_secs_f64(),
             p50_s: s.p50.as_secs_f64(),
             p99_s: s.p99.as_secs_f64(),
             max_s: s.max.as_secs_f64(),
+            timed_out: r.timed_out,
+            interrupted: r.interrupted,
+            failed_at_shutdown: r.failed_at_shutdown,
         }
     }
 }
 
-/// Stalls: reads parked on missing blocks, from the FUSE request to its reply.
+impl From<Waiting> for OldestParked {
+    fn from(w: Waiting) -> OldestParked {
+        OldestParked {
+            waited_s: w.parked_at.elapsed().as_secs_f64(),
+            missing: w.units.len(),
+            missing_blocks: w.units.into_iter().take(LISTED_BLOCKS).collect(),
+        }
+    }
+}
+
+/// The longest wait going on: how long, and for which blocks.
+#[derive(Clone, Debug, Serialize)]
+pub struct OldestParked {
+    /// Seconds it has waited so far.
+    pub waited_s: f64,
+    /// Blocks it still waits for.
+    pub missing: usize,
+    /// The first of them (at most 64), ascending.
+    pub missing_blocks: Vec<u32>,
+}
+
+/// Stalls: reads parked on missing blocks, from the FUSE request to its reply, however they
+/// were answered.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StallSummary {
-    /// Parked reads answered.
+    /// Parked reads answered: with data, or with an error (the three counts below).
     pub count: u64,
     /// Their total waiting time, seconds.
     pub total_s: f64,
@@ -28,6 +58,12 @@ pub struct StallSummary {
     pub p99_s: f64,
     /// Longest wait, seconds.
     pub max_s: f64,
+    /// Reads answered `EIO` by `--read-timeout`.
+    pub timed_out: u64,
+    /// Reads whose process was killed while they waited.
+    pub interrupted: u64,
+    /// Reads answered `EIO` at shutdown, still waiting then.
+    pub failed_at_shutdown: u64,
 }
 
 /// A change of the most believed profile.
@@ -82,6 +118,8 @@ pub struct Status {
     pub writes: u64,
     /// Reads waiting now.
     pub parked_now: usize,
+    /// The longest wait going on, if any.
+    pub oldest_parked: Option<OldestParked>,
     /// Stalls so far.
     pub stalls: StallSummary,
     /// The most believed profile now, and its belief.
@@ -100,4 +138,12 @@ pub struct Status {
     pub peer_status: String,
     /// Blocks held by the copy-on-write overlay.
     pub overlay_blocks: u64,
+    /// At exit, how the mount went away: `clean`; `lazy` (something held the image open, so
+    /// it was detached and ends when they let go); `gone` (unmounted by someone else); or
+    /// `failed: ...`. `None` while mounted.
+    pub unmount: Option<String>,
+    /// At exit, whether the filesystem was still in use elsewhere when the process gave up
+    /// waiting (a copy of the mount in another mount namespace, the holders of a lazy
+    /// detach): it ends with the process.
+    pub fuse_left_behind: bool,
 }

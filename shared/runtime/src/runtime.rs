@@ -8,13 +8,17 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use vmt_formats::image::ImageId;
-use vmt_fs::{FuseImageFs, ImageFs, ImageFsOptions, Mounted, Overlay, ReplyPool, PRISTINE_WAIT};
+use vmt_fs::{
+    FuseImageFs, ImageFs, ImageFsOptions, MountParams, Mounted, Overlay, ReplyPool, Unmounted,
+    PRISTINE_WAIT, UNMOUNT_WAIT,
+};
 use vmt_model::scheduler::Strategy;
 use vmt_swarm::{Engine, EngineConfig, Storage, Torrent};
 
 use crate::params::{RuntimeError, RuntimeParams};
+use crate::parked_watch;
 use crate::planner::{self, Planner, ReadLog};
-use crate::report::{PeerTraffic, Status};
+use crate::report::{OldestParked, PeerTraffic, Status};
 use crate::schedule::scheduler;
 use crate::source::{Arrivals, SwarmSource};
 use crate::tasks::Tasks;
@@ -106,6 +110,7 @@ impl Runtime {
                 size: engine.torrent().total_length(),
                 direct_io: false,
                 pristine_wait: PRISTINE_WAIT,
+                read_timeout: params.read_timeout,
             },
         ));
         let replies_fs = fs.clone();
@@ -117,7 +122,12 @@ impl Runtime {
             error,
         })
         .and_then(|replies| {
-            let m = vmt_fs::mount(fs.clone(), &params.mountpoint, "vmt-run", params.threads)?;
+            let mount = MountParams {
+                fs_name: "vmt-run".into(),
+                threads: params.threads,
+                access: params.access,
+            };
+            let m = vmt_fs::mount(fs.clone(), &params.mountpoint, &mount)?;
             Ok((m, replies))
         });
         let (mounted, replies) = match mounted {
@@ -131,6 +141,10 @@ impl Runtime {
         let tasks = Tasks::default();
         tasks.spawn("planner", planner::run(planner.clone(), read_log, arrived));
         tasks.spawn("overlay-sync", sync_overlay(overlay.clone()));
+        tasks.spawn(
+            "parked-watch",
+            parked_watch::run(fs.clone(), engine.clone()),
+        );
         Ok(Runtime {
             served: params.mountpoint.join(&file_name),
             engine,
@@ -173,7 +187,8 @@ impl Runtime {
             read_misses: reads.misses,
             writes: self.writes.load(Ordering::Relaxed),
             parked_now: self.fs.parked(),
-            stalls: reads.stalls.into(),
+            oldest_parked: self.fs.oldest_parked().map(OldestParked::from),
+            stalls: reads.into(),
             profile: self.planner.current(),
             profile_switches: self.planner.switches(),
             downloaded: st.downloaded,
@@ -190,20 +205,36 @@ impl Runtime {
                 .collect(),
             peer_status: st.peer_status(),
             overlay_blocks: self.overlay.blocks(),
+            unmount: None,
+            fuse_left_behind: false,
         }
     }
 
     /// Stops in the order that loses nothing: stop planning, answer every parked read (`EIO`:
-    /// the mount is going away), unmount, make the overlay durable, stop the engine (which
-    /// persists the piece bitmap), wait for the runtime's tasks; returns the final status.
-    pub async fn shutdown(mut self) -> Result<Status, RuntimeError> {
+    /// the mount is going away), unmount (lazily if something holds the image), make the
+    /// overlay durable, stop the engine (which persists the piece bitmap), wait for the
+    /// runtime's tasks; returns the final status. Every step is bounded: a mount held in
+    /// another mount namespace does not hold up the shutdown.
+    pub async fn shutdown(self) -> Result<Status, RuntimeError> {
+        let (status, result) = self.stop().await;
+        result.map(|()| status)
+    }
+
+    /// [`Runtime::shutdown`], with the final status even when a step failed.
+    pub(crate) async fn stop(mut self) -> (Status, Result<(), RuntimeError>) {
         self.tasks.stop(TASKS_DEADLINE).await;
         self.fs.close();
         if let Some(replies) = self.replies.take() {
             let _ = tokio::task::spawn_blocking(move || replies.stop()).await;
         }
+        let mut unmounted: Option<Result<Unmounted, String>> = None;
         if let Some(m) = self.mounted.take() {
-            let _ = tokio::task::spawn_blocking(move || m.unmount()).await;
+            let done = tokio::task::spawn_blocking(move || m.unmount(UNMOUNT_WAIT)).await;
+            unmounted = Some(match done {
+                Ok(Ok(u)) => Ok(u),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            });
         }
         let overlay = self.overlay.clone();
         match tokio::task::spawn_blocking(move || overlay.sync()).await {
@@ -211,9 +242,17 @@ impl Runtime {
             Err(e) => tracing::warn!("overlay sync at shutdown: {e}"),
             Ok(Ok(())) => {}
         }
-        let status = self.status();
-        self.engine.shutdown().await?;
-        Ok(status)
+        let mut status = self.status();
+        match unmounted {
+            Some(Ok(u)) => {
+                status.unmount = Some(u.how.as_str().to_string());
+                status.fuse_left_behind = u.left_behind;
+            }
+            Some(Err(e)) => status.unmount = Some(format!("failed: {e}")),
+            None => {}
+        }
+        let result = self.engine.shutdown().await.map_err(RuntimeError::from);
+        (status, result)
     }
 }
 
@@ -224,7 +263,7 @@ impl Drop for Runtime {
         self.fs.close();
         self.replies.take();
         if let Some(m) = self.mounted.take() {
-            let _ = m.unmount();
+            let _ = m.unmount(UNMOUNT_WAIT);
         }
     }
 }

@@ -1,0 +1,108 @@
+//! The watch over parked reads: a task that, every [`WATCH_INTERVAL`], answers the reads that
+//! must not wait any longer (past `--read-timeout`, or whose process was killed: see
+//! [`ImageFs::expire_parked`](vmt_fs::ImageFs::expire_parked)) and tells once, in a log line,
+//! of each read that has waited [`LONG_WAIT`]: which blocks it waits for and how the peers
+//! fare, so that a hard-mount wait on a dead swarm is never silent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmt_fs::{FuseImageFs, Waiting};
+use vmt_swarm::{DialState, Engine, SwarmStats};
+
+use crate::source::SwarmSource;
+
+/// How often parked reads are checked: a killed reader is answered within this, and a read
+/// timeout is kept to within it.
+pub(crate) const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A read waiting this long is worth a log line: far beyond a block's fetch on any working
+/// link, short enough that whoever watches a hung VM learns why.
+pub(crate) const LONG_WAIT: Duration = Duration::from_secs(5);
+
+/// See the module doc. Runs until the runtime's tasks stop.
+pub(crate) async fn run<O: vmt_fs::AccessObserver>(
+    fs: Arc<FuseImageFs<SwarmSource, O>>,
+    engine: Engine,
+) {
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        // Reading /proc and answering a few replies: short, but blocking calls.
+        let f = fs.clone();
+        let Ok(long) = tokio::task::spawn_blocking(move || {
+            f.expire_parked();
+            f.newly_overdue(LONG_WAIT)
+        })
+        .await
+        else {
+            return;
+        };
+        if long.is_empty() {
+            continue;
+        }
+        let peers = peers_tried(&engine.stats());
+        for wait in long {
+            tracing::warn!("{}; {peers}", describe(&wait));
+        }
+    }
+}
+
+/// "a read has waited 5 s for 8 missing block(s), from block 128 to block 135".
+fn describe(wait: &Waiting) -> String {
+    let waited = wait.parked_at.elapsed().as_secs_f64();
+    match (wait.units.first(), wait.units.last()) {
+        (Some(first), Some(last)) => format!(
+            "a read has waited {waited:.0} s for {} missing block(s), from block {first} to block {last}",
+            wait.units.len()
+        ),
+        _ => format!("a read has waited {waited:.0} s"),
+    }
+}
+
+/// The peers and how each fares: connected, or the dial's last failure.
+fn peers_tried(st: &SwarmStats) -> String {
+    let mut out = format!("{} peer(s) connected", st.connected);
+    if st.dials.is_empty() {
+        return out + ", no peer to dial";
+    }
+    out.push_str("; peers dialed: ");
+    let dials: Vec<String> = st
+        .dials
+        .iter()
+        .map(|d| {
+            let state = match &d.state {
+                DialState::Connecting => "connecting".to_string(),
+                DialState::Connected => "connected".to_string(),
+                DialState::Failed(e) => format!("failing: {e}"),
+                DialState::Given(why) => format!("given up: {why}"),
+            };
+            format!("{} ({state}, {} attempts)", d.addr, d.attempts)
+        })
+        .collect();
+    out + &dials.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_long_wait_names_its_blocks() {
+        let wait = Waiting {
+            parked_at: Instant::now() - Duration::from_secs(6),
+            units: vec![128, 129, 135],
+        };
+        let line = describe(&wait);
+        assert!(line.contains("waited 6 s"), "{line}");
+        assert!(
+            line.contains("3 missing block(s), from block 128 to block 135"),
+            "{line}"
+        );
+        let one = Waiting {
+            parked_at: Instant::now(),
+            units: vec![7],
+        };
+        assert!(describe(&one).contains("from block 7"));
+    }
+}

@@ -1,0 +1,591 @@
+//! Issue 12's fault suite: one test per finding, each failing before its fix.
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12 items 1 (permissions), 2 (every shutdown unmounts and says how), 3 (bounded
+// shutdown), 6 (parked reads visible, optionally bounded, answered when their reader is
+// killed) and 10 (the `--report` path checked at start; every parked read in the stall
+// figures).
+// ---------------------------------------------------------------------------------------------
+mod mount_lifecycle {
+    use std::io::Read;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    use vmt_tests::{bin, content, free_port, run_with_timeout, wait_until, CliSeeder, Proc};
+
+    use crate::run::http_status;
+
+    const LIMIT: Duration = Duration::from_secs(120);
+    const PIECE: u32 = 256 << 10;
+    /// The user other than the mounter.
+    const NOBODY: &str = "65534";
+
+    /// A temp dir other users may traverse (tempfile makes 0700 ones).
+    fn open_tempdir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    /// Runs `script` with `sh -c` as user nobody.
+    fn as_nobody(script: &str) -> Output {
+        run_with_timeout(
+            Command::new("setpriv")
+                .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
+                .args(["sh", "-c", script]),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Whether `/proc/mounts` lists `path`, dead or alive (a dead FUSE mount cannot be
+    /// canonicalized, so this compares the text).
+    fn listed_in_proc_mounts(path: &Path) -> bool {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let want = path.to_str().unwrap();
+        mounts.lines().any(|l| l.split(' ').nth(1) == Some(want))
+    }
+
+    /// A `vmt-run mount` of a 4 MiB image whose stderr goes to a file; its torrent, peer and
+    /// data are in `dir`.
+    struct Mount {
+        proc: Proc,
+        mnt: PathBuf,
+        served: PathBuf,
+        status_addr: String,
+        report: PathBuf,
+        stderr: PathBuf,
+    }
+
+    /// The image and its torrent in `dir` (no seeder).
+    fn image_and_torrent(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let data = content(12, 4 << 20);
+        let image = dir.join("app.img");
+        std::fs::write(&image, &data).unwrap();
+        let torrent = dir.join("app.torrent");
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(vmt_swarm::Torrent::create(&image, PIECE, Vec::new()))
+            .unwrap()
+            .save(&torrent)
+            .unwrap();
+        (torrent, data)
+    }
+
+    impl Mount {
+        /// Mounts `torrent` at `dir/name-mnt`, dialing `peer`, with `extra` flags.
+        fn start(dir: &Path, torrent: &Path, name: &str, peer: &str, extra: &[&str]) -> Mount {
+            let mnt = dir.join(format!("{name}-mnt"));
+            std::fs::create_dir_all(&mnt).unwrap();
+            let status_addr = format!("127.0.0.1:{}", free_port());
+            let report = dir.join(format!("{name}-report.json"));
+            let stderr = dir.join(format!("{name}-stderr.txt"));
+            let child = Command::new(bin("vmt-run"))
+                .args(["mount", "--torrent"])
+                .arg(torrent)
+                .arg("--mountpoint")
+                .arg(&mnt)
+                .arg("--data")
+                .arg(dir.join(format!("{name}-data")))
+                .args(["--peer", peer, "--status", &status_addr, "--report"])
+                .arg(&report)
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr).unwrap())
+                .spawn()
+                .unwrap();
+            let served = mnt.join("app.img");
+            let mut m = Mount {
+                proc: Proc {
+                    child,
+                    mountpoint: Some(mnt.clone()),
+                },
+                mnt,
+                served,
+                status_addr,
+                report,
+                stderr,
+            };
+            wait_until("the mount", LIMIT, || {
+                if let Some(exit) = m.proc.child.try_wait().unwrap() {
+                    panic!("vmt-run mount exited: {exit:?}\n{}", m.stderr());
+                }
+                m.served.exists()
+            });
+            m
+        }
+
+        /// A mount whose only peer is dead: every read of the image parks.
+        fn without_seeder(dir: &Path, name: &str, extra: &[&str]) -> Mount {
+            let (torrent, _) = image_and_torrent(dir);
+            let dead = format!("127.0.0.1:{}", free_port());
+            Mount::start(dir, &torrent, name, &dead, extra)
+        }
+
+        fn status(&self) -> serde_json::Value {
+            http_status(&self.status_addr)
+        }
+
+        fn stderr(&self) -> String {
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        }
+
+        fn report(&self) -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&self.report).expect("the report is written"))
+                .unwrap()
+        }
+
+        /// Sends SIGTERM and waits at most `limit` for the exit; kills it (and fails) after.
+        fn sigterm_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.proc.child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            loop {
+                if let Some(s) = self.proc.child.try_wait().unwrap() {
+                    return s;
+                }
+                if start.elapsed() > limit {
+                    self.proc.sigkill();
+                    panic!(
+                        "vmt-run still running {limit:?} after SIGTERM\nstderr:\n{}",
+                        self.stderr()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// Waits until `n` reads are parked.
+        fn wait_parked(&self, n: u64) {
+            wait_until("a parked read", LIMIT, || {
+                self.status()["parked_now"].as_u64() >= Some(n)
+            });
+        }
+    }
+
+    impl Drop for Mount {
+        /// Stops vmt-run (SIGKILL after 10 s) and detaches a mount it left behind, dead or
+        /// alive, so that a failing test strands nothing.
+        fn drop(&mut self) {
+            if self.proc.child.try_wait().ok().flatten().is_none() {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(self.proc.child.id() as i32, libc::SIGTERM) };
+                let start = Instant::now();
+                while self.proc.child.try_wait().ok().flatten().is_none() {
+                    if start.elapsed() > Duration::from_secs(10) {
+                        self.proc.sigkill();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            if listed_in_proc_mounts(&self.mnt) {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+    }
+
+    /// A read of the image on a thread of its own: parks on a seederless mount.
+    fn read_in_background(
+        path: &Path,
+        offset: u64,
+    ) -> std::thread::JoinHandle<(std::io::Result<()>, Duration)> {
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let f = std::fs::File::open(path).unwrap();
+            let mut buf = vec![0u8; 4096];
+            let r = f.read_exact_at(&mut buf, offset);
+            (r, start.elapsed())
+        })
+    }
+
+    /// A loop device on `file`, detached on drop.
+    struct LoopDevice(String);
+
+    impl LoopDevice {
+        fn attach(file: &Path) -> Option<LoopDevice> {
+            let out = Command::new("losetup")
+                .args(["--find", "--show", "--read-only"])
+                .arg(file)
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+        }
+    }
+
+    impl Drop for LoopDevice {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+
+    /// Item 1: the image belongs to the user who mounted; other users get nothing, and with
+    /// `--allow-other` they may read but neither write nor chmod; root still reads and writes.
+    #[test]
+    fn r12_1_other_users_cannot_write_or_chmod_the_image() {
+        let dir = open_tempdir();
+        let (torrent, data) = image_and_torrent(dir.path());
+        let seeder = CliSeeder::with_torrent(&dir.path().join("app.img"), &torrent, &[]);
+        for allow_other in [false, true] {
+            let name = if allow_other { "shared" } else { "private" };
+            let extra: &[&str] = if allow_other { &["--allow-other"] } else { &[] };
+            let mut m = Mount::start(dir.path(), &torrent, name, &seeder.addr, extra);
+            let img = m.served.to_str().unwrap().to_string();
+            let write = as_nobody(&format!(
+                "printf XXXX | dd of={img} bs=1 seek=100 conv=notrunc"
+            ));
+            assert!(
+                !write.status.success(),
+                "{name}: nobody wrote the image: {write:?}"
+            );
+            let chmod = as_nobody(&format!("chmod 777 {img}"));
+            assert!(!chmod.status.success(), "{name}: nobody chmod: {chmod:?}");
+            let read = as_nobody(&format!("dd if={img} of=/dev/null bs=4096 count=1"));
+            assert_eq!(
+                read.status.success(),
+                allow_other,
+                "{name}: nobody's read: {read:?}"
+            );
+            if allow_other {
+                let got = as_nobody(&format!("head -c 4096 {img}"));
+                assert!(got.stdout == data[..4096], "{name}: nobody reads the image");
+            }
+            // Root, the mounter, still reads and writes.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&m.served)
+                .unwrap();
+            f.write_all_at(b"ROOT", 100).unwrap();
+            let mut back = [0u8; 8];
+            f.read_exact_at(&mut back, 98).unwrap();
+            assert_eq!(&back[2..6], b"ROOT");
+            assert_eq!(
+                back[..2],
+                data[98..100],
+                "{name}: nobody's bytes never landed"
+            );
+            let mode = std::fs::metadata(&m.served).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644, "{name}: the mode is unchanged");
+            drop(f);
+            let status = m.sigterm_within(LIMIT);
+            assert!(status.success(), "{name}: {status:?}\n{}", m.stderr());
+        }
+    }
+
+    /// Item 1: nobody may write task marks into `vmt-record`'s control file.
+    #[test]
+    fn r12_1_other_users_cannot_write_the_record_control_file() {
+        let dir = open_tempdir();
+        let image = dir.path().join("app.img");
+        std::fs::write(&image, content(3, 1 << 20)).unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let out = dir.path().join("traces");
+        let mut rec = Proc {
+            child: Command::new(bin("vmt-record"))
+                .args(["session", "--image"])
+                .arg(&image)
+                .arg("--out")
+                .arg(&out)
+                .arg("--mountpoint")
+                .arg(&mnt)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            mountpoint: Some(mnt.clone()),
+        };
+        let control = mnt.join(vmt_fs::CONTROL_FILE);
+        wait_until("the session mount", LIMIT, || control.exists());
+        let res = as_nobody(&format!("echo 'mark intruder' > {}", control.display()));
+        assert!(!res.status.success(), "nobody marked a task: {res:?}");
+        let res = as_nobody(&format!("echo stop > {}", control.display()));
+        assert!(!res.status.success(), "nobody stopped the session: {res:?}");
+        let res = as_nobody(&format!(
+            "printf XX | dd of={} conv=notrunc",
+            mnt.join("app.img").display()
+        ));
+        assert!(!res.status.success(), "nobody wrote the image: {res:?}");
+        assert!(rec.child.try_wait().unwrap().is_none(), "still recording");
+        std::fs::write(&control, "mark mine\nstop\n").unwrap();
+        wait_until("the session to end", LIMIT, || {
+            rec.child.try_wait().unwrap().is_some()
+        });
+        let trace = vmt_formats::trace::Trace::load(&out.join("session-1.vmtrace")).unwrap();
+        assert!(
+            !trace.tasks.iter().any(|t| t == "intruder"),
+            "{:?}",
+            trace.tasks
+        );
+    }
+
+    /// Item 2: SIGTERM with the image held open (a process with it as stdin, a loop device, a
+    /// parked reader) answers the parked read, detaches the mount lazily, says so on stderr and
+    /// in the report, and leaves nothing in /proc/mounts.
+    #[test]
+    fn r12_2_sigterm_with_the_image_held_open_detaches_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mount::without_seeder(dir.path(), "held", &[]);
+        let holder = Proc::spawn(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("exec sleep 600 < {}", m.served.display())),
+        );
+        let looped = LoopDevice::attach(&m.served);
+        let reader = read_in_background(&m.served, 1 << 20);
+        m.wait_parked(1);
+        let status = m.sigterm_within(Duration::from_secs(30));
+        assert!(status.success(), "{status:?}\n{}", m.stderr());
+        let (read, _) = reader.join().unwrap();
+        assert!(read.is_err(), "the parked read was answered with an error");
+        assert!(
+            !listed_in_proc_mounts(&m.mnt),
+            "no mount left behind\n{}",
+            m.stderr()
+        );
+        let stderr = m.stderr();
+        assert!(stderr.contains("lazily"), "stderr says how: {stderr}");
+        assert!(!stderr.contains("unmounted:"), "{stderr}");
+        assert_eq!(
+            m.report()["unmount"].as_str(),
+            Some("lazy"),
+            "{}",
+            m.report()
+        );
+        drop(holder);
+        drop(looped);
+        // Nothing held, the same mountpoint unmounts cleanly the next time.
+        let mut again = Mount::without_seeder(dir.path(), "held", &[]);
+        let status = again.sigterm_within(Duration::from_secs(30));
+        assert!(status.success());
+        assert_eq!(again.report()["unmount"].as_str(), Some("clean"));
+        assert!(again.stderr().contains("unmounted"), "{}", again.stderr());
+        assert!(!listed_in_proc_mounts(&again.mnt));
+    }
+
+    /// Item 2: a kill -9 strands no mount: it goes away with the process.
+    #[test]
+    fn r12_2_kill_9_leaves_no_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mount::without_seeder(dir.path(), "killed", &[]);
+        m.proc.sigkill();
+        let start = Instant::now();
+        while listed_in_proc_mounts(&m.mnt) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let stranded = listed_in_proc_mounts(&m.mnt);
+        if stranded {
+            let _ = Command::new("umount").arg("-l").arg(&m.mnt).status();
+        }
+        assert!(
+            !stranded,
+            "a dead mount stayed in /proc/mounts after kill -9"
+        );
+        // And the mountpoint takes the next mount.
+        let mut again = Mount::without_seeder(dir.path(), "killed", &[]);
+        assert!(again.sigterm_within(Duration::from_secs(30)).success());
+    }
+
+    /// Item 3: with a copy of the mount held in another mount namespace, SIGTERM still ends
+    /// within a bound and writes the report.
+    #[test]
+    fn r12_3_shutdown_is_bounded_with_the_mount_held_in_another_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mount::without_seeder(dir.path(), "ns", &[]);
+        let elsewhere = Proc::spawn(
+            Command::new("unshare")
+                .args(["-m", "--propagation", "private", "sleep", "600"])
+                .stdin(Stdio::null()),
+        );
+        // The copy exists once unshare has exec'd sleep.
+        wait_until("the other namespace", LIMIT, || {
+            std::fs::read_link(format!("/proc/{}/exe", elsewhere.child.id()))
+                .is_ok_and(|p| p.ends_with("sleep"))
+        });
+        let start = Instant::now();
+        let status = m.sigterm_within(Duration::from_secs(30));
+        let took = start.elapsed();
+        assert!(status.success(), "{status:?}\n{}", m.stderr());
+        assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
+        assert!(m.report()["uptime_s"].as_f64().is_some());
+        assert!(!listed_in_proc_mounts(&m.mnt));
+        drop(elsewhere);
+    }
+
+    /// Item 6: a read waiting for a dead seeder shows in the status (its age and its missing
+    /// blocks) and, past a few seconds, in a log line naming the blocks and the peers tried.
+    #[test]
+    fn r12_6_a_parked_read_is_visible_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mount::without_seeder(dir.path(), "visible", &[]);
+        let block = (2 << 20) / 16384;
+        let reader = read_in_background(&m.served, 2 << 20);
+        m.wait_parked(1);
+        wait_until(
+            "the oldest parked read's age",
+            Duration::from_secs(30),
+            || m.status()["oldest_parked"]["waited_s"].as_f64() >= Some(1.0),
+        );
+        let st = m.status();
+        let blocks: Vec<u64> = st["oldest_parked"]["missing_blocks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{st}"))
+            .iter()
+            .map(|b| b.as_u64().unwrap())
+            .collect();
+        assert!(blocks.contains(&block), "{st}");
+        let peer = st["peer_status"].as_str().unwrap().to_string();
+        wait_until(
+            "a log line of the long wait",
+            Duration::from_secs(30),
+            || {
+                let log = m.stderr();
+                log.contains("waited") && log.contains(&format!("block {block}"))
+            },
+        );
+        let log = m.stderr();
+        let dead = peer
+            .split("retrying: ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next());
+        if let Some(dead) = dead {
+            assert!(log.contains(dead), "the log names the peer {dead}: {log}");
+        }
+        assert!(m.sigterm_within(Duration::from_secs(30)).success());
+        assert!(reader.join().unwrap().0.is_err());
+    }
+
+    /// Item 6: `--read-timeout` bounds a parked read: EIO after it, counted as a stall.
+    #[test]
+    fn r12_6_read_timeout_answers_eio() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mount::without_seeder(dir.path(), "timeout", &["--read-timeout", "2s"]);
+        let (read, waited) = read_in_background(&m.served, 3 << 20).join().unwrap();
+        let err = read.expect_err("the read times out");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert!(
+            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(15),
+            "{waited:?}"
+        );
+        assert!(m.sigterm_within(Duration::from_secs(30)).success());
+        let report = m.report();
+        let stalls = &report["stalls"];
+        assert!(stalls["count"].as_u64() >= Some(1), "{report}");
+        assert!(stalls["timed_out"].as_u64() >= Some(1), "{report}");
+        assert!(stalls["max_s"].as_f64() >= Some(1.9), "{report}");
+    }
+
+    /// Item 6: an O_DIRECT reader waiting on a dead seeder dies when killed (its request is
+    /// answered), and its read does not keep the mount busy.
+    #[test]
+    fn r12_6_a_killed_o_direct_reader_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mount::without_seeder(dir.path(), "direct", &[]);
+        let mut dd = Proc::spawn(
+            Command::new("dd")
+                .arg(format!("if={}", m.served.display()))
+                .args([
+                    "of=/dev/null",
+                    "bs=4096",
+                    "count=1",
+                    "skip=300",
+                    "iflag=direct",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        m.wait_parked(1);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(dd.child.id() as i32, libc::SIGKILL) };
+        let start = Instant::now();
+        while dd.child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                // Only an answer ends it: stop the mount before failing, or dropping the
+                // reader would wait for it forever.
+                let _ = m.sigterm_within(Duration::from_secs(30));
+                let _ = dd.child.wait();
+                panic!("the killed reader was still waiting on its read after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait_until("no parked read", Duration::from_secs(10), || {
+            m.status()["parked_now"].as_u64() == Some(0)
+        });
+        let status = m.sigterm_within(Duration::from_secs(30));
+        assert!(status.success());
+        assert_eq!(m.report()["unmount"].as_str(), Some("clean"), "not busy");
+        assert!(m.report()["stalls"]["interrupted"].as_u64() >= Some(1));
+    }
+
+    /// Item 10: a `--report` in a missing directory is refused at start, before mounting.
+    #[test]
+    fn r12_10_report_dir_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (torrent, _) = image_and_torrent(dir.path());
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let dead = format!("127.0.0.1:{}", free_port());
+        let missing = dir.path().join("no/such/dir/report.json");
+        let mut cmd = Command::new(bin("vmt-run"));
+        cmd.args(["mount", "--torrent"])
+            .arg(&torrent)
+            .arg("--mountpoint")
+            .arg(&mnt)
+            .args(["--peer", &dead, "--report"])
+            .arg(&missing);
+        let mut child = Proc {
+            child: cmd.stderr(Stdio::piped()).spawn().unwrap(),
+            mountpoint: Some(mnt.clone()),
+        };
+        let start = Instant::now();
+        while child.child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let exited = child.child.try_wait().unwrap();
+        let mounted = listed_in_proc_mounts(&mnt);
+        let mut stderr = String::new();
+        if exited.is_some() {
+            child
+                .child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+        }
+        assert!(
+            exited.is_some_and(|s| !s.success()),
+            "vmt-run mount with --report in a missing directory kept running: {exited:?}"
+        );
+        assert!(!mounted, "refused before mounting");
+        assert!(stderr.contains("report"), "{stderr}");
+        assert!(
+            stderr.contains(missing.parent().unwrap().to_str().unwrap()),
+            "{stderr}"
+        );
+    }
+
+    /// Item 10: a read that waited and was answered with EIO at shutdown is in the report's
+    /// stall figures, with its wait.
+    #[test]
+    fn r12_10_stalls_count_reads_failed_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mount::without_seeder(dir.path(), "stalls", &[]);
+        let reader = read_in_background(&m.served, 1 << 20);
+        m.wait_parked(1);
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(m.sigterm_within(Duration::from_secs(30)).success());
+        assert!(reader.join().unwrap().0.is_err());
+        let report = m.report();
+        let stalls = &report["stalls"];
+        assert!(stalls["count"].as_u64() >= Some(1), "{report}");
+        assert!(stalls["max_s"].as_f64() >= Some(2.9), "{report}");
+        assert!(stalls["total_s"].as_f64() >= Some(2.9), "{report}");
+        assert!(stalls["failed_at_shutdown"].as_u64() >= Some(1), "{report}");
+    }
+}
