@@ -198,7 +198,8 @@ fn writes_are_recorded_but_never_reach_the_image() {
         Some(7),
         "the task's exit status passes through: {res:?}"
     );
-    let trace = Trace::load(&only_trace_in(out)).unwrap();
+    // The task failed (exit 7), so its trace is set aside from what fit reads (issue 12).
+    let trace = Trace::load(&out.join("writer-1.vmtrace.failed")).unwrap();
     let written = blocks_of(&trace, Op::Write, None);
     let tool = debugfs_blocks(image, "bin/tool");
     let first_eight: BTreeSet<u64> = tool.iter().take(8).copied().collect();
@@ -560,4 +561,122 @@ fn replay_reads_the_trace_against_a_file() {
     );
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("smaller than"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12, item 10 (vmt-record's share): import refuses what no other command can use, and a
+// failed task's trace is kept out of the folder `vmt-train fit` reads.
+// ---------------------------------------------------------------------------------------------
+
+/// `vmt-record import` of `csv` (written to a file) with `extra` flags.
+fn import_csv(dir: &Path, csv: &str, extra: &[&str]) -> (std::process::Output, PathBuf) {
+    let input = dir.join("in.csv");
+    std::fs::write(&input, csv).unwrap();
+    let out = dir.join("imported.vmtrace");
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .arg("import")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .args(extra),
+        LIMIT,
+    );
+    (res, out)
+}
+
+/// Asserts a clean refusal: exit 1, one line naming `want`, no trace written.
+fn refused(res: &std::process::Output, out: &Path, want: &str) {
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{res:?}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(want), "expected {want:?} in: {stderr}");
+    assert!(!out.exists(), "no trace may be written: {}", out.display());
+}
+
+#[test]
+fn r12_10_import_refuses_an_image_too_large_to_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = "# image_bytes=18446744073709551615\nt_us,op,offset,len\n0,R,0,4096\n";
+    let (res, out) = import_csv(dir.path(), csv, &[]);
+    refused(&res, &out, "too large");
+    // Given on the command line, it is refused before anything is read.
+    let (res, out) = import_csv(
+        dir.path(),
+        "0,R,0,4096\n",
+        &["--image-bytes", "18446744073709551615"],
+    );
+    refused(&res, &out, "too large");
+}
+
+#[test]
+fn r12_10_import_refuses_input_without_accesses() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("empty.vmtrace");
+    let res = run_with_timeout(
+        Command::new(bin("vmt-record"))
+            .args(["import", "/dev/null", "--image-bytes", "1MiB", "--out"])
+            .arg(&out),
+        LIMIT,
+    );
+    refused(&res, &out, "no accesses");
+    // A CSV with a header but no rows likewise.
+    let (res, out) = import_csv(
+        dir.path(),
+        "# image_bytes=1048576\nt_us,op,offset,len\n",
+        &[],
+    );
+    refused(&res, &out, "no accesses");
+}
+
+#[test]
+fn r12_10_a_failed_task_is_set_aside_from_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = make_image(dir.path(), &FILES[..1]);
+    let out = dir.path().join("traces");
+    let res = record_task(
+        &image,
+        &out,
+        "t",
+        "head -c 8192 \"$VMT_IMAGE\" > /dev/null; exit 3",
+    );
+    assert_eq!(
+        res.status.code(),
+        Some(3),
+        "the task's failure is the exit code: {res:?}"
+    );
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("t-1.vmtrace.failed"),
+        "a warning names where the trace went: {stderr}"
+    );
+    let in_fit_folder: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "vmtrace" || e == "csv"))
+        .collect();
+    assert!(
+        in_fit_folder.is_empty(),
+        "no trace of the failed task where fit reads: {in_fit_folder:?}"
+    );
+    let aside = Trace::load(&out.join("t-1.vmtrace.failed")).unwrap();
+    assert!(!aside.records.is_empty(), "what it read is kept to look at");
+    // The next run does not reuse the failed run's number.
+    let res = record_task(&image, &out, "t", "true");
+    assert!(res.status.success(), "{res:?}");
+    assert_eq!(only_trace_in(&out), out.join("t-2.vmtrace"));
+    // fit says what it left out.
+    let res = run_with_timeout(
+        Command::new(bin("vmt-train"))
+            .args(["fit", "--traces"])
+            .arg(&out)
+            .arg("--out")
+            .arg(dir.path().join("b.vmtp")),
+        LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("t-1.vmtrace.failed"),
+        "fit names the trace it skips: {stderr}"
+    );
 }

@@ -1,23 +1,30 @@
 //! `vmt-record`: record per-task block-access traces of an appliance image through FUSE.
 //!
-//! Glue over `vmt_fs::Recording` and `vmt_formats::trace`: parse flags, identify the image, start a recording,
-//! run the task or wait for the session's end, print summaries. Signals (Ctrl-C, SIGTERM) stop
-//! the task and the session cleanly: the mount is taken down and the trace saved.
+//! Glue over `vmt_fs` (capture, import) and `vmt_formats` (traces, summaries): parse flags,
+//! call one library function per subcommand, draw the hashing bar, print summaries and map
+//! the outcome to an exit code (a recorded task's own). Signals (Ctrl-C, SIGTERM) set the flag
+//! the capture polls: the task and the session stop cleanly, the mount is taken down and the
+//! trace saved.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use vmt_formats::image::{IdCache, ImageId};
-use vmt_formats::trace::{Trace, TraceKind};
+use vmt_formats::identify::identify_image;
+use vmt_formats::image::ImageId;
+use vmt_formats::summary::one_line;
+use vmt_formats::trace::Trace;
 use vmt_formats::units::{self, Size};
-use vmt_fs::{Recording, RecordingParams};
+use vmt_fs::{
+    CaptureEvent, CaptureKind, CaptureParams, ImportFormat, ImportImage, ImportParams, Recording,
+    RecordingParams, TaskEnd,
+};
 
 #[derive(Parser)]
 #[command(
@@ -64,7 +71,9 @@ enum Cmd {
     /// Record one run of a task: mount, run CMD, unmount, write DIR/TASK-<run>.vmtrace.
     ///
     /// CMD runs with VMT_IMAGE set to the served image file (e.g. loop-mount it, or boot a VM
-    /// from it) and VMT_MOUNTPOINT to the mount. Its exit status is passed through.
+    /// from it) and VMT_MOUNTPOINT to the mount. Its exit status is passed through. A task that
+    /// fails (non-zero exit) has its trace set aside as DIR/TASK-<run>.vmtrace.failed, which
+    /// vmt-train does not read.
     Run {
         #[command(flatten)]
         image: ImageArgs,
@@ -79,7 +88,7 @@ enum Cmd {
         #[arg(long)]
         mountpoint: Option<PathBuf>,
         /// FUSE worker threads.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = vmt_fs::DEFAULT_RECORD_THREADS)]
         threads: usize,
         /// The task's command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
@@ -106,7 +115,7 @@ enum Cmd {
         #[arg(long, default_value = "unmarked")]
         first_task: String,
         /// FUSE worker threads.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = vmt_fs::DEFAULT_RECORD_THREADS)]
         threads: usize,
     },
     /// Start the next task of the session mounted at DIR.
@@ -154,7 +163,8 @@ enum Cmd {
     ///
     /// The image identity comes from --image (hashed), else --image-bytes (recorded as "size
     /// only": such a trace only matches other size-only traces of that size), else the CSV's own
-    /// '# image_bytes=' / '# image_sha256=' lines.
+    /// '# image_bytes=' / '# image_sha256=' lines. Input without accesses, or an image too large
+    /// to count in 4 KiB blocks (16 TiB), is refused: no other command could use the trace.
     Import {
         /// CSV or blkparse text file.
         input: PathBuf,
@@ -257,7 +267,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mountpoint,
             threads,
             cmd,
-        } => record_task(&image, task, out, mountpoint, threads, &cmd),
+        } => capture(
+            image,
+            out,
+            mountpoint,
+            threads,
+            CaptureKind::Task { task, cmd },
+        ),
         Cmd::Session {
             image,
             out,
@@ -265,12 +281,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             name,
             first_task,
             threads,
-        } => record_session(&image, name, first_task, out, mountpoint, threads),
+        } => capture(
+            image,
+            out,
+            mountpoint,
+            threads,
+            CaptureKind::Session { name, first_task },
+        ),
         Cmd::Mark { mountpoint, task } => {
-            vmt_fs::validate_task_name(&task)?;
-            control(&mountpoint, &format!("mark {task}\n"))
+            vmt_fs::mark_task(&mountpoint, &task)?;
+            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Stop { mountpoint } => control(&mountpoint, "stop\n"),
+        Cmd::Stop { mountpoint } => {
+            vmt_fs::stop_session(&mountpoint)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Show { traces, block_size } => show(&traces, block_size),
         Cmd::Tasks { traces, block_size } => tasks_table(&traces, block_size),
         Cmd::Export { trace, out } => {
@@ -290,15 +315,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
             image_bytes,
             format,
             task,
-        } => import(
-            &input,
-            &out,
-            image,
-            image_sha256,
-            image_bytes.map(Size::bytes),
-            format,
-            task,
-        ),
+        } => {
+            let image = match (image, image_bytes) {
+                (Some(path), _) => ImportImage::File {
+                    path,
+                    sha256: image_sha256,
+                },
+                (None, Some(n)) => ImportImage::Bytes(n.bytes()),
+                (None, None) => ImportImage::FromInput,
+            };
+            let params = ImportParams {
+                input,
+                out,
+                image,
+                format: match format {
+                    Format::Auto => ImportFormat::Auto,
+                    Format::Csv => ImportFormat::Csv,
+                    Format::Blkparse => ImportFormat::Blkparse,
+                },
+                task,
+            }
+            .check()?;
+            let bar = hashing_bar();
+            let done = params.run(|done, total| bar.update(done, total))?;
+            drop(bar);
+            if done.trace.image.is_size_only() {
+                eprintln!(
+                    "note: recorded image identity is size only ({} bytes); such a trace matches only other size-only traces of that size",
+                    done.trace.image.size
+                );
+            }
+            eprintln!(
+                "{}",
+                one_line(&done.trace, &done.path.display().to_string())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench {
             image,
             size,
@@ -339,34 +391,44 @@ fn print_stdout(text: &str) -> Result<()> {
     }
 }
 
-/// The image's identity: from --image-sha256, else the per-user cache, else hashed with a bar.
-fn identify(image: &Path, sha: Option<&str>) -> Result<ImageId> {
-    let meta = std::fs::metadata(image).with_context(|| format!("image {}", image.display()))?;
-    if !meta.is_file() {
-        bail!("image {} is not a regular file", image.display());
-    }
-    if meta.len() == 0 {
-        bail!("image {} is empty", image.display());
-    }
-    if let Some(hex) = sha {
-        return ImageId::from_hex(meta.len(), hex)
-            .with_context(|| format!("--image-sha256 {hex:?} is not 64 hex digits"));
-    }
-    let bar = ProgressBar::new(meta.len()).with_style(
+/// The bar shown while an image is hashed: drawn from the first update (none when the
+/// identity is known), cleared on drop.
+struct HashingBar {
+    bar: ProgressBar,
+    shown: std::cell::Cell<bool>,
+}
+
+fn hashing_bar() -> HashingBar {
+    let bar = ProgressBar::hidden().with_style(
         ProgressStyle::with_template(
             "hashing image {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
         )
         .expect("valid template"),
     );
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    let id = IdCache::user()
-        .identify(image, |done| bar.set_position(done))
-        .with_context(|| format!("hashing {}", image.display()))?;
-    bar.finish_and_clear();
-    Ok(id)
+    HashingBar {
+        bar,
+        shown: std::cell::Cell::new(false),
+    }
 }
 
-/// SIGINT/SIGTERM set a flag the waiting loops poll; a second signal is not needed.
+impl HashingBar {
+    fn update(&self, done: u64, total: u64) {
+        if !self.shown.replace(true) {
+            self.bar.set_length(total);
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        self.bar.set_position(done);
+    }
+}
+
+impl Drop for HashingBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// SIGINT/SIGTERM set a flag the capture polls; a second signal is not needed.
 fn stop_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -375,134 +437,64 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn record_task(
-    image: &ImageArgs,
-    task: String,
-    out: PathBuf,
+/// `run` and `session`: record, tell the user what happened, pass the task's exit code on.
+fn capture(
+    image: ImageArgs,
+    out_dir: PathBuf,
     mountpoint: Option<PathBuf>,
     threads: usize,
-    cmd: &[OsString],
+    kind: CaptureKind,
 ) -> Result<ExitCode> {
-    vmt_fs::validate_task_name(&task)?;
-    let stop = stop_flag()?;
-    let image_id = identify(&image.image, image.image_sha256.as_deref())?;
-    let recording = Recording::start(RecordingParams {
-        image: image.image.clone(),
-        image_id,
-        out_dir: out,
-        label: task.clone(),
-        kind: TraceKind::Task,
-        first_task: task,
+    let session = matches!(kind, CaptureKind::Session { .. });
+    let params = CaptureParams {
+        access: image.access(),
+        image: image.image,
+        image_sha256: image.image_sha256,
+        out_dir,
         mountpoint,
         threads,
-        access: image.access(),
-    })?;
-    let spawned = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .env("VMT_IMAGE", recording.served_path())
-        .env("VMT_MOUNTPOINT", recording.mountpoint())
-        .spawn();
-    let code = match spawned {
-        Err(e) => {
-            let path = recording.trace_path().to_owned();
-            drop(recording);
-            let _ = std::fs::remove_file(&path);
-            bail!("running {:?}: {e}", cmd[0]);
-        }
-        Ok(mut child) => wait_child(&mut child, &stop)?,
-    };
-    let trace = recording.finish()?;
-    eprintln!("{}", summary_line(&trace, trace_path_hint(&trace)));
-    Ok(code)
-}
-
-fn trace_path_hint(trace: &Trace) -> String {
-    format!("{}-{}", trace.label, trace.run)
-}
-
-/// Waits for the task; on a signal, asks it to stop (SIGTERM), then kills it after 10 s.
-fn wait_child(child: &mut std::process::Child, stop: &AtomicBool) -> Result<ExitCode> {
-    let mut deadline: Option<Instant> = None;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            use std::os::unix::process::ExitStatusExt;
-            let code = match (status.code(), status.signal()) {
-                (Some(c), _) => c,
-                (None, Some(sig)) => 128 + sig,
-                _ => 1,
-            };
-            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
-        }
-        if stop.load(Ordering::SeqCst) {
-            match deadline {
-                None => {
-                    eprintln!("vmt-record: stopping the task (saving the trace)");
-                    // SAFETY: kill with a valid pid and signal has no memory effects.
-                    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                    deadline = Some(Instant::now() + Duration::from_secs(10));
+        kind,
+    }
+    .check()?;
+    let stop = stop_flag()?;
+    let bar = hashing_bar();
+    let done = params.run(
+        &stop,
+        |done, total| bar.update(done, total),
+        |event| match event {
+            CaptureEvent::Started {
+                trace,
+                served,
+                mountpoint,
+            } => {
+                bar.bar.finish_and_clear();
+                if session {
+                    eprintln!(
+                        "recording session into {}\nimage served at {}\nmark tasks with: vmt-record mark --mountpoint {} TASK\nstop with: vmt-record stop --mountpoint {} (or Ctrl-C)",
+                        trace.display(),
+                        served.display(),
+                        mountpoint.display(),
+                        mountpoint.display(),
+                    );
                 }
-                Some(d) if Instant::now() > d => {
-                    let _ = child.kill();
-                }
-                Some(_) => {}
             }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn record_session(
-    image: &ImageArgs,
-    name: String,
-    first_task: String,
-    out: PathBuf,
-    mountpoint: Option<PathBuf>,
-    threads: usize,
-) -> Result<ExitCode> {
-    vmt_fs::validate_task_name(&name)?;
-    vmt_fs::validate_task_name(&first_task)?;
-    let stop = stop_flag()?;
-    let image_id = identify(&image.image, image.image_sha256.as_deref())?;
-    let recording = Recording::start(RecordingParams {
-        image: image.image.clone(),
-        image_id,
-        out_dir: out,
-        label: name,
-        kind: TraceKind::Session,
-        first_task,
-        mountpoint,
-        threads,
-        access: image.access(),
-    })?;
-    eprintln!(
-        "recording session into {}\nimage served at {}\nmark tasks with: vmt-record mark --mountpoint {} TASK\nstop with: vmt-record stop --mountpoint {} (or Ctrl-C)",
-        recording.trace_path().display(),
-        recording.served_path().display(),
-        recording.mountpoint().display(),
-        recording.mountpoint().display(),
-    );
-    while !stop.load(Ordering::SeqCst) && !recording.stop_requested() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let trace = recording.finish()?;
-    eprintln!("{}", summary_line(&trace, trace_path_hint(&trace)));
-    Ok(ExitCode::SUCCESS)
-}
-
-fn control(mountpoint: &Path, line: &str) -> Result<ExitCode> {
-    let path = mountpoint.join(vmt_fs::CONTROL_FILE);
-    if !path.exists() {
-        bail!(
-            "no vmt-record session is mounted at {}",
-            mountpoint.display()
+            CaptureEvent::Stopping => {
+                eprintln!("vmt-record: stopping the task (saving the trace)")
+            }
+        },
+    )?;
+    let name = format!("{}-{}", done.trace.label, done.trace.run);
+    eprintln!("{}", one_line(&done.trace, &name));
+    let Some(end) = done.task else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if let TaskEnd::Failed { code } = end {
+        eprintln!(
+            "vmt-record: warning: the task failed (exit status {code}); its trace is set aside as {}, which vmt-train fit does not read",
+            done.path.display()
         );
     }
-    std::fs::write(&path, line).with_context(|| format!("writing {}", path.display()))?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn summary_line(trace: &Trace, name: String) -> String {
-    vmt_formats::summary::one_line(trace, &name)
+    Ok(ExitCode::from(end.code()))
 }
 
 /// Loads every trace, named by `name` (the file name, or the whole path).
@@ -531,58 +523,6 @@ fn tasks_table(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn import(
-    input: &Path,
-    out: &Path,
-    image: Option<PathBuf>,
-    image_sha256: Option<String>,
-    image_bytes: Option<u64>,
-    format: Format,
-    task: Option<String>,
-) -> Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
-    let id = match (&image, image_bytes) {
-        (Some(img), _) => Some(identify(img, image_sha256.as_deref())?),
-        (None, Some(0)) => bail!("--image-bytes must be positive"),
-        (None, Some(n)) => Some(ImageId::size_only(n)),
-        (None, None) => None,
-    };
-    let blkparse = match format {
-        Format::Csv => false,
-        Format::Blkparse => true,
-        // blkparse lines start with "maj,min" and carry an action letter; CSV never has spaces
-        // between its first fields.
-        Format::Auto => text
-            .lines()
-            .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .is_some_and(|l| l.split_whitespace().count() >= 7),
-    };
-    let trace = if blkparse {
-        let id = id.context("blkparse input needs --image or --image-bytes")?;
-        let label = match task {
-            Some(t) => t,
-            None => input
-                .file_stem()
-                .map_or_else(|| "imported".into(), |s| s.to_string_lossy().into_owned()),
-        };
-        vmt_fs::validate_task_name(&label)?;
-        Trace::from_blkparse(input, &text, id, &label)?
-    } else {
-        Trace::from_csv(input, &text, id)?
-    };
-    trace.save(out)?;
-    if trace.image.is_size_only() {
-        eprintln!(
-            "note: recorded image identity is size only ({} bytes); such a trace matches only other size-only traces of that size",
-            trace.image.size
-        );
-    }
-    eprintln!("{}", summary_line(&trace, out.display().to_string()));
-    Ok(ExitCode::SUCCESS)
-}
-
 fn bench(
     image: Option<PathBuf>,
     size: Size,
@@ -600,17 +540,12 @@ fn bench(
     };
     let recording = match &against {
         Some(_) => None,
-        None => Some(Recording::start(RecordingParams {
-            image: image.clone(),
-            image_id: ImageId::size_only(std::fs::metadata(&image)?.len()),
-            out_dir: tmp.path().join("traces"),
-            label: "bench".into(),
-            kind: TraceKind::Task,
-            first_task: "bench".into(),
-            mountpoint: None,
-            threads: 4,
-            access: vmt_fs::Access::Owner,
-        })?),
+        None => Some(Recording::start(RecordingParams::task(
+            image.clone(),
+            ImageId::size_only(std::fs::metadata(&image)?.len()),
+            tmp.path().join("traces"),
+            "bench",
+        ))?),
     };
     let (served, what) = match (&against, &recording) {
         (Some(path), _) => (path.clone(), "file"),
@@ -651,21 +586,19 @@ fn demo() -> Result<ExitCode> {
         tmp.path().display()
     );
     let app = build_demo(tmp.path())?;
-    let image_id = identify(&app.image, None)?;
+    let image_id = {
+        let bar = hashing_bar();
+        identify_image(&app.image, None, |done, total| bar.update(done, total))?
+    };
     let out = tmp.path().join("traces");
     let mut paths = Vec::new();
     for task in &app.tasks {
-        let recording = Recording::start(RecordingParams {
-            image: app.image.clone(),
+        let recording = Recording::start(RecordingParams::task(
+            app.image.clone(),
             image_id,
-            out_dir: out.clone(),
-            label: task.name.to_string(),
-            kind: TraceKind::Task,
-            first_task: task.name.to_string(),
-            mountpoint: None,
-            threads: 4,
-            access: vmt_fs::Access::Owner,
-        })?;
+            out.clone(),
+            task.name,
+        ))?;
         let mnt = tmp.path().join(format!("mnt-{}", task.name));
         let lm = LoopMount::new(recording.served_path(), &mnt)?;
         let bytes = lm.read_files(&task.files)?;

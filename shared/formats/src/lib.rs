@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`image`]: an appliance image's identity (size + SHA-256 of its content) and its block
 //!   geometry; the identity is cached per inode so a multi-GB image is hashed once.
+//! - [`identify`]: the identity of an image named on the command line (given, cached or
+//!   hashed), with the checks every tool makes first.
 //! - [`envelope`]: the header every vmt file shares (magic, version, image identity,
 //!   checksum), and atomic writes. Loading a file of another image, a newer version, or a
 //!   truncated or corrupt file is an error that names the file.
@@ -46,6 +48,7 @@
 #![deny(missing_docs)]
 
 pub mod envelope;
+pub mod identify;
 pub mod image;
 pub mod summary;
 pub mod trace;

@@ -709,15 +709,34 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Suffix added to the trace of a task that failed (`NAME-<run>.vmtrace.failed`): kept for a
+/// look with `vmt-record show`, but not a trace file by its extension, so `vmt-train fit`
+/// does not learn from it.
+pub const FAILED_SUFFIX: &str = "failed";
+
+/// Where the trace at `path` goes when its task failed: `path` + `.failed`.
+pub fn failed_trace_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(FAILED_SUFFIX);
+    PathBuf::from(name)
+}
+
 /// The next free `DIR/LABEL-<run>.vmtrace`: run numbers count up from 1 and never overwrite.
 pub fn next_run_path(dir: &Path, label: &str) -> std::io::Result<(u32, PathBuf)> {
     let prefix = format!("{label}-");
+    let extension = format!(".{TRACE_EXTENSION}");
+    let failed = format!("{extension}.{FAILED_SUFFIX}");
     let mut max = 0u32;
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
         if let Some(rest) = name.strip_prefix(&prefix) {
-            if let Some(num) = rest.strip_suffix(&format!(".{TRACE_EXTENSION}")) {
+            // A failed run's trace keeps its number taken.
+            let num = rest
+                .strip_suffix(&extension)
+                .or_else(|| rest.strip_suffix(&failed));
+            if let Some(num) = num {
                 if let Ok(n) = num.parse::<u32>() {
                     max = max.max(n);
                 }
@@ -860,5 +879,8 @@ CPU0 (8,0):
         let (run, path) = next_run_path(dir.path(), "boot").unwrap();
         assert_eq!(run, 10);
         assert!(path.ends_with("boot-10.vmtrace"));
+        // A failed run set aside keeps its number.
+        std::fs::write(failed_trace_path(&path), b"").unwrap();
+        assert_eq!(next_run_path(dir.path(), "boot").unwrap().0, 11);
     }
 }

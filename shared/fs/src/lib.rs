@@ -83,12 +83,19 @@
 //!   [`is_mounted`].
 //! - `record`: recording a task or session through the filesystem into a trace
 //!   ([`Recording`]).
+//! - `capture`: one recording from start to end, as `vmt-record run` and `session` make it:
+//!   identify, record, run the task or wait for `stop`, set a failed task's trace aside
+//!   ([`CaptureParams`] → [`ValidCaptureParams::run`]).
+//! - `import`: traces recorded elsewhere (CSV, blkparse), checked as the recorder's are
+//!   ([`ImportParams`] → [`ValidImportParams::run`]).
 #![deny(missing_docs)]
 
+mod capture;
 mod error;
 mod fuse;
 mod histogram;
 mod image_fs;
+mod import;
 mod inode;
 mod mount;
 mod overlay;
@@ -104,10 +111,17 @@ mod stats;
 mod testutil;
 mod write;
 
+pub use capture::{
+    mark_task, stop_session, CaptureError, CaptureEvent, CaptureKind, CaptureParams, Captured,
+    TaskEnd, ValidCaptureParams, DEFAULT_RECORD_THREADS, STOP_GRACE,
+};
 pub use error::FsError;
 pub use fuse::{FuseImageFs, FuseReply};
 pub use histogram::{LatencyHistogram, LatencySummary};
 pub use image_fs::{AccessObserver, ControlHandler, ImageFs, ImageFsOptions, PRISTINE_WAIT};
+pub use import::{
+    ImportError, ImportFormat, ImportImage, ImportParams, Imported, ValidImportParams,
+};
 pub use inode::{Attr, Node, PageCache, CONTROL_FILE};
 pub use mount::{
     check_mountpoint, is_mounted, mount, Access, MountError, MountParams, Mounted, Unmount,

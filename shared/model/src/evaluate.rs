@@ -223,7 +223,7 @@ pub fn evaluate_trace(
 #[non_exhaustive]
 pub enum EvalError {
     /// Refitting failed.
-    #[error("refitting without {trace}: {source}")]
+    #[error("refitting without {trace}")]
     Fit {
         /// The held-out trace.
         trace: String,

@@ -18,14 +18,24 @@
 //! - [`curve`]: stall and costs by piece size, with and without verified blocks, and the piece
 //!   size to use.
 //! - [`synth`]: synthetic but realistic images, task runs and sessions for tests and benches.
+//! - [`corpus`]: the traces a command is given: directories expanded, files loaded, images
+//!   checked; traces of failed tasks left out.
+//! - [`train`]: `vmt-train`'s subcommands, one function each, reporting progress through a
+//!   [`train::Progress`] and returning reports; [`render`]: those reports as text and JSON.
+//!
+//! Errors print each cause once: a message either embeds its cause or returns it as its
+//! `source`, never both, so `{:#}` (anyhow's chain) is the whole story on one line.
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod corpus;
 pub mod curve;
 pub mod evaluate;
 pub mod granularity;
 pub mod markov;
 pub mod profile;
+pub mod render;
 pub mod scheduler;
 pub mod simulate;
 pub mod synth;
+pub mod train;

@@ -235,16 +235,16 @@ pub enum BundleError {
     #[error("no reads in the given traces")]
     NoRuns,
     /// Bad block size for this image.
-    #[error("block size: {0}")]
+    #[error(transparent)]
     Geometry(#[from] GeometryError),
     /// Support outside (0, 1].
     #[error("support cutoff {0} is not in (0, 1]")]
     BadSupport(f64),
     /// Clustering failed.
-    #[error("clustering: {0}")]
+    #[error("clustering")]
     Cluster(#[from] ClusterError),
     /// Markov parameters out of range.
-    #[error("markov model: {0}")]
+    #[error("markov model")]
     Markov(#[from] MarkovError),
 }
 

@@ -1,0 +1,243 @@
+//! The traces a command is given: files and directories expanded into trace files, loaded
+//! (binary `.vmtrace` or CSV), and checked to be of one image, the bundle's if there is one.
+//!
+//! A directory contributes its `.vmtrace` and `.csv` files, sorted. The trace of a failed task
+//! that `vmt-record` set aside (`NAME-<run>.vmtrace.failed`) is not one of them, and is listed
+//! in [`TraceFiles::set_aside`] so the caller can say it was left out.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use crate::profile::{Bundle, BundleError};
+use vmt_formats::trace::{Trace, TraceError, FAILED_SUFFIX, TRACE_EXTENSION};
+
+/// Why the traces cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorpusError {
+    /// A file or directory could not be read.
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// A directory without trace files.
+    #[error(
+        "{}: no .{} or .csv trace files in this directory{}",
+        dir.display(),
+        TRACE_EXTENSION,
+        set_aside_note(*set_aside)
+    )]
+    NoTraces {
+        /// The directory.
+        dir: PathBuf,
+        /// Traces of failed tasks found there.
+        set_aside: usize,
+    },
+    /// A trace that does not load.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// A trace of another image than the bundle's.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// Traces of two images given together.
+    #[error("{name}: trace of another image ({found}) than {first} ({expected})")]
+    OtherImage {
+        /// The odd trace.
+        name: String,
+        /// Its image (as displayed: an identity is 40 bytes, too large for an error).
+        found: String,
+        /// The first trace.
+        first: String,
+        /// The first trace's image.
+        expected: String,
+    },
+}
+
+fn set_aside_note(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!("; {n} of failed tasks are set aside (*.{TRACE_EXTENSION}.{FAILED_SUFFIX})"),
+    }
+}
+
+/// Trace files found in the inputs.
+#[derive(Clone, Debug, Default)]
+pub struct TraceFiles {
+    /// The files to load, in order: each input's, a directory's sorted.
+    pub files: Vec<PathBuf>,
+    /// Traces of failed tasks found in the directories and left out.
+    pub set_aside: Vec<PathBuf>,
+}
+
+/// Expands directories into their trace files (sorted), keeping files as given.
+pub fn trace_files(inputs: &[PathBuf]) -> Result<TraceFiles, CorpusError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |error| CorpusError::Io { path, error }
+    };
+    let mut out = TraceFiles::default();
+    for input in inputs {
+        if !std::fs::metadata(input).map_err(io(input))?.is_dir() {
+            out.files.push(input.clone());
+            continue;
+        }
+        let mut found = Vec::new();
+        let mut set_aside = Vec::new();
+        for entry in std::fs::read_dir(input).map_err(io(input))? {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            let ext = path.extension().and_then(OsStr::to_str);
+            if ext.is_some_and(|e| e == TRACE_EXTENSION || e == "csv") {
+                found.push(path);
+            } else if ext == Some(FAILED_SUFFIX) {
+                set_aside.push(path);
+            }
+        }
+        found.sort();
+        set_aside.sort();
+        if found.is_empty() {
+            return Err(CorpusError::NoTraces {
+                dir: input.clone(),
+                set_aside: set_aside.len(),
+            });
+        }
+        out.files.extend(found);
+        out.set_aside.extend(set_aside);
+    }
+    Ok(out)
+}
+
+/// Loads one trace: CSV by its extension, else the binary form.
+pub fn load_trace(path: &Path) -> Result<Trace, CorpusError> {
+    if path.extension().is_some_and(|e| e == "csv") {
+        let text = std::fs::read_to_string(path).map_err(|error| CorpusError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        Ok(Trace::from_csv(path, &text, None)?)
+    } else {
+        Ok(Trace::load(path)?)
+    }
+}
+
+/// Loads every file, each named by its path; `loaded()` is called after each.
+pub fn load_traces(
+    files: &[PathBuf],
+    mut loaded: impl FnMut(),
+) -> Result<Vec<(String, Trace)>, CorpusError> {
+    files
+        .iter()
+        .map(|f| {
+            let trace = load_trace(f)?;
+            loaded();
+            Ok((f.display().to_string(), trace))
+        })
+        .collect()
+}
+
+/// Checks that every trace is of `bundle`'s image, or without a bundle of the first trace's.
+pub fn check_images(
+    bundle: Option<&Bundle>,
+    traces: &[(String, Trace)],
+) -> Result<(), CorpusError> {
+    let Some((first, first_trace)) = traces.first() else {
+        return Ok(());
+    };
+    for (name, t) in traces {
+        match bundle {
+            Some(b) => b.check_trace(Path::new(name), t)?,
+            None if t.image != first_trace.image => {
+                return Err(CorpusError::OtherImage {
+                    name: name.clone(),
+                    found: t.image.to_string(),
+                    first: first.clone(),
+                    expected: first_trace.image.to_string(),
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// How many of `traces` trained `bundle`. A training file is known by the path given to `fit`:
+/// where that path still resolves from here, the same file is the test, so that
+/// `traces/test/x` is not taken for `traces/train/x`; where it does not, by file name.
+/// (A content digest in the bundle would be exact: issue 13.)
+pub fn trained_on(bundle: &Bundle, traces: &[(String, Trace)]) -> usize {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let trained: Vec<(Option<PathBuf>, Option<&OsStr>)> = bundle
+        .meta
+        .traces
+        .iter()
+        .map(|t| (canonical(Path::new(t)), Path::new(t).file_name()))
+        .collect();
+    traces
+        .iter()
+        .filter(|(name, _)| {
+            let here = canonical(Path::new(name));
+            let file = Path::new(name).file_name();
+            trained
+                .iter()
+                .any(|(path, train_file)| match (path, &here) {
+                    (Some(p), Some(h)) => p == h,
+                    _ => file.is_some() && file == *train_file,
+                })
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{SynthImage, SynthParams};
+
+    #[test]
+    fn directories_give_their_traces_sorted_and_failed_ones_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = SynthImage::new(SynthParams::new(8 << 20, 2));
+        let (a, b) = (img.task_run(0, 1, 1), img.task_run(1, 1, 2));
+        b.save(&dir.path().join("b-1.vmtrace")).unwrap();
+        std::fs::write(dir.path().join("a-1.csv"), a.to_csv()).unwrap();
+        b.save(&dir.path().join("b-2.vmtrace.failed")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        let found = trace_files(&[dir.path().to_owned()]).unwrap();
+        let names: Vec<_> = found
+            .files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a-1.csv", "b-1.vmtrace"]);
+        assert_eq!(found.set_aside, [dir.path().join("b-2.vmtrace.failed")]);
+        let traces = load_traces(&found.files, || {}).unwrap();
+        assert_eq!(traces[0].1.records, a.records);
+        assert!(check_images(None, &traces).is_ok());
+
+        let only_failed = tempfile::tempdir().unwrap();
+        b.save(&only_failed.path().join("b-1.vmtrace.failed"))
+            .unwrap();
+        let e = trace_files(&[only_failed.path().to_owned()]).unwrap_err();
+        assert!(
+            e.to_string().contains("1 of failed tasks are set aside"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn traces_of_two_images_are_refused() {
+        let one = SynthImage::new(SynthParams::new(8 << 20, 2).seed(1));
+        let two = SynthImage::new(SynthParams::new(8 << 20, 2).seed(2));
+        let traces = vec![
+            ("a".to_string(), one.task_run(0, 1, 1)),
+            ("b".to_string(), two.task_run(0, 1, 1)),
+        ];
+        let e = check_images(None, &traces).unwrap_err();
+        assert!(
+            e.to_string().starts_with("b: trace of another image"),
+            "{e}"
+        );
+    }
+}
