@@ -525,8 +525,7 @@ fn import(
     format: Format,
     task: Option<String>,
 ) -> Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let text = vmt_formats::text::read_text(input, "trace text", vmt_formats::text::MAX_TEXT_LEN)?;
     let id = match (&image, image_bytes) {
         (Some(img), _) => Some(identify(img, image_sha256.as_deref())?),
         (None, Some(0)) => bail!("--image-bytes must be positive"),

@@ -371,7 +371,8 @@ fn load_traces(inputs: &[PathBuf]) -> Result<Vec<(String, Trace)>> {
     let mut out = Vec::with_capacity(files.len());
     for f in &files {
         let trace = if f.extension().is_some_and(|e| e == "csv") {
-            let text = std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?;
+            let text =
+                vmt_formats::text::read_text(f, "csv trace", vmt_formats::text::MAX_TEXT_LEN)?;
             Trace::from_csv(f, &text, None)?
         } else {
             Trace::load(f)?
