@@ -33,7 +33,8 @@
 //!   report, taking bound sockets and a cancellation token so tests run the same code.
 //! - [`demo`]: the embedded demo (`vmt-run demo`).
 //! - [`peer_addr`]: `HOST:PORT` peers, resolved.
-//! - `report` ([`Status`]) and `status` ([`serve_status`]): the live and final report.
+//! - `report` ([`Status`]) and `status` ([`serve_status`], [`StatusAddr`]): the live and final
+//!   report.
 
 #![deny(missing_docs)]
 
@@ -55,4 +56,4 @@ mod tasks;
 pub use params::{RuntimeError, RuntimeParams, DEFAULT_WINDOW};
 pub use report::{PeerTraffic, ProfileSwitch, StallSummary, Status};
 pub use runtime::Runtime;
-pub use status::serve_status;
+pub use status::{serve_status, StatusAddr};
