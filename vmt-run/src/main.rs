@@ -90,9 +90,11 @@ struct MountArgs {
     /// on exit.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
-    /// Serve the live status as JSON over HTTP on this address.
-    #[arg(long, value_name = "ADDR")]
-    status: Option<SocketAddr>,
+    /// Serve the live status as JSON over HTTP: on 127.0.0.1 given a port alone, else on
+    /// ADDR:PORT. It has no authentication and shows peer addresses; an address other hosts
+    /// can reach is warned about.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    status: Option<vmt_runtime::StatusAddr>,
     /// Never upload (client-server setting).
     #[arg(long)]
     no_upload: bool,
@@ -194,6 +196,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: in a log file or a pipe they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Two workers: peer I/O is light; hashing and disk writes happen inline per piece.
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -374,11 +378,16 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         read_timeout: a.read_timeout,
     };
     let status = match a.status {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("status address {addr}"))?,
-        ),
+        Some(addr) => {
+            if let Some(warning) = addr.exposure_warning() {
+                eprintln!("vmt-run: warning: {warning}");
+            }
+            Some(
+                tokio::net::TcpListener::bind(addr.0)
+                    .await
+                    .with_context(|| format!("status address {addr}"))?,
+            )
+        }
         None => None,
     };
     let io = MountIo {

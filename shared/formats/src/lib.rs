@@ -10,6 +10,9 @@
 //!   truncated or corrupt file is an error that names the file.
 //! - [`trace`]: recorded block accesses (`.vmtrace`), and their CSV / blkparse interchange.
 //! - [`summary`]: traces summarised for people: a line, a table, tasks compared.
+//! - [`text`]: text inputs (CSV, blkparse) read with a bound, refused at the first binary byte.
+//! - `fuzz` (feature `fuzz`): seeded mutation of valid files and a counting allocator, with
+//!   which every reader's tests check it never panics and takes bounded memory.
 //! - [`units`]: sizes (`KiB` = 1024, `KB` = 1000), rates (bits or bytes per second) and
 //!   durations as every vmt tool's flags take them.
 //!
@@ -47,9 +50,19 @@
 //! ```
 #![deny(missing_docs)]
 
+/// Counts allocations so the fuzz tests can bound what each reader takes.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: fuzz::PeakAlloc = fuzz::PeakAlloc;
+
 pub mod envelope;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
+#[cfg(test)]
+mod fuzz_readers;
 pub mod identify;
 pub mod image;
 pub mod summary;
+pub mod text;
 pub mod trace;
 pub mod units;

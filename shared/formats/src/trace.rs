@@ -254,7 +254,6 @@ impl Trace {
 
     /// Summary figures over `geometry`'s blocks.
     pub fn summary(&self, geometry: &BlockGeometry) -> TraceSummary {
-        let mut touched = vec![false; geometry.block_count() as usize];
         let mut s = TraceSummary {
             reads: 0,
             writes: 0,
@@ -264,6 +263,10 @@ impl Trace {
             duration_us: self.duration_us(),
             image_blocks: geometry.block_count() as u64,
         };
+        // Distinct blocks from the records' block spans, merged: memory follows the records,
+        // not the image size a file declares (a map of a 16 TiB image's blocks is 4 GiB).
+        let bs = geometry.block_size() as u64;
+        let mut spans: Vec<(u64, u64)> = Vec::with_capacity(self.records.len());
         for r in &self.records {
             match r.op {
                 Op::Read => {
@@ -275,11 +278,18 @@ impl Trace {
                     s.written_bytes += r.len as u64;
                 }
             }
-            for b in geometry.blocks_of(r.offset, r.len as u64) {
-                if !touched[b.get()] {
-                    touched[b.get()] = true;
-                    s.distinct_blocks += 1;
-                }
+            let end = (r.offset.saturating_add(r.len as u64)).min(geometry.image_bytes());
+            if r.offset < end {
+                spans.push((r.offset / bs, end.div_ceil(bs)));
+            }
+        }
+        spans.sort_unstable();
+        let mut covered_to = 0;
+        for (first, end) in spans {
+            let from = first.max(covered_to);
+            if end > from {
+                s.distinct_blocks += end - from;
+                covered_to = end;
             }
         }
         s
@@ -587,9 +597,17 @@ impl Trace {
         let t0 = events[0].time_ns;
         let mut records = Vec::with_capacity(events.len());
         for e in &events {
-            let offset = e.sector * 512;
-            let len = e.sectors * 512;
-            if offset + len > image.size {
+            // Checked: sector numbers are untrusted text, and a wrapped product would pass
+            // the range check below.
+            let offset = e.sector.checked_mul(512);
+            let len = e
+                .sectors
+                .checked_mul(512)
+                .and_then(|l| u32::try_from(l).ok());
+            let Some((offset, len)) = offset
+                .zip(len)
+                .filter(|&(o, l)| o.checked_add(l as u64).is_some_and(|end| end <= image.size))
+            else {
                 return Err(TraceError::Parse {
                     path: path.to_owned(),
                     line: e.line,
@@ -598,12 +616,12 @@ impl Trace {
                         e.sector, e.sectors, image.size
                     ),
                 });
-            }
+            };
             records.push(Record {
                 t_us: (e.time_ns - t0) / 1000,
                 op: e.op,
                 offset,
-                len: len as u32,
+                len,
                 task: 0,
             });
         }
@@ -670,7 +688,7 @@ fn parse_seconds_ns(s: &str) -> Option<u64> {
     for (i, c) in frac.chars().take(9).enumerate() {
         ns += c.to_digit(10)? as u64 * 10u64.pow(8 - i as u32);
     }
-    Some(whole * 1_000_000_000 + ns)
+    whole.checked_mul(1_000_000_000)?.checked_add(ns)
 }
 
 /// Task labels may hold any text; in CSV, `%`, `,`, whitespace and control characters are
@@ -854,6 +872,31 @@ CPU0 (8,0):
         assert!(
             Trace::from_blkparse(Path::new("b"), "nothing", ImageId::size_only(1), "x").is_err()
         );
+    }
+
+    /// Issue 12 item 7: `vmt-record show` of a trace declaring a 16 TiB image made a map of
+    /// its 4 billion blocks before counting three records' blocks.
+    #[test]
+    fn r12_7_a_summary_takes_memory_by_records_not_by_image_size() {
+        let mut t = sample(TraceKind::Task);
+        t.image.size = u32::MAX as u64 * 4096;
+        let g = BlockGeometry::new(t.image.size, 4096).unwrap();
+        let (s, peak) = crate::fuzz::measure(|| t.summary(&g));
+        assert!(
+            peak < 1 << 20,
+            "{peak} bytes for {} records",
+            t.records.len()
+        );
+        // The same figures as counting block by block.
+        let mut blocks: Vec<usize> = t
+            .records
+            .iter()
+            .flat_map(|r| g.blocks_of(r.offset, r.len as u64).map(|b| b.get()))
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        assert_eq!(s.distinct_blocks, blocks.len() as u64);
+        assert_eq!((s.reads, s.writes), (40, 10));
     }
 
     #[test]

@@ -9,8 +9,10 @@
 use std::path::PathBuf;
 
 use crate::record::{validate_task_name, RecordError};
+use vmt_formats::envelope::FileError;
 use vmt_formats::identify::{identify_image, IdentifyError};
 use vmt_formats::image::{BlockGeometry, GeometryError, ImageId};
+use vmt_formats::text::{read_text, MAX_TEXT_LEN};
 use vmt_formats::trace::{Trace, TraceError};
 
 /// The text format of the input.
@@ -79,14 +81,10 @@ pub enum ImportError {
     /// A bad task label (boxed: the recorder's error is large and this path is cold).
     #[error(transparent)]
     Task(Box<RecordError>),
-    /// The input could not be read.
-    #[error("reading {}: {error}", path.display())]
-    Read {
-        /// The input.
-        path: PathBuf,
-        /// The OS error.
-        error: std::io::Error,
-    },
+    /// The input could not be read, or is not text (an image or `/dev/zero` given by mistake),
+    /// or is too large to be a trace.
+    #[error(transparent)]
+    Read(#[from] FileError),
     /// The image could not be identified.
     #[error(transparent)]
     Identify(#[from] IdentifyError),
@@ -150,10 +148,7 @@ impl ValidImportParams {
     /// called while an image given as a file is hashed.
     pub fn run(&self, hashing: impl FnMut(u64, u64)) -> Result<Imported, ImportError> {
         let p = &self.0;
-        let text = std::fs::read_to_string(&p.input).map_err(|error| ImportError::Read {
-            path: p.input.clone(),
-            error,
-        })?;
+        let text = read_text(&p.input, "trace text", MAX_TEXT_LEN)?;
         let id = match &p.image {
             ImportImage::File { path, sha256 } => {
                 Some(identify_image(path, sha256.as_deref(), hashing)?)

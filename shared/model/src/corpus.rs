@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::profile::{Bundle, BundleError};
+use vmt_formats::text::{read_text, MAX_TEXT_LEN};
 use vmt_formats::trace::{Trace, TraceError, FAILED_SUFFIX, TRACE_EXTENSION};
 
 /// Why the traces cannot be used.
@@ -113,10 +114,7 @@ pub fn trace_files(inputs: &[PathBuf]) -> Result<TraceFiles, CorpusError> {
 /// Loads one trace: CSV by its extension, else the binary form.
 pub fn load_trace(path: &Path) -> Result<Trace, CorpusError> {
     if path.extension().is_some_and(|e| e == "csv") {
-        let text = std::fs::read_to_string(path).map_err(|error| CorpusError::Io {
-            path: path.to_owned(),
-            error,
-        })?;
+        let text = read_text(path, "csv trace", MAX_TEXT_LEN).map_err(TraceError::from)?;
         Ok(Trace::from_csv(path, &text, None)?)
     } else {
         Ok(Trace::load(path)?)

@@ -34,7 +34,8 @@
 //!   report, taking bound sockets and a cancellation token so tests run the same code.
 //! - [`demo`]: the embedded demo (`vmt-run demo`).
 //! - [`peer_addr`]: `HOST:PORT` peers, resolved.
-//! - `report` ([`Status`]) and `status` ([`serve_status`]): the live and final report.
+//! - `report` ([`Status`]) and `status` ([`serve_status`], [`StatusAddr`]): the live and final
+//!   report.
 
 #![deny(missing_docs)]
 
@@ -57,5 +58,5 @@ mod tasks;
 pub use params::{RuntimeError, RuntimeParams, DEFAULT_WINDOW};
 pub use report::{OldestParked, PeerTraffic, ProfileSwitch, StallSummary, Status};
 pub use runtime::Runtime;
-pub use status::serve_status;
+pub use status::{serve_status, StatusAddr};
 pub use vmt_fs::Access;

@@ -131,6 +131,14 @@ impl Storage {
             file.set_len(torrent.total_length()).map_err(io_err)?;
         }
         let storage = Storage::new(path, file, torrent, Some(bitmap_path.to_owned()))?;
+        // A process killed while writing the bitmap left its temp file; nothing else would
+        // remove it if no flush follows (a complete download).
+        if let Err(e) = envelope::remove_stale_temps(bitmap_path) {
+            tracing::warn!(
+                "cleaning stale temp files of {}: {e}",
+                bitmap_path.display()
+            );
+        }
         let mut report = ResumeReport::default();
         match envelope::read::<BitmapBody>(bitmap_path, &BITMAP_KIND) {
             Ok((header, body)) => {
@@ -418,6 +426,29 @@ impl Storage {
 mod tests {
     use super::*;
     use crate::testutil::{make_torrent, random_image};
+
+    /// Issue 12 item 10: `kill -9` during a flush left `.out.vmtbits.tmp<pid>` beside the
+    /// bitmap, and nothing ever removed it. Opening the download again does, even when no
+    /// flush follows; a temp file of a process that still runs is another live writer's.
+    #[tokio::test]
+    async fn r12_10_reopening_removes_the_bitmap_temp_a_killed_flush_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 3 * 16384, 9);
+        let torrent = make_torrent(&img, 16384).await;
+        let out = dir.path().join("out.img");
+        let bits = dir.path().join("out.vmtbits");
+        let (s, _) = Storage::open_download(&out, &torrent, &bits).unwrap();
+        drop(s);
+        // Above the kernel's pid limit (2^22): no process has it, nor will under the test.
+        let dead = (1u32 << 22) + 1;
+        let stale = dir.path().join(format!(".out.vmtbits.tmp{dead}"));
+        let live = dir.path().join(".out.vmtbits.tmp1.0");
+        std::fs::write(&stale, b"half a bitmap").unwrap();
+        std::fs::write(&live, b"init writes").unwrap();
+        let (_s, _) = Storage::open_download(&out, &torrent, &bits).unwrap();
+        assert!(!stale.exists(), "the dead writer's temp file is gone");
+        assert!(live.exists(), "a running process's temp file stays");
+    }
 
     #[tokio::test]
     async fn resume_trusts_recorded_and_rehashes_the_rest() {

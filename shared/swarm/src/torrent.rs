@@ -21,6 +21,7 @@
 //! cannot be verified alone. A table without a pin, or a pin whose table is missing, short or
 //! of another root, is refused.
 
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -41,6 +42,23 @@ use vmt_formats::image::{FileStamp, IdCache, ImageId};
 /// Largest piece length accepted: bigger pieces make a demanded read wait for too many bytes and
 /// make each piece buffer huge.
 pub const MAX_PIECE_LENGTH: u32 = 16 << 20;
+
+/// Largest `.torrent` read. vmt's block-hash table is 32 bytes per 16 KiB block (0.2% of the
+/// image), so this holds the torrent of an image of about 128 GiB; anything larger is not a
+/// torrent, and reading it whole would cost its size in memory.
+pub const MAX_TORRENT_LEN: u64 = 256 << 20;
+
+/// Checks that `head`, the first two bytes of a file, open a bencode dictionary (`d`, then a
+/// key's length digit or the `e` of an empty one), as every `.torrent` does.
+fn check_opening(head: &[u8]) -> std::result::Result<(), String> {
+    match head {
+        [b'd', b'0'..=b'9' | b'e'] => Ok(()),
+        _ => Err(format!(
+            "not a .torrent: it starts with {:?}, not a bencoded dictionary",
+            String::from_utf8_lossy(head)
+        )),
+    }
+}
 
 /// A parsed single-file torrent. Cloning is cheap: the bytes, piece hashes and block-hash table
 /// are shared, not copied.
@@ -133,6 +151,7 @@ impl Torrent {
             path: path.to_owned(),
             reason,
         };
+        check_opening(&bytes[..bytes.len().min(2)]).map_err(bad)?;
         let meta = torrent_from_bytes(&bytes).map_err(|e| bad(format!("{e:#}")))?;
         let info = &meta.info.data;
         if info.files.is_some() {
@@ -212,12 +231,44 @@ impl Torrent {
         })
     }
 
-    /// Reads and parses a `.torrent` file.
+    /// Reads and parses a `.torrent` file. Its first bytes must open a bencode dictionary and
+    /// it may hold at most 256 MiB (`MAX_TORRENT_LEN`), so a disk image or `/dev/zero` given by
+    /// mistake is refused after a few bytes, not after reading it whole.
     pub fn load(path: &Path) -> Result<Torrent> {
-        let bytes = std::fs::read(path).map_err(|source| SwarmError::TorrentIo {
+        let io = |source| SwarmError::TorrentIo {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let bad = |reason: String| SwarmError::BadTorrent {
+            path: path.to_owned(),
+            reason,
+        };
+        let too_large = |size: u64| {
+            bad(format!(
+                "{size} bytes, more than the {MAX_TORRENT_LEN} a .torrent may have"
+            ))
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_file() && meta.len() > MAX_TORRENT_LEN {
+            return Err(too_large(meta.len()));
+        }
+        let mut bytes = Vec::new();
+        (&mut file).take(2).read_to_end(&mut bytes).map_err(io)?;
+        check_opening(&bytes).map_err(bad)?;
+        bytes.reserve(if meta.is_file() {
+            meta.len() as usize
+        } else {
+            64 << 10
+        });
+        // One byte more than allowed tells a pipe that is too long.
+        (&mut file)
+            .take(MAX_TORRENT_LEN + 1 - bytes.len() as u64)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_TORRENT_LEN {
+            return Err(too_large(bytes.len() as u64));
+        }
         Torrent::from_bytes(bytes, path)
     }
 
