@@ -428,6 +428,10 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         indicatif::HumanBytes(report.downloaded),
         indicatif::HumanBytes(report.uploaded)
     );
+    // Issue 12, item 5: the report is written; the exit status still says the download failed.
+    if let Some(failure) = report.failure {
+        bail!("{failure}");
+    }
     Ok(())
 }
 

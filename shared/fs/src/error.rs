@@ -49,6 +49,10 @@ pub enum FsError {
     /// going away.
     #[error("the filesystem is shutting down")]
     ShuttingDown,
+    /// The pristine source can never deliver the missing data (its local storage failed,
+    /// which it reported itself): see [`ImageFs::fail_missing`](crate::ImageFs::fail_missing).
+    #[error("the data is missing and can no longer be fetched")]
+    SourceFailed,
     /// A partial-block write needed pristine bytes that did not arrive in time.
     #[error("units {first}..={last} needed by a partial-block write did not arrive within {} s", waited.as_secs())]
     PristineTimeout {
@@ -100,7 +104,10 @@ impl FsError {
             FsError::FixedSize { .. } => libc::EPERM,
             FsError::PastEnd { .. } => libc::ENOSPC,
             FsError::Control(_) => libc::EINVAL,
-            FsError::ShuttingDown | FsError::PristineTimeout { .. } | FsError::Sync(_) => libc::EIO,
+            FsError::ShuttingDown
+            | FsError::SourceFailed
+            | FsError::PristineTimeout { .. }
+            | FsError::Sync(_) => libc::EIO,
             // The OS's own errno says most (ENOSPC on a full overlay disk); a synthetic error
             // without one is an I/O error.
             FsError::Read { error, .. } | FsError::Write { error, .. } => {
@@ -124,6 +131,8 @@ impl FsError {
                 | FsError::FixedSize { .. }
                 | FsError::PastEnd { .. }
                 | FsError::Unsupported
+                // Reported once by the source when it failed, not once per read.
+                | FsError::SourceFailed
         )
     }
 }

@@ -131,6 +131,11 @@ impl Runtime {
         let tasks = Tasks::default();
         tasks.spawn("planner", planner::run(planner.clone(), read_log, arrived));
         tasks.spawn("overlay-sync", sync_overlay(overlay.clone()));
+        // Issue 12, item 5: once local storage fails, reads of missing data fail at once.
+        tasks.spawn(
+            "storage-failure",
+            fail_missing_on_failure(engine.clone(), fs.clone()),
+        );
         Ok(Runtime {
             served: params.mountpoint.join(&file_name),
             engine,
@@ -177,7 +182,13 @@ impl Runtime {
             profile: self.planner.current(),
             profile_switches: self.planner.switches(),
             downloaded: st.downloaded,
+            useful: st.useful,
             wasted: st.wasted,
+            wasted_by: st.wasted_by,
+            hash_failures: st.hash_failures,
+            banned: st.banned.iter().map(|ip| ip.to_string()).collect(),
+            peers_evicted: st.evicted,
+            failure: st.failure.clone(),
             uploaded: st.uploaded,
             peers: st
                 .peers
@@ -186,6 +197,8 @@ impl Runtime {
                     addr: p.addr.to_string(),
                     downloaded: p.downloaded,
                     uploaded: p.uploaded,
+                    hash_failures: p.hash_failures,
+                    banned: p.banned,
                 })
                 .collect(),
             peer_status: st.peer_status(),
@@ -212,7 +225,11 @@ impl Runtime {
             Ok(Ok(())) => {}
         }
         let status = self.status();
-        self.engine.shutdown().await?;
+        // Issue 12, item 5: a bitmap that cannot be recorded (a full disk) loses nothing (the
+        // pieces are re-hashed on resume) and must not lose the report.
+        if let Err(e) = self.engine.shutdown().await {
+            tracing::warn!("stopping the swarm engine: {e}");
+        }
         Ok(status)
     }
 }
@@ -227,6 +244,13 @@ impl Drop for Runtime {
             let _ = m.unmount();
         }
     }
+}
+
+/// When the engine stops fetching (local storage failed), answers the reads parked on missing
+/// blocks with EIO, and every later one at once: they would wait forever.
+async fn fail_missing_on_failure(engine: Engine, fs: Arc<FuseImageFs<SwarmSource, ReadLog>>) {
+    engine.failed().await;
+    let _ = tokio::task::spawn_blocking(move || fs.fail_missing()).await;
 }
 
 /// Makes overlay writes durable every [`OVERLAY_SYNC`] even without `fsync` from the guest.
