@@ -521,6 +521,14 @@ mod tests {
         Id20::new([k; 20])
     }
 
+    /// Registers peer `k` from `from` on a new link, which it returns; panics if refused.
+    fn join(r: &PeerRegistry, k: u8, from: SocketAddr, outbound: bool) -> Arc<PeerLink> {
+        let l = link();
+        let joined = r.register(id(k), from, outbound, l.clone());
+        assert!(joined.is_ok(), "peer {k} refused");
+        l
+    }
+
     const OLD: Duration = Duration::from_secs(10);
     const A: [u8; 4] = [10, 0, 0, 1];
     const B: [u8; 4] = [10, 0, 0, 2];
@@ -528,18 +536,13 @@ mod tests {
     #[test]
     fn one_address_gets_its_share_and_a_newcomer_evicts_its_idlest_peer() {
         let r = registry(100, 2, OLD);
-        let (l1, l2) = (link(), link());
-        r.register(id(1), addr(A, 1), false, l1.clone())
-            .ok()
-            .unwrap();
-        r.register(id(2), addr(A, 2), false, l2.clone())
-            .ok()
-            .unwrap();
+        let l1 = join(&r, 1, addr(A, 1), false);
+        let l2 = join(&r, 2, addr(A, 2), false);
         // Dialed by us: not part of A's share.
-        r.register(id(3), addr(A, 3), true, link()).ok().unwrap();
+        join(&r, 3, addr(A, 3), true);
         l2.block_received(100);
         assert!(r.admits(A.into()));
-        r.register(id(4), addr(A, 4), false, link()).ok().unwrap();
+        join(&r, 4, addr(A, 4), false);
         assert!(l1.close.is_cancelled(), "the longest idle peer of A goes");
         assert!(!l2.close.is_cancelled());
         assert_eq!((r.live(), r.bans().1), (3, 1));
@@ -558,30 +561,19 @@ mod tests {
     #[test]
     fn a_full_table_evicts_only_peers_that_give_nothing_after_their_grace() {
         let young = registry(2, 0, Duration::ZERO);
-        young
-            .register(id(1), addr(A, 1), false, link())
-            .ok()
-            .unwrap();
-        young
-            .register(id(2), addr(B, 1), true, link())
-            .ok()
-            .unwrap();
+        join(&young, 1, addr(A, 1), false);
+        join(&young, 2, addr(B, 1), true);
         assert!(!young.admits(B.into()), "both are in their grace period");
         let r = registry(2, 0, OLD);
-        let (l1, l2) = (link(), link());
-        r.register(id(1), addr(A, 1), false, l1.clone())
-            .ok()
-            .unwrap();
-        r.register(id(2), addr(B, 1), true, l2.clone())
-            .ok()
-            .unwrap();
+        let l1 = join(&r, 1, addr(A, 1), false);
+        let l2 = join(&r, 2, addr(B, 1), true);
         l1.fed_by.store(true, Ordering::Relaxed);
         let newcomer = Arc::new(PeerLink::new(
             CancellationToken::new(),
             Arc::default(),
             r.now_ms(),
         ));
-        r.register(id(3), addr(B, 2), false, newcomer).ok().unwrap();
+        assert!(r.register(id(3), addr(B, 2), false, newcomer).is_ok());
         assert!(l2.close.is_cancelled() && !l1.close.is_cancelled());
         assert_eq!(r.live(), 2);
         // The newcomer is young: nothing left to evict.
@@ -594,13 +586,8 @@ mod tests {
     #[test]
     fn strikes_belong_to_the_address_and_a_ban_closes_all_its_connections() {
         let r = registry(10, 0, OLD);
-        let (l1, l2) = (link(), link());
-        r.register(id(1), addr(A, 1), false, l1.clone())
-            .ok()
-            .unwrap();
-        r.register(id(2), addr(A, 2), false, l2.clone())
-            .ok()
-            .unwrap();
+        let l1 = join(&r, 1, addr(A, 1), false);
+        let l2 = join(&r, 2, addr(A, 2), false);
         // A reconnection under a new id and port shares the count.
         r.strikes_for(A.into()).fetch_add(1, Ordering::Relaxed);
         assert!(r.admits(A.into()));
