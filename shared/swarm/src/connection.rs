@@ -288,10 +288,17 @@ impl Reader<'_> {
                 Ok(())
             }
             Message::Piece(p) => {
-                self.link.block_received(self.ctx.peers.now_ms());
+                let asked = self.dl.outstanding();
                 let data = p.data();
-                self.dl
-                    .on_block(st, p.index, p.begin, data, Instant::now(), &mut self.out)
+                let r = self
+                    .dl
+                    .on_block(st, p.index, p.begin, data, Instant::now(), &mut self.out);
+                // Only an answer to a request counts as feeding us: unasked-for blocks do not
+                // keep a slot.
+                if self.dl.outstanding() < asked {
+                    self.link.block_received(self.ctx.peers.now_ms());
+                }
+                r
             }
         }
     }
