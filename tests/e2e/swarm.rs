@@ -142,17 +142,40 @@ async fn demand_overtakes_plan() {
     shutdown_all(&[&seed]).await;
 }
 
-/// A peer that claims every piece and serves garbage.
-async fn malicious_peer(torrent: &Torrent) -> (SocketAddr, tokio::task::JoinHandle<u64>) {
+/// What a liar says after the handshake: it has every piece, and it unchokes.
+pub(crate) fn liar_opening(torrent: &Torrent) -> Vec<u8> {
+    use peer_binary_protocol::extended::PeerExtendedMessageIds;
+    use peer_binary_protocol::Message;
+    let bitfield_len = torrent.lengths().piece_bitfield_bytes();
+    let mut bits = vec![0xffu8; bitfield_len];
+    // Spare bits at the end must be clear.
+    *bits.last_mut().unwrap() = 0xff << (bitfield_len as u32 * 8 - torrent.piece_count());
+    let ext = || PeerExtendedMessageIds {
+        ut_metadata: None,
+        ut_pex: None,
+    };
+    let mut out = vec![0u8; bitfield_len + 64];
+    let mut k = Message::Bitfield(librqbit::ByteBuf(&bits))
+        .serialize(&mut out, &ext)
+        .unwrap();
+    k += Message::Unchoke.serialize(&mut out[k..], &ext).unwrap();
+    out.truncate(k);
+    out
+}
+
+/// A peer that claims every piece and serves garbage. It listens on 127.0.0.2: strikes and
+/// bans are per address, and the honest peers of a test are on 127.0.0.1.
+pub(crate) async fn malicious_peer(
+    torrent: &Torrent,
+) -> (SocketAddr, tokio::task::JoinHandle<u64>) {
     use peer_binary_protocol::extended::PeerExtendedMessageIds;
     use peer_binary_protocol::{Handshake, Message, MessageDeserializeError, Piece};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let info_hash = torrent.info_hash();
-    let bitfield_len = torrent.lengths().piece_bitfield_bytes();
-    let n = torrent.piece_count();
+    let opening = liar_opening(torrent);
     let task = tokio::spawn(async move {
         let mut served = 0u64;
         let ext = || PeerExtendedMessageIds {
@@ -169,17 +192,10 @@ async fn malicious_peer(torrent: &Torrent) -> (SocketAddr, tokio::task::JoinHand
             if s.write_all(&hs[..len]).await.is_err() || s.read_exact(&mut hs).await.is_err() {
                 continue;
             }
-            let mut bits = vec![0xffu8; bitfield_len];
-            // Spare bits at the end must be clear.
-            *bits.last_mut().unwrap() = 0xff << (bitfield_len as u32 * 8 - n);
-            let mut out = vec![0u8; 64 * 1024];
-            let mut k = Message::Bitfield(librqbit::ByteBuf(&bits))
-                .serialize(&mut out, &ext)
-                .unwrap();
-            k += Message::Unchoke.serialize(&mut out[k..], &ext).unwrap();
-            if s.write_all(&out[..k]).await.is_err() {
+            if s.write_all(&opening).await.is_err() {
                 continue;
             }
+            let mut out = vec![0u8; 64 * 1024];
             let mut buf = vec![0u8; 1 << 20];
             let (mut start, mut end) = (0, 0);
             let garbage = vec![0x5au8; 16384];

@@ -477,6 +477,10 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
             mountpoint.display()
         );
     }
+    // Issue 12, item 5: the report is written; the exit status still says the download failed.
+    if let Some(failure) = report.failure {
+        bail!("{failure}");
+    }
     Ok(())
 }
 

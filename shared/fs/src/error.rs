@@ -49,6 +49,10 @@ pub enum FsError {
     /// going away.
     #[error("the filesystem is shutting down")]
     ShuttingDown,
+    /// The pristine source can never deliver the missing data (its local storage failed,
+    /// which it reported itself): see [`ImageFs::fail_missing`](crate::ImageFs::fail_missing).
+    #[error("the data is missing and can no longer be fetched")]
+    SourceFailed,
     /// A partial-block write needed pristine bytes that did not arrive in time.
     #[error("units {first}..={last} needed by a partial-block write did not arrive within {} s", waited.as_secs())]
     PristineTimeout {
@@ -114,6 +118,7 @@ impl FsError {
             FsError::PastEnd { .. } => libc::ENOSPC,
             FsError::Control(_) => libc::EINVAL,
             FsError::ShuttingDown
+            | FsError::SourceFailed
             | FsError::PristineTimeout { .. }
             | FsError::ReadTimeout { .. }
             | FsError::Sync(_) => libc::EIO,
@@ -142,6 +147,8 @@ impl FsError {
                 | FsError::PastEnd { .. }
                 | FsError::Unsupported
                 | FsError::Interrupted
+                // Reported once by the source when it failed, not once per read.
+                | FsError::SourceFailed
         )
     }
 }

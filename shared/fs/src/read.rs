@@ -82,7 +82,7 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
                     self.stats.hit();
                     self.answer(waiter, None);
                 }
-                Park::Closed(waiter) => self.answer(waiter, Some(FsError::ShuttingDown)),
+                Park::Closed(waiter) => self.answer(waiter, Some(self.unavailable())),
             }
         });
     }
@@ -169,6 +169,30 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
         let mut out = Vec::new();
         self.parked.newly_overdue(age, Instant::now(), &mut out);
         out
+    }
+
+    /// The source can never deliver its missing units (its local storage failed): answers
+    /// every parked read with [`FsError::SourceFailed`] (`EIO`), wakes waiting writes to fail,
+    /// and fails every later read of missing units at once. Present units are still served.
+    pub fn fail_missing(&self) {
+        let mut parked = Vec::new();
+        self.parked.close(&mut parked);
+        for r in parked {
+            if matches!(r.item, Waiter::Read { .. }) {
+                self.stats
+                    .stall(r.parked_at.elapsed(), StallEnd::SourceFailed);
+            }
+            self.answer(r.item, Some(self.unavailable()));
+        }
+    }
+
+    /// Why missing units will not come: the filesystem is closing, or the source failed.
+    pub(crate) fn unavailable(&self) -> FsError {
+        if self.closed.load(Ordering::Acquire) {
+            FsError::ShuttingDown
+        } else {
+            FsError::SourceFailed
+        }
     }
 
     /// The read path's counters.
@@ -455,5 +479,34 @@ mod tests {
         source.arrive(1);
         fs.release(1, 1);
         assert_eq!(reply.answer(), Some(Ok(pristine(U, 10))));
+    }
+
+    #[test]
+    fn fail_missing_answers_parked_reads_and_still_serves_present_units() {
+        let (fs, source) = test_fs(4);
+        source.arrive(0);
+        let parked: Vec<_> = (1..3).map(|u| read(&fs, u * U, 10)).collect();
+        assert_eq!(fs.parked(), 2);
+        fs.fail_missing();
+        for reply in &parked {
+            assert_eq!(reply.answer(), Some(Err(libc::EIO)));
+        }
+        assert_eq!(fs.parked(), 0);
+        assert_eq!(
+            fs.stats().stalls.count,
+            2,
+            "the failed reads waited: stalls"
+        );
+        assert_eq!(
+            read(&fs, 0, 10).answer(),
+            Some(Ok(pristine(0, 10))),
+            "a present unit is still served"
+        );
+        assert_eq!(
+            read(&fs, 3 * U, 10).answer(),
+            Some(Err(libc::EIO)),
+            "a later miss fails at once"
+        );
+        assert_eq!(fs.parked(), 0);
     }
 }

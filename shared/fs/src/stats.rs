@@ -28,6 +28,9 @@ pub(crate) enum StallEnd {
     Interrupted,
     /// Answered `EIO` when the filesystem closed.
     Shutdown,
+    /// Answered `EIO` because the source can never deliver (its storage failed); the run's
+    /// failure says why, so only the wait is counted.
+    SourceFailed,
 }
 
 /// The read path's counters at one moment.
@@ -61,7 +64,7 @@ impl ReadStats {
     pub(crate) fn stall(&self, waited: Duration, end: StallEnd) {
         self.stalls.record(waited);
         let counter = match end {
-            StallEnd::Served => return,
+            StallEnd::Served | StallEnd::SourceFailed => return,
             StallEnd::TimedOut => &self.timed_out,
             StallEnd::Interrupted => &self.interrupted,
             StallEnd::Shutdown => &self.at_shutdown,

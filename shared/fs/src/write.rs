@@ -106,7 +106,7 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
         ) {
             Park::Parked => {}
             Park::Ready(_) => return Ok(()),
-            Park::Closed(_) => return Err(FsError::ShuttingDown),
+            Park::Closed(_) => return Err(self.unavailable()),
         }
         self.source.demand(first, last);
         let waited = self.options.pristine_wait;
@@ -121,7 +121,7 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
         if units.iter().all(|&u| self.source.is_present(u)) {
             Ok(())
         } else {
-            Err(FsError::ShuttingDown)
+            Err(self.unavailable())
         }
     }
 }

@@ -121,6 +121,9 @@ pub enum FetchError {
         /// The bitmap file.
         bitmap: PathBuf,
     },
+    /// Writing the output failed (a full or failing disk): fetching stopped.
+    #[error(transparent)]
+    Stopped(std::sync::Arc<SwarmError>),
 }
 
 /// The outcome of a completed fetch.
@@ -233,6 +236,13 @@ pub async fn run(
                     total: st.total_pieces,
                     bitmap,
                 });
+            }
+            _ = engine.failed() => {
+                if let Err(e) = engine.shutdown().await {
+                    tracing::warn!("stopping the swarm engine: {e}");
+                }
+                let failure = engine.failure().expect("failed() returns once it is set");
+                return Err(FetchError::Stopped(failure));
             }
             _ = tokio::time::sleep(PROGRESS_INTERVAL) => {}
         }

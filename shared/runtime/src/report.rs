@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use vmt_fs::{ReadStatsSnapshot, Waiting};
+use vmt_swarm::WastedBytes;
 
 /// Block numbers listed for the oldest parked read: enough to see which file or range it is,
 /// few enough for a status line.
@@ -88,6 +89,10 @@ pub struct PeerTraffic {
     pub downloaded: u64,
     /// Payload bytes sent to it.
     pub uploaded: u64,
+    /// Blocks and pieces from it that failed verification.
+    pub hash_failures: u32,
+    /// Whether it was banned for sending corrupt data.
+    pub banned: bool,
 }
 
 /// Everything the runtime reports: live (`--status`, bars) and at exit (`--report`).
@@ -126,10 +131,22 @@ pub struct Status {
     pub profile: Option<(String, f64)>,
     /// Profile switches so far.
     pub profile_switches: Vec<ProfileSwitch>,
-    /// Payload bytes downloaded (fetched), wasted ones included.
+    /// Payload bytes downloaded (fetched), wasted ones included: `useful + wasted`.
     pub downloaded: u64,
-    /// Payload bytes received and thrown away (duplicates, corrupt data).
+    /// Payload bytes that made a block present.
+    pub useful: u64,
+    /// Payload bytes received and thrown away.
     pub wasted: u64,
+    /// The wasted bytes by cause: where the download's overhead went.
+    pub wasted_by: WastedBytes,
+    /// Blocks and pieces that failed verification.
+    pub hash_failures: u32,
+    /// Addresses banned for sending corrupt data.
+    pub banned: Vec<String>,
+    /// Peers evicted because they gave nothing while a newcomer waited for a slot.
+    pub peers_evicted: u64,
+    /// Why fetching stopped (local storage failed: reads of missing data fail), if it did.
+    pub failure: Option<String>,
     /// Payload bytes uploaded.
     pub uploaded: u64,
     /// Per peer.

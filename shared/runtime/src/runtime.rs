@@ -145,6 +145,11 @@ impl Runtime {
             "parked-watch",
             parked_watch::run(fs.clone(), engine.clone()),
         );
+        // Issue 12, item 5: once local storage fails, reads of missing data fail at once.
+        tasks.spawn(
+            "storage-failure",
+            fail_missing_on_failure(engine.clone(), fs.clone()),
+        );
         Ok(Runtime {
             served: params.mountpoint.join(&file_name),
             engine,
@@ -192,7 +197,13 @@ impl Runtime {
             profile: self.planner.current(),
             profile_switches: self.planner.switches(),
             downloaded: st.downloaded,
+            useful: st.useful,
             wasted: st.wasted,
+            wasted_by: st.wasted_by,
+            hash_failures: st.hash_failures,
+            banned: st.banned.iter().map(|ip| ip.to_string()).collect(),
+            peers_evicted: st.evicted,
+            failure: st.failure.clone(),
             uploaded: st.uploaded,
             peers: st
                 .peers
@@ -201,6 +212,8 @@ impl Runtime {
                     addr: p.addr.to_string(),
                     downloaded: p.downloaded,
                     uploaded: p.uploaded,
+                    hash_failures: p.hash_failures,
+                    banned: p.banned,
                 })
                 .collect(),
             peer_status: st.peer_status(),
@@ -251,7 +264,16 @@ impl Runtime {
             Some(Err(e)) => status.unmount = Some(format!("failed: {e}")),
             None => {}
         }
-        let result = self.engine.shutdown().await.map_err(RuntimeError::from);
+        let result = match self.engine.shutdown().await {
+            // Issue 12, item 5: once local storage has failed (a full disk), the final bitmap
+            // flush fails too; that loses nothing (pieces are re-hashed on resume) and the
+            // failure is already the run's error, in the report.
+            Err(e) if status.failure.is_some() => {
+                tracing::warn!("stopping the swarm engine: {e}");
+                Ok(())
+            }
+            other => other.map_err(RuntimeError::from),
+        };
         (status, result)
     }
 }
@@ -266,6 +288,13 @@ impl Drop for Runtime {
             let _ = m.unmount(UNMOUNT_WAIT);
         }
     }
+}
+
+/// When the engine stops fetching (local storage failed), answers the reads parked on missing
+/// blocks with EIO, and every later one at once: they would wait forever.
+async fn fail_missing_on_failure(engine: Engine, fs: Arc<FuseImageFs<SwarmSource, ReadLog>>) {
+    engine.failed().await;
+    let _ = tokio::task::spawn_blocking(move || fs.fail_missing()).await;
 }
 
 /// Makes overlay writes durable every [`OVERLAY_SYNC`] even without `fsync` from the guest.

@@ -132,6 +132,7 @@ pub(crate) async fn run(
         Err(Refused::Banned) => return Err(PeerError::Banned),
         Err(Refused::Duplicate) => return Err(PeerError::Duplicate(theirs.peer_id)),
         Err(Refused::Full) => return Err(PeerError::TooManyPeers),
+        Err(Refused::HostFull) => return Err(PeerError::TooManyFromHost),
     };
     st.picker().set_plan_spread(live > 1);
     tracing::debug!(peer = %theirs.peer_id.as_string(), "connected");
@@ -144,6 +145,7 @@ pub(crate) async fn run(
             theirs.peer_id,
             addr,
             link.counters.clone(),
+            ctx.peers.strikes_for(addr.ip()),
             ctx.request_depth,
             Instant::now(),
         ),
@@ -154,10 +156,11 @@ pub(crate) async fn run(
         r = write_loop(ctx, &link, &mut wr) => r,
         _ = link.close.cancelled() => Ok(()),
     };
-    if matches!(result, Err(PeerError::Banned)) {
+    // Closing verifies what it buffered, which may strike the address's last strike.
+    reader.dl.close(st);
+    if matches!(result, Err(PeerError::Banned)) || ctx.peers.is_banned_addr(addr) {
         ctx.peers.ban(theirs.peer_id, addr);
     }
-    reader.dl.close(st);
     let live = ctx.peers.unregister(conn);
     st.picker().set_plan_spread(live > 1);
     // Its pieces are free again: let the other connections take them up.
@@ -244,6 +247,7 @@ impl Reader<'_> {
     /// Hands what the state machine produced on: requests to our writer, verified pieces to
     /// every peer.
     fn flush(&mut self) {
+        self.link.fed_by.store(self.dl.is_fed(), Ordering::Relaxed);
         self.link.push_all(&self.out.msgs);
         for &piece in &self.out.verified {
             self.ctx.peers.announce(piece);
@@ -284,9 +288,17 @@ impl Reader<'_> {
                 Ok(())
             }
             Message::Piece(p) => {
+                let asked = self.dl.outstanding();
                 let data = p.data();
-                self.dl
-                    .on_block(st, p.index, p.begin, data, Instant::now(), &mut self.out)
+                let r = self
+                    .dl
+                    .on_block(st, p.index, p.begin, data, Instant::now(), &mut self.out);
+                // Only an answer to a request counts as feeding us: unasked-for blocks do not
+                // keep a slot.
+                if self.dl.outstanding() < asked {
+                    self.link.block_received(self.ctx.peers.now_ms());
+                }
+                r
             }
         }
     }

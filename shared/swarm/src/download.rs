@@ -20,12 +20,26 @@
 //! rest of its piece exists. Other blocks (background fill) are assembled in a piece buffer, as
 //! is everything without a table. When every block of the piece is received or present, the
 //! piece is checked against its SHA-1, written, and announced; only then is it seeded.
-//! A block or piece that fails its hash is thrown away and counts a strike against the peer; at
-//! [`MAX_STRIKES`] the peer is banned.
+//! A block or piece that fails its hash is thrown away and counts a strike against the peer's
+//! address; at [`MAX_STRIKES`] the address is banned.
+//!
+//! # Where the bytes go
+//! Every byte received ends in exactly one of [`Counters`]' classes: `useful` (it made a block
+//! present), `duplicate` (the block was present or received already: urgent and endgame
+//! copies, withdrawn requests answered anyway, a piece completed over another connection),
+//! `corrupt` (it failed its hash), `unrequested` (nothing asked for it, or its request was
+//! given up), `abandoned` (buffered, then lost unverified: a piece given up without a
+//! block-hash table, or a block we could not write).
+//!
+//! # A local storage failure
+//! A failed write is our fault, not the peer's: the connection stays, the engine records the
+//! failure once ([`TorrentState::fail`]) and every connection stops fetching (it gives its
+//! pieces back and tells its peer it is not interested), so nothing is downloaded again and
+//! again into a full disk.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,15 +49,14 @@ use peer_binary_protocol::Request;
 
 use crate::bitmap::wire_bit;
 use crate::digest::sha1;
-use crate::error::PeerError;
+use crate::error::{PeerError, SwarmError};
+use crate::peers::MAX_STRIKES;
 use crate::picker::{PickReason, PiecePicker};
 use crate::state::TorrentState;
 use crate::stats::{Counters, PeerCounters};
 use crate::window::RequestWindow;
 use crate::wire::Out;
 
-/// Corrupt blocks or pieces tolerated from one peer before it is banned.
-pub const MAX_STRIKES: u32 = 2;
 /// A piece has at most 16 MiB / 16 KiB blocks (the torrent module caps piece length).
 const MAX_BLOCKS: usize = 1024;
 /// Urgent pieces one fill may start: a bound, so a burst of demands cannot starve the rest.
@@ -112,7 +125,8 @@ pub(crate) struct Download {
     idle: Vec<u32>,
     /// A block whose message arrived in two parts, joined to be hashed and written.
     scratch: Vec<u8>,
-    strikes: u32,
+    /// Strikes of the peer's address, shared with its other connections, past and future.
+    strikes: Arc<AtomicU32>,
     window: RequestWindow,
 }
 
@@ -122,6 +136,7 @@ impl Download {
         peer_id: Id20,
         addr: SocketAddr,
         counters: Arc<PeerCounters>,
+        strikes: Arc<AtomicU32>,
         request_depth: usize,
         now: Instant,
     ) -> Download {
@@ -138,7 +153,7 @@ impl Download {
             pool: Vec::new(),
             idle: Vec::new(),
             scratch: Vec::with_capacity(CHUNK_SIZE as usize),
-            strikes: 0,
+            strikes,
             window: RequestWindow::new(request_depth, now),
         }
     }
@@ -146,6 +161,11 @@ impl Download {
     /// Requests sent and not answered: the connection's snub timer runs while this is positive.
     pub fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    /// Whether the peer feeds us or can: it has pieces we want and does not choke us.
+    pub fn is_fed(&self) -> bool {
+        self.am_interested && !self.peer_choking
     }
 
     fn remote_has(&self, i: u32) -> bool {
@@ -219,7 +239,11 @@ impl Download {
             .and_then(|b| Some((b, self.active.iter().position(|a| a.piece == piece)?)));
         let Some((b, k)) = slot else {
             // Unasked for, or a piece given up meanwhile.
-            Counters::add(&st.counters().wasted, len as u64);
+            let c = st.counters();
+            let copy = layout
+                .block_at(piece, begin, len)
+                .is_some_and(|b| st.storage().has_block(b));
+            Counters::add(if copy { &c.duplicate } else { &c.unrequested }, len as u64);
             return Ok(());
         };
         let a = &mut self.active[k];
@@ -234,7 +258,12 @@ impl Download {
             }
         }
         if a.received.get(i) || st.storage().has_block(b) {
-            Counters::add(&st.counters().wasted, len as u64);
+            Counters::add(&st.counters().duplicate, len as u64);
+            return Ok(());
+        }
+        if st.has_failed() {
+            // Already asked for when storage failed: nowhere to put it.
+            Counters::add(&st.counters().abandoned, len as u64);
             return Ok(());
         }
         let alone = st.block_hashes().is_some() && {
@@ -277,37 +306,48 @@ impl Download {
         Ok(())
     }
 
-    /// Verifies one block against the block-hash table and stores it. Ok(false): it failed
-    /// (thrown away, the peer struck; it stays wanted and is asked for again).
+    /// Verifies one block against the block-hash table and stores it. Ok(false): it was not
+    /// stored (corrupt: thrown away, the peer struck, it stays wanted and is asked for again;
+    /// or storage failed).
     fn store_alone(&mut self, st: &TorrentState, b: u32, data: &[u8]) -> Result<bool, PeerError> {
+        let len = data.len() as u64;
         let ok = st.block_hashes().is_some_and(|h| h.verify(b, data));
         if !ok {
-            Counters::add(&st.counters().wasted, data.len() as u64);
+            Counters::add(&st.counters().corrupt, len);
             self.strike(st, format_args!("block {b}"))?;
             return Ok(false);
         }
-        st.storage()
-            .write_block(b, data)
-            .map_err(|e| self.storage_error(st, e))?;
-        st.block_stored(b);
+        if st.has_failed() {
+            Counters::add(&st.counters().abandoned, len);
+            return Ok(false);
+        }
+        if let Err(e) = st.storage().write_block(b, data) {
+            Counters::add(&st.counters().abandoned, len);
+            storage_failed(st, e);
+            return Ok(false);
+        }
+        let new = st.block_stored(b);
+        Counters::add(
+            if new {
+                &st.counters().useful
+            } else {
+                &st.counters().duplicate
+            },
+            len,
+        );
         Ok(true)
     }
 
-    fn storage_error(&self, st: &TorrentState, e: std::io::Error) -> PeerError {
-        tracing::error!("{}: writing: {e}", st.storage().path().display());
-        PeerError::Storage(e)
-    }
-
-    /// A corrupt block or piece from this peer; Err once it is to be banned.
+    /// A corrupt block or piece from this peer; Err once its address is to be banned.
     fn strike(&mut self, st: &TorrentState, what: std::fmt::Arguments) -> Result<(), PeerError> {
         st.counters().hash_failures.fetch_add(1, Ordering::Relaxed);
         self.counters.hash_failures.fetch_add(1, Ordering::Relaxed);
-        self.strikes += 1;
+        let strikes = self.strikes.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(
             peer = %self.peer_id.as_string(), addr = %self.addr,
-            "{what} failed verification ({} of {MAX_STRIKES} strikes)", self.strikes
+            "{what} failed verification ({strikes} of {MAX_STRIKES} strikes of its address)"
         );
-        if self.strikes >= MAX_STRIKES {
+        if strikes >= MAX_STRIKES {
             return Err(PeerError::Banned);
         }
         Ok(())
@@ -338,90 +378,117 @@ impl Download {
         }
         let size = layout.piece_size(a.piece) as usize;
         let bl = layout.block_len() as usize;
+        let c = st.counters();
         // Blocks stored alone are on disk, not in the buffer.
         for i in 0..a.blocks {
             if !a.received.get(i) {
                 let at = i as usize * bl;
                 let end = (at + bl).min(size);
-                st.storage()
-                    .read_at(layout.block_offset(a.first + i), &mut a.buf[at..end])
-                    .map_err(|e| self.storage_error(st, e))?;
+                let read = st
+                    .storage()
+                    .read_at(layout.block_offset(a.first + i), &mut a.buf[at..end]);
+                if let Err(e) = read {
+                    storage_failed(st, e);
+                    Counters::add(&c.abandoned, a.received_bytes);
+                    self.drop_piece(st, a, out);
+                    return Ok(());
+                }
             }
         }
-        let result = if sha1(&a.buf[..size]) == *st.torrent().piece_hash(piece) {
-            st.storage()
-                .write_piece(piece, &a.buf[..size])
-                .map_err(|e| self.storage_error(st, e))
-                .map(|()| {
-                    tracing::trace!(piece = a.piece, reason = ?a.reason, "piece verified");
-                    if st.piece_stored(piece, true) {
-                        out.verified.push(a.piece);
+        if sha1(&a.buf[..size]) == *st.torrent().piece_hash(piece) {
+            if let Err(e) = st.storage().write_piece(piece, &a.buf[..size]) {
+                storage_failed(st, e);
+                Counters::add(&c.abandoned, a.received_bytes);
+                self.drop_piece(st, a, out);
+                return Ok(());
+            }
+            tracing::trace!(piece = a.piece, reason = ?a.reason, "piece verified");
+            let (first, new_bytes) = st.piece_stored(piece, true);
+            if first {
+                out.verified.push(a.piece);
+            }
+            // Only received blocks can be new: the others were present (`is_whole`).
+            Counters::add(&c.useful, new_bytes);
+            Counters::add(&c.duplicate, a.received_bytes - new_bytes);
+            self.pool.push(std::mem::take(&mut a.buf));
+            return Ok(());
+        }
+        // With a table, find which blocks were bad and keep the good ones.
+        let bad_here = match st.block_hashes() {
+            Some(table) => {
+                let mut bad = false;
+                for i in (0..a.blocks).filter(|&i| a.received.get(i)) {
+                    let b = a.first + i;
+                    let at = i as usize * bl;
+                    let block = &a.buf[at..(at + bl).min(size)];
+                    let len = block.len() as u64;
+                    if !table.verify(b, block) {
+                        bad = true;
+                        Counters::add(&c.corrupt, len);
+                    } else if st.has_failed() {
+                        Counters::add(&c.abandoned, len);
+                    } else if let Err(e) = st.storage().write_block(b, block) {
+                        storage_failed(st, e);
+                        Counters::add(&c.abandoned, len);
+                    } else if st.block_stored(b) {
+                        Counters::add(&c.useful, len);
+                    } else {
+                        Counters::add(&c.duplicate, len);
                     }
-                })
-        } else {
-            Counters::add(&st.counters().wasted, a.received_bytes);
-            // With a table, find which blocks were bad and keep the good ones.
-            let bad_here = match st.block_hashes() {
-                Some(_) => {
-                    let received = a.received;
-                    a.received = EMPTY;
-                    let mut bad = false;
-                    for i in (0..a.blocks).filter(|&i| received.get(i)) {
-                        let at = i as usize * bl;
-                        let block = &a.buf[at..(at + bl).min(size)];
-                        if st
-                            .block_hashes()
-                            .is_some_and(|h| h.verify(a.first + i, block))
-                        {
-                            st.storage()
-                                .write_block(a.first + i, block)
-                                .map_err(|e| self.storage_error(st, e))?;
-                            st.block_stored(a.first + i);
-                        } else {
-                            bad = true;
-                        }
-                    }
-                    if !bad {
-                        tracing::error!(
-                            piece = a.piece,
-                            "every block matches the block-hash table but the piece does not \
-                             match its SHA-1: the torrent's two hash lists disagree"
-                        );
-                    }
-                    bad
                 }
-                None => true,
-            };
-            st.picker().release(a.piece);
-            out.released = true;
-            if bad_here {
-                self.strike(st, format_args!("piece {}", a.piece))
-            } else {
-                Ok(())
+                if !bad {
+                    tracing::error!(
+                        piece = a.piece,
+                        "every block matches the block-hash table but the piece does not \
+                         match its SHA-1: the torrent's two hash lists disagree"
+                    );
+                }
+                bad
+            }
+            None => {
+                Counters::add(&c.corrupt, a.received_bytes);
+                true
             }
         };
-        self.pool.push(std::mem::take(&mut a.buf));
-        result
+        let bad_piece = a.piece;
+        self.drop_piece(st, a, out);
+        if bad_here {
+            self.strike(st, format_args!("piece {bad_piece}"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Gives the assignment of a piece back to the picker without keeping anything of it; its
+    /// received bytes are accounted for by the caller.
+    fn drop_piece(&mut self, st: &TorrentState, mut a: Active, out: &mut Outputs) {
+        st.picker().release(a.piece);
+        out.released = true;
+        if !a.buf.is_empty() {
+            self.pool.push(std::mem::take(&mut a.buf));
+        }
     }
 
     /// Gives back an unfinished piece. With a table its received blocks are verified and kept
-    /// (they were fetched once already); without one they are lost.
+    /// (they were fetched once already); without one, or from a banned address, they are lost.
     fn give_back(&mut self, st: &TorrentState, mut a: Active) -> Result<(), PeerError> {
         let mut result = Ok(());
-        if st.block_hashes().is_some() && !a.received.is_empty() {
+        if st.block_hashes().is_some() {
             let layout = *st.layout();
             let bl = layout.block_len() as usize;
-            for i in 0..a.blocks {
-                if a.received.get(i) {
-                    let b = a.first + i;
-                    let at = i as usize * bl;
-                    let block = &a.buf[at..at + layout.block_size(b) as usize];
-                    if let Err(e) = self.store_alone(st, b, block) {
-                        result = Err(e);
-                        break;
-                    }
+            for i in (0..a.blocks).filter(|&i| a.received.get(i)) {
+                let b = a.first + i;
+                let at = i as usize * bl;
+                let block = &a.buf[at..at + layout.block_size(b) as usize];
+                if self.strikes.load(Ordering::Relaxed) >= MAX_STRIKES {
+                    // Banned meanwhile: nothing more of it is looked at.
+                    Counters::add(&st.counters().abandoned, block.len() as u64);
+                } else if let Err(e) = self.store_alone(st, b, block) {
+                    result = Err(e);
                 }
             }
+        } else {
+            Counters::add(&st.counters().abandoned, a.received_bytes);
         }
         st.picker().release(a.piece);
         if !a.buf.is_empty() {
@@ -460,12 +527,17 @@ impl Download {
     /// Something changed elsewhere (a piece or block verified through another peer, a demand,
     /// a plan): drops work that is done, stores buffered blocks a reader now waits for.
     pub fn on_wake(&mut self, st: &TorrentState, out: &mut Outputs) -> Result<(), PeerError> {
+        if st.has_failed() {
+            return self.stop_fetching(st, out);
+        }
         let mut k = 0;
         while k < self.active.len() {
             let piece = self.active[k].piece;
             if st.storage().has_piece(piece) {
                 let mut a = self.active.swap_remove(k);
                 self.cancel_pending(st, &mut a, out, |_| true);
+                // Verified over another connection: what this one buffered came twice.
+                Counters::add(&st.counters().duplicate, a.received_bytes);
                 st.picker().release(piece);
                 if !a.buf.is_empty() {
                     self.pool.push(a.buf);
@@ -509,10 +581,25 @@ impl Download {
         Ok(())
     }
 
-    /// Sends Interested or NotInterested when that changes.
+    /// Local storage failed: withdraws every request and gives every piece back (see the
+    /// module doc).
+    fn stop_fetching(&mut self, st: &TorrentState, out: &mut Outputs) -> Result<(), PeerError> {
+        let mut result = Ok(());
+        for mut a in std::mem::take(&mut self.active) {
+            self.cancel_pending(st, &mut a, out, |_| true);
+            out.released = true;
+            let r = self.give_back(st, a);
+            result = result.and(r);
+        }
+        result
+    }
+
+    /// Sends Interested or NotInterested when that changes (never interested once local
+    /// storage failed).
     pub fn update_interest(&mut self, st: &TorrentState, out: &mut Outputs) {
         let have = st.storage().bitmap();
-        let wants = (0..self.remote_has.len()).any(|k| self.remote_has[k] & !have.word(k) != 0);
+        let wants = !st.has_failed()
+            && (0..self.remote_has.len()).any(|k| self.remote_has[k] & !have.word(k) != 0);
         if wants != self.am_interested {
             self.am_interested = wants;
             out.msgs.push(if wants {
@@ -530,6 +617,9 @@ impl Download {
         now: Instant,
         out: &mut Outputs,
     ) -> Result<(), PeerError> {
+        if st.has_failed() {
+            return self.stop_fetching(st, out);
+        }
         if self.peer_choking || !self.am_interested {
             return Ok(());
         }
@@ -814,6 +904,14 @@ fn wanted_here(picker: &PiecePicker, a: &Active, b: u32) -> bool {
     }
 }
 
+/// A write or read of the local image failed: the engine stops fetching (reported once).
+fn storage_failed(st: &TorrentState, source: std::io::Error) {
+    st.fail(SwarmError::WriteFailed {
+        path: st.storage().path().to_owned(),
+        source,
+    });
+}
+
 /// Removes the send record of a request (answered or cancelled); when it was sent.
 fn forget(sent: &mut VecDeque<(u32, Instant)>, block: u32) -> Option<Instant> {
     // Answers come in request order, so this is almost always the front.
@@ -876,6 +974,7 @@ mod tests {
                 &self.st,
                 Id20::new([7; 20]),
                 "127.0.0.1:1".parse().unwrap(),
+                Arc::default(),
                 Arc::default(),
                 256,
                 now,
@@ -963,6 +1062,44 @@ mod tests {
         assert_eq!(verified, (0..f.layout().pieces()).collect::<Vec<_>>());
         assert!(f.st.storage().is_complete());
         assert!((0..f.layout().blocks()).all(|b| f.stored(b)));
+    }
+
+    #[test]
+    fn every_received_byte_is_accounted_for() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        let mut corrupted = false;
+        for _round in 0..200 {
+            d.fill(&f.st, Instant::now(), &mut out).unwrap();
+            let asked = f.requested(&out);
+            out.clear();
+            if asked.is_empty() && d.outstanding() == 0 {
+                break;
+            }
+            for b in asked {
+                // One corrupt answer (a strike, not a ban), and each block of piece 1 twice.
+                let bad = !corrupted && b == 6;
+                corrupted |= bad;
+                f.answer(&mut d, b, bad, &mut out).unwrap();
+                if f.layout().piece_of(b) == 1 {
+                    f.answer(&mut d, b, false, &mut out).unwrap();
+                }
+            }
+            out.clear();
+        }
+        d.close(&f.st);
+        assert!(f.st.storage().is_complete());
+        let c = f.st.counters();
+        let (downloaded, useful) = (
+            c.downloaded.load(Ordering::Relaxed),
+            c.useful.load(Ordering::Relaxed),
+        );
+        let w = c.wasted();
+        assert_eq!(useful, f.data.len() as u64, "each block made present once");
+        assert_eq!(downloaded, useful + w.total(), "{w:?}");
+        assert_eq!(w.corrupt, 16384, "{w:?}");
+        assert!(w.duplicate >= 4 * 16384, "{w:?}");
+        assert_eq!((w.unrequested, w.abandoned), (0, 0), "{w:?}");
     }
 
     #[test]

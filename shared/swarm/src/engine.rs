@@ -69,8 +69,11 @@ pub struct EngineConfig {
     /// Seed of the picker's tie-breaks; `None` draws one at random.
     pub seed: Option<u64>,
     /// Most connections at once; further incoming ones are refused (dialed addresses keep
-    /// retrying). 0 means no limit.
+    /// retrying) unless a peer that gives nothing can be evicted for them. 0 means no limit.
     pub max_peers: usize,
+    /// Most incoming connections from one IP address, so one host cannot take every slot;
+    /// beyond it, as for `max_peers`. 0 means no limit.
+    pub max_peers_per_ip: usize,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +95,9 @@ impl Default for EngineConfig {
             seed: None,
             // Far above what one appliance swarm needs; bounds memory (about 1 MiB per peer).
             max_peers: 128,
+            // An eighth of the table: room for a few clients behind one NAT, while one host
+            // can never lock the others out.
+            max_peers_per_ip: 16,
         }
     }
 }
@@ -175,6 +181,7 @@ impl Engine {
                 0
             },
             max_peers: config.max_peers,
+            max_per_ip: config.max_peers_per_ip,
         };
         let ctx = ConnCtx {
             state: Arc::new(TorrentState::new(torrent, storage, picker, events)),
@@ -377,6 +384,8 @@ impl Engine {
             have_bytes -= (layout.piece_len() - layout.piece_size(layout.pieces() - 1)) as u64;
         }
         let c = st.counters();
+        let wasted_by = c.wasted();
+        let (banned, evicted) = self.inner.ctx.peers.bans();
         SwarmStats {
             pieces,
             total_pieces: layout.pieces(),
@@ -385,12 +394,32 @@ impl Engine {
             total_blocks: layout.blocks(),
             present_bytes,
             downloaded: c.downloaded.load(Ordering::Relaxed),
+            useful: c.useful.load(Ordering::Relaxed),
             uploaded: c.uploaded.load(Ordering::Relaxed),
-            wasted: c.wasted.load(Ordering::Relaxed),
+            wasted: wasted_by.total(),
+            wasted_by,
             hash_failures: c.hash_failures.load(Ordering::Relaxed),
+            banned,
+            evicted,
+            failure: st.failure().map(|e| crate::error::chain(&*e)),
             connected,
             peers,
             dials,
+        }
+    }
+
+    /// Why the engine stopped fetching, if it did: writing to local storage failed (a full or
+    /// failing disk). Present data stays readable and seeded; missing data never arrives.
+    pub fn failure(&self) -> Option<Arc<SwarmError>> {
+        self.state().failure()
+    }
+
+    /// Waits until the engine stops fetching because local storage failed (see
+    /// [`Engine::failure`]); pending forever while it works.
+    pub async fn failed(&self) {
+        let mut rx = self.state().failed_watch();
+        if rx.wait_for(|&f| f).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -468,8 +497,8 @@ async fn accept_loop(i: Arc<Inner>, listener: TcpListener) -> std::io::Result<()
             },
             _ = i.ctx.cancel.cancelled() => return Ok(()),
         };
-        if i.ctx.peers.is_full() {
-            tracing::debug!(%addr, "refusing a connection: {} peers already", i.config.max_peers);
+        if !i.ctx.peers.admits(addr.ip()) {
+            tracing::debug!(%addr, "refusing a connection: banned, or no slot for it");
             continue;
         }
         let ctx = i.ctx.clone();
@@ -568,6 +597,7 @@ async fn choke_loop(i: Arc<Inner>) -> std::result::Result<(), std::convert::Infa
 async fn flush_loop(i: Arc<Inner>) -> Result<()> {
     let mut tick = tokio::time::interval(i.config.flush_interval.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
@@ -576,8 +606,19 @@ async fn flush_loop(i: Arc<Inner>) -> Result<()> {
         let state = i.ctx.state.clone();
         // fdatasync blocks: keep it off the runtime's worker threads.
         let r = tokio::task::spawn_blocking(move || state.storage().flush()).await;
-        if let Ok(Err(e)) = r {
-            tracing::error!("{e:#}");
+        match r {
+            // Once per run of failures (a full disk fails every tick): the pieces not
+            // recorded are re-hashed on resume, nothing is lost.
+            Ok(Err(e)) if !failing => {
+                tracing::warn!(
+                    "recording verified pieces: {}; retrying",
+                    crate::error::chain(&e)
+                );
+                failing = true;
+            }
+            Ok(Err(_)) => {}
+            Ok(Ok(())) => failing = false,
+            Err(_) => {}
         }
         if stopping {
             return Ok(());

@@ -103,6 +103,28 @@ pub enum SwarmError {
     /// The engine was shut down before the awaited event.
     #[error("the swarm engine shut down")]
     Shutdown,
+    /// Writing fetched data to the local image (or reading it back) failed: a full or failing
+    /// disk. The engine stopped fetching; what is present stays readable and seeded.
+    #[error("cannot write the image {}; fetching stopped", path.display())]
+    WriteFailed {
+        /// The image file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `error` and its sources on one line, "outer: inner: os error", for logs and reports.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// Why a connection ended. Normal operation: logged at debug level and shown in dial status,
@@ -133,9 +155,12 @@ pub enum PeerError {
     /// Silence or unanswered requests.
     #[error("{0}")]
     Timeout(&'static str),
-    /// The engine has `max_peers` connections already.
+    /// The engine has `max_peers` connections already, none of which gives nothing.
     #[error("too many peers connected")]
     TooManyPeers,
+    /// The peer's address has its share of connections already, none of which gives nothing.
+    #[error("too many connections from this address")]
+    TooManyFromHost,
     /// Local storage failed.
     #[error("storage: {0}")]
     Storage(io::Error),

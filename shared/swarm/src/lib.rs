@@ -23,8 +23,9 @@
 //!
 //! Inside, one concept a module: `connection` (a peer's socket: handshake, reader, writer),
 //! `download` (the download side as a synchronous state machine, tested without sockets),
-//! `peers` (the registry of connections: bans, choking, announcements), `state` (the torrent
-//! state connections share and its two readable-data transitions), `wire` (the writer's
+//! `peers` (the registry of connections: slots, strikes and bans per address, choking,
+//! announcements), `state` (the torrent state connections share, its two readable-data
+//! transitions, and a local storage failure that stops fetching), `wire` (the writer's
 //! queue), `window` (the delay-based request window), `tracker` (announces; addresses come
 //! back over a channel). `STATE.md` beside these sources writes down the block and piece
 //! lifecycle and the lock order.
@@ -78,15 +79,15 @@ mod wire;
 pub use bitmap::AtomicBitmap;
 pub use block_hashes::{BlockHashes, BlockTableError, BLOCK_HASH_LEN, BLOCK_SIZE};
 pub use digest::sha1;
-pub use download::MAX_STRIKES;
 pub use engine::{Engine, EngineConfig};
 pub use error::{PeerError, Result, SwarmError};
 pub use events::SwarmEvents;
 pub use layout::Layout;
 pub use librqbit_core::lengths::{Lengths, ValidPieceIndex};
+pub use peers::MAX_STRIKES;
 pub use picker::{Pick, PickReason, PieceCounts, PiecePicker, PieceState};
 pub use ratelimit::{RateLimiter, TokenBucket};
-pub use stats::{DialState, DialStatus, PeerStats, SwarmStats};
+pub use stats::{DialState, DialStatus, PeerStats, SwarmStats, WastedBytes};
 pub use storage::{ResumeReport, Storage, BITMAP_KIND};
 pub use torrent::Torrent;
 pub use wire::MAX_UPLOAD_QUEUE;

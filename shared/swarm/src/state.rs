@@ -6,12 +6,14 @@
 //! call out of this crate), and data is always written before its bit is set, so a reader that
 //! sees a bit may read the bytes.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use librqbit_core::lengths::ValidPieceIndex;
 use tokio::sync::{broadcast, watch};
 
 use crate::block_hashes::BlockHashes;
+use crate::error::SwarmError;
 use crate::events::{Runs, SwarmEvents};
 use crate::layout::Layout;
 use crate::picker::PiecePicker;
@@ -36,6 +38,11 @@ pub(crate) struct TorrentState {
     /// Every verified piece, for [`crate::Engine::subscribe`].
     pieces: broadcast::Sender<u32>,
     have_count: watch::Sender<u32>,
+    /// Set once local storage failed: nothing more is fetched.
+    failed: AtomicBool,
+    failure: OnceLock<Arc<SwarmError>>,
+    /// Tells [`crate::Engine::failed`] waiters.
+    failed_tx: watch::Sender<bool>,
 }
 
 impl TorrentState {
@@ -54,7 +61,41 @@ impl TorrentState {
             events,
             pieces: broadcast::channel(4096).0,
             have_count: watch::channel(have).0,
+            failed: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            failed_tx: watch::channel(false).0,
         }
+    }
+
+    /// Records that local storage failed: the first failure is kept, logged (the one message
+    /// about it) and announced; every connection then stops fetching.
+    pub fn fail(&self, error: SwarmError) {
+        if self.failure.set(Arc::new(error)).is_err() {
+            return;
+        }
+        self.failed.store(true, Ordering::Release);
+        if let Some(e) = self.failure.get() {
+            tracing::error!(
+                "{}; reads of data not fetched yet will fail",
+                crate::error::chain(&**e)
+            );
+        }
+        self.failed_tx.send_replace(true);
+    }
+
+    /// Whether local storage failed; lock-free.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Why local storage failed, if it did.
+    pub fn failure(&self) -> Option<Arc<SwarmError>> {
+        self.failure.get().cloned()
+    }
+
+    /// Turns true when local storage fails.
+    pub fn failed_watch(&self) -> watch::Receiver<bool> {
+        self.failed_tx.subscribe()
     }
 
     pub fn torrent(&self) -> &Torrent {
@@ -106,10 +147,16 @@ impl TorrentState {
     /// A piece passed its SHA-1 check and its bytes are written: it becomes verified (to be
     /// announced and seeded), its new blocks readable. `assigned`: the caller held the
     /// picker's assignment of it, which this returns. Returns whether the piece was not
-    /// verified before; only then must the caller announce it.
-    pub fn piece_stored(&self, piece: ValidPieceIndex, assigned: bool) -> bool {
+    /// verified before (only then must the caller announce it), and the bytes of the blocks
+    /// it made present.
+    pub fn piece_stored(&self, piece: ValidPieceIndex, assigned: bool) -> (bool, u64) {
         let mut runs = Runs::new(self.events.as_deref());
-        let first = self.storage.mark_verified(piece, |b| runs.push(b));
+        let layout = *self.layout();
+        let mut new_bytes = 0;
+        let first = self.storage.mark_verified(piece, |b| {
+            new_bytes += layout.block_size(b) as u64;
+            runs.push(b)
+        });
         {
             let mut picker = self.picker();
             if assigned {
@@ -123,6 +170,6 @@ impl TorrentState {
             let _ = self.pieces.send(piece.get());
             self.have_count.send_modify(|c| *c += 1);
         }
-        first
+        (first, new_bytes)
     }
 }

@@ -1,6 +1,6 @@
 //! Progress and traffic figures, for progress bars and reports.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -17,18 +17,55 @@ pub(crate) struct PeerCounters {
     pub banned: AtomicBool,
 }
 
-/// Engine-wide counters.
+/// Engine-wide counters. Every downloaded byte ends in one of the classes below it (see
+/// the `download` module doc).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub downloaded: AtomicU64,
+    pub useful: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub unrequested: AtomicU64,
+    pub abandoned: AtomicU64,
     pub uploaded: AtomicU64,
-    pub wasted: AtomicU64,
     pub hash_failures: AtomicU32,
 }
 
 impl Counters {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn wasted(&self) -> WastedBytes {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WastedBytes {
+            duplicate: get(&self.duplicate),
+            corrupt: get(&self.corrupt),
+            unrequested: get(&self.unrequested),
+            abandoned: get(&self.abandoned),
+        }
+    }
+}
+
+/// Payload bytes received and thrown away, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WastedBytes {
+    /// Blocks present or received already when they arrived: urgent and endgame copies,
+    /// withdrawn requests answered anyway, pieces completed over another connection.
+    pub duplicate: u64,
+    /// Blocks or pieces that failed their hash.
+    pub corrupt: u64,
+    /// Blocks nothing asked for, or whose request was given up (choke, cancel).
+    pub unrequested: u64,
+    /// Blocks received and then lost unverified: a piece given up without a block-hash
+    /// table, or data that could not be written after a storage failure.
+    pub abandoned: u64,
+}
+
+impl WastedBytes {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.duplicate + self.corrupt + self.unrequested + self.abandoned
     }
 }
 
@@ -91,14 +128,25 @@ pub struct SwarmStats {
     pub total_blocks: u32,
     /// Bytes in present blocks.
     pub present_bytes: u64,
-    /// Payload bytes received (including wasted ones).
+    /// Payload bytes received (including wasted ones): `useful + wasted`, once no block is
+    /// buffered in a connection any more.
     pub downloaded: u64,
+    /// Payload bytes that made a block present.
+    pub useful: u64,
     /// Payload bytes sent.
     pub uploaded: u64,
-    /// Payload bytes received and thrown away (duplicates, corrupt pieces, unrequested blocks).
+    /// Payload bytes received and thrown away: `wasted_by.total()`.
     pub wasted: u64,
-    /// Pieces that failed verification.
+    /// The wasted bytes by cause.
+    pub wasted_by: WastedBytes,
+    /// Blocks and pieces that failed verification.
     pub hash_failures: u32,
+    /// Addresses banned for sending corrupt data.
+    pub banned: Vec<IpAddr>,
+    /// Peers evicted because they gave nothing while a newcomer waited for a slot.
+    pub evicted: u64,
+    /// Why the engine stopped fetching (local storage failed), if it did.
+    pub failure: Option<String>,
     /// Connected peers.
     pub connected: usize,
     /// Every peer seen, by peer id.
