@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("model", &["vmt-formats"]),
     ("swarm", &["vmt-formats"]),
     ("fs", &["vmt-formats"]),
-    ("appliance", &["vmt-formats"]),
+    ("appliance", &["vmt-formats", "vmt-fs"]),
     (
         "runtime",
         &[

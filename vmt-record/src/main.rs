@@ -16,14 +16,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use vmt_formats::identify::identify_image;
-use vmt_formats::image::ImageId;
 use vmt_formats::summary::one_line;
 use vmt_formats::trace::Trace;
 use vmt_formats::units::{self, Size};
 use vmt_fs::{
-    CaptureEvent, CaptureKind, CaptureParams, ImportFormat, ImportImage, ImportParams, Recording,
-    RecordingParams, TaskEnd,
+    CaptureEvent, CaptureKind, CaptureParams, ImportFormat, ImportImage, ImportParams, TaskEnd,
 };
 
 #[derive(Parser)]
@@ -531,88 +528,64 @@ fn bench(
     repeat: usize,
     against: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    use vmt_appliance::throughput::{bench_image, compare};
     let tmp = tempfile::Builder::new().prefix("vmt-bench-").tempdir()?;
-    let image = match image {
-        Some(p) => p,
-        None => {
-            eprintln!("generating a {size} image of random bytes");
-            bench_image(tmp.path(), size.bytes())?
-        }
+    let params = vmt_appliance::recorder::BenchParams {
+        image,
+        size: size.bytes(),
+        repeat,
+        against,
+        scratch: tmp.path().to_owned(),
     };
-    let recording = match &against {
-        Some(_) => None,
-        None => Some(Recording::start(RecordingParams::task(
-            image.clone(),
-            ImageId::size_only(std::fs::metadata(&image)?.len()),
-            tmp.path().join("traces"),
-            "bench",
-        ))?),
-    };
-    let (served, what) = match (&against, &recording) {
-        (Some(path), _) => (path.clone(), "file"),
-        (None, Some(r)) => (r.served_path().to_owned(), "fuse"),
-        (None, None) => unreachable!("a recording exists without --against"),
-    };
-    println!(
-        "{:<20} {:<5} {:>12} {:>12} {:>8}",
-        "pattern",
-        "cache",
-        "raw MiB/s",
-        format!("{what} MiB/s"),
-        format!("{what}/raw")
-    );
-    compare(&image, &served, against.is_some(), repeat, |row| {
-        println!(
-            "{:<20} {:<5} {:>12.1} {:>12.1} {:>8.3}",
-            row.pattern,
-            if row.cold { "cold" } else { "warm" },
-            row.raw_mib_s,
-            row.other_mib_s,
-            row.ratio()
-        )
-    })?;
-    if let Some(recording) = recording {
-        let accesses = recording.accesses();
-        recording.finish()?;
+    let run = vmt_appliance::recorder::bench(
+        &params,
+        |note| eprintln!("{note}"),
+        |what| {
+            println!(
+                "{:<20} {:<5} {:>12} {:>12} {:>8}",
+                "pattern",
+                "cache",
+                "raw MiB/s",
+                format!("{what} MiB/s"),
+                format!("{what}/raw")
+            )
+        },
+        |row| {
+            println!(
+                "{:<20} {:<5} {:>12.1} {:>12.1} {:>8.3}",
+                row.pattern,
+                if row.cold { "cold" } else { "warm" },
+                row.raw_mib_s,
+                row.other_mib_s,
+                row.ratio()
+            )
+        },
+    )?;
+    if let Some(accesses) = run.accesses {
         println!("({accesses} accesses recorded through the mount)");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn demo() -> Result<ExitCode> {
-    use vmt_appliance::ext4::{build_demo, LoopMount};
     let tmp = tempfile::Builder::new().prefix("vmt-demo-").tempdir()?;
     eprintln!(
         "building a demo appliance with mkfs.ext4 -d in {}",
         tmp.path().display()
     );
-    let app = build_demo(tmp.path())?;
-    let image_id = {
-        let bar = hashing_bar();
-        identify_image(&app.image, None, |done, total| bar.update(done, total))?
-    };
-    let out = tmp.path().join("traces");
-    let mut paths = Vec::new();
-    for task in &app.tasks {
-        let recording = Recording::start(RecordingParams::task(
-            app.image.clone(),
-            image_id,
-            out.clone(),
-            task.name,
-        ))?;
-        let mnt = tmp.path().join(format!("mnt-{}", task.name));
-        let lm = LoopMount::new(recording.served_path(), &mnt)?;
-        let bytes = lm.read_files(&task.files)?;
-        lm.unmount()?;
-        let trace = recording.finish()?;
-        eprintln!(
-            "task {:<9} read {} files ({:.1} MiB) through a loop mount of the served image",
-            task.name,
-            task.files.len(),
-            bytes as f64 / (1 << 20) as f64
-        );
-        paths.push(out.join(format!("{}-{}.vmtrace", trace.label, trace.run)));
-    }
+    let bar = hashing_bar();
+    let runs = vmt_appliance::recorder::record_demo(
+        tmp.path(),
+        |done, total| bar.update(done, total),
+        |run| {
+            bar.bar.finish_and_clear();
+            eprintln!(
+                "task {:<9} read {} files ({:.1} MiB) through a loop mount of the served image",
+                run.name,
+                run.files,
+                run.bytes as f64 / (1 << 20) as f64
+            )
+        },
+    )?;
+    let paths: Vec<PathBuf> = runs.into_iter().map(|r| r.trace).collect();
     show(&paths, 4096)
 }

@@ -9,5 +9,6 @@
 
 pub mod content;
 pub mod ext4;
+pub mod recorder;
 pub mod replay;
 pub mod throughput;

@@ -505,23 +505,11 @@ impl Download {
         out: &mut Outputs,
         which: impl Fn(u32) -> bool,
     ) {
-        if a.pending.is_empty() {
-            return;
-        }
-        let layout = st.layout();
-        for i in 0..a.blocks {
-            let b = a.first + i;
-            if a.pending.get(i) && which(b) {
-                a.pending.clear(i);
-                self.outstanding -= 1;
-                forget(&mut self.sent, b);
-                out.msgs.push(Out::Cancel(Request::new(
-                    a.piece,
-                    layout.begin_in_piece(b),
-                    layout.block_size(b),
-                )));
-            }
-        }
+        let pending = Pending {
+            outstanding: &mut self.outstanding,
+            sent: &mut self.sent,
+        };
+        pending.cancel(a, st.layout(), out, which, false);
     }
 
     /// Something changed elsewhere (a piece or block verified through another peer, a demand,
@@ -757,23 +745,11 @@ impl Download {
         out: &mut Outputs,
     ) {
         for a in &mut self.active {
-            if a.pending.is_empty() {
-                continue;
-            }
-            for i in 0..a.blocks {
-                let b = a.first + i;
-                if a.pending.get(i) && !picker.is_block_urgent(b) {
-                    a.pending.clear(i);
-                    a.withdrawn.set(i);
-                    self.outstanding -= 1;
-                    forget(&mut self.sent, b);
-                    out.msgs.push(Out::Cancel(Request::new(
-                        a.piece,
-                        layout.begin_in_piece(b),
-                        layout.block_size(b),
-                    )));
-                }
-            }
+            let pending = Pending {
+                outstanding: &mut self.outstanding,
+                sent: &mut self.sent,
+            };
+            pending.cancel(a, layout, out, |b| !picker.is_block_urgent(b), true);
         }
     }
 
@@ -913,6 +889,46 @@ fn storage_failed(st: &TorrentState, source: std::io::Error) {
 }
 
 /// Removes the send record of a request (answered or cancelled); when it was sent.
+/// A connection's count and log of requests in flight, borrowed apart from its pieces so a
+/// loop over the pieces can cancel requests.
+struct Pending<'a> {
+    outstanding: &'a mut usize,
+    sent: &'a mut VecDeque<(u32, Instant)>,
+}
+
+impl Pending<'_> {
+    /// Cancels `a`'s pending requests for which `which(block)` holds; `withdrawn` marks them
+    /// as withdrawn (asked again only if someone comes to wait for them).
+    fn cancel(
+        self,
+        a: &mut Active,
+        layout: &crate::layout::Layout,
+        out: &mut Outputs,
+        which: impl Fn(u32) -> bool,
+        withdrawn: bool,
+    ) {
+        if a.pending.is_empty() {
+            return;
+        }
+        for i in 0..a.blocks {
+            let b = a.first + i;
+            if a.pending.get(i) && which(b) {
+                a.pending.clear(i);
+                if withdrawn {
+                    a.withdrawn.set(i);
+                }
+                *self.outstanding -= 1;
+                forget(self.sent, b);
+                out.msgs.push(Out::Cancel(Request::new(
+                    a.piece,
+                    layout.begin_in_piece(b),
+                    layout.block_size(b),
+                )));
+            }
+        }
+    }
+}
+
 fn forget(sent: &mut VecDeque<(u32, Instant)>, block: u32) -> Option<Instant> {
     // Answers come in request order, so this is almost always the front.
     let k = sent.iter().position(|&(b, _)| b == block)?;
