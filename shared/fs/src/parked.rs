@@ -283,6 +283,14 @@ impl<R> ParkedReads<R> {
         }
     }
 
+    /// Calls `f` on every parked item, under the table's lock: keep `f` cheap (no I/O).
+    pub fn each(&self, mut f: impl FnMut(&R)) {
+        let inner = self.lock();
+        for e in inner.slab.iter().flatten() {
+            f(&e.item);
+        }
+    }
+
     /// Items parked now.
     pub fn len(&self) -> usize {
         self.lock().parked

@@ -120,19 +120,35 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
     /// Answers the parked reads that must not wait any longer: those parked for the read
     /// timeout or longer ([`FsError::ReadTimeout`], `EIO`), and those whose process was
     /// killed ([`FsError::Interrupted`]). Returns how many. Meant to be called every fraction
-    /// of a second, off the read path; it reads `/proc` once per parked read, under the
-    /// table's lock (parks wait that long; nothing else is locked meanwhile).
+    /// of a second, off the read path. The requesters' `/proc` entries are read outside the
+    /// table's lock (a read parking meanwhile never waits for that I/O); a requester that
+    /// dies between the look and the take is caught on the next call.
     pub fn expire_parked(&self) -> usize {
         let now = Instant::now();
         let timeout = self.options.read_timeout;
         let timed_out = |parked_at: Instant| {
             timeout.is_some_and(|t| now.saturating_duration_since(parked_at) >= t)
         };
+        let mut requesters = Vec::new();
+        self.parked.each(|waiter| {
+            if let Waiter::Read { reply, .. } = waiter {
+                requesters.extend(reply.requester());
+            }
+        });
+        requesters.sort_unstable();
+        requesters.dedup();
+        requesters.retain(|&tid| requester::killed_or_gone(tid));
+        if requesters.is_empty() && timeout.is_none() {
+            return 0;
+        }
         let mut expired = Vec::new();
         self.parked.expire(
             |waiter, parked_at| match waiter {
                 Waiter::Read { reply, .. } => {
-                    timed_out(parked_at) || reply.requester().is_some_and(requester::killed_or_gone)
+                    timed_out(parked_at)
+                        || reply
+                            .requester()
+                            .is_some_and(|tid| requesters.binary_search(&tid).is_ok())
                 }
                 Waiter::Wake(_) => false,
             },
