@@ -462,8 +462,12 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
             "vmt-run: the filesystem was still in use from another mount namespace; it ends now"
         );
     }
+    let failed = match report.stalls.failed_at_shutdown {
+        0 => String::new(),
+        n => format!(" ({n} still waiting, answered EIO at shutdown)"),
+    };
     eprintln!(
-        "{how}{} reads ({} waited), {} stalls totalling {:.2} s, downloaded {}, uploaded {}",
+        "{how}{} reads ({} waited), {} stalls{failed} totalling {:.2} s, downloaded {}, uploaded {}",
         report.read_hits + report.read_misses,
         report.read_misses,
         report.stalls.count,

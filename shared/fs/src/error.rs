@@ -149,6 +149,9 @@ impl FsError {
                 | FsError::Interrupted
                 // Reported once by the source when it failed, not once per read.
                 | FsError::SourceFailed
+                // Counted in the report (`stalls.failed_at_shutdown`) and its exit line, not
+                // once per read: a kernel readahead parked at unmount is no fault.
+                | FsError::ShuttingDown
         )
     }
 }
@@ -172,6 +175,8 @@ mod tests {
         };
         assert_eq!(eof.errno(), libc::EIO);
         assert_eq!(FsError::ShuttingDown.errno(), libc::EIO);
-        assert!(FsError::ShuttingDown.is_fault() && !FsError::NotFound.is_fault());
+        assert!(eof.is_fault() && !FsError::NotFound.is_fault());
+        // Counted in the report at shutdown, not warned once per read.
+        assert!(!FsError::ShuttingDown.is_fault());
     }
 }
