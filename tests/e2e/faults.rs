@@ -1511,6 +1511,40 @@ mod swarm_engine {
         );
     }
 
+    /// `vmt-run fetch` into a disk too small for the image stops with one clear error and a
+    /// failing exit status, instead of downloading into the full disk for ever.
+    #[test]
+    fn r12_5_a_fetch_into_a_full_disk_stops_with_one_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_data, torrent, seeder) = seeded_image(dir.path(), 52, 64 * MIB, &[]);
+        let full = Tmpfs::mount(&dir.path().join("small"), "24m");
+        let t = Instant::now();
+        let out = vmt_tests::run_with_timeout(
+            Command::new(bin("vmt-run"))
+                .args(["fetch", "--torrent"])
+                .arg(&torrent)
+                .args(["--peer", &seeder.addr, "--out"])
+                .arg(full.0.join("app.img")),
+            STEP,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "r12_5 fetch: {:?} after {:?}\n{stderr}",
+            out.status,
+            t.elapsed()
+        );
+        assert!(
+            !out.status.success(),
+            "a fetch that cannot store its image fails"
+        );
+        assert!(stderr.contains("No space left"), "{stderr}");
+        assert_eq!(
+            stderr.lines().filter(|l| l.contains("ERROR")).count(),
+            1,
+            "one clear message: {stderr}"
+        );
+    }
+
     /// Dials `to` from `from` up to `tries` times, each time as a new peer id (and so a new port):
     /// claims every piece, unchokes, answers the first request with garbage and hangs up. Returns
     /// the connections that got that far and the ones refused.
