@@ -5,8 +5,11 @@
 #
 # The image also boots as a VM (task vmboot, tasks/run.sh vmboot): linux-image-amd64 with an
 # initrd holding virtio_pci, virtio_blk and ext4 (MODULES=list), and /sbin/vmt-boot
-# (tasks/vmt-boot) as init, which does a little of what a boot does and powers off. No
-# bootloader: the kernel and initrd are read from /boot by whoever starts the VM.
+# (tasks/vmt-boot) as init, which does a little of what a boot does and powers off. The image
+# boots by itself: EXTLINUX sits in the filesystem's boot sector, which is the disk's sector 0
+# (the image is one unpartitioned ext4 filesystem), so a BIOS (qemu's SeaBIOS) boots it and
+# EXTLINUX loads /boot/vmlinuz-* and its initrd as /boot/extlinux/extlinux.conf says. A VM
+# started with -kernel/-initrd (direct kernel boot) works as well.
 #
 #   datasets/build-appliance.sh [--force] [WORKDIR]     (default WORKDIR: datasets/work)
 #
@@ -29,9 +32,10 @@ if [ -z "$mirror" ]; then
 fi
 [ -n "$mirror" ] || { echo "build-appliance.sh: no Debian mirror found; set MIRROR" >&2; exit 1; }
 
-command -v debootstrap >/dev/null && command -v mkfs.ext4 >/dev/null || {
+command -v debootstrap >/dev/null && command -v mkfs.ext4 >/dev/null &&
+  command -v extlinux >/dev/null || {
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap e2fsprogs >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap e2fsprogs extlinux >/dev/null
 }
 
 packages="python3 perl gcc libc6-dev make git sqlite3 vim-tiny nano less man-db manpages
@@ -79,12 +83,36 @@ if ! cmp -s "$here/tasks/vmt-boot" "$root/sbin/vmt-boot"; then
   touch "$root/.vmt-complete"
 fi
 
+# The bootloader's configuration (EXTLINUX itself is installed into the packed image below).
+# The command line is fixed; a run's seed reaches /sbin/vmt-boot through qemu's fw_cfg.
+kver=$(ls "$root"/boot/vmlinuz-* | sort -V | tail -1); kver=${kver##*/vmlinuz-}
+conf=$(mktemp); trap 'rm -f "$conf"' EXIT
+cat >"$conf" <<CONF
+DEFAULT vmt
+PROMPT 0
+TIMEOUT 0
+LABEL vmt
+  LINUX /boot/vmlinuz-$kver
+  INITRD /boot/initrd.img-$kver
+  APPEND root=/dev/vda rw console=ttyS0 init=/sbin/vmt-boot quiet panic=1
+CONF
+if ! cmp -s "$conf" "$root/boot/extlinux/extlinux.conf"; then
+  install -D -m 644 "$conf" "$root/boot/extlinux/extlinux.conf"
+  touch "$root/.vmt-complete"
+fi
+
 if [ ! -f "$image" ] || [ "$root/.vmt-complete" -nt "$image" ]; then
   used_mib=$(du -sm "$root" | awk '{print $1}')
   size_mib=$(( used_mib * 13 / 10 + 256 ))   # room for the tasks' writes and ext4 metadata
   echo "mkfs.ext4 -d: $used_mib MiB of files into a $size_mib MiB image"
   mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0 -L appliance \
     -d "$root" "$image.tmp" "${size_mib}M"
+  # EXTLINUX needs the filesystem mounted: it writes ldlinux.sys/.c32 beside extlinux.conf
+  # and the boot sector that finds them. The root tree is not touched.
+  mnt=$(mktemp -d); trap 'umount "$mnt" 2>/dev/null || true; rmdir "$mnt"; rm -f "$conf"' EXIT
+  mount -o loop "$image.tmp" "$mnt"
+  extlinux --install "$mnt/boot/extlinux" 2>&1 | sed 's/^/extlinux: /'
+  umount "$mnt"
   mv "$image.tmp" "$image"
 fi
 ls -l "$image"

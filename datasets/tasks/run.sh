@@ -6,10 +6,11 @@
 #   run.sh task DIR TASK SEED       run tasks/TASK.sh in the chroot DIR with inputs from SEED
 #   run.sh umount DIR               undo `mount`
 #   run.sh oneshot TASK SEED        mount "$VMT_IMAGE" in a temp dir, run TASK, unmount
-#   run.sh vmboot SEED              boot "$VMT_IMAGE" as a VM (qemu, TCG): kernel and initrd
-#                                   copied from its /boot (a read-only loop mount, as a
-#                                   bootloader reads them), init=/sbin/vmt-boot vmt.seed=SEED;
-#                                   fails unless the console shows VMT-BOOT-OK
+#   run.sh vmboot SEED              boot "$VMT_IMAGE" as a VM (qemu, TCG) through its own
+#                                   bootloader (EXTLINUX: SeaBIOS reads its boot sector, then
+#                                   the kernel and initrd from /boot), the seed passed by
+#                                   fw_cfg to /sbin/vmt-boot; fails unless the console shows
+#                                   VMT-BOOT-OK
 # Env for vmboot: VMBOOT_TIMEOUT (seconds, default 300), VMBOOT_LOG (keep the console here).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,20 +50,13 @@ case "${1:-}" in
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
     }
     tmp=$(mktemp -d /tmp/vmt-vmboot-XXXXXX)
-    trap 'umount "$tmp/mnt" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-    mkdir "$tmp/mnt"
-    mount -t ext4 -o loop,ro "$image" "$tmp/mnt"
-    kernel=$(ls "$tmp/mnt"/boot/vmlinuz-* | sort -V | tail -1)
-    initrd=$tmp/mnt/boot/initrd.img-${kernel##*/vmlinuz-}
-    cp "$kernel" "$tmp/vmlinuz"
-    cp "$initrd" "$tmp/initrd.img"
-    umount "$tmp/mnt"
+    trap 'rm -rf "$tmp"' EXIT
     log=${VMBOOT_LOG:-$tmp/console.log}
     start=$(date +%s.%N)
-    # cache=none: the guest's reads reach the image file as issued (O_DIRECT), not read ahead.
+    # cache=none: the guest's reads (and the firmware's and bootloader's) reach the image file as
+    # issued (O_DIRECT), not read ahead.
     timeout --kill-after=10 "${VMBOOT_TIMEOUT:-300}" qemu-system-x86_64 -accel tcg -smp 1 -m 512 \
-      -nographic -no-reboot -nic none -kernel "$tmp/vmlinuz" -initrd "$tmp/initrd.img" \
-      -append "root=/dev/vda rw console=ttyS0 init=/sbin/vmt-boot quiet panic=1 vmt.seed=$seed" \
+      -nographic -no-reboot -nic none -fw_cfg "name=opt/vmt.seed,string=$seed" \
       -drive "file=$image,format=raw,if=virtio,cache=none" </dev/null >"$log" 2>&1 || true
     end=$(date +%s.%N)
     tr -d '\r' <"$log" | grep -a 'VMT-BOOT-' >&2 || true
