@@ -247,6 +247,33 @@ impl Trace {
             })
     }
 
+    /// What identifies the trace's content, whatever its file is named: SHA-256 over the image
+    /// identity, the kind, the task labels and every record. The name, run number, start time
+    /// and recorder are left out, so a copy renamed or renumbered (`traces/test/x-1` holding
+    /// what `traces/train/x-3` holds) is the same trace, and two recordings never are.
+    pub fn content_digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"vmt trace content v1");
+        h.update(self.image.size.to_le_bytes());
+        h.update(self.image.sha256);
+        h.update([matches!(self.kind, TraceKind::Session) as u8]);
+        h.update((self.tasks.len() as u64).to_le_bytes());
+        for t in &self.tasks {
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        h.update((self.records.len() as u64).to_le_bytes());
+        for r in &self.records {
+            h.update(r.t_us.to_le_bytes());
+            h.update([matches!(r.op, Op::Write) as u8]);
+            h.update(r.offset.to_le_bytes());
+            h.update(r.len.to_le_bytes());
+            h.update(r.task.to_le_bytes());
+        }
+        h.finalize().into()
+    }
+
     /// Time from the trace start to its last access, in microseconds.
     pub fn duration_us(&self) -> u64 {
         self.records.last().map_or(0, |r| r.t_us)
@@ -795,6 +822,51 @@ mod tests {
                     task: (i as u16 * n) / 50,
                 })
                 .collect(),
+        }
+    }
+
+    /// Issue 13: `traces/test` reused the training names with other contents. The digest
+    /// follows the content, not the name: renamed, renumbered or re-timed copies are the same
+    /// trace, and a change to any record, label or the image is another.
+    #[test]
+    fn content_digest_follows_content_not_name() {
+        let t = sample(TraceKind::Session);
+        let d = t.content_digest();
+        let renamed = Trace {
+            label: "other".into(),
+            run: 1,
+            start_unix_us: 5,
+            recorder: "csv import".into(),
+            ..t.clone()
+        };
+        assert_eq!(renamed.content_digest(), d);
+        let back = Trace::from_csv(Path::new("t.csv"), &t.to_csv(), None).unwrap();
+        assert_eq!(back.content_digest(), d);
+        let mut changes: Vec<Trace> = Vec::new();
+        let mut x = t.clone();
+        x.records[10].offset += 4096;
+        changes.push(x);
+        let mut x = t.clone();
+        x.records[3].t_us += 1;
+        changes.push(x);
+        let mut x = t.clone();
+        x.records[0].op = Op::Read;
+        changes.push(x);
+        let mut x = t.clone();
+        x.records.pop();
+        changes.push(x);
+        let mut x = t.clone();
+        x.tasks[1] = "edit doc, 3%".into();
+        changes.push(x);
+        let mut x = t.clone();
+        x.image.sha256[0] ^= 1;
+        changes.push(x);
+        changes.push(Trace {
+            kind: TraceKind::Task,
+            ..t.clone()
+        });
+        for (i, c) in changes.iter().enumerate() {
+            assert_ne!(c.content_digest(), d, "change {i}");
         }
     }
 

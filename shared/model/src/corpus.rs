@@ -161,30 +161,15 @@ pub fn check_images(
     Ok(())
 }
 
-/// How many of `traces` trained `bundle`. A training file is known by the path given to `fit`:
-/// where that path still resolves from here, the same file is the test, so that
-/// `traces/test/x` is not taken for `traces/train/x`; where it does not, by file name.
-/// (A content digest in the bundle would be exact: issue 13.)
+/// How many of `traces` trained `bundle`, known by content ([`Trace::content_digest`]: the
+/// image identity and every record), not by file name: `traces/test/x-1` may reuse a training
+/// trace's name with other contents, and a renamed copy of a training trace is still one.
 pub fn trained_on(bundle: &Bundle, traces: &[(String, Trace)]) -> usize {
-    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
-    let trained: Vec<(Option<PathBuf>, Option<&OsStr>)> = bundle
-        .meta
-        .traces
-        .iter()
-        .map(|t| (canonical(Path::new(t)), Path::new(t).file_name()))
-        .collect();
+    let mut trained = bundle.meta.digests.clone();
+    trained.sort_unstable();
     traces
         .iter()
-        .filter(|(name, _)| {
-            let here = canonical(Path::new(name));
-            let file = Path::new(name).file_name();
-            trained
-                .iter()
-                .any(|(path, train_file)| match (path, &here) {
-                    (Some(p), Some(h)) => p == h,
-                    _ => file.is_some() && file == *train_file,
-                })
-        })
+        .filter(|(_, t)| trained.binary_search(&t.content_digest()).is_ok())
         .count()
 }
 
@@ -222,6 +207,48 @@ mod tests {
             e.to_string().contains("1 of failed tasks are set aside"),
             "{e}"
         );
+    }
+
+    /// Issue 13: the held-out set reused the training names (`traces/test/compile-1` beside
+    /// `traces/train/compile-1`, other recordings) and eval warned that it was trained on. The
+    /// content decides: same names with other contents are no overlap, a renamed copy is.
+    #[test]
+    fn overlap_is_found_by_content_not_by_name() {
+        use crate::profile::BundleParams;
+        let img = SynthImage::new(SynthParams::new(8 << 20, 2));
+        let train: Vec<(String, Trace)> = (0..2)
+            .map(|task| {
+                (
+                    format!("train/t{task}-1.vmtrace"),
+                    img.task_run(task, 1, task as u64),
+                )
+            })
+            .collect();
+        let bundle = BundleParams::new(4096)
+            .check()
+            .unwrap()
+            .fit(&train, |_| {})
+            .unwrap();
+        assert_eq!(trained_on(&bundle, &train), 2);
+        // The same names, other runs.
+        let test: Vec<(String, Trace)> = (0..2)
+            .map(|task| {
+                (
+                    train[task].0.clone(),
+                    img.task_run(task, 5, 50 + task as u64),
+                )
+            })
+            .collect();
+        assert_ne!(test[0].1.records, train[0].1.records);
+        assert_eq!(trained_on(&bundle, &test), 0);
+        // A training trace under another name and run number is still a training trace.
+        let copy = Trace {
+            run: 9,
+            label: "renamed".into(),
+            ..train[1].1.clone()
+        };
+        let mixed = vec![test[0].clone(), ("test/renamed-9.vmtrace".into(), copy)];
+        assert_eq!(trained_on(&bundle, &mixed), 1);
     }
 
     #[test]

@@ -33,7 +33,8 @@ use vmt_formats::trace::{Op, Trace, TraceKind};
 pub const BUNDLE_FILE: FileKind = FileKind {
     magic: *b"VMTPROF\0",
     name: "profile bundle",
-    version: 1,
+    // 2: the training metadata holds each trace's content digest (issue 13).
+    version: 2,
 };
 
 /// File name extension of bundles.
@@ -157,6 +158,9 @@ pub struct FitSettings {
 pub struct TrainingMeta {
     /// Trace file names.
     pub traces: Vec<String>,
+    /// Each trace's [`Trace::content_digest`], in the order of `traces`: how `eval` tells a
+    /// training trace from a test trace that has its name but not its content.
+    pub digests: Vec<[u8; 32]>,
     /// Runs clustered.
     pub runs: usize,
     /// Silhouette of the clustering (Jaccard).
@@ -387,6 +391,7 @@ impl ValidBundleParams {
             markov,
             meta: TrainingMeta {
                 traces: traces.iter().map(|(n, _)| n.clone()).collect(),
+                digests: traces.iter().map(|(_, t)| t.content_digest()).collect(),
                 runs: runs.len(),
                 silhouette: clustering.silhouette,
                 max_within: clustering.max_within,
@@ -578,11 +583,19 @@ impl Bundle {
 
     /// Reads a bundle file, checking it is consistent.
     pub fn load(path: &Path) -> Result<Bundle, BundleError> {
-        let (header, body): (_, BundleBody) = envelope::read(path, &BUNDLE_FILE)?;
         let invalid = |reason: String| BundleError::Invalid {
             path: path.display().to_string(),
             reason,
         };
+        // An older body does not decode as this one: say so rather than "corrupt".
+        let version = envelope::read_header(path, &BUNDLE_FILE)?.version;
+        if version < BUNDLE_FILE.version {
+            return Err(invalid(format!(
+                "format version {version} is older than this vmt's ({}); refit it with `vmt-train fit`",
+                BUNDLE_FILE.version
+            )));
+        }
+        let (header, body): (_, BundleBody) = envelope::read(path, &BUNDLE_FILE)?;
         BlockGeometry::new(header.image.size, body.block_size)
             .map_err(|e| invalid(e.to_string()))?;
         let k = body.profiles.len();
@@ -596,6 +609,13 @@ impl Bundle {
             return Err(invalid(
                 "the Markov model does not match the profiles".into(),
             ));
+        }
+        if body.meta.digests.len() != body.meta.traces.len() {
+            return Err(invalid(format!(
+                "the training metadata names {} traces but holds {} digests",
+                body.meta.traces.len(),
+                body.meta.digests.len()
+            )));
         }
         let blocks = header.image.size.div_ceil(body.block_size as u64);
         let out_of_range = body
@@ -845,13 +865,21 @@ mod tests {
         assert!(e.contains("not a vmt profile bundle file"), "{e}");
 
         let mut newer = bytes.clone();
-        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let next = BUNDLE_FILE.version + 1;
+        newer[8..12].copy_from_slice(&next.to_le_bytes());
         std::fs::write(&p, &newer).unwrap();
         let e = Bundle::load(&p).unwrap_err().to_string();
-        assert!(e.contains("version 2 is newer"), "{e}");
+        assert!(e.contains(&format!("version {next} is newer")), "{e}");
 
         std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
         let e = Bundle::load(&p).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
+
+        // A bundle of the previous format (no trace digests) asks to be refitted.
+        let mut older = bytes.clone();
+        older[8..12].copy_from_slice(&(BUNDLE_FILE.version - 1).to_le_bytes());
+        std::fs::write(&p, &older).unwrap();
+        let e = Bundle::load(&p).unwrap_err().to_string();
+        assert!(e.contains("older") && e.contains("vmt-train fit"), "{e}");
     }
 }
