@@ -161,6 +161,26 @@ fn bad_input_is_one_clear_line() {
     fails_with(&out, "block size 1000 is not a power of two");
     let out = train(&["fit", "--traces", ad, "--out", b, "--profiles", "500"]);
     fails_with(&out, "500 profiles asked for");
+    // Piece sizes `vmt-run seed` would not make (issue 13): not a power of two, too small, too
+    // large; with and without a block table.
+    for piece in ["100000", "8KiB", "32MiB"] {
+        let out = train(&["eval", "--bundle", b, "--traces", ad, "--piece-size", piece]);
+        fails_with(
+            &out,
+            "is not a power of two from 16 KiB to 16 MiB (what `vmt-run seed` makes)",
+        );
+        let out = train(&[
+            "eval",
+            "--bundle",
+            b,
+            "--traces",
+            ad,
+            "--piece-size",
+            piece,
+            "--block-table",
+        ]);
+        fails_with(&out, "(what `vmt-run seed` makes)");
+    }
 }
 
 #[test]

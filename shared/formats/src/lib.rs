@@ -9,6 +9,8 @@
 //!   checksum), and atomic writes. Loading a file of another image, a newer version, or a
 //!   truncated or corrupt file is an error that names the file.
 //! - [`trace`]: recorded block accesses (`.vmtrace`), and their CSV / blkparse interchange.
+//! - [`piece_size`]: the piece sizes vmt makes torrents with, one rule for the seeder and for
+//!   the evaluation that predicts its mounts.
 //! - [`summary`]: traces summarised for people: a line, a table, tasks compared.
 //! - [`text`]: text inputs (CSV, blkparse) read with a bound, refused at the first binary byte.
 //! - `fuzz` (feature `fuzz`): seeded mutation of valid files and a counting allocator, with
@@ -62,6 +64,7 @@ pub mod fuzz;
 mod fuzz_readers;
 pub mod identify;
 pub mod image;
+pub mod piece_size;
 pub mod summary;
 pub mod text;
 pub mod trace;

@@ -20,11 +20,8 @@ use serde::Serialize;
 /// the natural size of a verified block: one request, one hash.
 pub const BLOCK_BYTES: u32 = 16 << 10;
 
-/// Smallest piece size `vmt-run seed` makes: one BitTorrent block.
-pub const MIN_PIECE_BYTES: u32 = 16 << 10;
-
-/// Largest piece size `vmt-run seed` makes (stock clients refuse much larger pieces).
-pub const MAX_PIECE_BYTES: u32 = 16 << 20;
+use vmt_formats::piece_size::{check_piece_size, BadPieceSize};
+pub use vmt_formats::piece_size::{MAX_PIECE_BYTES, MIN_PIECE_BYTES};
 
 /// Smallest verified block: a page. Smaller blocks would cost more table than they save.
 pub const MIN_BLOCK_BYTES: u32 = 4 << 10;
@@ -44,10 +41,8 @@ pub const HAVE_MESSAGE_BYTES: u64 = 9;
 #[non_exhaustive]
 pub enum GranularityError {
     /// Not a piece size `vmt-run seed` makes.
-    #[error(
-        "piece size {0} is not a power of two from 16 KiB to 16 MiB (what `vmt-run seed` makes)"
-    )]
-    BadPieceSize(u32),
+    #[error(transparent)]
+    BadPieceSize(#[from] BadPieceSize),
     /// A block size that does not tile the pieces.
     #[error("block size {block} is not a power of two from 4 KiB up to the piece size ({piece})")]
     BadBlockSize {
@@ -68,11 +63,7 @@ pub struct Granularity {
 impl Granularity {
     /// `piece_size`-byte pieces, and blocks of `block_size` verified on their own if `Some`.
     pub fn new(piece_size: u32, block_size: Option<u32>) -> Result<Granularity, GranularityError> {
-        if !(MIN_PIECE_BYTES..=MAX_PIECE_BYTES).contains(&piece_size)
-            || !piece_size.is_power_of_two()
-        {
-            return Err(GranularityError::BadPieceSize(piece_size));
-        }
+        check_piece_size(piece_size)?;
         if let Some(block) = block_size {
             if !(MIN_BLOCK_BYTES..=piece_size).contains(&block) || !block.is_power_of_two() {
                 return Err(GranularityError::BadBlockSize {
@@ -211,7 +202,7 @@ mod tests {
         for bad in [0, 8 << 10, 100_000, 32 << 20] {
             assert_eq!(
                 Granularity::pieces(bad).unwrap_err(),
-                GranularityError::BadPieceSize(bad)
+                GranularityError::BadPieceSize(BadPieceSize(bad))
             );
         }
         assert!(Granularity::new(64 << 10, Some(128 << 10)).is_err());

@@ -39,9 +39,9 @@ use super::digest::{digest_image, ImageDigests};
 use super::error::{Result, SwarmError};
 use vmt_formats::image::{FileStamp, IdCache, ImageId};
 
-/// Largest piece length accepted: bigger pieces make a demanded read wait for too many bytes and
-/// make each piece buffer huge.
-pub const MAX_PIECE_LENGTH: u32 = 16 << 20;
+/// Largest piece length accepted, in torrents read as in torrents made: the rule of
+/// [`vmt_formats::piece_size`].
+pub const MAX_PIECE_LENGTH: u32 = vmt_formats::piece_size::MAX_PIECE_BYTES;
 
 /// Largest `.torrent` read. vmt's block-hash table is 32 bytes per 16 KiB block (0.2% of the
 /// image), so this holds the torrent of an image of about 128 GiB; anything larger is not a
@@ -470,11 +470,7 @@ fn create_blocking(
     if meta.len() == 0 {
         return Err(err("the image is empty".into()));
     }
-    if !(16384..=MAX_PIECE_LENGTH).contains(&piece_length) || !piece_length.is_power_of_two() {
-        return Err(err(format!(
-            "piece size {piece_length} must be a power of two from 16 KiB to 16 MiB"
-        )));
-    }
+    vmt_formats::piece_size::check_piece_size(piece_length).map_err(|e| err(e.to_string()))?;
     let before = FileStamp::of(image).map_err(io_err)?;
     let file = std::fs::File::open(image).map_err(io_err)?;
     let cached = cache.cached(&before).map(|id| id.sha256);
@@ -632,6 +628,27 @@ mod tests {
             assert_eq!(t.total_length(), len as u64);
             assert_eq!(t.name(), "image.img");
             std::fs::remove_file(&img).unwrap();
+        }
+    }
+
+    /// The seeder refuses exactly the piece sizes `vmt-train eval` refuses (issue 13): one rule,
+    /// `vmt_formats::piece_size`, with one message.
+    #[test]
+    fn creation_refuses_the_piece_sizes_eval_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 100_000, 1);
+        for piece in [8 << 10, 100_000, 3 << 20, 32 << 20] {
+            let e = create_blocking(
+                &img,
+                piece,
+                &[],
+                IdCache::at(dir.path().join("ids")),
+                |_| {},
+            )
+            .unwrap_err()
+            .to_string();
+            let rule = vmt_formats::piece_size::check_piece_size(piece).unwrap_err();
+            assert!(e.contains(&rule.to_string()), "{e}");
         }
     }
 
