@@ -15,6 +15,12 @@
 //! stock torrent, verified blocks with a block-hash table, so the figures predict that mount.
 //! Each outcome carries bytes fetched beside bytes read.
 //!
+//! The first task after the mount is where a planner is least sure (issue 13): each trace's
+//! stall within it is reported apart ([`FirstTask`]). It ends where the trace's first segment
+//! ends, or for a session that starts with a mount-only segment ([`MOUNT_PHASE_LABEL`]) where
+//! the segment after that ends. The planners are causal, so that stall is the stall of the
+//! trace cut there: it is simulated on the cut trace.
+//!
 //! Ratios of `markov` to the other strategies come with the difference in seconds
 //! ([`Ratio`]): with think time the oracle often never stalls (or stalls a few ms), and a ratio
 //! to that means nothing. [`cross_validate`] refits the bundle without the trace for each trace
@@ -28,6 +34,11 @@ use crate::scheduler::{first_access_units, Scheduler, SchedulerError, SchedulerP
 use crate::simulate::{local_duration_us, simulate, LinkParams, Outcome, SimulateError};
 use vmt_formats::image::BlockGeometry;
 use vmt_formats::trace::{Op, Trace, TraceKind};
+
+/// The label of a session's mount phase: `datasets/record.sh` labels the reads of the loop
+/// mount that precede a boot session's first task `boot` (as does [`crate::synth`]). Those
+/// reads belong to no task, so the first task of such a session is the segment after them.
+pub const MOUNT_PHASE_LABEL: &str = "boot";
 
 /// What to evaluate.
 #[derive(Clone, Debug)]
@@ -81,6 +92,42 @@ pub struct Accuracy {
     pub segments: u64,
 }
 
+/// A trace's first task (see the module doc) and what each strategy stalled in it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FirstTask {
+    /// Its label.
+    pub task: String,
+    /// Records from the trace's start to the task's end (the mount phase included).
+    pub records: usize,
+    /// Stall from the start to the task's end, per strategy (µs), in the order of
+    /// [`TraceResult::outcomes`].
+    pub stall_us: Vec<(Strategy, u64)>,
+}
+
+impl FirstTask {
+    /// The stall of `s`, if it was run.
+    pub fn stall(&self, s: Strategy) -> Option<u64> {
+        self.stall_us.iter().find(|(x, _)| *x == s).map(|(_, v)| *v)
+    }
+}
+
+/// Where `trace`'s first task ends (one past its last record) and its label: the end of the
+/// first segment, or of the second when the first is the mount phase. `None` for a trace
+/// without records.
+pub fn first_task_end(trace: &Trace) -> Option<(usize, &str)> {
+    let mut segments = trace.segments();
+    let first = segments.next()?;
+    let mut end = first.records.len();
+    let mut task = first.task;
+    if first.task == MOUNT_PHASE_LABEL {
+        if let Some(next) = segments.next() {
+            end += next.records.len();
+            task = next.task;
+        }
+    }
+    Some((end, task))
+}
+
 /// One trace under every strategy.
 #[derive(Clone, Debug, Serialize)]
 pub struct TraceResult {
@@ -96,6 +143,8 @@ pub struct TraceResult {
     pub accuracy: Vec<Accuracy>,
     /// Profile switches (boundaries) the belief detected under `markov`.
     pub boundaries: u32,
+    /// The first task and each strategy's stall in it.
+    pub first_task: FirstTask,
 }
 
 impl TraceResult {
@@ -140,6 +189,14 @@ pub fn evaluate_trace(
         .segments()
         .map(|s| bundle.profile_of_label(s.task).map(|_| s.task))
         .collect();
+    let first_end = first_task_end(trace);
+    // The trace cut after its first task, when the task ends before the trace does.
+    let first_cut = first_end
+        .filter(|&(end, _)| end < trace.records.len())
+        .map(|(end, _)| Trace {
+            records: trace.records[..end].to_vec(),
+            ..trace.clone()
+        });
     let mut result = TraceResult {
         trace: name.to_string(),
         session: trace.kind == TraceKind::Session,
@@ -154,18 +211,29 @@ pub fn evaluate_trace(
             })
             .collect(),
         boundaries: 0,
+        first_task: FirstTask {
+            task: first_end.map_or(String::new(), |(_, t)| t.to_string()),
+            records: first_end.map_or(0, |(end, _)| end),
+            stall_us: Vec::new(),
+        },
     };
+    // `profile` follows the profile closest to the whole trace, in the cut trace as well.
+    let fixed = bundle.best_profile(&blocks);
     for &strategy in &params.strategies {
-        let mut sched = match strategy {
-            Strategy::Oracle => {
-                let order = first_access_units(trace, params.scheduler.unit);
-                Scheduler::oracle(trace.image.size, &order, params.scheduler)?
+        let scheduler = |t: &Trace| -> Result<Scheduler, EvalError> {
+            let mut sched = match strategy {
+                Strategy::Oracle => {
+                    let order = first_access_units(t, params.scheduler.unit);
+                    Scheduler::oracle(t.image.size, &order, params.scheduler)?
+                }
+                _ => Scheduler::new(bundle, strategy, params.scheduler)?,
+            };
+            if strategy == Strategy::Profile {
+                sched.fix_profile(fixed)?;
             }
-            _ => Scheduler::new(bundle, strategy, params.scheduler)?,
+            Ok(sched)
         };
-        if strategy == Strategy::Profile {
-            sched.fix_profile(bundle.best_profile(&blocks))?;
-        }
+        let mut sched = scheduler(trace)?;
         let outcome = if strategy == Strategy::Markov {
             let mut reads_in_segment = 0usize;
             let mut last_segment = usize::MAX;
@@ -213,6 +281,21 @@ pub fn evaluate_trace(
                 |_, _| {},
             )?
         };
+        let first_stall = match &first_cut {
+            Some(cut) => {
+                let mut sched = scheduler(cut)?;
+                simulate(
+                    cut,
+                    &mut sched,
+                    &params.link,
+                    &params.granularity,
+                    |_, _| {},
+                )?
+                .stall_us
+            }
+            None => outcome.stall_us,
+        };
+        result.first_task.stall_us.push((strategy, first_stall));
         result.outcomes.push((strategy, outcome));
     }
     Ok(result)
@@ -299,6 +382,9 @@ pub struct StrategySummary {
     pub mean_stall_us: f64,
     /// Mean stall of sessions only (µs), if any.
     pub session_mean_stall_us: Option<f64>,
+    /// Mean stall in the first task ([`FirstTask`]), over sessions (or over all traces if
+    /// none), µs.
+    pub first_task_mean_stall_us: f64,
     /// Mean bytes fetched by the end of a trace.
     pub mean_bytes_fetched: f64,
     /// Mean over traces of bytes fetched / bytes read (traces that read nothing left out).
@@ -321,6 +407,9 @@ pub struct Summary {
     /// traces if none). The oracle often never stalls (think time hides every fetch): the ratio
     /// is then undefined, and the difference in seconds is the figure to read.
     pub markov_stall_ratio: Vec<(Strategy, Ratio)>,
+    /// The same for the stall in the first task only ([`FirstTask`]), over the same traces:
+    /// where a planner that does not yet know the task pays (issue 13).
+    pub markov_first_task_stall_ratio: Vec<(Strategy, Ratio)>,
     /// Belief accuracy, summed over traces.
     pub accuracy: Vec<Accuracy>,
 }
@@ -374,6 +463,13 @@ pub fn summarize(results: &[TraceResult]) -> Summary {
                     .filter(|_| r.session)
                     .map(|o| o.stall_us as f64)
             }),
+            first_task_mean_stall_us: mean(&|r| {
+                r.first_task
+                    .stall(s)
+                    .filter(|_| r.session || !any_session)
+                    .map(|v| v as f64)
+            })
+            .unwrap_or(0.0),
             mean_bytes_fetched: mean(&|r| r.outcome(s).map(|o| o.bytes_fetched as f64))
                 .unwrap_or(0.0),
             mean_fetched_per_read: mean(&|r| r.outcome(s).and_then(|o| o.fetched_per_read())),
@@ -381,7 +477,7 @@ pub fn summarize(results: &[TraceResult]) -> Summary {
         })
         .collect();
     let find = |s: Strategy| per.iter().find(|x| x.strategy == s);
-    let (mut completion, mut stall) = (Vec::new(), Vec::new());
+    let (mut completion, mut stall, mut first) = (Vec::new(), Vec::new(), Vec::new());
     if let Some(m) = find(Strategy::Markov) {
         for s in &per {
             if s.strategy == Strategy::Markov {
@@ -400,6 +496,10 @@ pub fn summarize(results: &[TraceResult]) -> Summary {
                 (m.mean_stall_us, s.mean_stall_us)
             };
             stall.push((s.strategy, Ratio::of(ms, ss)));
+            first.push((
+                s.strategy,
+                Ratio::of(m.first_task_mean_stall_us, s.first_task_mean_stall_us),
+            ));
         }
     }
     let mut accuracy: Vec<Accuracy> = Vec::new();
@@ -419,6 +519,7 @@ pub fn summarize(results: &[TraceResult]) -> Summary {
         strategies: per,
         markov_completion_ratio: completion,
         markov_stall_ratio: stall,
+        markov_first_task_stall_ratio: first,
         accuracy,
     }
 }
@@ -573,6 +674,7 @@ mod tests {
             ],
             accuracy: Vec::new(),
             boundaries: 0,
+            first_task: FirstTask::default(),
         };
         let s = summarize(&[r]);
         let stall = |x| {
@@ -592,6 +694,135 @@ mod tests {
         assert_eq!(Ratio::of(30_000.0, 10_000.0).ratio, Some(3.0));
         let json = serde_json::to_string(&s).unwrap();
         assert!(!json.contains("NaN"), "{json}");
+    }
+
+    /// A session by hand: `(t_us, task index, offset, len)` reads of a 16 MiB image.
+    fn hand_session(tasks: &[&str], reads: &[(u64, u16, u64, u32)]) -> Trace {
+        use vmt_formats::image::ImageId;
+        use vmt_formats::trace::Record;
+        Trace {
+            image: ImageId::size_only(16 << 20),
+            kind: TraceKind::Session,
+            label: "hand".into(),
+            run: 1,
+            start_unix_us: 0,
+            recorder: "test".into(),
+            tasks: tasks.iter().map(|t| t.to_string()).collect(),
+            records: reads
+                .iter()
+                .map(|&(t_us, task, offset, len)| Record {
+                    t_us,
+                    op: Op::Read,
+                    offset,
+                    len,
+                    task,
+                })
+                .collect(),
+        }
+    }
+
+    /// Issue 13: the stall in the first task, apart. A session whose mount phase reads one
+    /// 4 KiB block and whose first task then reads 1 MiB at once: on demand at 100 Mbit/s with
+    /// 256 KiB pieces that is one piece and then four, each fetch after a 0.5 ms round trip
+    /// (21.47 + 84.39 ms); the second task, 10 s later, stalls as long again on demand and not
+    /// at all for the oracle, which fetched it meanwhile.
+    #[test]
+    fn r13_first_task_stall_is_the_stall_up_to_its_end() {
+        let t = hand_session(
+            &["boot", "compile", "git"],
+            &[
+                (0, 0, 0, 4096),
+                (1_000, 1, 1 << 20, 1 << 20),
+                (10_000_000, 2, 8 << 20, 1 << 20),
+            ],
+        );
+        assert_eq!(first_task_end(&t), Some((2, "compile")));
+        let no_mount = hand_session(
+            &["compile", "git"],
+            &t.records[1..]
+                .iter()
+                .map(|r| (r.t_us, r.task - 1, r.offset, r.len))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(first_task_end(&no_mount), Some((1, "compile")));
+        let one_task = hand_session(&["compile"], &[(0, 0, 0, 4096), (5, 0, 8192, 4096)]);
+        assert_eq!(first_task_end(&one_task), Some((2, "compile")));
+
+        let bundle = BundleParams::new(4096)
+            .check()
+            .unwrap()
+            .fit(&[("t".to_string(), t.clone())], |_| {})
+            .unwrap();
+        let mut p = params(0);
+        p.strategies = vec![Strategy::Demand, Strategy::Oracle];
+        let r = evaluate_trace(&bundle, "t", &t, &p).unwrap();
+        assert_eq!(r.first_task.task, "compile");
+        assert_eq!(r.first_task.records, 2);
+        let piece_ms = (256 << 10) as f64 * 8.0 / 100e6 * 1e3;
+        let want_first = 2.0 * 0.5 + 5.0 * piece_ms;
+        let demand_first = r.first_task.stall(Strategy::Demand).unwrap() as f64 / 1e3;
+        assert!(
+            (demand_first - want_first).abs() < 1.0,
+            "{demand_first} ms, want {want_first}"
+        );
+        let demand_all = r.outcome(Strategy::Demand).unwrap().stall_us as f64 / 1e3;
+        let want_all = want_first + 0.5 + 4.0 * piece_ms;
+        assert!(
+            (demand_all - want_all).abs() < 1.0,
+            "{demand_all} ms, want {want_all}"
+        );
+        let oracle_first = r.first_task.stall(Strategy::Oracle).unwrap();
+        assert!(oracle_first > 0);
+        assert_eq!(r.outcome(Strategy::Oracle).unwrap().stall_us, oracle_first);
+
+        // A one-task trace's first task is all of it.
+        let r = evaluate_trace(&bundle, "one", &one_task, &p).unwrap();
+        assert_eq!(
+            r.first_task.stall(Strategy::Demand),
+            Some(r.outcome(Strategy::Demand).unwrap().stall_us)
+        );
+    }
+
+    /// Issue 13: the first-task ratio to an oracle that stalled under 10 ms is no ratio, and
+    /// the means are over sessions when there are sessions.
+    #[test]
+    fn r13_first_task_ratios_skip_a_strategy_that_never_stalled() {
+        let result = |session, demand, markov, oracle| TraceResult {
+            trace: "s".into(),
+            session,
+            local_us: 1_000_000,
+            outcomes: vec![
+                (Strategy::Demand, Outcome::default()),
+                (Strategy::Markov, Outcome::default()),
+                (Strategy::Oracle, Outcome::default()),
+            ],
+            accuracy: Vec::new(),
+            boundaries: 0,
+            first_task: FirstTask {
+                task: "a".into(),
+                records: 1,
+                stall_us: vec![
+                    (Strategy::Demand, demand),
+                    (Strategy::Markov, markov),
+                    (Strategy::Oracle, oracle),
+                ],
+            },
+        };
+        let s = summarize(&[
+            result(true, 1_000_000, 300_000, 200),
+            result(true, 3_000_000, 100_000, 0),
+            result(false, 9_000_000, 9_000_000, 9_000_000),
+        ]);
+        let ratio = |x| {
+            s.markov_first_task_stall_ratio
+                .iter()
+                .find(|(y, _)| *y == x)
+                .unwrap()
+                .1
+        };
+        assert_eq!(ratio(Strategy::Demand).ratio, Some(0.1));
+        assert_eq!(ratio(Strategy::Oracle).ratio, None);
+        assert_eq!(ratio(Strategy::Oracle).excess_us, 200_000.0 - 100.0);
     }
 
     #[test]

@@ -35,29 +35,68 @@ fn describe_link(link: &LinkParams) -> String {
 }
 
 /// The profiles of a bundle, one line each, and its common blocks.
+///
+/// Clustering is blind to labels, so one task may have several profiles (variants: `shell`'s
+/// command sets, a warm session segment that read a fraction of a cold run): each says which
+/// variant of its task it is, and a line lists them, so they read as one task.
 struct ProfilesTable<'a>(&'a Bundle);
 
 impl Display for ProfilesTable<'_> {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let b = self.0;
         let bytes = |blocks: usize| blocks as f64 * b.block_size as f64;
+        // Profiles by their majority label, in order of first appearance.
+        let mut tasks: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, p) in b.profiles.iter().enumerate() {
+            let label = p.majority_label();
+            match tasks.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, v)) => v.push(i),
+                None => tasks.push((label, vec![i])),
+            }
+        }
+        let variant = |i: usize| -> String {
+            let label = b.profiles[i].majority_label();
+            match tasks.iter().find(|(l, _)| *l == label) {
+                Some((_, v)) if v.len() > 1 => {
+                    let j = v.iter().position(|&x| x == i).unwrap_or(0);
+                    format!("{}/{}", j + 1, v.len())
+                }
+                _ => String::new(),
+            }
+        };
         writeln!(
             f,
-            "{:>3}  {:<20} {:>5} {:>8} {:>9} {:>6}  labels",
-            "#", "profile", "runs", "blocks", "MiB", "image"
+            "{:>3}  {:<20} {:>7} {:>5} {:>8} {:>9} {:>6}  labels",
+            "#", "profile", "variant", "runs", "blocks", "MiB", "image"
         )?;
         for (i, p) in b.profiles.iter().enumerate() {
             let labels: Vec<String> = p.labels.iter().map(|(l, n)| format!("{l}×{n}")).collect();
             writeln!(
                 f,
-                "{:>3}  {:<20} {:>5} {:>8} {:>9.2} {:>5.1}%  {}",
+                "{:>3}  {:<20} {:>7} {:>5} {:>8} {:>9.2} {:>5.1}%  {}",
                 i,
                 p.name,
+                variant(i),
                 p.members.len(),
                 p.blocks.len(),
                 bytes(p.blocks.len()) / 1048576.0,
                 100.0 * bytes(p.blocks.len()) / b.image.size as f64,
                 labels.join(" ")
+            )?;
+        }
+        let variants: Vec<String> = tasks
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(l, v)| {
+                let ids: Vec<String> = v.iter().map(|i| i.to_string()).collect();
+                format!("{l} ({})", ids.join(" "))
+            })
+            .collect();
+        if !variants.is_empty() {
+            writeln!(
+                f,
+                "variants of one task (runs of it that read different files; the belief counts any of them as the task): {}",
+                variants.join(", ")
             )?;
         }
         writeln!(
@@ -69,16 +108,25 @@ impl Display for ProfilesTable<'_> {
     }
 }
 
+/// Distinct majority labels of a bundle's profiles: the tasks it knows.
+fn task_count(b: &Bundle) -> usize {
+    let mut labels: Vec<&str> = b.profiles.iter().map(|p| p.majority_label()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    labels.len()
+}
+
 impl Display for FitReport {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let b = &self.bundle;
         writeln!(
             f,
-            "fitted {} runs from {} traces in {:.1}s: {} profiles, silhouette {:.2}, purity {:.2}, max within-profile distance {:.2}",
+            "fitted {} runs from {} traces in {:.1}s: {} profiles of {} tasks, silhouette {:.2}, purity {:.2}, max within-profile distance {:.2}",
             b.meta.runs,
             self.traces,
             self.seconds,
             b.profiles.len(),
+            task_count(b),
             b.meta.silhouette,
             b.meta.purity,
             b.meta.max_within,
@@ -227,6 +275,7 @@ impl Display for EvalReport {
             write!(f, " {:>15}", ratio(s.mean_fetched_per_read))?;
         }
         writeln!(f)?;
+        write!(f, "{}", FirstTaskTable(self))?;
         if !summary.markov_completion_ratio.is_empty() {
             // A ratio to a strategy that (as good as) never stalled is undefined: print the
             // difference in seconds beside every ratio, and only the difference there.
@@ -258,6 +307,11 @@ impl Display for EvalReport {
                 "markov stall ratio ({over}): {}",
                 fmt(&summary.markov_stall_ratio)
             )?;
+            writeln!(
+                f,
+                "markov first-task stall ratio ({over}): {}",
+                fmt(&summary.markov_first_task_stall_ratio)
+            )?;
         }
         for a in &summary.accuracy {
             if a.segments > 0 {
@@ -271,6 +325,51 @@ impl Display for EvalReport {
             }
         }
         Ok(())
+    }
+}
+
+/// Per trace: its first task, each strategy's stall in it, and how often `markov`'s belief
+/// named the task after each probe's number of reads.
+struct FirstTaskTable<'a>(&'a EvalReport);
+
+impl Display for FirstTaskTable<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let (results, summary, params) = (&self.0.results, &self.0.summary, &self.0.params);
+        writeln!(
+            f,
+            "stall in the first task (seconds; after a session's mount phase), and markov's accuracy (right/counted task segments) after N reads"
+        )?;
+        write!(f, "{:<28} {:>8}", "trace", "task")?;
+        for s in &params.strategies {
+            write!(f, " {:>9}", s.name())?;
+        }
+        for n in &params.probe_reads {
+            write!(f, " {:>7}", format!("acc@{n}"))?;
+        }
+        writeln!(f)?;
+        for r in results {
+            write!(f, "{:<28} {:>8}", short_name(&r.trace), r.first_task.task)?;
+            for (_, stall) in &r.first_task.stall_us {
+                write!(f, " {:>9}", secs(*stall as f64))?;
+            }
+            for a in &r.accuracy {
+                write!(f, " {:>7}", format!("{}/{}", a.hits, a.segments))?;
+            }
+            writeln!(f)?;
+        }
+        let over = if results.iter().any(|r| r.session) {
+            "mean (sessions)"
+        } else {
+            "mean"
+        };
+        write!(f, "{:<28} {:>8}", over, "")?;
+        for s in &summary.strategies {
+            write!(f, " {:>9}", secs(s.first_task_mean_stall_us))?;
+        }
+        for a in &summary.accuracy {
+            write!(f, " {:>7}", format!("{}/{}", a.hits, a.segments))?;
+        }
+        writeln!(f)
     }
 }
 
@@ -419,5 +518,97 @@ impl Display for BenchFitReport {
             self.hwm_kib / 1024,
             self.bundle_bytes / 1024
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluate::{summarize, Accuracy, EvalParams, FirstTask, TraceResult};
+    use crate::granularity::Granularity;
+    use crate::simulate::Outcome;
+
+    /// Issue 13: an oracle that stalled 0.2 ms printed "/oracle 2348.7". Every ratio to it
+    /// (whole trace and first task) is n/a with the difference, the first-task stalls and the
+    /// accuracy after 10 reads are printed per trace, and nothing prints a huge ratio.
+    #[test]
+    fn r13_eval_prints_no_ratio_to_an_oracle_that_never_stalled() {
+        let stall = |us| Outcome {
+            completion_us: 1_000_000 + us,
+            stall_us: us,
+            ..Outcome::default()
+        };
+        let strategies = [Strategy::Demand, Strategy::Markov, Strategy::Oracle];
+        let results = vec![TraceResult {
+            trace: "traces/test/walk-13.vmtrace".into(),
+            session: true,
+            local_us: 1_000_000,
+            outcomes: strategies
+                .iter()
+                .zip([900_000, 469_800, 200])
+                .map(|(&s, us)| (s, stall(us)))
+                .collect(),
+            accuracy: vec![Accuracy {
+                after_reads: 10,
+                hits: 3,
+                segments: 4,
+            }],
+            boundaries: 3,
+            first_task: FirstTask {
+                task: "search".into(),
+                records: 40,
+                stall_us: strategies
+                    .iter()
+                    .zip([600_000, 400_000, 200])
+                    .map(|(&s, us)| (s, us))
+                    .collect(),
+            },
+        }];
+        let mut params = EvalParams::new(
+            LinkParams::new(100e6),
+            Granularity::pieces(256 << 10).unwrap(),
+        );
+        params.strategies = strategies.to_vec();
+        params.probe_reads = vec![10];
+        let report = EvalReport {
+            summary: summarize(&results),
+            results,
+            params,
+            cross_validated: true,
+        };
+        let text = report.to_string();
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no line {start:?} in:\n{text}"))
+                .to_string()
+        };
+        assert!(
+            line("markov stall ratio (sessions)").contains("/oracle n/a (+0.47s"),
+            "{text}"
+        );
+        let first = line("markov first-task stall ratio (sessions)");
+        assert!(first.contains("/oracle n/a (+0.40s"), "{first}");
+        assert!(first.contains("/demand 0.667"), "{first}");
+        // The first-task table: the task, each strategy's stall in it, acc@10 right/counted.
+        assert!(
+            line("trace").contains("acc@10") || text.contains(" acc@10"),
+            "{text}"
+        );
+        let first_row = text
+            .lines()
+            .filter(|l| l.starts_with("walk-13.vmtrace"))
+            .find(|l| l.contains("search"))
+            .unwrap_or_else(|| panic!("no first-task row in:\n{text}"));
+        let cells: Vec<&str> = first_row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["walk-13.vmtrace", "search", "0.60", "0.40", "0.00", "3/4"]
+        );
+        assert!(
+            line("inference accuracy after 10 reads").contains("75.0% of 4"),
+            "{text}"
+        );
+        assert!(!text.contains("2348"), "{text}");
     }
 }
