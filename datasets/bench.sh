@@ -6,12 +6,17 @@
 #
 # --quick (default): one task and one session (2 s think), no vmt-run fetch, N = 1 4, 400 Mbit/s
 #          links; under 5 minutes, for development.
-# --full: every held-out trace (sessions with 0 and 5 s think), N = 1 2 4 8 16, 100 Mbit/s links;
-#          about 40 minutes (strategies phase ~18, crowd phase ~20).
+# --full: every held-out task run, boot session and the first two walks (sessions with 0 and 5 s
+#          think), N = 1 2 4 8 16, 100 Mbit/s links;
+#          about 40 minutes with two held-out sessions (strategies ~18, crowd ~20), more with
+#          four (not yet measured: each session adds about 18 replays to phase strategies).
 # Env: WORK (default datasets/work, holds appliance.img), RATE, SEED_RATE (tc rates, e.g.
 # 100mbit), BURST (tbf bucket, default 256kb: what an idle link passes at once), THINK (full
-# 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (held-out
-# traces), STRATEGIES (of phase strategies, default all; sshfs and aria2 also gate the crowd's
+# 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (names of held-out
+# traces in traces/test, e.g. TASKS="git-5" SESSIONS="session-8 walk-16"; default full: every
+# held-out task run, the held-out boot sessions and the first two held-out walks; quick: the
+# first held-out git run and the last boot session; record.sh's counts are RUNS, BOOT_SESSIONS
+# and WALKS, never these), STRATEGIES (of phase strategies, default all; sshfs and aria2 also gate the crowd's
 # baselines), CROWD (vmt runs of the crowd phase as STRATEGY:MODE, default "markov:swarm
 # markov:cs oracle:swarm"), SEED_ARGS (extra `vmt-run seed` options), PHASES (default
 # "strategies crowd"), KEEP=1 keeps the scratch dir.
@@ -45,7 +50,7 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --full) mode=full ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -63,16 +68,15 @@ commit=$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')
 if [ "$commit" != '?' ] && [ -n "$(cd "$root" && git status --porcelain --untracked-files=no -- . ':!datasets/results' 2>/dev/null)" ]; then
   commit="$commit + uncommitted changes"
 fi
+# TASKS and SESSIONS default to names found in traces/test once the traces are known (below).
 if [ "$mode" = full ]; then
   RATE=${RATE:-100mbit}; SEED_RATE=${SEED_RATE:-100mbit}; NS=${NS:-1 2 4 8 16}
-  TASKS=${TASKS-compile-1 git-1 man-1 perl-1 python-1 search-1 shell-1 sqlite-1 vmboot-1}
-  SESSIONS=${SESSIONS:-session-1 session-2}; THINK=${THINK:-5s}
+  THINK=${THINK:-5s}
   STRATEGIES=${STRATEGIES:-full aria2 sshfs demand stream profile markov oracle}
   SESSION_THINKS="0s $THINK"   # sessions replayed without and with think time
 else
   RATE=${RATE:-400mbit}; SEED_RATE=${SEED_RATE:-400mbit}; NS=${NS:-1 4}
-  TASKS=${TASKS-git-1}
-  SESSIONS=${SESSIONS:-session-2}; THINK=${THINK:-2s}
+  THINK=${THINK:-2s}
   STRATEGIES=${STRATEGIES:-aria2 sshfs demand stream profile markov oracle}
   SESSION_THINKS=$THINK
 fi
@@ -111,17 +115,58 @@ fi
 sha=$(awk '{print $1}' "$work/appliance.sha256")
 traces=$here/traces
 bundle=$here/appliance.vmtp
-want=$("$bin/vmt-record" export "$traces/test/session-1.vmtrace" | sed -n 's/^# image_sha256=//p')
+# image_of DIR: the image SHA-256 of DIR's first held-out trace (empty if there is none).
+image_of() {
+  local first
+  first=$(ls "$1"/test/*.vmtrace 2>/dev/null | head -1)
+  [ -n "$first" ] || return 0
+  "$bin/vmt-record" export "$first" | sed -n 's/^# image_sha256=//p'
+}
+want=$(image_of "$traces")
 if [ "$want" != "$sha" ]; then
-  # A rebuilt image (debootstrap fetches current packages): record and train for it, in WORK.
-  say "traces belong to image $want, not this one ($sha): re-recording into $work/traces-rec/traces"
-  (cd "$work" && rm -rf traces-rec && mkdir traces-rec && cp -r "$here/tasks" "$here/record.sh" traces-rec/ \
-    && WORK=$work VMT_RECORD=$bin/vmt-record bash traces-rec/record.sh)
+  # A rebuilt image (debootstrap fetches current packages): traces and a bundle for it, in
+  # WORK, recorded once and reused while they belong to the image.
   traces=$work/traces-rec/traces
   bundle=$work/appliance.vmtp
-  "$bin/vmt-train" fit --traces "$traces/train" --out "$bundle"
+  if [ "$(image_of "$traces")" = "$sha" ] && [ -d "$traces/train" ]; then
+    say "traces in the repository belong to image ${want:-?}; reusing $traces, recorded for this one ($sha)"
+  else
+    say "traces belong to image ${want:-?}, not this one ($sha): re-recording into $traces"
+    (cd "$work" && rm -rf traces-rec "$bundle" && mkdir traces-rec \
+      && cp -r "$here/tasks" "$here/record.sh" traces-rec/ \
+      && WORK=$work VMT_RECORD=$bin/vmt-record bash traces-rec/record.sh)
+  fi
+  if [ ! -f "$bundle" ] || [ -n "$(find "$traces/train" -newer "$bundle" -print -quit)" ]; then
+    "$bin/vmt-train" fit --traces "$traces/train" --out "$bundle"
+  fi
 fi
 [ -f "$bundle" ] || "$bin/vmt-train" fit --traces "$traces/train" --out "$bundle"
+
+# The held-out traces to replay: names in traces/test (record.sh decides how many there are).
+held_out() {  # held_out GLOB: names of traces/test/GLOB.vmtrace, sorted by run number
+  ls "$traces/test/" | sed -n "s/^\($1\)\.vmtrace\$/\1/p" | sort -t- -k2,2n
+}
+if [ -z "${TASKS+x}" ]; then
+  if [ "$mode" = full ]; then
+    TASKS=$(held_out '[a-z]*-[0-9]*' | grep -v '^\(session\|walk\)-' | sort | paste -sd' ')
+  else
+    TASKS=$(held_out 'git-[0-9]*' | head -1)
+  fi
+fi
+if [ -z "${SESSIONS:-}" ]; then
+  if [ "$mode" = full ]; then
+    SESSIONS=$( (held_out 'session-[0-9]*'; held_out 'walk-[0-9]*' | head -2) | paste -sd' ')
+  else
+    SESSIONS=$(held_out 'session-[0-9]*' | tail -1)
+  fi
+fi
+for name in $TASKS $SESSIONS; do
+  [ -f "$traces/test/$name.vmtrace" ] || {
+    echo "bench.sh: no held-out trace '$name' in $traces/test; TASKS and SESSIONS name traces there: $(held_out '.*' | paste -sd' ')" >&2
+    exit 2
+  }
+done
+[ -n "${SESSIONS// /}" ] || { echo "bench.sh: no held-out session in $traces/test" >&2; exit 2; }
 
 # --- scratch, cleanup -----------------------------------------------------------------------
 W=$(mktemp -d "$work/bench.XXXXXX"); chmod 755 "$W"
@@ -267,7 +312,7 @@ replay() {
 }
 task_of() {  # the task the profile strategy follows: the trace's label, for sessions the first after boot
   case "$1" in
-    session-*) "$bin/vmt-record" export "$traces/test/$1.vmtrace" | awk -F, '$1 ~ /^[0-9]+$/ && $5 != "" && $5 != "boot" {print $5; exit}' ;;
+    session-*|walk-*) "$bin/vmt-record" export "$traces/test/$1.vmtrace" | awk -F, '$1 ~ /^[0-9]+$/ && $5 != "" && $5 != "boot" {print $5; exit}' ;;
     *) echo "${1%-*}" ;;
   esac
 }
