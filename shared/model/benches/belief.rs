@@ -59,7 +59,7 @@ fn setup() -> (vmt_model::profile::Bundle, Vec<(u64, u64)>) {
 
 fn bench(c: &mut Criterion) {
     let (bundle, reads) = setup();
-    let model = bundle.markov.compile(bundle.block_count());
+    let model = bundle.markov.compile(bundle.block_count(), &bundle.common);
     let mut belief = Belief::new(&model, BeliefParams::default());
     let blocks: Vec<(u32, u64)> = reads
         .iter()
