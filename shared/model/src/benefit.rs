@@ -92,7 +92,7 @@ impl Ranking {
                 }
             }
         }
-        all.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        all.sort_unstable_by_key(|a| (a.0, a.1));
         let mut units = Vec::new();
         let mut starts = Vec::new();
         let mut contributions: Vec<Contribution> = Vec::new();

@@ -491,7 +491,7 @@ impl SynthImage {
 /// An index drawn with probability proportional to `weights` (uniform if they sum to 0).
 fn draw(weights: &[f64], rng: &mut StdRng) -> usize {
     let sum: f64 = weights.iter().sum();
-    if !(sum > 0.0) {
+    if sum <= 0.0 || sum.is_nan() {
         return rng.gen_range(0..weights.len());
     }
     let mut x = rng.gen::<f64>() * sum;
