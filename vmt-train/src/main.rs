@@ -20,7 +20,7 @@ use vmt_model::evaluate::EvalParams;
 use vmt_model::granularity::Granularity;
 use vmt_model::markov::BeliefParams;
 use vmt_model::profile::BundleParams;
-use vmt_model::scheduler::Strategy;
+use vmt_model::scheduler::{PlanOrder, Strategy};
 use vmt_model::simulate::LinkParams;
 use vmt_model::synth::SynthParams;
 use vmt_model::train::{self, CorpusParams, Progress};
@@ -138,6 +138,18 @@ enum Command {
         /// 500ms).
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = units::parse_duration_us)]
         boundary_gap: u64,
+        /// How markov orders its plan: benefit (expected benefit per unit under the belief,
+        /// hedged while it is unsure) or merge (the earlier belief-weighted merge of the
+        /// profiles' orders, for comparison).
+        #[arg(long, default_value = "benefit")]
+        planner: PlanOrder,
+        /// With --planner benefit: weight of the bonus for units that tell the likely profiles
+        /// apart.
+        #[arg(long, default_value_t = 0.5)]
+        bonus: f64,
+        /// Lead added to first-access times in the plan's urgency 1 / (t + lead).
+        #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = units::parse_duration_us)]
+        lead: u64,
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
@@ -260,6 +272,9 @@ fn run(cli: Cli) -> Result<()> {
             strategies,
             accuracy_after,
             boundary_gap,
+            planner,
+            bonus,
+            lead,
             json,
             curve,
         } => {
@@ -275,6 +290,9 @@ fn run(cli: Cli) -> Result<()> {
                 gap_us: boundary_gap,
                 ..BeliefParams::default()
             };
+            params.scheduler.order = planner;
+            params.scheduler.bonus = bonus;
+            params.scheduler.lead_us = lead;
             params.strategies = strategies;
             params.probe_reads = accuracy_after;
             let bundle = bundle.as_deref();

@@ -1,6 +1,6 @@
 //! Hot paths of the online side: `Belief::observe` per read (goal: < 1 µs for 16 profiles, no
 //! allocation) and `Scheduler::plan` (a window of 8 units: 256 KiB pieces, and 16 KiB verified
-//! blocks).
+//! blocks; the benefit planner, the default, and the merge planner).
 //!
 //! Inputs are seeded synthetic traces: a 16-task image, a bundle fitted from 3 runs per task,
 //! and the reads of held-out runs replayed in a loop. A counting global allocator checks that
@@ -13,7 +13,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use vmt_formats::trace::Trace;
 use vmt_model::markov::{Belief, BeliefParams};
 use vmt_model::profile::BundleParams;
-use vmt_model::scheduler::{Scheduler, SchedulerParams, Strategy};
+use vmt_model::scheduler::{PlanOrder, Scheduler, SchedulerParams, Strategy};
 use vmt_model::synth::{SynthImage, SynthParams};
 
 struct Counting;
@@ -59,7 +59,7 @@ fn setup() -> (vmt_model::profile::Bundle, Vec<(u64, u64)>) {
 
 fn bench(c: &mut Criterion) {
     let (bundle, reads) = setup();
-    let model = bundle.markov.compile(bundle.block_count());
+    let model = bundle.markov.compile(bundle.block_count(), &bundle.common);
     let mut belief = Belief::new(&model, BeliefParams::default());
     let blocks: Vec<(u32, u64)> = reads
         .iter()
@@ -101,6 +101,26 @@ fn bench(c: &mut Criterion) {
     assert_eq!(
         block_plan_allocs, 0,
         "Scheduler::on_read/plan in 16 KiB units allocated"
+    );
+    // The earlier merge planner, kept for comparison, stays allocation-free too.
+    let mut merge_sched = Scheduler::new(
+        &bundle,
+        Strategy::Markov,
+        SchedulerParams {
+            order: PlanOrder::Merge,
+            ..SchedulerParams::new(16 << 10)
+        },
+    )
+    .unwrap();
+    let start = ALLOCATIONS.load(Ordering::Relaxed);
+    for (i, &(off, t)) in reads.iter().enumerate() {
+        merge_sched.on_read(off, 4096, t);
+        merge_sched.plan(&|p: u32| p % 3 == (i % 3) as u32, 8, &mut out);
+    }
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed) - start,
+        0,
+        "the merge planner allocated"
     );
     println!(
         "{} reads, 16 profiles: no allocation in observe, on_read or plan",

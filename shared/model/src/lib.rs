@@ -27,6 +27,7 @@
 //! `source`, never both, so `{:#}` (anyhow's chain) is the whole story on one line.
 #![deny(missing_docs)]
 
+pub mod benefit;
 pub mod cluster;
 pub mod corpus;
 pub mod curve;

@@ -381,8 +381,8 @@ impl ValidBundleParams {
         let purity = purity(&clustering.labels, &truth);
         let (profiles, observations) = self.profiles(&runs, &clustering, traces);
         let common = common_blocks(&runs, geometry.block_count());
-        let sequences = sequences(traces, &runs, &clustering.labels);
-        let markov = self.markov.fit(&sequences, observations)?;
+        let (sequences, starts) = sequences(traces, &runs, &clustering.labels);
+        let markov = self.markov.fit(&sequences, &starts, observations)?;
         Ok(Bundle {
             image,
             block_size: self.settings.block_size,
@@ -523,8 +523,14 @@ fn common_blocks(runs: &[Run], block_count: u32) -> Vec<u32> {
 
 /// Profile sequences for the Markov model: each session's segments in order, and, when there
 /// are no sessions, task runs recorded back to back (see [`BACK_TO_BACK_US`]); every other run
-/// is a one-element sequence (a start).
-fn sequences(traces: &[(String, Trace)], runs: &[Run], labels: &[usize]) -> Vec<Vec<usize>> {
+/// is a one-element sequence. Second, the starts the prior over the first task is learned from:
+/// each session's first segment when there are sessions (how users open the appliance), else
+/// every run (each trained run of a task is one start).
+fn sequences(
+    traces: &[(String, Trace)],
+    runs: &[Run],
+    labels: &[usize],
+) -> (Vec<Vec<usize>>, Vec<usize>) {
     let mut by_trace: Vec<Vec<usize>> = vec![Vec::new(); traces.len()];
     for (r, l) in runs.iter().zip(labels) {
         by_trace[r.trace].push(*l);
@@ -546,7 +552,8 @@ fn sequences(traces: &[(String, Trace)], runs: &[Run], labels: &[usize]) -> Vec<
     // runs are separate cold starts, and back to back they are more often a recording script's
     // loop (five runs of one task, then the next task) than a user's flow. Each counts as a
     // start only then.
-    let sessions = !out.is_empty();
+    let session_count = out.len();
+    let sessions = session_count > 0;
     let mut chain: Vec<usize> = Vec::new();
     let mut chain_end = 0u64;
     for (start, end, i) in tasks {
@@ -559,7 +566,15 @@ fn sequences(traces: &[(String, Trace)], runs: &[Run], labels: &[usize]) -> Vec<
     if !chain.is_empty() {
         out.push(chain);
     }
-    out
+    let starts = if sessions {
+        out.iter()
+            .take(session_count)
+            .filter_map(|s| s.first().copied())
+            .collect()
+    } else {
+        out.iter().flatten().copied().collect()
+    };
+    (out, starts)
 }
 
 impl Bundle {

@@ -49,6 +49,10 @@ pub struct SynthParams {
     /// Bytes of filesystem metadata a cold start reads to mount the image (see the module
     /// doc). Default 0: no mount phase, sessions start with their first task.
     pub mount_bytes: u64,
+    /// Files that tasks `2j` and `2j + 1` share, at the same places in both (every other file
+    /// from the first, as two tools load the same interpreter and libraries between their own
+    /// files): their first reads cannot tell the pair apart. Default 0.
+    pub shared_files: usize,
     /// Seed of the image layout.
     pub seed: u64,
 }
@@ -64,6 +68,7 @@ impl SynthParams {
             compute_us: 20_000,
             skip_file: 0.1,
             mount_bytes: 0,
+            shared_files: 0,
             seed: 1,
         }
     }
@@ -78,6 +83,12 @@ impl SynthParams {
     /// with a `boot` segment (see the module doc).
     pub fn mount(mut self, bytes: u64) -> SynthParams {
         self.mount_bytes = bytes;
+        self
+    }
+
+    /// Tasks `2j` and `2j + 1` share their first `files` files.
+    pub fn shared_files(mut self, files: usize) -> SynthParams {
+        self.shared_files = files;
         self
     }
 
@@ -184,6 +195,14 @@ impl SynthImage {
                 files,
                 metadata,
             });
+        }
+        for j in (1..tasks.len()).step_by(2) {
+            let m = params.shared_files;
+            let files = tasks[j].files.len().min(tasks[j - 1].files.len());
+            for f in (0..(2 * m).min(files)).step_by(2) {
+                tasks[j].files[f] = tasks[j - 1].files[f];
+                tasks[j].metadata[f] = tasks[j - 1].metadata[f];
+            }
         }
         // Placed last so that images without a mount phase keep their layout.
         let mount = if params.mount_bytes > 0 {
@@ -316,6 +335,20 @@ impl SynthImage {
     /// A session: boot, then the tasks in `sequence`, with `pause_us` between tasks. With a
     /// mount phase, the session's first segment is a `boot` task that only mounts.
     pub fn session(&self, sequence: &[usize], run: u32, pause_us: u64, seed: u64) -> Trace {
+        self.session_with_pauses(sequence, run, (pause_us, pause_us), seed)
+    }
+
+    /// [`SynthImage::session`] with each pause (think time) drawn uniformly from
+    /// `pauses = (least, most)` µs.
+    pub fn session_with_pauses(
+        &self,
+        sequence: &[usize],
+        run: u32,
+        pauses: (u64, u64),
+        seed: u64,
+    ) -> Trace {
+        let mut think_rng = StdRng::seed_from_u64(seed ^ 0x7417_c000);
+        let mut think = move || think_rng.gen_range(pauses.0..=pauses.1.max(pauses.0));
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5e55_1011);
         let mut records = Vec::new();
         let mut names: Vec<String> = Vec::new();
@@ -337,7 +370,7 @@ impl SynthImage {
                     off += len;
                 }
             }
-            t += pause_us;
+            t += think();
         }
         for (i, &task) in sequence.iter().enumerate() {
             let name = &self.tasks[task].name;
@@ -349,7 +382,7 @@ impl SynthImage {
                 }
             };
             if i > 0 {
-                t += pause_us;
+                t += think();
             }
             t = self.emit_run(
                 task,
@@ -377,20 +410,50 @@ impl SynthImage {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5e9_0e9c);
         let n = self.tasks.len();
         let mut seq = vec![rng.gen_range(0..n)];
+        self.continue_sequence(&mut seq, len, &mut rng);
+        seq
+    }
+
+    /// A task sequence of length `len` whose first task is drawn from `first` (a weight per
+    /// task, normalised here; missing tasks weigh 0), then following
+    /// [`SynthImage::transition`]: sessions of users who open the appliance for different
+    /// reasons.
+    pub fn sample_sequence_from(&self, first: &[f64], len: usize, seed: u64) -> Vec<usize> {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xf125_7a5c);
+        let n = self.tasks.len();
+        let weights: Vec<f64> = (0..n)
+            .map(|t| first.get(t).copied().unwrap_or(0.0).max(0.0))
+            .collect();
+        let mut seq = vec![draw(&weights, &mut rng)];
+        self.continue_sequence(&mut seq, len, &mut rng);
+        seq
+    }
+
+    fn continue_sequence(&self, seq: &mut Vec<usize>, len: usize, rng: &mut StdRng) {
         while seq.len() < len {
             let p = self.transition(*seq.last().unwrap());
-            let mut x: f64 = rng.gen();
-            let mut next = n - 1;
-            for (j, pj) in p.iter().enumerate() {
-                if x < *pj {
-                    next = j;
-                    break;
-                }
-                x -= pj;
-            }
-            seq.push(next);
+            seq.push(draw(&p, rng));
         }
-        seq
+    }
+
+    /// `count` sessions of `len` tasks whose first task is drawn from `first` (see
+    /// [`SynthImage::sample_sequence_from`]), with think times drawn from `pauses` µs, named
+    /// by index; session `s` uses seed `seed + s`.
+    pub fn random_start_sessions(
+        &self,
+        first: &[f64],
+        count: u32,
+        len: usize,
+        pauses: (u64, u64),
+        seed: u64,
+    ) -> Vec<(String, Trace)> {
+        (1..=count)
+            .map(|s| {
+                let seq = self.sample_sequence_from(first, len, seed + s as u64);
+                let t = self.session_with_pauses(&seq, s, pauses, (seed + s as u64) * 7919);
+                (format!("rs{seed}-{s}.vmtrace"), t)
+            })
+            .collect()
     }
 
     /// [`SynthImage::corpus`] with each trace named by its index, as
@@ -423,6 +486,22 @@ impl SynthImage {
         }
         out
     }
+}
+
+/// An index drawn with probability proportional to `weights` (uniform if they sum to 0).
+fn draw(weights: &[f64], rng: &mut StdRng) -> usize {
+    let sum: f64 = weights.iter().sum();
+    if sum <= 0.0 || sum.is_nan() {
+        return rng.gen_range(0..weights.len());
+    }
+    let mut x = rng.gen::<f64>() * sum;
+    for (j, w) in weights.iter().enumerate() {
+        if x < *w {
+            return j;
+        }
+        x -= w;
+    }
+    weights.iter().rposition(|w| *w > 0.0).unwrap_or(0)
 }
 
 #[cfg(test)]
