@@ -6,6 +6,7 @@
 //! report, also when a step of the shutdown failed. The defaults of the flags the user
 //! may leave out are here too ([`default_strategy`], [`default_data_dir`]).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,8 +97,27 @@ pub async fn run(
     params: RuntimeParams,
     io: MountIo,
     cancel: CancellationToken,
-    mut on: impl FnMut(MountEvent<'_>),
+    on: impl FnMut(MountEvent<'_>),
 ) -> Result<Status, MountError> {
+    serve(params, io, on, |_| cancel.cancelled_owned())
+        .await
+        .map(|(status, ())| status)
+}
+
+/// Mounts, runs `session` on the served image file while reporting status, and unmounts once
+/// the session ends; returns the final status (also written to `io.report`) and what the
+/// session returned. `vmt-run mount`'s session waits for a signal; `vmt-run boot`'s runs a VM
+/// (which must be gone before the unmount, so the session owns the stopping).
+pub async fn serve<F, Fut>(
+    params: RuntimeParams,
+    io: MountIo,
+    mut on: impl FnMut(MountEvent<'_>),
+    session: F,
+) -> Result<(Status, Fut::Output), MountError>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: Future,
+{
     if params.peers.is_empty() && io.listener.is_none() {
         return Err(MountError::NoPeers);
     }
@@ -113,22 +133,27 @@ pub async fn run(
         path: runtime.served_path(),
         strategy,
     });
+    // Stops the status server when the session ends.
+    let done = CancellationToken::new();
     if let Some(l) = io.status {
         // Weak: shutting down needs the runtime back from every holder.
         let rt = Arc::downgrade(&runtime);
         tokio::spawn(serve_status(
             l,
             move || rt.upgrade().map(|r| r.status()),
-            cancel.clone(),
+            done.clone(),
         ));
     }
-    loop {
+    let session = session(runtime.served_path().to_owned());
+    tokio::pin!(session);
+    let out = loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            out = &mut session => break out,
             _ = tokio::time::sleep(STATUS_INTERVAL) => {}
         }
         on(MountEvent::Status(&runtime.status()));
-    }
+    };
+    done.cancel();
     // A status request in progress may hold the runtime for a moment.
     let mut runtime = runtime;
     let runtime = loop {
@@ -153,7 +178,7 @@ pub async fn run(
         }
     }
     stopped?;
-    Ok(report)
+    Ok((report, out))
 }
 
 /// Checks that the report `path` can be written: its directory exists and takes a file.
