@@ -49,8 +49,11 @@ pub struct MountIo {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MountError {
-    /// No peer to dial and none can dial us.
-    #[error("no peers: give --peer HOST:PORT (or --listen for peers to dial us)")]
+    /// No peer to dial, none can dial us, and the torrent has no tracker.
+    #[error(
+        "no peers: give --peer HOST:PORT (or --listen for peers to dial us; the torrent has no \
+         trackers)"
+    )]
     NoPeers,
     /// The runtime failed.
     #[error(transparent)]
@@ -118,7 +121,11 @@ where
     F: FnOnce(PathBuf) -> Fut,
     Fut: Future,
 {
-    if params.peers.is_empty() && io.listener.is_none() {
+    // Peers come from --peer, from dialling us, or from the torrent's trackers.
+    if params.peers.is_empty()
+        && io.listener.is_none()
+        && vmt_swarm::Torrent::load(&params.torrent).is_ok_and(|t| t.trackers().is_empty())
+    {
         return Err(MountError::NoPeers);
     }
     if let Some(path) = &io.report {
