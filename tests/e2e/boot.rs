@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmt_formats::image::ImageId;
-use vmt_tests::boot_image::{boot_image, BOOT_BAD, BOOT_OK};
+use vmt_tests::boot_image::{boot_image, APPEND, BOOT_BAD, BOOT_OK};
 use vmt_tests::{bin, run_with_timeout, wait_until, CliSeeder, Proc};
 
 /// A TCG boot of the test image takes 10-30 s on a busy 2-core machine.
@@ -99,6 +99,27 @@ fn boot_from_a_loopback_swarm_powers_off_and_leaves_no_mount() {
         started.elapsed().as_secs_f64(),
         stderr.lines().rev().take(2).collect::<Vec<_>>().join(" | ")
     );
+}
+
+#[test]
+fn kernel_from_image_boots_without_the_bootloader() {
+    let image = boot_image();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mnt")).unwrap();
+    let seeder = CliSeeder::start(&image, &dir.path().join("boot.torrent"), &[]);
+    let out = run_with_timeout(
+        boot_cmd(dir.path(), &seeder).args(["--kernel-from-image", "--append", APPEND]),
+        BOOT_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let console = console(dir.path());
+    assert!(out.status.success(), "{stderr}\nconsole:\n{console}");
+    assert!(stderr.contains("direct kernel boot"), "{stderr}");
+    // The kernel came from the image through a loop mount of the served file, and qemu
+    // started it itself: EXTLINUX never ran.
+    assert!(console.contains(BOOT_OK), "{console}");
+    assert!(!console.contains("SYSLINUX"), "{console}");
+    assert_nothing_left(dir.path());
 }
 
 #[test]

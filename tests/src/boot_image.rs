@@ -21,9 +21,11 @@ pub const BOOT_BAD: &str = "VMT-BOOT-BAD";
 /// Where `.ci/run` puts the kernel package.
 pub const KERNEL_DEBS: &str = "/var/cache/vmt-tests";
 /// Bumped whenever the recipe below changes, so a cached image of an older recipe is rebuilt.
-const RECIPE: u32 = 3;
+const RECIPE: u32 = 4;
 /// Image size: kernel (8 MiB), initramfs (4 MiB), data and room to spare.
 const IMAGE_MIB: u64 = 64;
+/// The kernel command line: the initramfs finds the disk itself; a panic ends the VM at once.
+pub const APPEND: &str = "console=ttyS0 quiet panic=-1";
 /// The data files the init reads: enough pieces that the boot waits on the swarm.
 const DATA_FILES: usize = 4;
 const DATA_LEN: usize = 2 << 20;
@@ -175,6 +177,7 @@ fn build(deb: &Path, dir: &Path, image: &Path) {
         .unwrap()
         .file_name();
     let modules = modules.join(&version).join("kernel");
+    let version = version.to_string_lossy().into_owned();
     let busybox = busybox();
 
     // The initramfs: load the modules, mount the disk, hand over to its init.
@@ -224,22 +227,24 @@ fn build(deb: &Path, dir: &Path, image: &Path) {
     let mut disk: Vec<(String, Vec<u8>, u32)> = vec![
         ("bin/busybox".into(), busybox, 0o755),
         ("sbin/init".into(), disk_init.into_bytes(), 0o755),
+        // Named as Debian names them, for `vmt-run boot --kernel-from-image`.
         (
-            "boot/vmlinuz".into(),
-            std::fs::read(
-                kernel
-                    .join("boot")
-                    .join(format!("vmlinuz-{}", version.to_string_lossy())),
-            )
-            .unwrap(),
+            format!("boot/vmlinuz-{version}"),
+            std::fs::read(kernel.join(format!("boot/vmlinuz-{version}"))).unwrap(),
             0o644,
         ),
-        ("boot/initrd.img".into(), gzip(&initrd.finish(), dir), 0o644),
+        (
+            format!("boot/initrd.img-{version}"),
+            gzip(&initrd.finish(), dir),
+            0o644,
+        ),
         (
             "boot/extlinux/extlinux.conf".into(),
-            b"DEFAULT vmt\nPROMPT 0\nTIMEOUT 0\nLABEL vmt\n  LINUX /boot/vmlinuz\n  \
-              INITRD /boot/initrd.img\n  APPEND console=ttyS0 quiet panic=-1\n"
-                .to_vec(),
+            format!(
+                "DEFAULT vmt\nPROMPT 0\nTIMEOUT 0\nLABEL vmt\n  LINUX /boot/vmlinuz-{version}\n  \
+                 INITRD /boot/initrd.img-{version}\n  APPEND {APPEND}\n"
+            )
+            .into_bytes(),
             0o644,
         ),
     ];
