@@ -333,15 +333,17 @@ async fn session(
     cancel: &CancellationToken,
     on: &RefCell<impl FnMut(BootEvent<'_>)>,
 ) -> Result<(BootEnd, f64), BootError> {
-    // Kept until qemu has read the kernel.
-    let kernel_dir = tempfile::Builder::new()
-        .prefix("vmt-boot-kernel")
-        .tempdir()
-        .map_err(|e| BootError::Kernel(format!("a temp dir: {e}")))?;
+    // The kernel copied out of the image; kept until qemu has read it.
+    let mut kernel_dir = None;
     let kernel = match &boot.kernel {
         KernelBoot::Bootloader => None,
         KernelBoot::FromImage { append } => {
-            let (img, dir) = (image.clone(), kernel_dir.path().to_owned());
+            let tmp = tempfile::Builder::new()
+                .prefix("vmt-boot-kernel")
+                .tempdir()
+                .map_err(|e| BootError::Kernel(format!("a temp dir: {e}")))?;
+            let (img, dir) = (image.clone(), tmp.path().to_owned());
+            kernel_dir = Some(tmp);
             let (k, i) = tokio::task::spawn_blocking(move || kernel_from_image(&img, &dir))
                 .await
                 .map_err(|e| BootError::Kernel(e.to_string()))??;
