@@ -1,5 +1,6 @@
 //! End-to-end tests of vmt: one executable, a module per concern.
 
+mod boot;
 mod faults;
 mod flags;
 mod layering;

@@ -1,12 +1,13 @@
 //! Helpers for vmt's end-to-end tests: locate (building if needed) the real binaries, run
 //! commands with a timeout, and the fixtures most tests start from: a loopback swarm of
 //! engines ([`swarm`]) and child processes stopped on drop, such as a `vmt-run seed`
-//! ([`process`]).
+//! ([`process`]); a small image that boots by itself, for `vmt-run boot` ([`boot_image`]).
 //!
 //! Cargo sets `CARGO_BIN_EXE_<name>` only for tests of the binary's own package, so this package
 //! builds the workspace binaries itself, once per test process, with the same profile as the
 //! running test (as fuser's `fuser-tests` does).
 
+pub mod boot_image;
 pub mod process;
 pub mod swarm;
 

@@ -4,7 +4,8 @@
 //!
 //! Subcommands: `seed` (serve an image: `vmt_runtime::seed`), `fetch` (download it whole, the
 //! `full` strategy: `vmt_runtime::fetch`), `mount` (serve it through FUSE while it streams:
-//! `vmt_runtime::mount`), `demo` (the whole pipeline: `vmt_runtime::demo`).
+//! `vmt_runtime::mount`), `boot` (a VM on such a mount: `vmt_runtime::boot`), `demo` (the whole
+//! pipeline: `vmt_runtime::demo`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,7 +43,14 @@ enum Cmd {
     Fetch(FetchArgs),
     /// Mount an image from the swarm: the file appears at once, full size; reads of missing
     /// pieces wait for them while the profile-driven plan prefetches what comes next.
+    #[command(mut_arg("mountpoint", |a| a.required(true)))]
     Mount(MountArgs),
+    /// Boot a VM from the swarm: mount the image as `mount` does, start qemu-system-x86_64 on
+    /// the mounted file (KVM when /dev/kvm is usable, else TCG), and unmount when the VM
+    /// powers off or on Ctrl-C. The image must boot by itself (a bootloader), unless
+    /// --kernel-from-image or --kernel is given. Exit status: 0 when the VM powered off, 130
+    /// when interrupted, 1 when qemu or the mount failed.
+    Boot(BootArgs),
     /// The whole pipeline on a built-in demo appliance, in one process and a temp dir: build
     /// the image (mkfs.ext4 -d), record tasks, train a bundle, seed it with a bandwidth cap,
     /// mount a client and run a session through it live, then compare demand, profile and
@@ -62,9 +70,9 @@ struct MountArgs {
     /// Profile bundle from `vmt-train fit` (needed by the profile and markov strategies).
     #[arg(long, value_name = "BUNDLE.vmtp")]
     bundle: Option<PathBuf>,
-    /// Where the image file appears (an empty directory).
+    /// Where the image file appears (an empty directory) [boot: default a temp dir].
     #[arg(long, value_name = "DIR")]
-    mountpoint: PathBuf,
+    mountpoint: Option<PathBuf>,
     /// A peer to download from, as HOST:PORT (a name or an IP address; repeatable).
     #[arg(long, value_name = "HOST:PORT")]
     peer: Vec<PeerAddr>,
@@ -115,6 +123,44 @@ struct MountArgs {
     /// 30s) [default: wait as long as it takes, like a hard NFS mount].
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
     read_timeout: Option<Duration>,
+}
+
+#[derive(Args)]
+struct BootArgs {
+    #[command(flatten)]
+    mount: MountArgs,
+    /// Guest memory, as qemu's -m takes it (512M, 2G).
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    memory: String,
+    /// Virtual CPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+    /// Emulate (TCG) even when KVM is usable.
+    #[arg(long)]
+    tcg: bool,
+    /// Write the serial console to FILE instead of the terminal (there, Ctrl-A X quits qemu).
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
+    /// For an image without a bootloader: boot /boot/vmlinuz-* and its initrd.img-* from the
+    /// image (ext4; read through a read-only loop mount of the mounted file).
+    #[arg(long, conflicts_with = "kernel")]
+    kernel_from_image: bool,
+    /// For an image without a bootloader: boot this kernel.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// The initramfs of --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line of --kernel or --kernel-from-image
+    /// [default: "root=/dev/vda rw console=ttyS0"].
+    #[arg(long, value_name = "CMDLINE")]
+    append: Option<String>,
+    /// The qemu binary.
+    #[arg(long, value_name = "FILE", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// More qemu arguments, after `--` (e.g. -- -nic user).
+    #[arg(last = true, value_name = "QEMU ARGS")]
+    qemu_args: Vec<std::ffi::OsString>,
 }
 
 /// The rate limits of a downloading client.
@@ -217,6 +263,7 @@ fn main() -> ExitCode {
             Cmd::Seed(a) => seed(a, cancel).await,
             Cmd::Fetch(a) => fetch(a, cancel).await,
             Cmd::Mount(a) => mount(a, cancel).await,
+            Cmd::Boot(a) => boot(a, cancel).await,
             Cmd::Demo { keep } => demo(keep, cancel).await,
         }
     });
@@ -288,6 +335,14 @@ impl PlainLog {
     }
 }
 
+/// A mount's progress in one line, for a log.
+fn status_line(st: &vmt_runtime::Status) -> String {
+    format!(
+        "{}/{} pieces, {} | {} misses, stalls {:.2} s",
+        st.pieces_present, st.pieces_total, st.peer_status, st.read_misses, st.stalls.total_s
+    )
+}
+
 async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     let params = SeedParams {
         torrent: a.torrent,
@@ -355,47 +410,8 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
 }
 
 async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
-    use vmt_runtime::mount::{default_data_dir, default_strategy};
-    let params = vmt_runtime::RuntimeParams {
-        strategy: a.strategy.unwrap_or(default_strategy(a.bundle.is_some())),
-        data_dir: a.data.unwrap_or_else(|| default_data_dir(&a.torrent)),
-        peers: vmt_runtime::peer_addr::resolve_all(&a.peer)?,
-        torrent: a.torrent,
-        bundle: a.bundle,
-        profile: a.profile,
-        oracle_trace: a.oracle_trace,
-        mountpoint: a.mountpoint.clone(),
-        upload: !a.no_upload,
-        download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
-        upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
-        window_bytes: a.window.bytes(),
-        threads: a.threads,
-        access: if a.allow_other {
-            vmt_runtime::Access::Everyone
-        } else {
-            vmt_runtime::Access::Owner
-        },
-        read_timeout: a.read_timeout,
-    };
-    let status = match a.status {
-        Some(addr) => {
-            if let Some(warning) = addr.exposure_warning() {
-                eprintln!("vmt-run: warning: {warning}");
-            }
-            Some(
-                tokio::net::TcpListener::bind(addr.0)
-                    .await
-                    .with_context(|| format!("status address {addr}"))?,
-            )
-        }
-        None => None,
-    };
-    let io = MountIo {
-        listener: bind(a.listen).await?,
-        status,
-        report: a.report,
-    };
-    let mountpoint = a.mountpoint;
+    let mountpoint = a.mountpoint.clone().context("--mountpoint is required")?;
+    let (params, io) = mount_setup(a, mountpoint.clone()).await?;
     let bars = indicatif::MultiProgress::new();
     let pieces = bars.add(ProgressBar::new(0));
     pieces.set_style(
@@ -433,16 +449,7 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
                 "reads {} hit / {} missed, {} waiting{oldest} | stalls {} totalling {:.2} s",
                 st.read_hits, st.read_misses, st.parked_now, st.stalls.count, st.stalls.total_s
             ));
-            log.tick(|| {
-                format!(
-                    "{}/{} pieces, {} | {} misses, stalls {:.2} s",
-                    st.pieces_present,
-                    st.pieces_total,
-                    st.peer_status,
-                    st.read_misses,
-                    st.stalls.total_s
-                )
-            });
+            log.tick(|| status_line(st));
         }
         _ => {}
     })
@@ -486,6 +493,157 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
         bail!("{failure}");
     }
     Ok(())
+}
+
+/// The runtime's params and sockets from `mount`'s flags (shared by `boot`), the image
+/// appearing in `mountpoint`.
+async fn mount_setup(
+    a: MountArgs,
+    mountpoint: PathBuf,
+) -> Result<(vmt_runtime::RuntimeParams, MountIo)> {
+    use vmt_runtime::mount::{default_data_dir, default_strategy};
+    let params = vmt_runtime::RuntimeParams {
+        strategy: a.strategy.unwrap_or(default_strategy(a.bundle.is_some())),
+        data_dir: a.data.unwrap_or_else(|| default_data_dir(&a.torrent)),
+        peers: vmt_runtime::peer_addr::resolve_all(&a.peer)?,
+        torrent: a.torrent,
+        bundle: a.bundle,
+        profile: a.profile,
+        oracle_trace: a.oracle_trace,
+        mountpoint,
+        upload: !a.no_upload,
+        download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
+        upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
+        window_bytes: a.window.bytes(),
+        threads: a.threads,
+        access: if a.allow_other {
+            vmt_runtime::Access::Everyone
+        } else {
+            vmt_runtime::Access::Owner
+        },
+        read_timeout: a.read_timeout,
+    };
+    let status = match a.status {
+        Some(addr) => {
+            if let Some(warning) = addr.exposure_warning() {
+                eprintln!("vmt-run: warning: {warning}");
+            }
+            Some(
+                tokio::net::TcpListener::bind(addr.0)
+                    .await
+                    .with_context(|| format!("status address {addr}"))?,
+            )
+        }
+        None => None,
+    };
+    let io = MountIo {
+        listener: bind(a.listen).await?,
+        status,
+        report: a.report,
+    };
+    Ok((params, io))
+}
+
+async fn boot(a: BootArgs, cancel: CancellationToken) -> Result<()> {
+    use vmt_runtime::boot::{BootEnd, BootEvent, BootParams, KernelBoot};
+    // A mountpoint of our own unless given; removed after the unmount.
+    let temp_mnt = match &a.mount.mountpoint {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("vmt-boot-")
+                .tempdir()
+                .context("a temp mountpoint")?,
+        ),
+    };
+    let mountpoint = match (&a.mount.mountpoint, &temp_mnt) {
+        (Some(m), _) => m.clone(),
+        (None, Some(t)) => t.path().to_owned(),
+        (None, None) => unreachable!("a temp mountpoint is made when none is given"),
+    };
+    let kernel = match (a.kernel, a.kernel_from_image) {
+        (Some(kernel), _) => KernelBoot::Files {
+            kernel,
+            initrd: a.initrd,
+            append: a.append,
+        },
+        (None, true) => KernelBoot::FromImage { append: a.append },
+        (None, false) if a.append.is_some() => {
+            bail!("--append needs --kernel or --kernel-from-image")
+        }
+        (None, false) => KernelBoot::Bootloader,
+    };
+    let console = a.console.clone();
+    let params = BootParams {
+        qemu: a.qemu,
+        memory: a.memory,
+        cpus: a.cpus,
+        force_tcg: a.tcg,
+        console: a.console,
+        kernel,
+        extra: a.qemu_args,
+    };
+    let (runtime, io) = mount_setup(a.mount, mountpoint).await?;
+    // With the console on the terminal, the VM owns it: no progress lines.
+    let mut log = PlainLog {
+        enabled: console.is_some(),
+        ticks: 0,
+    };
+    let report = vmt_runtime::boot::run(runtime, io, params, cancel, |ev| match ev {
+        BootEvent::Mount(MountEvent::Serving { path, strategy }) => {
+            eprintln!("serving {} ({strategy})", path.display())
+        }
+        BootEvent::Kernel { kernel, initrd } => eprintln!(
+            "direct kernel boot: {}{}",
+            kernel.display(),
+            initrd.map_or_else(String::new, |i| format!(" with {}", i.display()))
+        ),
+        BootEvent::Started { accel, pid } => eprintln!(
+            "booting with {accel} (qemu pid {pid}); console: {}",
+            console.as_ref().map_or_else(
+                || "here (Ctrl-A X quits qemu)".to_string(),
+                |c| c.display().to_string()
+            )
+        ),
+        BootEvent::Mount(MountEvent::Status(st)) => log.tick(|| status_line(st)),
+        _ => {}
+    })
+    .await;
+    drop(temp_mnt);
+    let report = report?;
+    let st = &report.status;
+    eprintln!(
+        "vm: {} after {:.1} s ({})",
+        report.end, report.vm_s, report.accel
+    );
+    eprintln!(
+        "mount: {}: {} reads ({} waited), {} stalls totalling {:.2} s; downloaded {} ({} of {} \
+         pieces), uploaded {}; {} writes, {} blocks in the overlay",
+        match st.unmount.as_deref() {
+            Some("clean") => "unmounted".to_string(),
+            Some(other) => format!("unmount: {other}"),
+            None => "not mounted".to_string(),
+        },
+        st.read_hits + st.read_misses,
+        st.read_misses,
+        st.stalls.count,
+        st.stalls.total_s,
+        indicatif::HumanBytes(st.downloaded),
+        st.pieces_present,
+        st.pieces_total,
+        indicatif::HumanBytes(st.uploaded),
+        st.writes,
+        st.overlay_blocks,
+    );
+    if let Some(failure) = &st.failure {
+        bail!("{failure}");
+    }
+    match report.end {
+        BootEnd::PoweredOff => Ok(()),
+        // Everything is stopped and unmounted: only the exit status is left to say.
+        BootEnd::Interrupted => std::process::exit(130),
+        end => bail!("{end}"),
+    }
 }
 
 /// Draws the demo's steps and live status.

@@ -32,6 +32,7 @@
 //!   reads past `--read-timeout` or of killed processes, and logs long waits.
 //! - [`mount`], [`seed`], [`fetch`]: `vmt-run mount`, `seed` and `fetch` from params to
 //!   report, taking bound sockets and a cancellation token so tests run the same code.
+//! - [`boot`]: `vmt-run boot`, a VM on the mounted image, as a session of the mount.
 //! - [`demo`]: the embedded demo (`vmt-run demo`).
 //! - [`peer_addr`]: `HOST:PORT` peers, resolved.
 //! - `report` ([`Status`]) and `status` ([`serve_status`], [`StatusAddr`]): the live and final
@@ -39,6 +40,7 @@
 
 #![deny(missing_docs)]
 
+pub mod boot;
 pub mod demo;
 pub mod fetch;
 pub mod mount;

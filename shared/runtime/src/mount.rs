@@ -6,6 +6,7 @@
 //! report, also when a step of the shutdown failed. The defaults of the flags the user
 //! may leave out are here too ([`default_strategy`], [`default_data_dir`]).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +49,11 @@ pub struct MountIo {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MountError {
-    /// No peer to dial and none can dial us.
-    #[error("no peers: give --peer HOST:PORT (or --listen for peers to dial us)")]
+    /// No peer to dial, none can dial us, and the torrent has no tracker.
+    #[error(
+        "no peers: give --peer HOST:PORT (or --listen for peers to dial us; the torrent has no \
+         trackers)"
+    )]
     NoPeers,
     /// The runtime failed.
     #[error(transparent)]
@@ -96,9 +100,32 @@ pub async fn run(
     params: RuntimeParams,
     io: MountIo,
     cancel: CancellationToken,
-    mut on: impl FnMut(MountEvent<'_>),
+    on: impl FnMut(MountEvent<'_>),
 ) -> Result<Status, MountError> {
-    if params.peers.is_empty() && io.listener.is_none() {
+    serve(params, io, on, |_| cancel.cancelled_owned())
+        .await
+        .map(|(status, ())| status)
+}
+
+/// Mounts, runs `session` on the served image file while reporting status, and unmounts once
+/// the session ends; returns the final status (also written to `io.report`) and what the
+/// session returned. `vmt-run mount`'s session waits for a signal; `vmt-run boot`'s runs a VM
+/// (which must be gone before the unmount, so the session owns the stopping).
+pub async fn serve<F, Fut>(
+    params: RuntimeParams,
+    io: MountIo,
+    mut on: impl FnMut(MountEvent<'_>),
+    session: F,
+) -> Result<(Status, Fut::Output), MountError>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: Future,
+{
+    // Peers come from --peer, from dialling us, or from the torrent's trackers.
+    if params.peers.is_empty()
+        && io.listener.is_none()
+        && vmt_swarm::Torrent::load(&params.torrent).is_ok_and(|t| t.trackers().is_empty())
+    {
         return Err(MountError::NoPeers);
     }
     if let Some(path) = &io.report {
@@ -113,22 +140,27 @@ pub async fn run(
         path: runtime.served_path(),
         strategy,
     });
+    // Stops the status server when the session ends.
+    let done = CancellationToken::new();
     if let Some(l) = io.status {
         // Weak: shutting down needs the runtime back from every holder.
         let rt = Arc::downgrade(&runtime);
         tokio::spawn(serve_status(
             l,
             move || rt.upgrade().map(|r| r.status()),
-            cancel.clone(),
+            done.clone(),
         ));
     }
-    loop {
+    let session = session(runtime.served_path().to_owned());
+    tokio::pin!(session);
+    let out = loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            out = &mut session => break out,
             _ = tokio::time::sleep(STATUS_INTERVAL) => {}
         }
         on(MountEvent::Status(&runtime.status()));
-    }
+    };
+    done.cancel();
     // A status request in progress may hold the runtime for a moment.
     let mut runtime = runtime;
     let runtime = loop {
@@ -153,7 +185,7 @@ pub async fn run(
         }
     }
     stopped?;
-    Ok(report)
+    Ok((report, out))
 }
 
 /// Checks that the report `path` can be written: its directory exists and takes a file.
