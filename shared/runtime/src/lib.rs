@@ -41,6 +41,7 @@
 
 pub mod demo;
 pub mod fetch;
+mod live;
 pub mod mount;
 mod params;
 mod parked_watch;

@@ -116,11 +116,7 @@ pub async fn run(
     if let Some(l) = io.status {
         // Weak: shutting down needs the runtime back from every holder.
         let rt = Arc::downgrade(&runtime);
-        tokio::spawn(serve_status(
-            l,
-            move || rt.upgrade().map(|r| r.status()),
-            cancel.clone(),
-        ));
+        tokio::spawn(serve_status(l, rt, cancel.clone()));
     }
     loop {
         tokio::select! {
