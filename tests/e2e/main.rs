@@ -3,6 +3,7 @@
 mod faults;
 mod flags;
 mod layering;
+mod live_page;
 mod record;
 mod run;
 mod swarm;
