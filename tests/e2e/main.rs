@@ -4,6 +4,7 @@ mod boot;
 mod faults;
 mod flags;
 mod layering;
+mod live_page;
 mod record;
 mod run;
 mod swarm;

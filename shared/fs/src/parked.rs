@@ -262,6 +262,26 @@ impl<R> ParkedReads<R> {
         })
     }
 
+    /// The `max` longest waits going on, oldest first, into `out` (cleared first), under the
+    /// table's lock: for a live display, polled a few times a second off the read path.
+    pub fn longest(&self, max: usize, out: &mut Vec<Waiting>) {
+        out.clear();
+        let inner = self.lock();
+        let mut entries: Vec<(Instant, usize)> = inner
+            .slab
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (e.parked_at, i)))
+            .collect();
+        entries.sort_unstable();
+        for &(parked_at, index) in entries.iter().take(max) {
+            out.push(Waiting {
+                parked_at,
+                units: Self::units_of(&inner, index),
+            });
+        }
+    }
+
     /// Moves to `out` every entry parked for `age` or longer that no earlier call handed out,
     /// so that each long wait is told once.
     pub fn newly_overdue(&self, age: Duration, now: Instant, out: &mut Vec<Waiting>) {
@@ -408,6 +428,31 @@ mod tests {
         assert_eq!(
             out.iter().map(|w| w.units.clone()).collect::<Vec<_>>(),
             vec![vec![1]]
+        );
+    }
+
+    #[test]
+    fn the_longest_waits_oldest_first_and_bounded() {
+        let parked = ParkedReads::new();
+        let mut out = Vec::new();
+        parked.longest(4, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(parked.park(&[5, 6], |_| false, "a"), Park::Parked);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(parked.park(&[9], |_| false, "b"), Park::Parked);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(parked.park(&[1], |_| false, "c"), Park::Parked);
+        parked.longest(2, &mut out);
+        let units: Vec<_> = out.iter().map(|w| w.units.clone()).collect();
+        assert_eq!(units, vec![vec![5, 6], vec![9]]);
+        let mut released = Vec::new();
+        parked.units_ready(9, 1, &mut released);
+        parked.longest(4, &mut out);
+        let units: Vec<_> = out.iter().map(|w| w.units.clone()).collect();
+        assert_eq!(
+            units,
+            vec![vec![5, 6], vec![1]],
+            "an answered read leaves the list"
         );
     }
 

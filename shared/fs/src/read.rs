@@ -180,6 +180,12 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
         self.parked.oldest()
     }
 
+    /// The `max` longest waits going on, oldest first, into `out`: reads parked now, with the
+    /// blocks they still wait for.
+    pub fn longest_parked(&self, max: usize, out: &mut Vec<Waiting>) {
+        self.parked.longest(max, out)
+    }
+
     /// The waits of `age` or longer not told before: each long wait is told once.
     pub fn newly_overdue(&self, age: std::time::Duration) -> Vec<Waiting> {
         let mut out = Vec::new();

@@ -43,6 +43,7 @@
 pub mod boot;
 pub mod demo;
 pub mod fetch;
+mod live;
 pub mod mount;
 mod params;
 mod parked_watch;

@@ -145,11 +145,7 @@ where
     if let Some(l) = io.status {
         // Weak: shutting down needs the runtime back from every holder.
         let rt = Arc::downgrade(&runtime);
-        tokio::spawn(serve_status(
-            l,
-            move || rt.upgrade().map(|r| r.status()),
-            done.clone(),
-        ));
+        tokio::spawn(serve_status(l, rt, done.clone()));
     }
     let session = session(runtime.served_path().to_owned());
     tokio::pin!(session);

@@ -146,6 +146,20 @@ impl Planner {
     pub(crate) fn switches(&self) -> Vec<ProfileSwitch> {
         self.lock().switches.clone()
     }
+
+    /// The profiles' names, in the belief's order.
+    pub(crate) fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The belief over the profiles into `out` (left empty when the strategy has none), for
+    /// the live page's history: a copy under the state's lock, no allocation once sized.
+    pub(crate) fn belief_into(&self, out: &mut Vec<f64>) {
+        out.clear();
+        if let Some(b) = self.lock().sched.belief() {
+            out.extend_from_slice(b.probs());
+        }
+    }
 }
 
 /// The planner task: see the module doc. Ends when the read log is dropped.

@@ -15,6 +15,7 @@ use vmt_fs::{
 use vmt_model::scheduler::Strategy;
 use vmt_swarm::{Engine, EngineConfig, Storage, Torrent};
 
+use crate::live::{LiveInputs, LISTED_WAITS};
 use crate::params::{RuntimeError, RuntimeParams};
 use crate::parked_watch;
 use crate::planner::{self, Planner, ReadLog};
@@ -221,6 +222,26 @@ impl Runtime {
             unmount: None,
             fuse_left_behind: false,
         }
+    }
+
+    /// The profiles' names, in the belief's order.
+    pub(crate) fn profile_names(&self) -> &[String] {
+        self.planner.names()
+    }
+
+    /// The image's piece and block lengths.
+    pub(crate) fn geometry(&self) -> (u32, u32) {
+        let layout = self.engine.layout();
+        (layout.piece_len(), layout.block_len())
+    }
+
+    /// Fills the live page's inputs (piece map, belief, longest waits), each under its own
+    /// short lock and never two at once, and returns the status.
+    pub(crate) fn sample(&self, into: &mut LiveInputs) -> Status {
+        self.engine.piece_map(&mut into.map);
+        self.planner.belief_into(&mut into.belief);
+        self.fs.longest_parked(LISTED_WAITS, &mut into.parked);
+        self.status()
     }
 
     /// Stops in the order that loses nothing: stop planning, answer every parked read (`EIO`:

@@ -1,4 +1,6 @@
-//! The live status over HTTP: one JSON document per request.
+//! The live status over HTTP: the status as JSON, and a live page of what is happening (the
+//! piece map, the belief over time, stalls as they happen, peers' rates) fed by server-sent
+//! events; see [`serve_status`] and `live`.
 //!
 //! The server has no authentication and its document names the peers' addresses, so
 //! `vmt-run` serves it on loopback unless given an address ([`StatusAddr`]), and warns when
@@ -7,15 +9,16 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::report::Status;
+use crate::live::{Live, Sampler, SAMPLE_EVERY};
+use crate::Runtime;
 
 /// Pause after a failed accept. EMFILE and its kin last while the backlog stays readable, so
 /// retrying at once spins a core; the swarm engine's accept loop waits as long.
@@ -60,16 +63,81 @@ impl StatusAddr {
     }
 }
 
-/// Serves [`Status`] as JSON to any HTTP request on `listener` until `cancel` fires, and waits
-/// for the requests in progress; `status` returning `None` (the runtime is shutting down)
-/// answers 503.
+/// The live page: one static file, no build step, no external script.
+const PAGE: &str = include_str!("page/index.html");
+/// How long a request may take to arrive.
+const REQUEST_WAIT: Duration = Duration::from_secs(2);
+/// Most bytes of a request read: a request line and headers; the body, if any, is ignored.
+const REQUEST_MAX: usize = 8192;
+/// An SSE comment sent when nothing changed for this long, so proxies and the browser keep
+/// the stream open and a closed tab is noticed.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// The status as JSON: `GET /status`, and `GET /` from anything but a browser (scripts
+    /// and earlier versions' users fetch `/`).
+    Status,
+    /// The live page: `GET /` (or `/index.html`) accepting `text/html`.
+    Page,
+    /// The server-sent events feeding the page.
+    Events,
+    /// The latest map event, as JSON.
+    Map,
+    /// The latest live event, as JSON.
+    Live,
+    NotFound,
+}
+
+/// Routes a request by its request line and `Accept` header.
+fn route(request: &str) -> Route {
+    let mut lines = request.lines();
+    let path = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    let wants_html = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("accept") && v.contains("text/html")
+        })
+    });
+    match path {
+        "/" if wants_html => Route::Page,
+        "/index.html" => Route::Page,
+        "/" | "/status" => Route::Status,
+        "/events" => Route::Events,
+        "/map" => Route::Map,
+        "/live" => Route::Live,
+        _ => Route::NotFound,
+    }
+}
+
+/// Serves the runtime's status and live page over HTTP on `listener` until `cancel` fires, and
+/// waits for the requests in progress (see [`Route`]). A sampler task feeds the page (see
+/// `live`); it and every request hold the runtime only for a moment, so shutting down can
+/// take it back. Once the runtime is gone the server answers 503.
 pub async fn serve_status(
     listener: TcpListener,
-    status: impl Fn() -> Option<Status> + Send + Sync + 'static,
+    runtime: Weak<Runtime>,
     cancel: CancellationToken,
 ) {
-    let status = Arc::new(status);
+    let Some((names, geometry)) = runtime
+        .upgrade()
+        .map(|r| (r.profile_names().to_vec(), r.geometry()))
+    else {
+        return;
+    };
+    let live = Arc::new(Live::new(names.clone()));
     let requests = TaskTracker::new();
+    requests.spawn(sample(
+        runtime.clone(),
+        live.clone(),
+        names,
+        geometry,
+        cancel.clone(),
+    ));
     // Said once per run of failures, not ten times a second.
     let mut failing = false;
     loop {
@@ -77,7 +145,7 @@ pub async fn serve_status(
             _ = cancel.cancelled() => break,
             r = listener.accept() => r,
         };
-        let mut sock = match accepted {
+        let sock = match accepted {
             Ok((sock, _)) => {
                 failing = false;
                 sock
@@ -93,30 +161,132 @@ pub async fn serve_status(
                 }
             }
         };
-        let status = status.clone();
-        requests.spawn(async move {
-            let mut buf = [0u8; 2048];
-            // One request per connection; its content does not matter.
-            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
-            let (code, body) = match status() {
-                Some(st) => (
-                    "200 OK",
-                    serde_json::to_string_pretty(&st).unwrap_or_default(),
-                ),
-                None => ("503 Service Unavailable", "{}".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.0 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-        });
+        requests.spawn(answer(sock, runtime.clone(), live.clone(), cancel.clone()));
     }
     requests.close();
-    // A request holds the runtime (through `status`) only while it writes; bounded by the
-    // read timeout above and one small write.
+    // A request holds the runtime only while it takes a status; event streams end at `cancel`.
     let _ = tokio::time::timeout(Duration::from_secs(5), requests.wait()).await;
+}
+
+/// Samples the runtime every [`SAMPLE_EVERY`] into `live` until `cancel` or the runtime goes.
+async fn sample(
+    runtime: Weak<Runtime>,
+    live: Arc<Live>,
+    names: Vec<String>,
+    (piece_len, block_len): (u32, u32),
+    cancel: CancellationToken,
+) {
+    let mut sampler = Sampler::new(piece_len, block_len);
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let Some(rt) = runtime.upgrade() else { return };
+        let status = rt.sample(sampler.inputs());
+        drop(rt);
+        sampler.publish(&live, &status, &names);
+    }
+}
+
+/// Answers one request on `sock`.
+async fn answer(
+    mut sock: TcpStream,
+    runtime: Weak<Runtime>,
+    live: Arc<Live>,
+    cancel: CancellationToken,
+) {
+    let mut buf = vec![0u8; REQUEST_MAX];
+    let mut len = 0;
+    let _ = tokio::time::timeout(REQUEST_WAIT, async {
+        while len < buf.len() {
+            match sock.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    let request = String::from_utf8_lossy(&buf[..len]);
+    let (code, kind, body) = match route(&request) {
+        Route::Events => return stream_events(sock, live, cancel).await,
+        Route::Page => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
+        Route::Status => match runtime.upgrade().map(|r| r.status()) {
+            Some(st) => (
+                "200 OK",
+                "application/json",
+                serde_json::to_string_pretty(&st).unwrap_or_default(),
+            ),
+            None => ("503 Service Unavailable", "application/json", "{}".into()),
+        },
+        Route::Map | Route::Live => match live.latest() {
+            Some(t) if route(&request) == Route::Map => {
+                ("200 OK", "application/json", t.map.to_string())
+            }
+            Some(t) => ("200 OK", "application/json", t.live.to_string()),
+            None => ("503 Service Unavailable", "application/json", "{}".into()),
+        },
+        Route::NotFound => ("404 Not Found", "text/plain", "not found\n".into()),
+    };
+    let head = format!(
+        "HTTP/1.0 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = sock.write_all(head.as_bytes()).await;
+    let _ = sock.write_all(body.as_bytes()).await;
+}
+
+/// Streams the feed as server-sent events: the belief's `history` once, then per tick a `map`
+/// event when the map changed and a `live` event; ends at `cancel` or when the page goes.
+async fn stream_events(mut sock: TcpStream, live: Arc<Live>, cancel: CancellationToken) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+    let history = live.history_json();
+    if sock.write_all(head.as_bytes()).await.is_err()
+        || write_event(&mut sock, "history", &history).await.is_err()
+    {
+        return;
+    }
+    let mut ticks = live.subscribe();
+    ticks.mark_changed();
+    let mut map_seq = 0;
+    loop {
+        let changed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(KEEPALIVE, ticks.changed()) => r,
+        };
+        let sent = match changed {
+            Err(_) => sock.write_all(b": keepalive\n\n").await,
+            Ok(Err(_)) => return,
+            Ok(Ok(())) => {
+                let Some(tick) = ticks.borrow_and_update().clone() else {
+                    continue;
+                };
+                let mut r = Ok(());
+                if tick.map_seq != map_seq {
+                    map_seq = tick.map_seq;
+                    r = write_event(&mut sock, "map", &tick.map).await;
+                }
+                match r {
+                    Ok(()) => write_event(&mut sock, "live", &tick.live).await,
+                    e => e,
+                }
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// One server-sent event; `data` is one line of JSON.
+async fn write_event(sock: &mut TcpStream, event: &str, data: &str) -> std::io::Result<()> {
+    let frame = format!("event: {event}\ndata: {data}\n\n");
+    sock.write_all(frame.as_bytes()).await
 }
 
 #[cfg(test)]
@@ -136,5 +306,28 @@ mod tests {
             .unwrap()
             .contains("reachable from other hosts"));
         assert!("localhost".parse::<StatusAddr>().is_err());
+    }
+
+    #[test]
+    fn browsers_get_the_page_and_scripts_the_json() {
+        let chrome = "GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html,application/xhtml+xml,*/*;q=0.8\r\n\r\n";
+        assert_eq!(route(chrome), Route::Page);
+        assert_eq!(route("GET / HTTP/1.0\r\n\r\n"), Route::Status);
+        assert_eq!(
+            route("GET /status HTTP/1.1\r\nAccept: text/html\r\n\r\n"),
+            Route::Status
+        );
+        assert_eq!(route("GET /events HTTP/1.1\r\n\r\n"), Route::Events);
+        assert_eq!(route("GET /map?x=1 HTTP/1.1\r\n\r\n"), Route::Map);
+        assert_eq!(route("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(""), Route::Status);
+        assert!(
+            PAGE.contains("EventSource"),
+            "the page follows the event stream"
+        );
+        assert!(
+            !PAGE.contains("http://") && !PAGE.contains("https://"),
+            "no external resources"
+        );
     }
 }

@@ -52,6 +52,7 @@ use crate::digest::sha1;
 use crate::error::{PeerError, SwarmError};
 use crate::peers::MAX_STRIKES;
 use crate::picker::{PickReason, PiecePicker};
+use crate::sources::{Source, SourceId};
 use crate::state::TorrentState;
 use crate::stats::{Counters, PeerCounters};
 use crate::window::RequestWindow;
@@ -128,6 +129,8 @@ pub(crate) struct Download {
     /// Strikes of the peer's address, shared with its other connections, past and future.
     strikes: Arc<AtomicU32>,
     window: RequestWindow,
+    /// This peer as a source on the live map.
+    source: SourceId,
 }
 
 impl Download {
@@ -155,6 +158,7 @@ impl Download {
             scratch: Vec::with_capacity(CHUNK_SIZE as usize),
             strikes,
             window: RequestWindow::new(request_depth, now),
+            source: st.sources().intern(Source::Peer(addr)),
         }
     }
 
@@ -327,6 +331,9 @@ impl Download {
             return Ok(false);
         }
         let new = st.block_stored(b);
+        if new {
+            st.sources().record(st.layout().piece_of(b), self.source);
+        }
         Counters::add(
             if new {
                 &st.counters().useful
@@ -404,6 +411,9 @@ impl Download {
             }
             tracing::trace!(piece = a.piece, reason = ?a.reason, "piece verified");
             let (first, new_bytes) = st.piece_stored(piece, true);
+            if new_bytes > 0 {
+                st.sources().record(a.piece, self.source);
+            }
             if first {
                 out.verified.push(a.piece);
             }
@@ -431,6 +441,7 @@ impl Download {
                         storage_failed(st, e);
                         Counters::add(&c.abandoned, len);
                     } else if st.block_stored(b) {
+                        st.sources().record(a.piece, self.source);
                         Counters::add(&c.useful, len);
                     } else {
                         Counters::add(&c.duplicate, len);

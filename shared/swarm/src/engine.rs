@@ -24,6 +24,7 @@ use crate::connection::{self, ConnCtx};
 use crate::error::{PeerError, Result, SwarmError};
 use crate::events::SwarmEvents;
 use crate::layout::Layout;
+use crate::map::PieceMap;
 use crate::peers::{ChokePolicy, PeerRegistry};
 use crate::picker::PiecePicker;
 use crate::ratelimit::RateLimiter;
@@ -406,6 +407,16 @@ impl Engine {
             peers,
             dials,
         }
+    }
+
+    /// Refills `map` with each piece's state and source (see [`PieceMap`]): one pass under the
+    /// picker lock, sources read without it. For displays; not for fetch decisions.
+    pub fn piece_map(&self, map: &mut PieceMap) {
+        let st = self.state();
+        st.picker().fill_map(&mut map.cells);
+        st.sources().fill(&mut map.source_of);
+        let known = map.sources.len();
+        st.sources().names_from(known, &mut map.sources);
     }
 
     /// Why the engine stopped fetching, if it did: writing to local storage failed (a full or

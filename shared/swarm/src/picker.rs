@@ -412,6 +412,16 @@ impl PiecePicker {
         self.demanded_missing[piece as usize] > 0
     }
 
+    /// Whether the plan names missing blocks of `piece`.
+    pub fn is_planned(&self, piece: u32) -> bool {
+        self.planned_missing[piece as usize] > 0
+    }
+
+    /// How many blocks of `piece` are present.
+    pub fn present_blocks(&self, piece: u32) -> u32 {
+        self.present_count[piece as usize] as u32
+    }
+
     /// Whether a reader waits for `block`.
     pub fn is_block_demanded(&self, block: u32) -> bool {
         self.demanded.get(block)

@@ -17,6 +17,7 @@ use crate::error::SwarmError;
 use crate::events::{Runs, SwarmEvents};
 use crate::layout::Layout;
 use crate::picker::PiecePicker;
+use crate::sources::Sources;
 use crate::stats::Counters;
 use crate::storage::Storage;
 use crate::torrent::Torrent;
@@ -43,6 +44,8 @@ pub(crate) struct TorrentState {
     failure: OnceLock<Arc<SwarmError>>,
     /// Tells [`crate::Engine::failed`] waiters.
     failed_tx: watch::Sender<bool>,
+    /// Where each piece's data came from (the live map).
+    sources: Sources,
 }
 
 impl TorrentState {
@@ -53,7 +56,9 @@ impl TorrentState {
         events: Option<Arc<dyn SwarmEvents>>,
     ) -> TorrentState {
         let have = storage.bitmap().count();
+        let sources = Sources::new(storage.layout().pieces());
         TorrentState {
+            sources,
             torrent,
             storage,
             picker: Mutex::new(picker),
@@ -117,6 +122,10 @@ impl TorrentState {
 
     pub fn picker(&self) -> MutexGuard<'_, PiecePicker> {
         lock(&self.picker)
+    }
+
+    pub fn sources(&self) -> &Sources {
+        &self.sources
     }
 
     pub fn counters(&self) -> &Counters {
