@@ -175,39 +175,3 @@ fn ctrl_c_mid_boot_stops_the_vm_and_unmounts() {
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(report["unmount"], "clean", "{report}");
 }
-
-#[test]
-fn kill_9_of_vmt_run_boot_leaves_no_vm_running() {
-    let image = boot_image();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("mnt")).unwrap();
-    let seeder = CliSeeder::start(
-        &image,
-        &dir.path().join("boot.torrent"),
-        &["--upload-limit", "8Mbit"],
-    );
-    let stderr_path = dir.path().join("stderr.log");
-    // `-S`: the VM stays paused, touching neither the disk nor qemu's stderr, so nothing but
-    // the parent-death signal can end it.
-    let mut proc = Proc::spawn(
-        boot_cmd(dir.path(), &seeder)
-            .args(["--", "-S"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap()),
-    );
-    proc.mountpoint = Some(dir.path().join("mnt"));
-    wait_until("qemu to start", BOOT_LIMIT, || {
-        qemu_on(dir.path()).is_some()
-            && std::fs::read_to_string(&stderr_path).is_ok_and(|s| s.contains("booting with"))
-    });
-    proc.sigkill();
-    // qemu is told by the kernel (parent-death signal), and the FUSE mount goes with the
-    // process (auto_unmount).
-    wait_until("qemu to stop", Duration::from_secs(30), || {
-        qemu_on(dir.path()).is_none()
-    });
-    wait_until("the mount to go", Duration::from_secs(30), || {
-        !vmt_fs::is_mounted(&dir.path().join("mnt"))
-    });
-}
