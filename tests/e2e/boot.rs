@@ -38,15 +38,20 @@ fn assert_nothing_left(dir: &Path) {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let d = dir.to_str().unwrap();
     assert!(!mounts.contains(d), "a mount is left behind:\n{mounts}");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            assert!(
-                !(cmdline.contains("qemu") && cmdline.contains(d)),
-                "qemu still runs: {cmdline}"
-            );
-        }
+    if let Some(cmdline) = qemu_on(dir) {
+        panic!("qemu still runs: {cmdline}");
     }
+}
+
+/// The command line of a qemu running on a file under `dir`, if one runs.
+fn qemu_on(dir: &Path) -> Option<String> {
+    let d = dir.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .find(|c| c.contains("qemu") && c.contains(d))
 }
 
 fn console(dir: &Path) -> String {

@@ -376,6 +376,18 @@ async fn session(
     };
     // Passed through line by line, watching for qemu saying a signal stopped it.
     cmd.stderr(Stdio::piped()).kill_on_drop(true);
+    // SAFETY: between fork and exec the closure only makes one async-signal-safe syscall.
+    // qemu gets SIGTERM when the thread that started it dies, so a `kill -9` of vmt-run leaves
+    // no VM running on a vanished mount. (The thread is the one driving the session, which
+    // lives as long as the runtime: the binary's main thread, or a runtime worker.)
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|source| BootError::Qemu {
         qemu: boot.qemu.clone(),
         source,
