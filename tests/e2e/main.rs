@@ -4,6 +4,7 @@ mod faults;
 mod flags;
 mod layering;
 mod record;
+mod rough_edges;
 mod run;
 mod swarm;
 mod swarm_interop;

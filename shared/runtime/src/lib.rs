@@ -34,6 +34,7 @@
 //!   report, taking bound sockets and a cancellation token so tests run the same code.
 //! - [`demo`]: the embedded demo (`vmt-run demo`).
 //! - [`peer_addr`]: `HOST:PORT` peers, resolved.
+//! - [`totals`]: the closing line of `seed` and `fetch` (bytes, rates, peers, time).
 //! - `report` ([`Status`]) and `status` ([`serve_status`], [`StatusAddr`]): the live and final
 //!   report.
 
@@ -54,6 +55,7 @@ pub mod seed;
 mod source;
 mod status;
 mod tasks;
+pub mod totals;
 
 pub use params::{RuntimeError, RuntimeParams, DEFAULT_WINDOW};
 pub use report::{OldestParked, PeerTraffic, ProfileSwitch, StallSummary, Status};
