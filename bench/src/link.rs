@@ -55,44 +55,21 @@ impl Link {
     }
 }
 
-/// Parses a rate as tc(8) reads it, into bits per second: a bare number or `bit` is bits,
-/// `bps` is bytes; `k`, `m`, `g`, `t` are powers of 1000 and `ki`, `mi`, `gi`, `ti` powers
-/// of 1024 (`100mbit`, `12.5mbps`, `1gibit`); case does not matter.
+/// Parses a link rate as bench.sh gives it both to tc(8) and to this tool, into bits per
+/// second, through the one parser of every vmt tool (`vmt_formats::units::Rate`). Only the
+/// forms both read alike are taken, `<number><k|m|M|G|T>bit` (`100mbit`, `1Gbit`): tc reads a
+/// bare number as bits per second and `12.5mbps` as megabytes per second, the vmt tools as
+/// bytes and megabits, so those are refused rather than read two ways.
 pub fn parse_tc_rate(s: &str) -> Result<f64> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .with_context(|| format!("rate {s:?}: no number"))?;
-    let (prefix, per_byte) = if let Some(p) = unit.strip_suffix("bps") {
-        (p, 8.0)
-    } else if let Some(p) = unit.strip_suffix("bit") {
-        (p, 1.0)
-    } else if unit.is_empty() {
-        ("", 1.0)
-    } else {
-        bail!("rate {s:?}: unknown unit {unit:?} (tc's bit, kbit, mbit, mibit, bps, mbps, ...)");
-    };
-    let scale = match prefix {
-        "" => 1.0,
-        "k" => 1e3,
-        "m" => 1e6,
-        "g" => 1e9,
-        "t" => 1e12,
-        "ki" => 1024.0,
-        "mi" => 1024.0 * 1024.0,
-        "gi" => 1024.0 * 1024.0 * 1024.0,
-        "ti" => 1024.0f64.powi(4),
-        _ => bail!("rate {s:?}: unknown unit {unit:?}"),
-    };
-    let bits = v * scale * per_byte;
-    if !(bits.is_finite() && bits > 0.0) {
-        bail!("rate {s:?}: must be above zero");
+    let t = s.trim();
+    if !t.ends_with("bit") {
+        bail!(
+            "rate {s:?}: write it in bits, e.g. 100mbit or 1Gbit (tc and vmt read bare \
+             numbers and `bps` units differently)"
+        );
     }
-    Ok(bits)
+    let rate: vmt_formats::units::Rate = t.parse().with_context(|| format!("rate {s:?}"))?;
+    Ok(rate.bits_per_s() as f64)
 }
 
 #[cfg(test)]
@@ -103,12 +80,29 @@ mod tests {
     fn tc_rates() {
         assert_eq!(parse_tc_rate("100mbit").unwrap(), 100e6);
         assert_eq!(parse_tc_rate("400Mbit").unwrap(), 400e6);
-        assert_eq!(parse_tc_rate("12.5mbps").unwrap(), 100e6);
-        assert_eq!(parse_tc_rate("1kibit").unwrap(), 1024.0);
-        assert_eq!(parse_tc_rate("8000").unwrap(), 8000.0);
-        assert_eq!(parse_tc_rate("1bps").unwrap(), 8.0);
+        assert_eq!(parse_tc_rate("1Gbit").unwrap(), 1e9);
+        assert_eq!(parse_tc_rate("1.5kbit").unwrap(), 1500.0);
         for bad in ["", "mbit", "100mb", "0mbit", "100 furlongs"] {
             assert!(parse_tc_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Issue 16: `12.5mbps` was 100 Mbit/s here (as tc reads it) but 12.5 Mbit/s to
+    /// `vmt-train --bandwidth`; a bare `8000` was bits here and bytes there. Every rate this
+    /// tool takes now means what it means to the other tools, and the rest is refused.
+    #[test]
+    fn r16_3_3_link_rates_mean_what_they_mean_to_every_vmt_tool() {
+        for same in ["100mbit", "400Mbit", "1Gbit", "250kbit"] {
+            let vmt: vmt_formats::units::Rate = same.parse().unwrap();
+            assert_eq!(
+                parse_tc_rate(same).unwrap(),
+                vmt.bits_per_s() as f64,
+                "{same}"
+            );
+        }
+        for two_ways in ["12.5mbps", "8000", "1bps", "10MB/s"] {
+            let e = parse_tc_rate(two_ways).unwrap_err().to_string();
+            assert!(e.contains("write it in bits"), "{two_ways}: {e}");
         }
     }
 

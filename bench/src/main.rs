@@ -212,7 +212,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmt-bench: {e:#}");
+            eprintln!("vmt-bench: error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -31,7 +31,12 @@ pub fn strategies_svg(rows: &[Row], path: &Path) -> Result<()> {
     if names.is_empty() {
         return Ok(());
     }
-    let kinds = trace_kinds();
+    // Only the kinds of trace this run replayed: a quick run has no plain sessions, and an
+    // empty slot per strategy read as a missing result.
+    let kinds: Vec<_> = trace_kinds()
+        .into_iter()
+        .filter(|(_, keep)| rows.iter().any(|r| r.phase == "strategies" && keep(r)))
+        .collect();
     let bars: Vec<(usize, usize, f64)> = names
         .iter()
         .enumerate()
@@ -99,6 +104,25 @@ pub fn strategies_svg(rows: &[Row], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The y range of a log axis over `values` (seconds): a little beyond the smallest positive and
+/// the largest. On a linear axis, one slow baseline (aria2's 77 s) squashed vmt's 10-12 s lines
+/// and every stall line against the bottom; a log axis gives each decade the same height.
+fn log_axis(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    // Below a millisecond a stall is noise; it also bounds the axis when every value is 0.
+    const FLOOR_S: f64 = 1e-3;
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, 0f64), |(lo, hi), v| {
+            (if v > 0.0 { lo.min(v) } else { lo }, hi.max(v))
+        });
+    let lo = if lo.is_finite() {
+        lo.max(FLOOR_S)
+    } else {
+        FLOOR_S
+    };
+    (lo / 1.5, hi.max(lo) * 1.5)
+}
+
 /// Mean completion and mean stall versus N, one line per (strategy, mode), side by side.
 pub fn crowd_svg(rows: &[Row], path: &Path) -> Result<()> {
     if crowd_series(rows).is_empty() {
@@ -141,7 +165,12 @@ fn crowd_panel(
                 .collect()
         })
         .collect();
-    let ymax = points.iter().flatten().map(|p| p.1).fold(0.1, f64::max) * 1.1;
+    let (ylo, yhi) = log_axis(points.iter().flatten().map(|p| p.1));
+    // Zero (no stall) has no place on a log axis: drawn on its floor.
+    let points: Vec<Vec<(f64, f64)>> = points
+        .into_iter()
+        .map(|pts| pts.into_iter().map(|(n, v)| (n, v.max(ylo))).collect())
+        .collect();
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!("Flash crowd: {what} vs clients"),
@@ -150,12 +179,12 @@ fn crowd_panel(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..nmax + 1.0, 0f64..ymax)
+        .build_cartesian_2d(0f64..nmax + 1.0, (ylo..yhi).log_scale())
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("clients N (each replays a held-out session with think time)")
-        .y_desc(format!("mean {what}, s"))
+        .y_desc(format!("mean {what}, s (log; 0 on the floor)"))
         .draw()
         .map_err(err)?;
     for (i, ((st, mode), pts)) in series.iter().zip(&points).enumerate() {
@@ -177,4 +206,57 @@ fn crowd_panel(
         .draw()
         .map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where `v` sits on the axis from `lo` to `hi`, 0 (bottom) to 1 (top).
+    fn on_log_axis(v: f64, (lo, hi): (f64, f64)) -> f64 {
+        (v.ln() - lo.ln()) / (hi.ln() - lo.ln())
+    }
+
+    /// Issue 16: the committed full run's crowd figure, where aria2's 77 s point set a linear
+    /// axis and vmt's 10-12 s lines sat in its bottom seventh.
+    #[test]
+    fn r16_3_7_crowd_axis_is_log_so_a_slow_baseline_squashes_nothing() {
+        let (lo, hi) = log_axis([77.0, 12.0, 10.0, 0.4, 0.0].into_iter());
+        assert!(lo > 0.0 && lo < 0.4 && hi > 77.0, "{lo} {hi}");
+        // Linear (the old axis, 0 to 1.1 x max): 10 s sat at 0.12 of the height, a 0.4 s
+        // stall at 0.005.
+        assert!(
+            on_log_axis(10.0, (lo, hi)) > 0.5,
+            "vmt's lines in the upper half"
+        );
+        assert!(
+            on_log_axis(0.4, (lo, hi)) > 0.05,
+            "a stall line off the floor"
+        );
+        let zeros = log_axis([0.0, 0.0].into_iter());
+        assert!(zeros.0 > 0.0 && zeros.1 > zeros.0, "{zeros:?}");
+    }
+
+    /// Issue 16: a quick run (no plain sessions) showed an empty "sessions" slot per strategy.
+    #[test]
+    fn r16_3_7_strategies_omit_kinds_of_trace_not_replayed() {
+        let csv = include_str!("../../datasets/results/full/results.csv");
+        let rows: Vec<Row> = crate::parse_csv(csv)
+            .unwrap()
+            .into_iter()
+            .filter(|r| !(r.is_session() && r.think_s == 0.0))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("strategies.svg");
+        strategies_svg(&rows, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        let legend = |label: &str| text.lines().any(|l| l.trim() == label);
+        assert!(legend("sessions+think"), "the kinds it has are drawn");
+        assert!(!legend("sessions"), "no slot for a kind it lacks");
+        let crowd = dir.path().join("crowd.svg");
+        crowd_svg(&rows, &crowd).unwrap();
+        assert!(std::fs::read_to_string(&crowd)
+            .unwrap()
+            .contains("(log; 0 on the floor)"));
+    }
 }

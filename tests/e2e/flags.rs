@@ -145,7 +145,7 @@ fn bad_units_and_peers_are_one_line_errors() {
                 "no-such-host.invalid:6881",
             ],
         ),
-        &["vmt-run: cannot resolve peer no-such-host.invalid:6881"],
+        &["vmt-run: error: cannot resolve peer no-such-host.invalid:6881"],
     );
 }
 

@@ -6,6 +6,7 @@ mod flags;
 mod layering;
 mod live_page;
 mod record;
+mod rough_edges;
 mod run;
 mod swarm;
 mod swarm_interop;

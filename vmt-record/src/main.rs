@@ -241,7 +241,9 @@ enum Format {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // VMT_LOG in every vmt tool; RUST_LOG as well, as Rust programs usually read it.
             tracing_subscriber::EnvFilter::try_from_env("VMT_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
@@ -251,7 +253,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vmt-record: {e:#}");
+            eprintln!("vmt-record: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -567,6 +569,7 @@ fn bench(
 }
 
 fn demo() -> Result<ExitCode> {
+    vmt_appliance::ext4::check_demo_prerequisites()?;
     let tmp = tempfile::Builder::new().prefix("vmt-demo-").tempdir()?;
     eprintln!(
         "building a demo appliance with mkfs.ext4 -d in {}",

@@ -21,6 +21,7 @@ use vmt_runtime::fetch::{FetchEvent, FetchParams};
 use vmt_runtime::mount::{MountEvent, MountIo};
 use vmt_runtime::peer_addr::PeerAddr;
 use vmt_runtime::seed::{SeedEvent, SeedParams};
+use vmt_runtime::totals::Totals;
 use vmt_swarm::Engine;
 
 #[derive(Parser)]
@@ -239,7 +240,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // VMT_LOG in every vmt tool; RUST_LOG as well, as Rust programs usually read it.
+            tracing_subscriber::EnvFilter::try_from_env("VMT_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: in a log file or a pipe they are noise.
@@ -253,7 +257,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("vmt-run: cannot start the async runtime: {e}");
+            eprintln!("vmt-run: error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -270,7 +274,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmt-run: {e:#}");
+            eprintln!("vmt-run: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -336,10 +340,20 @@ impl PlainLog {
 }
 
 /// A mount's progress in one line, for a log.
+/// The status as one log line. Ended stalls only: a read still waiting shows in "waiting"
+/// (before, a log said "stalls 0.00 s" while a read had waited for a minute).
 fn status_line(st: &vmt_runtime::Status) -> String {
+    let oldest = st.oldest_parked.as_ref().map_or_else(String::new, |o| {
+        format!(" (longest {:.0} s, {} blocks missing)", o.waited_s, o.missing)
+    });
     format!(
-        "{}/{} pieces, {} | {} misses, stalls {:.2} s",
-        st.pieces_present, st.pieces_total, st.peer_status, st.read_misses, st.stalls.total_s
+        "{}/{} pieces, {} | {} misses, {} waiting{oldest}, stalls {:.2} s",
+        st.pieces_present,
+        st.pieces_total,
+        st.peer_status,
+        st.read_misses,
+        st.parked_now,
+        st.stalls.total_s
     )
 }
 
@@ -359,15 +373,23 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     let listener = Engine::bind(a.listen).await?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
-    vmt_runtime::seed::run(params, listener, cancel, |ev| match ev {
+    let mut seeding_since = None;
+    let stats = vmt_runtime::seed::run(params, listener, cancel, |ev| match ev {
         SeedEvent::Progress(_) | SeedEvent::Hashed { .. } => {
             bar.set_message(ev.to_string());
             bar.tick();
         }
-        _ => bar.suspend(|| eprintln!("{ev}")),
+        _ => {
+            if let SeedEvent::Seeding { .. } = ev {
+                seeding_since = Some(std::time::Instant::now());
+            }
+            bar.suspend(|| eprintln!("{ev}"))
+        }
     })
     .await?;
     bar.finish_and_clear();
+    let elapsed = seeding_since.map_or(Duration::ZERO, |t| t.elapsed());
+    println!("seeded: {}", Totals::of(&stats, elapsed));
     Ok(())
 }
 
@@ -390,6 +412,8 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         .expect("valid template"),
     );
     let mut log = PlainLog::new(&bar);
+    let seed_after = params.seed_after();
+    let started = std::time::Instant::now();
     let result = vmt_runtime::fetch::run(params, listener, cancel, |ev| match ev {
         FetchEvent::Progress(st) => {
             bar.set_position(st.have_bytes);
@@ -405,7 +429,13 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
     })
     .await;
     bar.finish_and_clear();
-    result?;
+    let report = result?;
+    if seed_after {
+        println!(
+            "fetched and seeded: {}",
+            Totals::of(&report.stats, started.elapsed())
+        );
+    }
     Ok(())
 }
 
@@ -680,6 +710,7 @@ impl vmt_runtime::demo::DemoUi for DemoBars {
 }
 
 async fn demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<()> {
+    vmt_appliance::ext4::check_demo_prerequisites()?;
     let dir = vmt_runtime::demo::Workdir::new(keep).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bars = indicatif::MultiProgress::new();
     let steps = bars.add(ProgressBar::new_spinner());

@@ -28,6 +28,9 @@ pub enum ApplianceError {
         /// The least accepted.
         min: u64,
     },
+    /// The demo lacks something it needs before it starts (root, FUSE, mkfs.ext4).
+    #[error("the demo needs {0}; nothing was built")]
+    DemoNeeds(&'static str),
     /// An external tool is missing or failed.
     #[error("{tool}: {message}")]
     Tool {
@@ -66,6 +69,33 @@ pub fn run_tool(tool: &'static str, cmd: &mut Command) -> Result<String, Applian
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Checks, before anything is built, what the demos need: root (they loop-mount the image they
+/// build, which only root may do, and mount FUSE), `/dev/fuse`, and `mkfs.ext4` on `PATH`.
+/// Without it a user waited for the image to be built and then read `Permission denied`.
+pub fn check_demo_prerequisites() -> Result<(), ApplianceError> {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ApplianceError::DemoNeeds(
+            "root: it mounts FUSE filesystems and loop devices (run it as root, e.g. with sudo)",
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(ApplianceError::DemoNeeds(
+            "FUSE, but /dev/fuse is missing (apt-get install -y fuse3, or modprobe fuse)",
+        ));
+    }
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    };
+    if !on_path("mkfs.ext4") {
+        return Err(ApplianceError::DemoNeeds(
+            "mkfs.ext4, which is not on PATH (apt-get install -y e2fsprogs)",
+        ));
+    }
+    Ok(())
 }
 
 /// Packs directory `root` into a fresh ext4 image of `size_mib` MiB with 4 KiB blocks.

@@ -18,7 +18,9 @@ use vmt_formats::trace::{Trace, TraceError};
 /// The text format of the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImportFormat {
-    /// Decided from the first line that is neither blank nor a `#` comment.
+    /// Decided from the content: the first line that is neither blank nor a `#` comment must
+    /// be a CSV header or row, or a blkparse event; anything else is refused, saying what it
+    /// looks like.
     Auto,
     /// vmt's CSV interchange format.
     Csv,
@@ -91,6 +93,23 @@ pub enum ImportError {
     /// blkparse text carries no image size.
     #[error("blkparse input needs --image or --image-bytes")]
     BlkparseNeedsImage,
+    /// With `--format auto`, the input is neither CSV nor blkparse text.
+    #[error(
+        "{}: looks like {looks_like}, not CSV (no `t_us,op,offset,len` header, and no row such \
+         as `0,R,0,4096`) nor blkparse output (lines such as \
+         `8,0 3 1 0.000000000 697 Q R 223490 + 8 [proc]`); line {line} reads {found:?}",
+        path.display()
+    )]
+    Unrecognized {
+        /// The input.
+        path: PathBuf,
+        /// What it seems to be instead ("Markdown text", "text").
+        looks_like: &'static str,
+        /// Its first line that is neither blank nor a comment (1-based).
+        line: usize,
+        /// That line, cut to [`SHOWN_CHARS`].
+        found: String,
+    },
     /// The input does not parse, or the trace could not be written.
     #[error(transparent)]
     Trace(#[from] TraceError),
@@ -156,7 +175,27 @@ impl ValidImportParams {
             ImportImage::Bytes(n) => Some(ImageId::size_only(*n)),
             ImportImage::FromInput => None,
         };
-        let trace = if is_blkparse(p.format, &text) {
+        let blkparse = match p.format {
+            ImportFormat::Csv => false,
+            ImportFormat::Blkparse => true,
+            ImportFormat::Auto => match sniff(&text) {
+                Sniffed::Csv => false,
+                Sniffed::Blkparse => true,
+                Sniffed::Neither {
+                    looks_like,
+                    line,
+                    found,
+                } => {
+                    return Err(ImportError::Unrecognized {
+                        path: p.input.clone(),
+                        looks_like,
+                        line,
+                        found,
+                    })
+                }
+            },
+        };
+        let trace = if blkparse {
             let id = id.ok_or(ImportError::BlkparseNeedsImage)?;
             let label = match &p.task {
                 Some(t) => t.clone(),
@@ -184,18 +223,93 @@ impl ValidImportParams {
     }
 }
 
-/// Whether the text is blkparse output: its lines start with "maj,min" and carry an action
-/// letter, so the first one splits into 7 or more words; CSV never has spaces between its
-/// first fields.
-fn is_blkparse(format: ImportFormat, text: &str) -> bool {
-    match format {
-        ImportFormat::Csv => false,
-        ImportFormat::Blkparse => true,
-        ImportFormat::Auto => text
-            .lines()
-            .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .is_some_and(|l| l.split_whitespace().count() >= 7),
+/// Characters of an unrecognized line shown in [`ImportError::Unrecognized`]: enough to
+/// recognize it, short enough for one terminal line.
+pub const SHOWN_CHARS: usize = 60;
+
+/// What an input's content is, judged by its first line that is neither blank nor a `#`
+/// comment (vmt's CSV starts with `# image_bytes=…` comments).
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    Csv,
+    Blkparse,
+    Neither {
+        looks_like: &'static str,
+        line: usize,
+        found: String,
+    },
+}
+
+fn sniff(text: &str) -> Sniffed {
+    let first = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    // Only comments (or nothing): CSV, whose import then refuses it for having no accesses.
+    let Some((i, line)) = first else {
+        return Sniffed::Csv;
+    };
+    if is_csv_line(line) {
+        return Sniffed::Csv;
     }
+    if is_blkparse_line(line) {
+        return Sniffed::Blkparse;
+    }
+    Sniffed::Neither {
+        looks_like: if looks_like_markdown(text) {
+            "Markdown text"
+        } else {
+            "text"
+        },
+        line: i + 1,
+        found: line.trim().chars().take(SHOWN_CHARS).collect(),
+    }
+}
+
+/// The column header (`t_us,op,…`) or a row: 4 or 5 comma-separated fields, a number first
+/// and an operation second.
+fn is_csv_line(line: &str) -> bool {
+    let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+    if cols.first() == Some(&"t_us") {
+        return true;
+    }
+    (cols.len() == 4 || cols.len() == 5)
+        && cols[0].parse::<u64>().is_ok()
+        && matches!(
+            cols[1],
+            "R" | "r" | "W" | "w" | "read" | "write" | "READ" | "WRITE"
+        )
+}
+
+/// blkparse's default event line: `maj,min cpu seq seconds pid action rwbs …`
+/// ("  8,0    3   1   0.000000000   697  Q   R 223490 + 8 [kjournald]").
+fn is_blkparse_line(line: &str) -> bool {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let device = |s: &str| {
+        s.split_once(',').is_some_and(|(a, b)| {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        })
+    };
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || c == b'.');
+    f.len() >= 7
+        && device(f[0])
+        && number(f[1])
+        && number(f[2])
+        && number(f[3])
+        && f[5].bytes().all(|c| c.is_ascii_uppercase())
+}
+
+/// Headings other than vmt's `# key=value` comments, fences or list items.
+fn looks_like_markdown(text: &str) -> bool {
+    text.lines().any(|l| {
+        l.starts_with("```")
+            || l.starts_with("## ")
+            || l.starts_with("- ")
+            || l.starts_with("# ") && !l.contains('=')
+    })
 }
 
 #[cfg(test)]
@@ -261,8 +375,45 @@ mod tests {
     #[test]
     fn blkparse_is_told_from_csv() {
         let blk = "  8,0    3   1   0.000000000   697  Q   R 223490 + 8 [kjournald]\n";
-        assert!(is_blkparse(ImportFormat::Auto, blk));
-        assert!(!is_blkparse(ImportFormat::Auto, "# x\n0,R,0,4096\n"));
-        assert!(is_blkparse(ImportFormat::Blkparse, ""));
+        assert_eq!(sniff(blk), Sniffed::Blkparse);
+        assert_eq!(sniff("# x\n0,R,0,4096\n"), Sniffed::Csv);
+        assert_eq!(
+            sniff("# image_bytes=4096\nt_us,op,offset,len\n"),
+            Sniffed::Csv
+        );
+    }
+
+    /// Issue 16: a Markdown file was taken for blkparse input ("needs --image").
+    #[test]
+    fn r16_3_4_neither_csv_nor_blkparse_says_what_it_looks_like() {
+        let readme =
+            "# vmt\n\nStart virtual appliances on demand from a BitTorrent swarm: a VM boots\n";
+        match sniff(readme) {
+            Sniffed::Neither {
+                looks_like, line, ..
+            } => assert_eq!((looks_like, line), ("Markdown text", 3)),
+            other => panic!("{other:?}"),
+        }
+        let prose = "some words in a plain text file, seven or more of them\n";
+        assert!(matches!(
+            sniff(prose),
+            Sniffed::Neither {
+                looks_like: "text",
+                ..
+            }
+        ));
+        assert_eq!(
+            sniff("# only=comments\n\n"),
+            Sniffed::Csv,
+            "refused for no accesses"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = params(dir.path(), readme, ImportImage::FromInput);
+        let e = p.run(|_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("looks like Markdown text, not CSV"), "{e}");
+        assert!(e.contains("nor blkparse"), "{e}");
+        assert!(e.contains("line 3 reads \"Start virtual"), "{e}");
+        assert!(!e.contains("--image"), "{e}");
     }
 }

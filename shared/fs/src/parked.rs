@@ -283,23 +283,31 @@ impl<R> ParkedReads<R> {
     }
 
     /// Moves to `out` every entry parked for `age` or longer that no earlier call handed out,
-    /// so that each long wait is told once.
-    pub fn newly_overdue(&self, age: Duration, now: Instant, out: &mut Vec<Waiting>) {
+    /// so that each long wait is told once, with what `of` says of its item (say, the byte
+    /// range of a read), asked under the table's lock: keep `of` cheap.
+    pub fn newly_overdue<T>(
+        &self,
+        age: Duration,
+        now: Instant,
+        of: impl Fn(&R) -> T,
+        out: &mut Vec<(Waiting, T)>,
+    ) {
         let mut inner = self.lock();
         let mut due = Vec::new();
         for (index, slot) in inner.slab.iter_mut().enumerate() {
             if let Some(e) = slot {
                 if !e.overdue && now.saturating_duration_since(e.parked_at) >= age {
                     e.overdue = true;
-                    due.push((index, e.parked_at));
+                    due.push((index, e.parked_at, of(&e.item)));
                 }
             }
         }
-        for (index, parked_at) in due {
-            out.push(Waiting {
+        for (index, parked_at, what) in due {
+            let wait = Waiting {
                 parked_at,
                 units: Self::units_of(&inner, index),
-            });
+            };
+            out.push((wait, what));
         }
     }
 
@@ -418,16 +426,18 @@ mod tests {
         assert_eq!(oldest.units, vec![5, 7]);
         let mut out = Vec::new();
         let now = Instant::now();
-        parked.newly_overdue(Duration::from_millis(10), now, &mut out);
+        parked.newly_overdue(Duration::from_millis(10), now, |r| *r, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0], oldest);
+        assert_eq!(out[0].0, oldest);
         out.clear();
-        parked.newly_overdue(Duration::from_millis(10), now, &mut out);
+        parked.newly_overdue(Duration::from_millis(10), now, |r| *r, &mut out);
         assert!(out.is_empty(), "told once");
-        parked.newly_overdue(Duration::ZERO, now, &mut out);
+        parked.newly_overdue(Duration::ZERO, now, |r| *r, &mut out);
         assert_eq!(
-            out.iter().map(|w| w.units.clone()).collect::<Vec<_>>(),
-            vec![vec![1]]
+            out.iter()
+                .map(|(w, r)| (w.units.clone(), *r))
+                .collect::<Vec<_>>(),
+            vec![(vec![1], "new")]
         );
     }
 

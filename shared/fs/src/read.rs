@@ -186,10 +186,16 @@ impl<S: PristineSource, O: AccessObserver, R: ReadReply> ImageFs<S, O, R> {
         self.parked.longest(max, out)
     }
 
-    /// The waits of `age` or longer not told before: each long wait is told once.
-    pub fn newly_overdue(&self, age: std::time::Duration) -> Vec<Waiting> {
+    /// The waits of `age` or longer not told before (each long wait is told once), with the
+    /// byte range `(offset, len)` of each that is a read (`None` for a partial write).
+    pub fn newly_overdue(&self, age: std::time::Duration) -> Vec<(Waiting, Option<(u64, u32)>)> {
         let mut out = Vec::new();
-        self.parked.newly_overdue(age, Instant::now(), &mut out);
+        let range = |w: &Waiter<_>| match w {
+            Waiter::Read { offset, len, .. } => Some((*offset, *len)),
+            Waiter::Wake(_) => None,
+        };
+        self.parked
+            .newly_overdue(age, Instant::now(), range, &mut out);
         out
     }
 
@@ -467,7 +473,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         fs.options.read_timeout = Some(Duration::from_secs(1));
         let fresh = read(&fs, 4 * U, 10);
-        assert_eq!(fs.newly_overdue(Duration::from_secs(1)).len(), 2);
+        let long = fs.newly_overdue(Duration::from_secs(1));
+        assert_eq!(long.len(), 2);
+        assert!(
+            long.iter().any(|(_, r)| *r == Some((3 * U, 10))),
+            "{long:?}"
+        );
         assert_eq!(
             fs.expire_parked(),
             2,

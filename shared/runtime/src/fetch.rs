@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,7 @@ use vmt_swarm::{Engine, EngineConfig, ResumeReport, Storage, SwarmError, SwarmSt
 
 use crate::paths;
 use crate::peer_addr::{resolve_all, PeerAddr, PeerAddrError};
+use crate::totals::Totals;
 
 /// How often a [`FetchEvent::Progress`] is reported: often enough for a smooth bar.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
@@ -93,6 +94,11 @@ impl ValidFetchParams {
     pub fn torrent(&self) -> &Torrent {
         &self.torrent
     }
+
+    /// Whether it seeds after the download until cancelled (`--seed`).
+    pub fn seed_after(&self) -> bool {
+        self.seed_after
+    }
 }
 
 /// Why a fetch failed or stopped early.
@@ -133,20 +139,21 @@ pub struct FetchReport {
     pub out: PathBuf,
     /// Its length.
     pub total_bytes: u64,
-    /// The engine's figures at completion.
+    /// The engine's figures at completion (after seeding, with `--seed`).
     pub stats: SwarmStats,
+    /// From the engine's start to the last piece verified.
+    pub elapsed: Duration,
 }
 
 impl fmt::Display for FetchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "done: {} verified in {}; downloaded {} bytes ({} wasted), uploaded {} bytes",
+            "done: {} bytes verified in {}; {}; {} bytes wasted",
             self.total_bytes,
             self.out.display(),
-            self.stats.downloaded,
+            Totals::of(&self.stats, self.elapsed),
             self.stats.wasted,
-            self.stats.uploaded
         )
     }
 }
@@ -225,6 +232,7 @@ pub async fn run(
         });
     }
     let total_bytes = torrent.total_length();
+    let started = Instant::now();
     let engine = Engine::start(torrent, storage, listener, config);
     while !engine.is_complete() {
         tokio::select! {
@@ -249,10 +257,11 @@ pub async fn run(
         on(FetchEvent::Progress(&engine.stats()));
     }
     engine.flush()?;
-    let report = FetchReport {
+    let mut report = FetchReport {
         out,
         total_bytes,
         stats: engine.stats(),
+        elapsed: started.elapsed(),
     };
     on(FetchEvent::Done(&report));
     if seed_after {
@@ -260,6 +269,7 @@ pub async fn run(
         cancel.cancelled().await;
     }
     engine.shutdown().await?;
+    report.stats = engine.stats();
     Ok(report)
 }
 

@@ -35,6 +35,7 @@
 //! - [`boot`]: `vmt-run boot`, a VM on the mounted image, as a session of the mount.
 //! - [`demo`]: the embedded demo (`vmt-run demo`).
 //! - [`peer_addr`]: `HOST:PORT` peers, resolved.
+//! - [`totals`]: the closing line of `seed` and `fetch` (bytes, rates, peers, time).
 //! - `report` ([`Status`]) and `status` ([`serve_status`], [`StatusAddr`]): the live and final
 //!   report.
 
@@ -57,6 +58,7 @@ pub mod seed;
 mod source;
 mod status;
 mod tasks;
+pub mod totals;
 
 pub use params::{RuntimeError, RuntimeParams, DEFAULT_WINDOW};
 pub use report::{OldestParked, PeerTraffic, ProfileSwitch, StallSummary, Status};

@@ -41,21 +41,27 @@ pub(crate) async fn run<O: vmt_fs::AccessObserver>(
             continue;
         }
         let peers = peers_tried(&engine.stats());
-        for wait in long {
-            tracing::warn!("{}; {peers}", describe(&wait));
+        for (wait, read) in long {
+            tracing::warn!("{}; {peers}", describe(&wait, read));
         }
     }
 }
 
-/// "a read has waited 5 s for 8 missing block(s), from block 128 to block 135".
-fn describe(wait: &Waiting) -> String {
+/// "a read of 131072 bytes at offset 2097152 has waited 5 s for 8 missing block(s), from block
+/// 128 to block 135": which read, and what it waits for. `read` is the read's byte range
+/// (`None` for a write waiting for the rest of its blocks).
+fn describe(wait: &Waiting, read: Option<(u64, u32)>) -> String {
     let waited = wait.parked_at.elapsed().as_secs_f64();
+    let who = match read {
+        Some((offset, len)) => format!("a read of {len} bytes at offset {offset}"),
+        None => "a partial-block write".to_string(),
+    };
     match (wait.units.first(), wait.units.last()) {
         (Some(first), Some(last)) => format!(
-            "a read has waited {waited:.0} s for {} missing block(s), from block {first} to block {last}",
+            "{who} has waited {waited:.0} s for {} missing block(s), from block {first} to block {last}",
             wait.units.len()
         ),
-        _ => format!("a read has waited {waited:.0} s"),
+        _ => format!("{who} has waited {waited:.0} s"),
     }
 }
 
@@ -93,8 +99,11 @@ mod tests {
             parked_at: Instant::now() - Duration::from_secs(6),
             units: vec![128, 129, 135],
         };
-        let line = describe(&wait);
-        assert!(line.contains("waited 6 s"), "{line}");
+        let line = describe(&wait, Some((2 << 20, 4096)));
+        assert!(
+            line.starts_with("a read of 4096 bytes at offset 2097152 has waited 6 s"),
+            "{line}"
+        );
         assert!(
             line.contains("3 missing block(s), from block 128 to block 135"),
             "{line}"
@@ -103,6 +112,7 @@ mod tests {
             parked_at: Instant::now(),
             units: vec![7],
         };
-        assert!(describe(&one).contains("from block 7"));
+        assert!(describe(&one, None).starts_with("a partial-block write has waited"));
+        assert!(describe(&one, None).contains("from block 7"));
     }
 }

@@ -350,7 +350,7 @@ async fn write_loop(
                         continue;
                     }
                     st.storage().bitmap().to_wire(&mut bitfield);
-                    Message::Bitfield(librqbit::ByteBuf(&bitfield))
+                    Message::Bitfield(bencode::ByteBuf(&bitfield))
                 }
                 Out::Interested => Message::Interested,
                 Out::NotInterested => Message::NotInterested,

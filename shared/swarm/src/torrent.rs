@@ -30,7 +30,7 @@ use bencode::ByteBuf;
 use bytes::Bytes;
 use librqbit_core::hash_id::Id20;
 use librqbit_core::lengths::{Lengths, ValidPieceIndex};
-use librqbit_core::torrent_metainfo::torrent_from_bytes;
+use librqbit_core::torrent_metainfo::{torrent_from_bytes, TorrentMetaV1};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -57,6 +57,16 @@ fn check_opening(head: &[u8]) -> std::result::Result<(), String> {
             "not a .torrent: it starts with {:?}, not a bencoded dictionary",
             String::from_utf8_lossy(head)
         )),
+    }
+}
+
+/// Why librqbit-core refused `bytes`, with the key it was reading: its `torrent_from_bytes`
+/// drops where the error was (a `length` that is not an integer said only "invalid value"), so
+/// parse again keeping it: `"info" -> "length": invalid value`. Cold path: only on refusal.
+fn why_unreadable(bytes: &[u8]) -> String {
+    match bencode::from_bytes::<TorrentMetaV1<ByteBuf<'_>>>(bytes) {
+        Err(e) => format!("not a torrent vmt can read: {e}"),
+        Ok(_) => "not a torrent vmt can read".into(),
     }
 }
 
@@ -152,7 +162,7 @@ impl Torrent {
             reason,
         };
         check_opening(&bytes[..bytes.len().min(2)]).map_err(bad)?;
-        let meta = torrent_from_bytes(&bytes).map_err(|e| bad(format!("{e:#}")))?;
+        let meta = torrent_from_bytes(&bytes).map_err(|_| bad(why_unreadable(&bytes)))?;
         let info = &meta.info.data;
         if info.files.is_some() {
             return Err(bad(
@@ -853,5 +863,41 @@ mod tests {
         assert!(e.to_string().contains("the image is empty"), "{e}");
         let e = create_blocking(dir.path(), 16384, &[], cache(), |_| {}).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+}
+
+/// Issue 16: a file that is not a usable torrent says what it is, or which key is wrong, not
+/// just "invalid value".
+#[cfg(test)]
+mod refusals {
+    use super::*;
+
+    fn refusal(bytes: &[u8]) -> String {
+        match Torrent::from_bytes(bytes.to_vec(), Path::new("x.torrent")) {
+            Ok(_) => panic!(
+                "{:?} was taken for a torrent",
+                String::from_utf8_lossy(bytes)
+            ),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn r16_3_5_a_refused_torrent_says_why() {
+        let text = refusal(b"# vmt\n\nStart virtual appliances on demand\n");
+        assert!(text.contains("not a bencoded dictionary"), "{text}");
+        let png = refusal(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR");
+        assert!(png.contains("not a bencoded dictionary"), "{png}");
+        let no_info = refusal(b"d8:announce3:urle");
+        assert!(no_info.contains("`info`"), "{no_info}");
+        let no_pieces = refusal(b"d4:infod6:lengthi5e4:name1:a12:piece lengthi16384eee");
+        assert!(no_pieces.contains("`pieces`"), "{no_pieces}");
+        let bad_length = refusal(b"d4:infod6:length1:a4:name1:a12:piece lengthi16384e6:pieces0:ee");
+        assert!(
+            bad_length.contains(r#""info" -> "length": invalid value"#),
+            "{bad_length}"
+        );
+        let list = refusal(b"li1ee");
+        assert!(list.contains("not a bencoded dictionary"), "{list}");
     }
 }
