@@ -9,7 +9,7 @@
 //!   the belief (profiles under `min_weight` left out, `W = Σ w`) and `π_p(u)` the share of
 //!   profile `p`'s runs that read it;
 //! - `U(u) = Σ_p w_p π_p(u) / (t_p(u) + L) / W`: its expected urgency, `t_p(u)` being its mean
-//!   first-access time in task `p` and `L` the lead ([`SchedulerParams::lead_us`]): a unit
+//!   first-access time in task `p` and `L` the lead (`SchedulerParams::lead_us`): a unit
 //!   needed at once is worth a unit of the stall it would cause, one needed later proportionally
 //!   less, as the link has until then to bring it (the merge planner's `(t + L) / w` key is the
 //!   same urgency for one profile at a time);
@@ -17,7 +17,7 @@
 //!   `u` (0 when all or none of them read it, at most 1/4 for two even candidates of which one
 //!   reads it). Reading such a unit is what moves the belief, so having it early makes the read
 //!   come early and the belief settle sooner;
-//! - the benefit `B(u) = U(u) · (1 + 4β · D(u))`, `β` = [`SchedulerParams::bonus`].
+//! - the benefit `B(u) = U(u) · (1 + 4β · D(u))`, `β` = `SchedulerParams::bonus`.
 //!
 //! **Objective.** Units cost the same link time, and the plan is recomputed after every read
 //! and every unit (the belief may change at any of them), so what matters is every prefix of
@@ -36,14 +36,22 @@
 //! **Cost.** A ranking is one pass over the units the profiles read (stored per unit, with each
 //! profile's share and time, at construction) and a sort of the missing ones, into buffers sized
 //! at construction: no allocation. It is redone only when the belief has moved by more than
-//! [`SchedulerParams::rerank`] (L1) since the last one; between rankings a plan walks the ranked
+//! `SchedulerParams::rerank` (L1) since the last one; between rankings a plan walks the ranked
 //! list from a cursor that only moves past present units, O(window) amortised.
 
 use std::ops::Range;
 
 use crate::markov::{Belief, OnlineModel};
 use crate::profile::Bundle;
-use crate::scheduler::SchedulerParams;
+
+/// The scheduler's settings the ranking uses (see `SchedulerParams`, which fills them).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    pub(crate) min_weight: f64,
+    pub(crate) lead_us: u64,
+    pub(crate) bonus: f64,
+    pub(crate) rerank: f64,
+}
 
 /// What one profile contributes to one unit.
 #[derive(Clone, Copy, Debug)]
@@ -136,7 +144,7 @@ impl Ranking {
         &mut self,
         belief: &Belief,
         model: &OnlineModel,
-        params: &SchedulerParams,
+        params: &Tuning,
         have: &impl Fn(u32) -> bool,
         window: usize,
         out: &mut Vec<u32>,
@@ -174,7 +182,7 @@ impl Ranking {
     }
 
     /// Scores every missing unit under the current weights and sorts them.
-    fn rank(&mut self, params: &SchedulerParams, have: &impl Fn(u32) -> bool) {
+    fn rank(&mut self, params: &Tuning, have: &impl Fn(u32) -> bool) {
         self.ranked_for.copy_from_slice(&self.weights);
         self.ranked_once = true;
         self.ranked.clear();

@@ -72,7 +72,7 @@ use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
 
-use crate::benefit::Ranking;
+use crate::benefit::{Ranking, Tuning};
 use crate::markov::{Belief, BeliefParams, Observed, OnlineModel};
 use crate::profile::Bundle;
 
@@ -492,7 +492,13 @@ impl Scheduler {
                 ) else {
                     return;
                 };
-                ranking.plan(belief, model, &self.params, have, window, out);
+                let tuning = Tuning {
+                    min_weight: self.params.min_weight,
+                    lead_us: self.params.lead_us,
+                    bonus: self.params.bonus,
+                    rerank: self.params.rerank,
+                };
+                ranking.plan(belief, model, &tuning, have, window, out);
             }
             Strategy::Markov => {
                 let min = self.params.min_weight;
