@@ -37,7 +37,8 @@
 //! - [`peer_addr`]: `HOST:PORT` peers, resolved.
 //! - [`totals`]: the closing line of `seed` and `fetch` (bytes, rates, peers, time).
 //! - `report` ([`Status`]) and `status` ([`serve_status`], [`StatusAddr`]): the live and final
-//!   report.
+//!   report; `live` samples the runtime 4 times a second for the live page (`page/index.html`,
+//!   embedded), which `status` serves with the JSON and streams as server-sent events.
 
 #![deny(missing_docs)]
 

@@ -448,6 +448,32 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_gone_between_ticks_is_an_ended_stall() {
+        let mut s = Sampler::new(256 << 10, 16 << 10);
+        let parked_at = Instant::now() - Duration::from_secs(2);
+        s.inputs().parked.push(Waiting {
+            parked_at,
+            units: vec![7, 8],
+        });
+        s.update_waits(Instant::now(), 3.0);
+        assert_eq!(s.waits.len(), 1);
+        assert_eq!(s.waits[0].blocks, [7, 8]);
+        assert!(s.waits[0].age_s >= 2.0);
+        assert!(s.recent.is_empty());
+        s.inputs().parked[0].units = vec![8];
+        s.update_waits(Instant::now(), 3.25);
+        assert_eq!(s.waits[0].missing, 1);
+        assert!(s.recent.is_empty(), "still waiting");
+        s.inputs().parked.clear();
+        s.update_waits(Instant::now(), 3.5);
+        assert!(s.waits.is_empty());
+        assert_eq!(s.recent.len(), 1);
+        assert_eq!(s.recent[0].blocks, [7, 8], "the blocks it first waited for");
+        assert!(s.recent[0].waited_s >= 2.0);
+        assert_eq!(s.recent[0].ended_s, 3.5);
+    }
+
+    #[test]
     fn the_history_ring_keeps_the_last_samples_oldest_first() {
         let mut h = History::new(vec!["a".into(), "b".into()]);
         for i in 0..(HISTORY + 3) {

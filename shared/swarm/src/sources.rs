@@ -9,9 +9,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Mutex;
-
-use crate::state::lock;
+use std::sync::{Mutex, MutexGuard};
 
 /// Most sources named; later ones share the last number ("other sources"), so a piece's slot
 /// stays 16 bits and a churning swarm cannot grow the table without bound.
@@ -20,6 +18,12 @@ pub const MAX_SOURCES: usize = 4096;
 /// A piece's slot value before any block of it arrived from a source (present at start, or
 /// still missing).
 const UNKNOWN: u16 = 0;
+
+/// Locks the name table, ignoring poisoning (as `state::lock`; not imported from there, which
+/// imports this module).
+fn lock(m: &Mutex<Vec<Source>>) -> MutexGuard<'_, Vec<Source>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Where data came from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
