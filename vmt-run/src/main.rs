@@ -344,7 +344,10 @@ impl PlainLog {
 /// (before, a log said "stalls 0.00 s" while a read had waited for a minute).
 fn status_line(st: &vmt_runtime::Status) -> String {
     let oldest = st.oldest_parked.as_ref().map_or_else(String::new, |o| {
-        format!(" (longest {:.0} s, {} blocks missing)", o.waited_s, o.missing)
+        format!(
+            " (longest {:.0} s, {} blocks missing)",
+            o.waited_s, o.missing
+        )
     });
     format!(
         "{}/{} pieces, {} | {} misses, {} waiting{oldest}, stalls {:.2} s",
