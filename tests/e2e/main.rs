@@ -3,6 +3,7 @@
 mod boot;
 mod faults;
 mod flags;
+mod headless;
 mod layering;
 mod live_page;
 mod record;

@@ -369,7 +369,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let report = vmt_appliance::replay::replay(
                 &t,
                 &file,
-                vmt_appliance::replay::ReplayParams { think, cold },
+                vmt_appliance::replay::ReplayParams {
+                    think,
+                    cold,
+                    ..Default::default()
+                },
             )
             .with_context(|| format!("replaying {} against {}", trace.display(), file.display()))?;
             if json {

@@ -4,8 +4,11 @@
 //!
 //! Subcommands: `seed` (serve an image: `vmt_runtime::seed`), `fetch` (download it whole, the
 //! `full` strategy: `vmt_runtime::fetch`), `mount` (serve it through FUSE while it streams:
-//! `vmt_runtime::mount`), `boot` (a VM on such a mount: `vmt_runtime::boot`), `demo` (the whole
+//! `vmt_runtime::mount`), `boot` (a VM on such a mount: `vmt_runtime::boot`), `replay-client` (headless
+//! clients: `vmt_runtime::crowd`, in `replay_client`), `demo` (the whole
 //! pipeline: `vmt_runtime::demo`).
+
+mod replay_client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +55,11 @@ enum Cmd {
     /// --kernel-from-image or --kernel is given. Exit status: 0 when the VM powered off, 130
     /// when interrupted, 1 when qemu or the mount failed.
     Boot(BootArgs),
+    /// Headless clients for crowd experiments: N clients in this process, each the mount's
+    /// streaming core (engine, planner, belief, filesystem core) without FUSE, replaying a
+    /// trace in process against seeders, with rate limits and time dilation; writes each
+    /// client's completion, stall and bytes per source as JSON Lines.
+    ReplayClient(replay_client::ReplayClientArgs),
     /// The whole pipeline on a built-in demo appliance, in one process and a temp dir: build
     /// the image (mkfs.ext4 -d), record tasks, train a bundle, seed it with a bandwidth cap,
     /// mount a client and run a session through it live, then compare demand, profile and
@@ -268,6 +276,7 @@ fn main() -> ExitCode {
             Cmd::Fetch(a) => fetch(a, cancel).await,
             Cmd::Mount(a) => mount(a, cancel).await,
             Cmd::Boot(a) => boot(a, cancel).await,
+            Cmd::ReplayClient(a) => replay_client::replay_client(a, cancel).await,
             Cmd::Demo { keep } => demo(keep, cancel).await,
         }
     });

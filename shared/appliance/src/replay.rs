@@ -21,12 +21,38 @@ use serde::{Deserialize, Serialize};
 use vmt_formats::trace::{Op, Trace};
 
 /// How to replay.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct ReplayParams {
     /// Idle time inserted at each task boundary of a session trace (users pause between tasks).
     pub think: Duration,
     /// Evict the target file from the page cache first, so a local file is read from disk.
     pub cold: bool,
+    /// Time dilation K (at least 1): recorded compute gaps and think time are multiplied by K,
+    /// for runs whose links are slowed down by K so that many clients fit on one machine. The
+    /// report is as measured; [`ReplayReport::undilated`] divides its times by K.
+    pub dilation: u32,
+}
+
+impl Default for ReplayParams {
+    fn default() -> ReplayParams {
+        ReplayParams {
+            think: Duration::ZERO,
+            cold: false,
+            dilation: 1,
+        }
+    }
+}
+
+/// Where a replay reads: a file, or a filesystem core answering in process.
+pub trait ReadTarget {
+    /// Fills `buf` from `offset`, waiting as long as the data takes to arrive.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadTarget for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
 }
 
 /// Timing of one task segment.
@@ -70,6 +96,30 @@ pub struct ReplayReport {
     pub read_max_s: f64,
     /// Per task segment.
     pub segments: Vec<SegmentReport>,
+}
+
+impl ReplayReport {
+    /// The report of a replay dilated by `k`, in undilated seconds: every time divided by `k`.
+    pub fn undilated(mut self, k: u32) -> ReplayReport {
+        let k = f64::from(k.max(1));
+        for t in [
+            &mut self.trace_s,
+            &mut self.think_s,
+            &mut self.completion_s,
+            &mut self.stall_s,
+            &mut self.read_p50_s,
+            &mut self.read_p99_s,
+            &mut self.read_max_s,
+        ] {
+            *t /= k;
+        }
+        for s in &mut self.segments {
+            s.recorded_s /= k;
+            s.replayed_s /= k;
+            s.stall_s /= k;
+        }
+        self
+    }
 }
 
 impl std::fmt::Display for ReplayReport {
@@ -116,6 +166,19 @@ pub fn replay(trace: &Trace, path: &Path, params: ReplayParams) -> io::Result<Re
             ),
         ));
     }
+    replay_on(trace, &file, params)
+}
+
+/// Replays `trace`'s reads against `target`, which must hold the trace's whole image. See the
+/// module doc.
+pub fn replay_on(
+    trace: &Trace,
+    target: &impl ReadTarget,
+    params: ReplayParams,
+) -> io::Result<ReplayReport> {
+    let k = params.dilation.max(1);
+    let think = params.think * k;
+    let scaled = |t_us: u64| Duration::from_micros(t_us.saturating_mul(u64::from(k)));
     let max_len = trace.records.iter().map(|r| r.len).max().unwrap_or(0) as usize;
     let mut buf = vec![0u8; max_len];
     let mut latencies = Vec::with_capacity(trace.records.len());
@@ -144,30 +207,28 @@ pub fn replay(trace: &Trace, path: &Path, params: ReplayParams) -> io::Result<Re
         let mut delay_at_start: Option<Duration> = None;
         for r in seg.records.iter().filter(|r| r.op == Op::Read) {
             if std::mem::take(&mut think_due) {
-                delay += params.think;
-                think_total += params.think;
+                delay += think;
+                think_total += think;
             }
             delay_at_start.get_or_insert(delay);
-            let due = start + Duration::from_micros(r.t_us) + delay;
+            let due = start + scaled(r.t_us) + delay;
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
             let issued = Instant::now().max(due);
             seg_start.get_or_insert(issued);
-            file.read_exact_at(&mut buf[..r.len as usize], r.offset)?;
+            target.read_exact_at(&mut buf[..r.len as usize], r.offset)?;
             end = Instant::now();
             latencies.push(end - issued);
             // Whatever this read took beyond the recorded gap to the next read delays the rest;
             // the recorded schedule already includes the original service time.
-            delay = (end - start)
-                .saturating_sub(Duration::from_micros(r.t_us))
-                .max(delay);
+            delay = (end - start).saturating_sub(scaled(r.t_us)).max(delay);
             bytes += r.len as u64;
             report.reads += 1;
             last_t = r.t_us;
         }
-        report.recorded_s = (last_t - first_t) as f64 / 1e6;
+        report.recorded_s = scaled(last_t - first_t).as_secs_f64();
         if let Some(s) = seg_start {
             report.replayed_s = (end - s).as_secs_f64();
         }
@@ -185,7 +246,7 @@ pub fn replay(trace: &Trace, path: &Path, params: ReplayParams) -> io::Result<Re
         .iter()
         .rev()
         .find(|r| r.op == Op::Read)
-        .map_or(0.0, |r| r.t_us as f64 / 1e6);
+        .map_or(0.0, |r| scaled(r.t_us).as_secs_f64());
     let completion_s = (end - start).as_secs_f64();
     Ok(ReplayReport {
         trace: format!("{}-{}", trace.label, trace.run),
@@ -247,7 +308,15 @@ mod tests {
             ],
         );
         let think = Duration::from_millis(30);
-        let r = replay(&trace, f.path(), ReplayParams { think, cold: false }).unwrap();
+        let r = replay(
+            &trace,
+            f.path(),
+            ReplayParams {
+                think,
+                ..ReplayParams::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r.reads, 4);
         assert_eq!(r.segments.len(), 2);
         assert!((r.trace_s - 0.06).abs() < 1e-9);
@@ -271,7 +340,15 @@ mod tests {
             ],
         );
         let think = Duration::from_millis(30);
-        let r = replay(&trace, f.path(), ReplayParams { think, cold: false }).unwrap();
+        let r = replay(
+            &trace,
+            f.path(),
+            ReplayParams {
+                think,
+                ..ReplayParams::default()
+            },
+        )
+        .unwrap();
         assert!(
             (r.think_s - 0.03).abs() < 1e-9,
             "one think, before b: {r:?}"

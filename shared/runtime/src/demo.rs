@@ -280,7 +280,7 @@ pub async fn run(dir: &Path, ui: &(dyn DemoUi + 'static)) -> Result<Vec<DemoRow>
     let trace = &held_out.1;
     let think = ReplayParams {
         think: DEMO_THINK,
-        cold: false,
+        ..ReplayParams::default()
     };
     let mut rows = Vec::new();
     let first_task = trace.segments().next().map(|s| s.task.to_string());

@@ -32,6 +32,10 @@
 //!   reads past `--read-timeout` or of killed processes, and logs long waits.
 //! - [`mount`], [`seed`], [`fetch`]: `vmt-run mount`, `seed` and `fetch` from params to
 //!   report, taking bound sockets and a cancellation token so tests run the same code.
+//! - `streaming`: the streaming core a mount and a headless client share (engine, planner,
+//!   filesystem core, reply pool); `runtime` adds the FUSE mount to it.
+//! - [`crowd`]: `vmt-run replay-client`, many headless clients replaying traces in one
+//!   process through that core; [`cpu`]: the CPU use of such a run.
 //! - [`boot`]: `vmt-run boot`, a VM on the mounted image, as a session of the mount.
 //! - [`demo`]: the embedded demo (`vmt-run demo`).
 //! - [`peer_addr`]: `HOST:PORT` peers, resolved.
@@ -43,6 +47,8 @@
 #![deny(missing_docs)]
 
 pub mod boot;
+pub mod cpu;
+pub mod crowd;
 pub mod demo;
 pub mod fetch;
 mod live;
@@ -58,6 +64,7 @@ mod schedule;
 pub mod seed;
 mod source;
 mod status;
+mod streaming;
 mod tasks;
 pub mod totals;
 

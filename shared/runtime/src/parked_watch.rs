@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use vmt_fs::{FuseImageFs, Waiting};
+use vmt_fs::{ImageFs, ReadReply, Waiting};
 use vmt_swarm::{DialState, Engine, SwarmStats};
 
 use crate::source::SwarmSource;
@@ -21,8 +21,8 @@ pub(crate) const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 pub(crate) const LONG_WAIT: Duration = Duration::from_secs(5);
 
 /// See the module doc. Runs until the runtime's tasks stop.
-pub(crate) async fn run<O: vmt_fs::AccessObserver>(
-    fs: Arc<FuseImageFs<SwarmSource, O>>,
+pub(crate) async fn run<O: vmt_fs::AccessObserver, R: ReadReply>(
+    fs: Arc<ImageFs<SwarmSource, O, R>>,
     engine: Engine,
 ) {
     loop {

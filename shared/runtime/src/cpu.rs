@@ -1,0 +1,136 @@
+//! CPU use over a run: this process's CPU time, and how busy the whole machine was, so that a
+//! run whose figures measure a saturated CPU rather than the links can be told apart.
+
+use std::time::Instant;
+
+/// A machine whose cores were busy at least this share of a run was the bottleneck: replays
+/// then wait for a core, not for the links, and the run's figures are rejected.
+pub const SATURATED: f64 = 0.9;
+
+/// One reading of the counters; two make a [`CpuUse`].
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    at: Instant,
+    /// This process's user + system time, seconds.
+    process_s: f64,
+    /// The machine's busy and total jiffies (every core), from `/proc/stat`.
+    busy: u64,
+    total: u64,
+    load1: f64,
+}
+
+/// CPU use between two samples.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuUse {
+    /// Wall time, seconds.
+    pub wall_s: f64,
+    /// This process's CPU time, seconds.
+    pub cpu_s: f64,
+    /// Cores of the machine.
+    pub cores: usize,
+    /// `cpu_s / wall_s / cores`.
+    pub cpu_frac: f64,
+    /// The share of the machine's core time that was busy (every process).
+    pub machine_busy: f64,
+    /// 1-minute load average at the first and the second sample.
+    pub load1: (f64, f64),
+}
+
+impl CpuSample {
+    /// Reads the counters now (zeros where `/proc` cannot be read).
+    pub fn now() -> CpuSample {
+        // SAFETY: getrusage writes only into the struct it is given.
+        let process_s = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            if libc::getrusage(libc::RUSAGE_SELF, &mut ru) == 0 {
+                let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+                t(ru.ru_utime) + t(ru.ru_stime)
+            } else {
+                0.0
+            }
+        };
+        let (busy, total) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().next().map(machine_jiffies))
+            .unwrap_or((0, 0));
+        let load1 = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        CpuSample {
+            at: Instant::now(),
+            process_s,
+            busy,
+            total,
+            load1,
+        }
+    }
+
+    /// CPU use from `self` to `later`.
+    pub fn until(&self, later: &CpuSample) -> CpuUse {
+        let wall_s = later.at.duration_since(self.at).as_secs_f64();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu_s = later.process_s - self.process_s;
+        let total = later.total.saturating_sub(self.total);
+        CpuUse {
+            wall_s,
+            cpu_s,
+            cores,
+            cpu_frac: if wall_s > 0.0 {
+                cpu_s / wall_s / cores as f64
+            } else {
+                0.0
+            },
+            machine_busy: if total > 0 {
+                later.busy.saturating_sub(self.busy) as f64 / total as f64
+            } else {
+                0.0
+            },
+            load1: (self.load1, later.load1),
+        }
+    }
+}
+
+impl CpuUse {
+    /// Whether the machine was the bottleneck ([`SATURATED`]).
+    pub fn saturated(&self) -> bool {
+        self.machine_busy >= SATURATED
+    }
+}
+
+/// Busy and total jiffies from `/proc/stat`'s `cpu` line: idle and iowait are not busy.
+fn machine_jiffies(line: &str) -> (u64, u64) {
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_and_iowait_are_not_busy() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let (busy, total) = machine_jiffies("cpu  100 5 50 800 40 2 3 0 7 0");
+        assert_eq!((busy, total), (160, 1000));
+    }
+
+    #[test]
+    fn spinning_shows_as_process_time() {
+        let a = CpuSample::now();
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed().as_millis() < 200 {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        let u = a.until(&CpuSample::now());
+        assert!(x > 0 && u.cpu_s > 0.1 && u.wall_s >= 0.2, "{u:?}");
+        assert!(u.machine_busy > 0.0 && u.machine_busy <= 1.0, "{u:?}");
+    }
+}
