@@ -12,7 +12,7 @@
 # engines run at RATE/K, gaps and think times K times longer), DILATION_N1 (K of the N=1 runs,
 # default DILATION), THINK (default 5s), STRATEGY (default markov), PEERS_PER_CLIENT (default
 # 8), TRACES (names in traces/test; default every walk-* and session-*), PORT (the seeder's,
-# default 45000), KEEP=1 keeps the scratch dir.
+# default 45000), KEEP=1 keeps the scratch dir, BUILD=0 uses target/release/vmt-run as it is.
 #
 # N=1 runs every trace once, one after another (so the N=1 mean is over the same mix of traces
 # as a crowd's); a crowd of N starts together, client i replaying trace i mod T.
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 cmdline=
-for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_PER_CLIENT TRACES PORT KEEP; do
+for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_PER_CLIENT TRACES PORT KEEP BUILD; do
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/scale.sh${out:+ --out $(printf '%q' "$out")}"
@@ -49,7 +49,7 @@ if [ -z "${TRACES:-}" ]; then
 fi
 say() { printf '[scale %s] %s\n' "$(date -u +%T)" "$*" >&2; }
 [ -f "$image" ] || { echo "scale.sh: no image at $image (set WORK)" >&2; exit 1; }
-(cd "$root" && cargo build --release -q --bins -p vmt-run)
+[ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q --bins -p vmt-run)
 W=$(mktemp -d /tmp/vmt-scale.XXXXXX)
 seed_pid=
 cleanup() {
