@@ -257,6 +257,9 @@ struct Job {
 struct Conn {
     /// Uploader: 0 = seeder, c + 1 = client c.
     up: u32,
+    /// The piece of the last request: with background fill the whole piece is wanted, so the
+    /// picker keeps it assigned to this peer until it is complete.
+    last_piece: Option<u32>,
     flow: Option<(FlowId, Job)>,
 }
 
@@ -773,7 +776,20 @@ impl Sim<'_> {
                 return Some(self.job_of(p, mask, Kind::Demand));
             }
         }
-        // 2. The plan.
+        // 1b. With background fill every piece is wanted whole: finish the one assigned here.
+        let fills = cl.sched.strategy().fills_background();
+        if let (true, Some(p)) = (fills, cl.conns[i].last_piece) {
+            let mut mask = 0;
+            for u in self.piece_units(p) {
+                if !cl.have.get(u) && !cl.inflight.get(u) {
+                    mask |= 1 << (u % upp);
+                }
+            }
+            if mask != 0 {
+                return Some(self.job_of(p, mask, Kind::Plan));
+            }
+        }
+        // 2. The plan (with background fill: the planned piece whole).
         let cl = &mut self.clients[c as usize];
         let (have, inflight) = (&cl.have, &cl.inflight);
         cl.sched.plan(
@@ -795,6 +811,14 @@ impl Sim<'_> {
             }
         }
         if let Some(p) = piece {
+            if fills {
+                let cl = &self.clients[c as usize];
+                for u in self.piece_units(p) {
+                    if !cl.have.get(u) && !cl.inflight.get(u) {
+                        mask |= 1 << (u % upp);
+                    }
+                }
+            }
             return Some(self.job_of(p, mask, Kind::Plan));
         }
         // 3. Background: the rarest of a few pieces the uploader has, in the rotation.
@@ -891,6 +915,7 @@ impl Sim<'_> {
         let up = cl.conns[i].up;
         let id = self.flows.start(up, c, job.bytes, self.now);
         cl.conns[i].flow = Some((id, job));
+        cl.conns[i].last_piece = Some(job.piece);
         if self.owner.len() <= id as usize {
             self.owner.resize(id as usize + 1, (0, 0));
         }
@@ -1128,7 +1153,11 @@ impl Sim<'_> {
         self.ups[u as usize].changed[s] = self.now;
         self.ups[u as usize].unchoked.push(d);
         let cl = &mut self.clients[d as usize];
-        cl.conns.push(Conn { up: u, flow: None });
+        cl.conns.push(Conn {
+            up: u,
+            flow: None,
+            last_piece: None,
+        });
         let i = cl.conns.len() - 1;
         self.pick(d, i);
     }
