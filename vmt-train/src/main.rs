@@ -22,6 +22,7 @@ use vmt_model::markov::BeliefParams;
 use vmt_model::profile::BundleParams;
 use vmt_model::scheduler::{PlanOrder, Strategy};
 use vmt_model::simulate::LinkParams;
+use vmt_model::swarm_sim::{Arrival, SwarmParams};
 use vmt_model::synth::SynthParams;
 use vmt_model::train::{self, CorpusParams, Progress};
 
@@ -196,6 +197,65 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// Simulate a crowd of clients starting the image from one seeder and each other.
+    ///
+    /// N clients (client i replays the i-th trace, round robin) each drive their own planner
+    /// with their trace's reads, as `vmt-run mount` would; they fetch over symmetric links from
+    /// the seeder and, unless --no-upload, from each other: whole verified pieces, 4 upload
+    /// slots per uploader rotating every 10 s, demand before plan before rarest first, flows
+    /// sharing links max-min fairly. Prints a JSON summary (mean and p95 completion, mean stall,
+    /// seeder bytes); --out writes it with every client's figures.
+    #[command(after_help = units::HELP)]
+    SwarmSim {
+        /// The bundle (for profile and markov).
+        #[arg(long, value_name = "BUNDLE.vmtp")]
+        bundle: Option<PathBuf>,
+        /// Trace files or directories to replay.
+        #[arg(long, num_args = 1.., required = true, value_name = "DIR_OR_FILE")]
+        traces: Vec<PathBuf>,
+        /// Clients.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Strategy of every client.
+        #[arg(long, default_value = "markov")]
+        strategy: Strategy,
+        /// Client-server: clients upload nothing (`vmt-run mount --no-upload`).
+        #[arg(long)]
+        no_upload: bool,
+        /// Arrivals: flash (all at once) or poisson:RATE (clients per second).
+        #[arg(long, default_value = "flash", value_parser = parse_arrival)]
+        arrival: Arrival,
+        /// Each client's link, both ways.
+        #[arg(long, value_name = "RATE", default_value = "100Mbit")]
+        client_rate: Rate,
+        /// The seeder's uplink.
+        #[arg(long, value_name = "RATE", default_value = "100Mbit")]
+        seeder_rate: Rate,
+        /// Upload slots of the seeder.
+        #[arg(long, default_value_t = 4)]
+        seeder_slots: usize,
+        /// Idle time at each task boundary of a session.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = units::parse_duration_us)]
+        think: u64,
+        /// Round trip of each demanded request.
+        #[arg(long, default_value = "500us", value_parser = units::parse_duration_us)]
+        rtt: u64,
+        /// Piece size of the torrent.
+        #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = units::parse_size_u32)]
+        piece_size: u32,
+        /// Verified block size (the block-hash table); vmt's torrents have one.
+        #[arg(long, value_name = "BLOCK", default_value = "16KiB", value_parser = units::parse_size_u32)]
+        block: u32,
+        /// Shortest time between rate recomputations (0 = exact; 1ms keeps 1,000 clients fast).
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = units::parse_duration_us)]
+        quantum: u64,
+        /// Seed of arrivals and piece rotations.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the summary and every client's figures here (JSON).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Benchmark: fit synthetic traces in memory, print fit time and peak memory (VmHWM).
     #[command(hide = true, after_help = units::HELP)]
     BenchFit {
@@ -225,6 +285,17 @@ fn parse_profiles(s: &str) -> Result<ProfilesArg, String> {
         Ok(0) => Err("the number of profiles must be at least 1".into()),
         Ok(k) => Ok(ProfilesArg::Fixed(k)),
         Err(_) => Err(format!("{s:?} is neither `auto` nor a number")),
+    }
+}
+
+fn parse_arrival(s: &str) -> Result<Arrival, String> {
+    match s.split_once(':') {
+        None if s == "flash" => Ok(Arrival::Flash),
+        Some(("poisson", rate)) => match rate.parse::<f64>() {
+            Ok(r) if r > 0.0 && r.is_finite() => Ok(Arrival::Poisson(r)),
+            _ => Err(format!("poisson rate {rate:?} is not a positive number")),
+        },
+        _ => Err(format!("unknown arrival {s:?} (flash, poisson:RATE)")),
     }
 }
 
@@ -336,6 +407,68 @@ fn run(cli: Cli) -> Result<()> {
             }
             .check()?;
             print!("{}", params.write(&out)?);
+        }
+        Command::SwarmSim {
+            bundle,
+            traces,
+            clients,
+            strategy,
+            no_upload,
+            arrival,
+            client_rate,
+            seeder_rate,
+            seeder_slots,
+            think,
+            rtt,
+            piece_size,
+            block,
+            quantum,
+            seed,
+            out,
+        } => {
+            let granularity = Granularity::new(piece_size, Some(block))?;
+            let mut params = SwarmParams::new(client_rate.bits_per_s() as f64);
+            params.seeder_bits_per_s = seeder_rate.bits_per_s() as f64;
+            params.seeder_slots = seeder_slots;
+            params.upload = !no_upload;
+            params.arrival = arrival;
+            params.think_us = think;
+            params.rtt_us = rtt;
+            params.quantum_us = quantum as f64;
+            params.seed = seed;
+            let started = std::time::Instant::now();
+            let o = train::swarm_sim(
+                bundle.as_deref(),
+                &traces,
+                strategy,
+                clients,
+                &granularity,
+                &params,
+                progress,
+            )?;
+            let s = |us: f64| us / 1e6;
+            let summary = serde_json::json!({
+                "clients": clients,
+                "strategy": strategy.name(),
+                "mode": if no_upload { "cs" } else { "swarm" },
+                "finished": o.finished,
+                "mean_completion_s": s(o.mean_completion_us),
+                "p95_completion_s": s(o.p95_completion_us),
+                "mean_stall_s": s(o.mean_stall_us),
+                "seeder_bytes": o.seeder_bytes,
+                "seeder_per_image": o.seeder_bytes as f64 / o.image_bytes.max(1) as f64,
+                "image_bytes": o.image_bytes,
+                "events": o.events,
+                "recomputes": o.recomputes,
+                "wall_s": started.elapsed().as_secs_f64(),
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            if let Some(path) = out {
+                let full =
+                    serde_json::json!({ "summary": summary, "params": params, "outcome": o });
+                std::fs::write(&path, serde_json::to_string_pretty(&full)?)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            }
         }
         Command::BenchFit {
             traces,

@@ -14,6 +14,8 @@
 //! - [`scheduler`]: the prefetch planner, in fetch units, shared by the simulator and `vmt-run`.
 //! - [`simulate`]: an event-driven replay of a trace over a link of given bandwidth and round
 //!   trip, at the mount's granularity.
+//! - [`swarm_sim`]: N clients of the same planner replaying traces against a seeder and each
+//!   other: choking, piece trading, max-min fair flows; arrivals.
 //! - [`evaluate`]: strategies side by side on held-out traces; leave-one-run-out.
 //! - [`curve`]: stall and costs by piece size, with and without verified blocks, and the piece
 //!   size to use.
@@ -38,5 +40,6 @@ pub mod profile;
 pub mod render;
 pub mod scheduler;
 pub mod simulate;
+pub mod swarm_sim;
 pub mod synth;
 pub mod train;

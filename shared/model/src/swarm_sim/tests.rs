@@ -1,0 +1,222 @@
+use super::*;
+use crate::scheduler::{first_access_units, SchedulerParams, Strategy};
+use crate::simulate::{simulate, LinkParams};
+use crate::synth::{SynthImage, SynthParams};
+use vmt_formats::image::ImageId;
+use vmt_formats::trace::{Record, TraceKind};
+
+const MIB: u64 = 1 << 20;
+
+/// 4 KiB reads `(t_us, offset)` on a 4 MiB image.
+fn trace(records: &[(u64, u64)]) -> Trace {
+    Trace {
+        image: ImageId::size_only(4 * MIB),
+        kind: TraceKind::Task,
+        label: "t".into(),
+        run: 1,
+        start_unix_us: 0,
+        recorder: "test".into(),
+        tasks: vec!["t".into()],
+        records: records
+            .iter()
+            .map(|&(t_us, offset)| Record {
+                t_us,
+                op: Op::Read,
+                offset,
+                len: 4096,
+                task: 0,
+            })
+            .collect(),
+    }
+}
+
+fn spec(t: &Trace, index: usize, strategy: Strategy, g: &Granularity) -> ClientSpec {
+    let p = SchedulerParams::new(g.unit());
+    let sched = match strategy {
+        Strategy::Oracle => {
+            Scheduler::oracle(t.image.size, &first_access_units(t, g.unit()), p).unwrap()
+        }
+        _ => Scheduler::without_bundle(t.image.size, strategy, p).unwrap(),
+    };
+    ClientSpec {
+        trace: index,
+        sched,
+    }
+}
+
+/// One client, one 8 Mbit/s link (1 byte/µs), 4 pieces of 1 MiB fetched whole, 500 µs round
+/// trip: every miss costs exactly 1,048,576 + 500 µs, a hit nothing.
+#[test]
+fn one_client_on_one_link_is_hand_computable() {
+    let t = trace(&[
+        (0, 0),                // miss: piece 0
+        (2_000_000, MIB + 10), // miss: piece 1
+        (2_500_000, 100),      // hit: piece 0
+        (3_000_000, 3 * MIB),  // miss: piece 3
+    ]);
+    let g = Granularity::pieces(MIB as u32).unwrap();
+    let mut p = SwarmParams::new(8e6);
+    p.rtt_us = 500;
+    let traces = [t];
+    let out = run(
+        &traces,
+        vec![spec(&traces[0], 0, Strategy::Demand, &g)],
+        &g,
+        &p,
+        |_| {},
+    )
+    .unwrap();
+    let miss = MIB + 500;
+    let c = &out.clients[0];
+    assert_eq!(c.stalls, 3);
+    assert_eq!(c.stall_us, Some(3 * miss));
+    assert_eq!(c.completion_us, Some(3_000_000 + 3 * miss));
+    assert_eq!(c.from_seeder, 3 * MIB);
+    assert_eq!(c.from_peers, 0);
+    assert_eq!(out.seeder_bytes, 3 * MIB);
+    assert_eq!(out.mean_completion_us, (3_000_000 + 3 * miss) as f64);
+    // The one-client simulator agrees to the microsecond.
+    let mut s =
+        Scheduler::without_bundle(4 * MIB, Strategy::Demand, SchedulerParams::new(g.unit()))
+            .unwrap();
+    let mut link = LinkParams::new(8e6);
+    link.rtt_us = 500;
+    let one = simulate(&traces[0], &mut s, &link, &g, |_, _| {}).unwrap();
+    assert_eq!(Some(one.completion_us), c.completion_us);
+    assert_eq!(Some(one.stall_us), c.stall_us);
+}
+
+/// With no round trip and an oracle plan, the gaps hide every fetch but the first: the same
+/// figures as the one-client simulator.
+#[test]
+fn an_oracle_client_prefetches_in_the_gaps_as_the_one_client_simulator_does() {
+    let t = trace(&[(0, 0), (2_000_000, MIB), (4_000_000, 2 * MIB)]);
+    let g = Granularity::pieces(MIB as u32).unwrap();
+    let mut p = SwarmParams::new(8e6);
+    p.rtt_us = 0;
+    let traces = [t];
+    let out = run(
+        &traces,
+        vec![spec(&traces[0], 0, Strategy::Oracle, &g)],
+        &g,
+        &p,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(out.clients[0].stall_us, Some(MIB));
+    assert_eq!(out.clients[0].stalls, 1);
+    let mut s = Scheduler::oracle(
+        4 * MIB,
+        &first_access_units(&traces[0], g.unit()),
+        SchedulerParams::new(g.unit()),
+    )
+    .unwrap();
+    let mut link = LinkParams::new(8e6);
+    link.rtt_us = 0;
+    let one = simulate(&traces[0], &mut s, &link, &g, |_, _| {}).unwrap();
+    assert_eq!(Some(one.stall_us), out.clients[0].stall_us);
+}
+
+fn synthetic(n: u64) -> (Vec<Trace>, Granularity) {
+    synthetic_with(n, 30_000)
+}
+
+fn synthetic_with(n: u64, compute_us: u64) -> (Vec<Trace>, Granularity) {
+    let img = SynthImage::new(SynthParams::new(16 << 20, 3).compute_us(compute_us));
+    let traces = (0..n)
+        .map(|i| img.task_run((i % 3) as usize, i as u32 + 1, 7 + i))
+        .collect();
+    (traces, Granularity::blocks(256 << 10).unwrap())
+}
+
+/// Two clients filling the background trade pieces: each gets some from the other, and the
+/// seeder sends less than they received.
+#[test]
+fn the_swarm_at_two_clients_moves_pieces_between_them() {
+    // Long enough (300 ms of compute between bursts) for pieces to complete and be traded.
+    let (traces, g) = synthetic_with(2, 300_000);
+    let mut p = SwarmParams::new(100e6);
+    p.seeder_bits_per_s = 20e6;
+    let specs = (0..2)
+        .map(|i| spec(&traces[i], i, Strategy::Stream, &g))
+        .collect();
+    let out = run(&traces, specs, &g, &p, |_| {}).unwrap();
+    assert_eq!(out.finished, 2);
+    let received: u64 = out
+        .clients
+        .iter()
+        .map(|c| c.from_seeder + c.from_peers)
+        .sum();
+    for c in &out.clients {
+        assert!(c.from_peers > 0, "{c:?} {out:?}");
+        assert!(c.uploaded > 0, "{c:?}");
+    }
+    assert!(out.seeder_bytes < received, "{out:?}");
+    // Client-server: everything comes from the seeder.
+    let mut cs = p.clone();
+    cs.upload = false;
+    let specs = (0..2)
+        .map(|i| spec(&traces[i], i, Strategy::Stream, &g))
+        .collect();
+    let out = run(&traces, specs, &g, &cs, |_| {}).unwrap();
+    for c in &out.clients {
+        assert_eq!(c.from_peers, 0);
+        assert_eq!(c.uploaded, 0);
+    }
+}
+
+/// Client-server: a faster seeder never makes the crowd slower.
+#[test]
+fn more_seeder_bandwidth_is_never_slower_in_client_server_mode() {
+    let (traces, g) = synthetic(6);
+    for strategy in [Strategy::Demand, Strategy::Stream, Strategy::Oracle] {
+        let mut last = f64::INFINITY;
+        for mbit in [5.0, 10.0, 20.0, 40.0, 80.0] {
+            let mut p = SwarmParams::new(100e6);
+            p.upload = false;
+            p.seeder_bits_per_s = mbit * 1e6;
+            p.seeder_slots = 6;
+            let specs = (0..6).map(|i| spec(&traces[i], i, strategy, &g)).collect();
+            let out = run(&traces, specs, &g, &p, |_| {}).unwrap();
+            assert_eq!(out.finished, 6);
+            assert!(
+                out.mean_completion_us <= last * 1.0001,
+                "{strategy} at {mbit} Mbit/s: {} after {last}",
+                out.mean_completion_us
+            );
+            last = out.mean_completion_us;
+        }
+    }
+}
+
+/// Poisson arrivals spread the crowd out; a run repeats exactly with its seed.
+#[test]
+fn poisson_arrivals_are_spread_and_repeatable() {
+    let (traces, g) = synthetic(4);
+    let mut p = SwarmParams::new(50e6);
+    p.arrival = Arrival::Poisson(2.0);
+    let go = || {
+        let specs = (0..4)
+            .map(|i| spec(&traces[i], i, Strategy::Stream, &g))
+            .collect();
+        run(&traces, specs, &g, &p, |_| {}).unwrap()
+    };
+    let a = go();
+    assert!(a.clients[3].arrival_us > a.clients[1].arrival_us);
+    assert_eq!(a, go());
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let (traces, g) = synthetic(1);
+    let p = SwarmParams::new(1e6);
+    assert_eq!(
+        run(&traces, Vec::new(), &g, &p, |_| {}).unwrap_err(),
+        SwarmSimError::NoClients
+    );
+    let specs = vec![spec(&traces[0], 3, Strategy::Demand, &g)];
+    assert!(matches!(
+        run(&traces, specs, &g, &p, |_| {}).unwrap_err(),
+        SwarmSimError::NoSuchTrace { .. }
+    ));
+}
