@@ -46,6 +46,7 @@ pub mod boot;
 pub mod demo;
 pub mod fetch;
 mod live;
+mod metrics;
 pub mod mount;
 mod params;
 mod parked_watch;

@@ -82,6 +82,7 @@ impl Runtime {
         )?);
         let config = EngineConfig {
             peers: params.peers.clone(),
+            dht: params.dht.clone(),
             upload: params.upload,
             download_limit: params.download_limit,
             upload_limit: params.upload_limit,
@@ -206,6 +207,7 @@ impl Runtime {
             peers_evicted: st.evicted,
             failure: st.failure.clone(),
             uploaded: st.uploaded,
+            peers_connected: st.connected,
             peers: st
                 .peers
                 .iter()
