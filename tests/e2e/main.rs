@@ -1,11 +1,13 @@
 //! End-to-end tests of vmt: one executable, a module per concern.
 
 mod boot;
+mod dht;
 mod faults;
 mod flags;
 mod headless;
 mod layering;
 mod live_page;
+mod metrics;
 mod record;
 mod rough_edges;
 mod run;

@@ -117,6 +117,8 @@ struct MountArgs {
     no_upload: bool,
     #[command(flatten)]
     limits: Limits,
+    #[command(flatten)]
+    dht: DhtArgs,
     /// How much of the prefetch plan the engine is handed at a time: enough to keep the link
     /// busy, little enough that what the belief revises was not yet requested.
     #[arg(long, value_name = "SIZE", default_value = "8MiB")]
@@ -172,6 +174,30 @@ struct BootArgs {
     qemu_args: Vec<std::ffi::OsString>,
 }
 
+/// Peer discovery through the DHT (BEP 5): off unless asked.
+#[derive(Args)]
+struct DhtArgs {
+    /// Find peers through the mainline DHT (BEP 5), and announce our listening port there.
+    #[arg(long)]
+    dht: bool,
+    /// UDP port of the DHT node [default: any free port].
+    #[arg(long, value_name = "PORT", requires = "dht")]
+    dht_port: Option<u16>,
+    /// A DHT node to join through, as HOST:PORT (repeatable), in place of the public routers:
+    /// for a private DHT.
+    #[arg(long, value_name = "HOST:PORT", requires = "dht")]
+    dht_bootstrap: Vec<String>,
+}
+
+impl DhtArgs {
+    fn config(self) -> Option<vmt_swarm::DhtConfig> {
+        self.dht.then(|| vmt_swarm::DhtConfig {
+            port: self.dht_port.unwrap_or(0),
+            bootstrap: self.dht_bootstrap,
+        })
+    }
+}
+
 /// The rate limits of a downloading client.
 #[derive(Args)]
 struct Limits {
@@ -216,6 +242,8 @@ struct SeedArgs {
     /// Transmission, which never dials 127.0.0.0/8 addresses.
     #[arg(long, value_name = "HOST:PORT")]
     peer: Vec<PeerAddr>,
+    #[command(flatten)]
+    dht: DhtArgs,
 }
 
 #[derive(Args)]
@@ -242,6 +270,8 @@ struct FetchArgs {
     no_upload: bool,
     #[command(flatten)]
     limits: Limits,
+    #[command(flatten)]
+    dht: DhtArgs,
 }
 
 fn main() -> ExitCode {
@@ -378,6 +408,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
         peers: a.peer,
+        dht: a.dht.config(),
         ..SeedParams::new(a.image)
     }
     .check()?;
@@ -412,6 +443,7 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         upload: !a.no_upload,
         download_limit: a.limits.download_limit,
         upload_limit: a.limits.upload_limit,
+        dht: a.dht.config(),
         ..FetchParams::new(a.torrent, a.out)
     }
     .check()?;
@@ -548,6 +580,7 @@ async fn mount_setup(
         strategy: a.strategy.unwrap_or(default_strategy(a.bundle.is_some())),
         data_dir: a.data.unwrap_or_else(|| default_data_dir(&a.torrent)),
         peers: vmt_runtime::peer_addr::resolve_all(&a.peer)?,
+        dht: a.dht.config(),
         torrent: a.torrent,
         bundle: a.bundle,
         profile: a.profile,

@@ -29,11 +29,29 @@ pub struct LatencyHistogram {
     max_us: AtomicU64,
 }
 
+/// The upper bounds, in µs, of the coarse buckets a summary carries for exporters
+/// (Prometheus): the powers of two from 2^10 µs (about 1 ms) to 2^25 µs (about 34 s). Each is
+/// where a power of two of the log-linear layout begins, so its count is exact, not
+/// interpolated: a coarse bucket is a run of whole fine buckets. Stalls shorter than a
+/// millisecond are cache-speed answers; longer than half a minute, the read timeout's domain.
+pub const COARSE_BOUNDS_US: [u64; 16] = {
+    let mut b = [0u64; 16];
+    let mut i = 0;
+    while i < b.len() {
+        b[i] = 1 << (10 + i);
+        i += 1;
+    }
+    b
+};
+
 /// A histogram's summary, as status and reports show it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencySummary {
     /// Values recorded.
     pub count: u64,
+    /// Values below each of [`COARSE_BOUNDS_US`] (cumulative, so never decreasing, and at
+    /// most `count`), counted in the same pass as `count`.
+    pub below: [u64; COARSE_BOUNDS_US.len()],
     /// Their sum.
     pub total: Duration,
     /// Median.
@@ -111,10 +129,24 @@ impl LatencyHistogram {
         Duration::from_micros(middle_of(index).min(self.max_us.load(Ordering::Relaxed)))
     }
 
-    /// Count, total, p50, p99 and maximum.
+    /// Count, coarse buckets, total, p50, p99 and maximum.
     pub fn summary(&self) -> LatencySummary {
+        let mut below = [0u64; COARSE_BOUNDS_US.len()];
+        let mut count = 0u64;
+        let mut next = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            // Fine bucket `i` holds values of at least `i`'s lower bound; a coarse bound is
+            // the lower bound of the first fine bucket past it.
+            while next < below.len() && i == bucket_of(COARSE_BOUNDS_US[next]) {
+                below[next] = count;
+                next += 1;
+            }
+            count += b.load(Ordering::Relaxed);
+        }
+        below[next..].fill(count);
         LatencySummary {
-            count: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum(),
+            count,
+            below,
             total: Duration::from_micros(self.total_us.load(Ordering::Relaxed)),
             p50: self.quantile(0.5),
             p99: self.quantile(0.99),
@@ -177,5 +209,23 @@ mod tests {
             );
         }
         assert_eq!(LatencyHistogram::new().summary(), LatencySummary::default());
+        for (bound, below) in COARSE_BOUNDS_US.iter().zip(summary.below) {
+            let want = values.iter().filter(|&&v| v < *bound).count() as u64;
+            assert_eq!(below, want, "values below {bound} µs are counted exactly");
+        }
+    }
+
+    #[test]
+    fn coarse_buckets_cut_at_their_bounds() {
+        let h = LatencyHistogram::new();
+        for us in [0, 1023, 1024, 2047, 2048, 1 << 25, u64::MAX] {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 7);
+        assert_eq!(s.below[0], 2, "0 and 1023 µs are below 1024");
+        assert_eq!(s.below[1], 4, "1024 and 2047 µs are below 2048");
+        assert_eq!(s.below[2], 5, "2048 µs is below 4096");
+        assert_eq!(s.below[15], 5, "2^25 µs itself is not below 2^25");
     }
 }

@@ -117,7 +117,7 @@ pub use capture::{
 };
 pub use error::FsError;
 pub use fuse::{FuseImageFs, FuseReply};
-pub use histogram::{LatencyHistogram, LatencySummary};
+pub use histogram::{LatencyHistogram, LatencySummary, COARSE_BOUNDS_US};
 pub use image_fs::{AccessObserver, ControlHandler, ImageFs, ImageFsOptions, PRISTINE_WAIT};
 pub use import::{
     ImportError, ImportFormat, ImportImage, ImportParams, Imported, ValidImportParams,

@@ -157,6 +157,7 @@ fn client_params(
     let mountpoint = dir.join(format!("{name}-mnt"));
     std::fs::create_dir_all(&mountpoint)?;
     Ok(RuntimeParams {
+        dht: None,
         torrent: torrent.to_owned(),
         bundle: Some(bundle.to_owned()),
         strategy,

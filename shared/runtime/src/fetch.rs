@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vmt_formats::units::{human_bytes, Rate};
-use vmt_swarm::{Engine, EngineConfig, ResumeReport, Storage, SwarmError, SwarmStats, Torrent};
+use vmt_swarm::{
+    DhtConfig, Engine, EngineConfig, ResumeReport, Storage, SwarmError, SwarmStats, Torrent,
+};
 
 use crate::paths;
 use crate::peer_addr::{resolve_all, PeerAddr, PeerAddrError};
@@ -40,6 +42,9 @@ pub struct FetchParams {
     pub download_limit: Option<Rate>,
     /// Upload limit; `None` = unlimited.
     pub upload_limit: Option<Rate>,
+    /// Find peers (and announce, when listening) through the DHT; `None` runs no DHT node.
+    /// Default off.
+    pub dht: Option<DhtConfig>,
 }
 
 impl FetchParams {
@@ -53,13 +58,14 @@ impl FetchParams {
             upload: true,
             download_limit: None,
             upload_limit: None,
+            dht: None,
         }
     }
 
-    /// Loads the torrent and resolves the peers; a fetch needs a peer or a tracker.
+    /// Loads the torrent and resolves the peers; a fetch needs a peer, a tracker or the DHT.
     pub fn check(self) -> Result<ValidFetchParams, FetchError> {
         let torrent = Torrent::load(&self.torrent)?;
-        if self.peers.is_empty() && torrent.trackers().is_empty() {
+        if self.peers.is_empty() && torrent.trackers().is_empty() && self.dht.is_none() {
             return Err(FetchError::NoPeers);
         }
         let peers = resolve_all(&self.peers)?;
@@ -73,6 +79,7 @@ impl FetchParams {
                 upload: self.upload,
                 download_limit: self.download_limit.map(Rate::bytes_per_s),
                 upload_limit: self.upload_limit.map(Rate::bytes_per_s),
+                dht: self.dht,
                 ..Default::default()
             },
         })
@@ -106,7 +113,7 @@ impl ValidFetchParams {
 #[non_exhaustive]
 pub enum FetchError {
     /// No peer given and the torrent names no tracker.
-    #[error("no peers: give --peer HOST:PORT (the torrent has no trackers)")]
+    #[error("no peers: give --peer HOST:PORT or --dht (the torrent has no trackers)")]
     NoPeers,
     /// A peer address is unusable.
     #[error(transparent)]

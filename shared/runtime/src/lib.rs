@@ -52,6 +52,7 @@ pub mod crowd;
 pub mod demo;
 pub mod fetch;
 mod live;
+mod metrics;
 pub mod mount;
 mod params;
 mod parked_watch;

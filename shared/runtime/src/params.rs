@@ -35,6 +35,8 @@ pub struct RuntimeParams {
     pub data_dir: PathBuf,
     /// Peers to dial.
     pub peers: Vec<SocketAddr>,
+    /// Find peers through the DHT too; `None` runs no DHT node.
+    pub dht: Option<vmt_swarm::DhtConfig>,
     /// Serve verified pieces to other peers (swarm mode); `false` is client-server mode.
     pub upload: bool,
     /// Download limit, bytes per second.

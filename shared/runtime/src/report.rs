@@ -1,7 +1,7 @@
 //! The runtime's snapshot for progress bars, the `--status` endpoint and the exit report.
 
 use serde::Serialize;
-use vmt_fs::{ReadStatsSnapshot, Waiting};
+use vmt_fs::{ReadStatsSnapshot, Waiting, COARSE_BOUNDS_US};
 use vmt_swarm::WastedBytes;
 
 /// Block numbers listed for the oldest parked read: enough to see which file or range it is,
@@ -17,6 +17,11 @@ impl From<ReadStatsSnapshot> for StallSummary {
             p50_s: s.p50.as_secs_f64(),
             p99_s: s.p99.as_secs_f64(),
             max_s: s.max.as_secs_f64(),
+            below: COARSE_BOUNDS_US
+                .iter()
+                .zip(s.below)
+                .map(|(&us, n)| (us as f64 / 1e6, n))
+                .collect(),
             timed_out: r.timed_out,
             interrupted: r.interrupted,
             failed_at_shutdown: r.failed_at_shutdown,
@@ -59,6 +64,9 @@ pub struct StallSummary {
     pub p99_s: f64,
     /// Longest wait, seconds.
     pub max_s: f64,
+    /// Coarse buckets, ascending: (bound in seconds, waits shorter than it), cumulative;
+    /// exact, counted in the same pass as `count` (the Prometheus histogram).
+    pub below: Vec<(f64, u64)>,
     /// Reads answered `EIO` by `--read-timeout`.
     pub timed_out: u64,
     /// Reads whose process was killed while they waited.
@@ -149,6 +157,8 @@ pub struct Status {
     pub failure: Option<String>,
     /// Payload bytes uploaded.
     pub uploaded: u64,
+    /// Peers connected now.
+    pub peers_connected: usize,
     /// Per peer.
     pub peers: Vec<PeerTraffic>,
     /// Human status of the peer connections ("no reachable peer: ...").

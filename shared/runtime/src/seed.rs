@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vmt_formats::units::{human_bytes, Rate, Size};
-use vmt_swarm::{Engine, EngineConfig, Storage, SwarmError, SwarmStats, Torrent};
+use vmt_swarm::{DhtConfig, Engine, EngineConfig, Storage, SwarmError, SwarmStats, Torrent};
 
 use crate::paths;
 use crate::peer_addr::{resolve_all, PeerAddr, PeerAddrError};
@@ -46,6 +46,8 @@ pub struct SeedParams {
     pub upload_slots: usize,
     /// Peers to dial as well, for leechers that cannot dial us.
     pub peers: Vec<PeerAddr>,
+    /// Announce (and find peers) through the DHT; `None` runs no DHT node. Default off.
+    pub dht: Option<DhtConfig>,
 }
 
 impl SeedParams {
@@ -60,6 +62,7 @@ impl SeedParams {
             upload_limit: None,
             upload_slots: EngineConfig::default().upload_slots,
             peers: Vec::new(),
+            dht: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl SeedParams {
                 peers,
                 upload_limit: self.upload_limit.map(Rate::bytes_per_s),
                 upload_slots: self.upload_slots,
+                dht: self.dht,
                 ..Default::default()
             },
         })

@@ -1,4 +1,5 @@
-//! The live status over HTTP: the status as JSON, and a live page of what is happening (the
+//! The live status over HTTP: the status as JSON, the same in Prometheus' text format at
+//! `/metrics` (see `metrics`), and a live page of what is happening (the
 //! piece map, the belief over time, stalls as they happen, peers' rates) fed by server-sent
 //! events; see [`serve_status`] and `live`.
 //!
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::live::{Live, Sampler, SAMPLE_EVERY};
+use crate::metrics;
 use crate::Runtime;
 
 /// Pause after a failed accept. EMFILE and its kin last while the backlog stays readable, so
@@ -87,6 +89,8 @@ enum Route {
     Map,
     /// The latest live event, as JSON.
     Live,
+    /// The status in Prometheus' text format (`metrics`).
+    Metrics,
     NotFound,
 }
 
@@ -110,6 +114,7 @@ fn route(request: &str) -> Route {
         "/events" => Route::Events,
         "/map" => Route::Map,
         "/live" => Route::Live,
+        "/metrics" => Route::Metrics,
         _ => Route::NotFound,
     }
 }
@@ -224,6 +229,10 @@ async fn answer(
             ),
             None => ("503 Service Unavailable", "application/json", "{}".into()),
         },
+        Route::Metrics => match runtime.upgrade().map(|r| r.status()) {
+            Some(st) => ("200 OK", metrics::CONTENT_TYPE, metrics::render(st)),
+            None => ("503 Service Unavailable", "text/plain", "stopped\n".into()),
+        },
         Route::Map | Route::Live => match live.latest() {
             Some(t) if route(&request) == Route::Map => {
                 ("200 OK", "application/json", t.map.to_string())
@@ -319,6 +328,7 @@ mod tests {
         );
         assert_eq!(route("GET /events HTTP/1.1\r\n\r\n"), Route::Events);
         assert_eq!(route("GET /map?x=1 HTTP/1.1\r\n\r\n"), Route::Map);
+        assert_eq!(route("GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
         assert_eq!(route("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route(""), Route::Status);
         assert!(

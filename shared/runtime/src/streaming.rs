@@ -86,6 +86,7 @@ impl<R: ReadReply> Streaming<R> {
         )?);
         let config = EngineConfig {
             peers: params.peers.clone(),
+            dht: params.dht.clone(),
             upload: params.upload,
             download_limit: params.download_limit,
             upload_limit: params.upload_limit,
@@ -195,6 +196,7 @@ impl<R: ReadReply> Streaming<R> {
             hash_failures: st.hash_failures,
             banned: st.banned.iter().map(|ip| ip.to_string()).collect(),
             peers_evicted: st.evicted,
+            peers_connected: st.connected,
             failure: st.failure.clone(),
             uploaded: st.uploaded,
             peers: st

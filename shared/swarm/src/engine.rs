@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ConnCtx};
+use crate::dht::{self, DhtConfig};
 use crate::error::{PeerError, Result, SwarmError};
 use crate::events::SwarmEvents;
 use crate::layout::Layout;
@@ -67,6 +68,9 @@ pub struct EngineConfig {
     pub fetch_all: bool,
     /// Announce to the torrent's trackers (if it has any).
     pub use_trackers: bool,
+    /// Find peers (and announce ourselves, when listening) through the DHT; `None` runs no
+    /// DHT node.
+    pub dht: Option<DhtConfig>,
     /// Seed of the picker's tie-breaks; `None` draws one at random.
     pub seed: Option<u64>,
     /// Most connections at once; further incoming ones are refused (dialed addresses keep
@@ -93,6 +97,7 @@ impl Default for EngineConfig {
             max_redial_backoff: Duration::from_secs(10),
             fetch_all: true,
             use_trackers: true,
+            dht: None,
             seed: None,
             // Far above what one appliance swarm needs; bounds memory (about 1 MiB per peer).
             max_peers: 128,
@@ -241,6 +246,21 @@ impl Engine {
                 tracker::announce(
                     i.ctx.state.clone(),
                     our_id,
+                    listen_addr.map(|a| a.port()),
+                    i.ctx.cancel.clone(),
+                    i.dials.clone(),
+                ),
+            );
+        }
+        if let Some(dht) = i.config.dht.clone() {
+            spawn(
+                &i.tasks,
+                "dht",
+                tracing::debug_span!("dht"),
+                dht::run(
+                    i.ctx.state.clone(),
+                    i.ctx.peers.clone(),
+                    dht,
                     listen_addr.map(|a| a.port()),
                     i.ctx.cancel.clone(),
                     i.dials.clone(),

@@ -56,6 +56,7 @@
 mod bitmap;
 mod block_hashes;
 mod connection;
+mod dht;
 mod digest;
 mod download;
 mod engine;
@@ -80,6 +81,7 @@ mod wire;
 
 pub use bitmap::AtomicBitmap;
 pub use block_hashes::{BlockHashes, BlockTableError, BLOCK_HASH_LEN, BLOCK_SIZE};
+pub use dht::DhtConfig;
 pub use digest::sha1;
 pub use engine::{Engine, EngineConfig};
 pub use error::{PeerError, Result, SwarmError};
