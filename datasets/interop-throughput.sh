@@ -14,7 +14,7 @@
 # Topology: namespace a4-s (seeder and opentracker, 10.41.4.1) and a4-c (client, 10.41.4.2),
 # joined by the veth pair a4s/a4c with no qdisc limit. One seeder runs at a time; the
 # repetitions are interleaved (rep 1: every seeder x every client, then rep 2, ...), so a slow
-# phase of the shared machine hits every pair alike. Peers find each other through opentracker;
+# phase of the shared machine hits every pair alike; each download gets a fresh seeder and tracker. Peers find each other through opentracker;
 # vmt-run fetch is also given the seeder with --peer. Each download starts a fresh client
 # process with an empty directory, is timed from its start until the client has all bytes
 # (aria2c, vmt-run fetch and rqbit_peer exit then; Transmission is polled every 0.2 s), and is
@@ -55,9 +55,11 @@ VMT_SEED=$SIP:41001; TR_SEED_PORT=41002; RQ_SEED=$SIP:41003
 TR_CLIENT_PORT=41012; A2_PORT=41013; RQ_CLIENT=$CIP:41014
 S="nsenter --net=/run/netns/a4-s"; C="nsenter --net=/run/netns/a4-c"
 
+if [ "${BUILD:-1}" = 1 ]; then
 echo "building vmt-run and rqbit_peer (release)" >&2
 (cd "$root" && nice -n 15 cargo build --release -q -p vmt-run \
   && nice -n 15 cargo build --release -q -p vmt-swarm --example rqbit_peer)
+fi
 VMT=$root/target/release/vmt-run
 RQBIT=$root/target/release/examples/rqbit_peer
 
@@ -190,9 +192,11 @@ echo "rep,seeder,client,seconds,mb_per_s,load1" > "$csv"
 bytes=$(stat -c %s "$IMG")
 for rep in $(seq 1 "$REPS"); do
   for seeder in $SEEDERS; do
-    start_tracker
-    start_seeder "$seeder"
     for client in $CLIENTS; do
+      # A fresh tracker and seeder per download: Transmission refuses a peer address it saw
+      # complete ("both seeds"), and every client runs from the same address.
+      start_tracker
+      start_seeder "$seeder"
       secs=$(download "$seeder" "$client")
       load=$(cut -d' ' -f1 /proc/loadavg)
       if [[ $secs == FAIL* ]]; then
@@ -202,8 +206,8 @@ for rep in $(seq 1 "$REPS"); do
       fi
       echo "rep $rep: $seeder -> $client: $secs s ($mbs MB/s, load $load)" >&2
       echo "$rep,$seeder,$client,$secs,$mbs,$load" >> "$csv"
+      stop "$SEED_PID" "$TRK_PID"
     done
-    stop "$SEED_PID" "$TRK_PID"
   done
 done
 

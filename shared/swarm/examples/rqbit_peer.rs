@@ -9,7 +9,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use librqbit::{AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, Session, SessionOptions};
+use librqbit::{
+    AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, Session, SessionOptions,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -26,12 +28,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let (Some(torrent), Some(dir), Some(listen)) = (torrent, dir, listen) else {
-        return Err("usage: rqbit_peer seed|fetch --torrent T --dir DIR --listen ADDR [--peer ADDR]".into());
+        return Err(
+            "usage: rqbit_peer seed|fetch --torrent T --dir DIR --listen ADDR [--peer ADDR]".into(),
+        );
     };
     if mode != "seed" && mode != "fetch" {
         return Err(format!("unknown mode {mode:?}").into());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let session = Session::new_with_opts(
             dir.clone(),

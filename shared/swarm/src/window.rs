@@ -13,6 +13,15 @@
 //! LAN it settles at a handful of blocks; on a long fat path it grows to the bandwidth-delay
 //! product.
 //!
+//! A remote that serves requests in bursts breaks the model: Transmission 3.00 answers about
+//! every 500 ms, so every round trip is 400-600 ms whatever the depth, and the estimate took
+//! that for our queue and shrank the window to a few blocks per burst (0.5 MB/s on a veth
+//! link). So each shrink is judged by the next round: our own queue shrinks with the window
+//! (the delay drops) while the link stays busy (the rate holds); if instead the delay stays
+//! and the delivery rate falls with the window, the delay is the remote's, and it becomes the
+//! base RTT with slow start resumed ([`not_our_delay`]). A queue of others' traffic keeps
+//! both delay and rate, so the window still backs off from it.
+//!
 //! The base RTT is the minimum over the current and previous [`EPOCH`], so a lasting change of
 //! path or a persistent queue from other traffic is adopted within two epochs. Updates do no
 //! allocation and no system calls beyond the caller's clock reads.
@@ -127,7 +136,15 @@ impl RequestWindow {
         let Some(base) = self.base_rtt() else { return };
         let queued = self.depth as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64().max(1e-9));
         let limited = outstanding + 1 >= self.depth;
-        tracing::trace!(depth = self.depth, ?rtt, ?base, queued, rate, limited, "window round");
+        tracing::trace!(
+            depth = self.depth,
+            ?rtt,
+            ?base,
+            queued,
+            rate,
+            limited,
+            "window round"
+        );
         if queued > BETA {
             // Drain half the excess per round: a deep queue (a burst of background requests,
             // a new bottleneck) goes within a few rounds, without oscillating.
@@ -163,7 +180,6 @@ impl RequestWindow {
 /// the connection down to [`MIN_DEPTH`] blocks per burst.
 fn not_our_delay(s: Shrink, rtt: Duration, rate: f64, base: Option<Duration>) -> bool {
     let Some(base) = base else { return false };
-    if std::env::var_os("A4_OLD").is_some() { return false; }
     let excess_before = s.rtt.saturating_sub(base).as_secs_f64();
     let delay_kept = rtt.as_secs_f64() > s.rtt.as_secs_f64() - s.fraction / 2.0 * excess_before;
     let rate_fell = rate < s.rate * (1.0 - s.fraction / 2.0);
@@ -232,12 +248,22 @@ mod tests {
         // 1 Gbit/s (7630 blocks/s) but answers only every 500 ms: the window, not the link,
         // limits the transfer, so it must grow to its ceiling (it used to fall to MIN_DEPTH,
         // 4 blocks a second).
-        let (d, rate) = settle_bursty(7630.0, Duration::from_micros(200), Duration::from_millis(500), 256);
+        let (d, rate) = settle_bursty(
+            7630.0,
+            Duration::from_micros(200),
+            Duration::from_millis(500),
+            256,
+        );
         assert!(d >= 200, "depth {d}");
         assert!(rate >= 350.0, "{rate:.0} blocks/s");
         // 100 Mbit/s (763 blocks/s): a period needs 381 blocks; beyond that the link is the
         // limit, and more depth is only queue.
-        let (d, rate) = settle_bursty(763.0, Duration::from_micros(200), Duration::from_millis(500), 4096);
+        let (d, rate) = settle_bursty(
+            763.0,
+            Duration::from_micros(200),
+            Duration::from_millis(500),
+            4096,
+        );
         assert!((300..=1200).contains(&d), "depth {d}");
         assert!(rate >= 600.0, "{rate:.0} blocks/s");
     }
