@@ -13,6 +13,15 @@
 //! LAN it settles at a handful of blocks; on a long fat path it grows to the bandwidth-delay
 //! product.
 //!
+//! A remote that serves requests in bursts breaks the model: Transmission 3.00 answers about
+//! every 500 ms, so every round trip is 400-600 ms whatever the depth, and the estimate took
+//! that for our queue and shrank the window to a few blocks per burst (0.5 MB/s on a veth
+//! link). So each shrink is judged by the next round: our own queue shrinks with the window
+//! (the delay drops) while the link stays busy (the rate holds); if instead the delay stays
+//! and the delivery rate falls with the window, the delay is the remote's, and it becomes the
+//! base RTT with slow start resumed ([`not_our_delay`]). A queue of others' traffic keeps
+//! both delay and rate, so the window still backs off from it.
+//!
 //! The base RTT is the minimum over the current and previous [`EPOCH`], so a lasting change of
 //! path or a persistent queue from other traffic is adopted within two epochs. Updates do no
 //! allocation and no system calls beyond the caller's clock reads.
@@ -46,6 +55,21 @@ pub struct RequestWindow {
     /// Minimum RTT and samples of the current round (one window's worth of answers).
     round_min: Duration,
     round_samples: usize,
+    /// When the previous round ended: rounds end one window's worth of answers apart, so
+    /// `depth / (end - previous end)` is the delivery rate, bursts or not.
+    round_end: Instant,
+    /// The last shrink, to judge by the next round whether the delay was ours.
+    shrunk: Option<Shrink>,
+}
+
+/// A shrink of the window and the round that caused it.
+#[derive(Debug, Clone, Copy)]
+struct Shrink {
+    rtt: Duration,
+    /// Answers per second in the round before the shrink.
+    rate: f64,
+    /// Fraction of the window removed.
+    fraction: f64,
 }
 
 impl RequestWindow {
@@ -61,6 +85,8 @@ impl RequestWindow {
             epoch_start: now,
             round_min: Duration::MAX,
             round_samples: 0,
+            round_end: now,
+            shrunk: None,
         }
     }
 
@@ -93,17 +119,44 @@ impl RequestWindow {
         // One round done: judge it by its least-delayed answer, which filters out the
         // scheduling jitter of either end.
         let rtt = self.round_min;
+        let samples = self.round_samples;
         self.round_min = Duration::MAX;
         self.round_samples = 0;
+        let rate = samples as f64 / now.duration_since(self.round_end).as_secs_f64().max(1e-6);
+        self.round_end = now;
+        if let Some(s) = self.shrunk.take() {
+            if not_our_delay(s, rtt, rate, self.base_rtt()) {
+                // The delay is the remote's way of serving, not a queue of ours: adopt it as
+                // the base and find the window anew from there.
+                self.epoch_min = rtt;
+                self.prev_min = rtt;
+                self.slow_start = true;
+            }
+        }
         let Some(base) = self.base_rtt() else { return };
         let queued = self.depth as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64().max(1e-9));
         let limited = outstanding + 1 >= self.depth;
+        tracing::trace!(
+            depth = self.depth,
+            ?rtt,
+            ?base,
+            queued,
+            rate,
+            limited,
+            "window round"
+        );
         if queued > BETA {
             // Drain half the excess per round: a deep queue (a burst of background requests,
             // a new bottleneck) goes within a few rounds, without oscillating.
             self.slow_start = false;
             let excess = ((queued - (ALPHA + BETA) / 2.0) / 2.0).ceil() as usize;
+            let before = self.depth;
             self.depth = self.depth.saturating_sub(excess.max(1)).max(MIN_DEPTH);
+            self.shrunk = (self.depth < before).then(|| Shrink {
+                rtt,
+                rate,
+                fraction: (before - self.depth) as f64 / before as f64,
+            });
         } else if queued < ALPHA && limited {
             self.depth = if self.slow_start && queued < 1.0 {
                 self.depth * 2
@@ -116,6 +169,21 @@ impl RequestWindow {
             self.slow_start = false;
         }
     }
+}
+
+/// Whether the round after shrink `s` shows that the delay it shrank for was not a queue of
+/// ours. Our own queue shrinks with the window: the next round's delay drops (by about the
+/// fraction removed) and the delivery rate holds, since the link stays busy. A remote that
+/// serves requests in bursts (Transmission answers about every 500 ms) or a queue of others'
+/// traffic keeps the delay; only in the first case does the rate fall with the window, since
+/// then the window, not the link, limits the transfer. Shrinking further would then starve
+/// the connection down to [`MIN_DEPTH`] blocks per burst.
+fn not_our_delay(s: Shrink, rtt: Duration, rate: f64, base: Option<Duration>) -> bool {
+    let Some(base) = base else { return false };
+    let excess_before = s.rtt.saturating_sub(base).as_secs_f64();
+    let delay_kept = rtt.as_secs_f64() > s.rtt.as_secs_f64() - s.fraction / 2.0 * excess_before;
+    let rate_fell = rate < s.rate * (1.0 - s.fraction / 2.0);
+    delay_kept && rate_fell
 }
 
 #[cfg(test)]
@@ -144,6 +212,60 @@ mod tests {
             w.on_answer(clock - sent, inflight.len(), t0 + clock);
         }
         w.depth()
+    }
+
+    /// A remote that serves in bursts: every `period` it sends, at `rate` blocks/s, what was
+    /// asked of it until then (Transmission does so about every 500 ms). Returns where the
+    /// window settles and the blocks per second it achieved over the last half of the run.
+    fn settle_bursty(rate: f64, prop: Duration, period: Duration, max: usize) -> (usize, f64) {
+        let t0 = Instant::now();
+        let mut w = RequestWindow::new(max, t0);
+        let block = Duration::from_secs_f64(1.0 / rate);
+        let (mut clock, mut link_free) = (Duration::ZERO, Duration::ZERO);
+        let mut inflight: std::collections::VecDeque<(Duration, Duration)> = Default::default();
+        let n = 40_000;
+        let mut half = Duration::ZERO;
+        for k in 0..n {
+            while inflight.len() < w.depth() {
+                let arrives = clock + prop / 2;
+                let tick = period * (arrives.as_nanos().div_ceil(period.as_nanos()) as u32);
+                let start = tick.max(link_free);
+                link_free = start + block;
+                inflight.push_back((clock, link_free + prop / 2));
+            }
+            let (sent, done) = inflight.pop_front().unwrap();
+            clock = clock.max(done);
+            if k == n / 2 {
+                half = clock;
+            }
+            w.on_answer(clock - sent, inflight.len(), t0 + clock);
+        }
+        (w.depth(), (n / 2) as f64 / (clock - half).as_secs_f64())
+    }
+
+    #[test]
+    fn a_remote_serving_in_bursts_does_not_shrink_the_window() {
+        // 1 Gbit/s (7630 blocks/s) but answers only every 500 ms: the window, not the link,
+        // limits the transfer, so it must grow to its ceiling (it used to fall to MIN_DEPTH,
+        // 4 blocks a second).
+        let (d, rate) = settle_bursty(
+            7630.0,
+            Duration::from_micros(200),
+            Duration::from_millis(500),
+            256,
+        );
+        assert!(d >= 200, "depth {d}");
+        assert!(rate >= 350.0, "{rate:.0} blocks/s");
+        // 100 Mbit/s (763 blocks/s): a period needs 381 blocks; beyond that the link is the
+        // limit, and more depth is only queue.
+        let (d, rate) = settle_bursty(
+            763.0,
+            Duration::from_micros(200),
+            Duration::from_millis(500),
+            4096,
+        );
+        assert!((300..=1200).contains(&d), "depth {d}");
+        assert!(rate >= 600.0, "{rate:.0} blocks/s");
     }
 
     #[test]
