@@ -240,6 +240,10 @@ enum Command {
         /// Round trip of each demanded request.
         #[arg(long, default_value = "500us", value_parser = units::parse_duration_us)]
         rtt: u64,
+        /// Factor on the traces' recorded gaps between reads (not on think time); bench.sh
+        /// replays reads back to back, which about 0.1 stands for.
+        #[arg(long, default_value_t = 1.0)]
+        gap_scale: f64,
         /// Piece size of the torrent.
         #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = units::parse_size_u32)]
         piece_size: u32,
@@ -420,6 +424,7 @@ fn run(cli: Cli) -> Result<()> {
             seeder_slots,
             think,
             rtt,
+            gap_scale,
             piece_size,
             block,
             quantum,
@@ -434,6 +439,7 @@ fn run(cli: Cli) -> Result<()> {
             params.arrival = arrival;
             params.think_us = think;
             params.rtt_us = rtt;
+            params.gap_scale = gap_scale;
             params.quantum_us = quantum as f64;
             params.seed = seed;
             let started = std::time::Instant::now();

@@ -456,6 +456,57 @@ fn vm_hwm_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// A simulated crowd ([`crate::swarm_sim`]): `clients` clients, client i replaying the i-th
+/// trace (round robin, in file-name order, as `bench.sh` hands out sessions) with `strategy`;
+/// `bundle` is needed for profile and markov. `progress` counts finished clients.
+pub fn swarm_sim(
+    bundle: Option<&Path>,
+    inputs: &[PathBuf],
+    strategy: crate::scheduler::Strategy,
+    clients: usize,
+    granularity: &Granularity,
+    params: &crate::swarm_sim::SwarmParams,
+    progress: &mut impl Progress,
+) -> Result<crate::swarm_sim::SwarmOutcome, TrainError> {
+    use crate::scheduler::{first_access_units, Scheduler, SchedulerParams, Strategy};
+    use crate::swarm_sim::ClientSpec;
+    let bundle = bundle.map(Bundle::load).transpose()?;
+    let mut named = load_inputs(bundle.as_ref(), inputs, progress)?;
+    if named.is_empty() {
+        return Err(TrainError::NoTraces);
+    }
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let traces: Vec<Trace> = named.into_iter().map(|(_, t)| t).collect();
+    let sp = SchedulerParams::new(granularity.unit());
+    // One planner per trace, cloned per client: the bundle's tables are built once.
+    let mut protos = Vec::with_capacity(traces.len());
+    for t in &traces {
+        protos.push(match (strategy, bundle.as_ref()) {
+            (Strategy::Oracle, _) => {
+                Scheduler::oracle(t.image.size, &first_access_units(t, sp.unit), sp)?
+            }
+            (s, Some(b)) if s.needs_bundle() => Scheduler::new(b, s, sp)?,
+            (s, _) => Scheduler::without_bundle(t.image.size, s, sp)?,
+        });
+    }
+    let specs = (0..clients)
+        .map(|i| ClientSpec {
+            trace: i % traces.len(),
+            sched: protos[i % traces.len()].clone(),
+        })
+        .collect();
+    progress.start("clients", clients as u64);
+    let mut last = 0;
+    let out = crate::swarm_sim::run(&traces, specs, granularity, params, |done| {
+        while last < done {
+            progress.step();
+            last += 1;
+        }
+    });
+    progress.finish();
+    Ok(out?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,55 +636,4 @@ mod tests {
             Err(TrainError::SynthImageTooSmall)
         ));
     }
-}
-
-/// A simulated crowd ([`crate::swarm_sim`]): `clients` clients, client i replaying the i-th
-/// trace (round robin, in file-name order, as `bench.sh` hands out sessions) with `strategy`;
-/// `bundle` is needed for profile and markov. `progress` counts finished clients.
-pub fn swarm_sim(
-    bundle: Option<&Path>,
-    inputs: &[PathBuf],
-    strategy: crate::scheduler::Strategy,
-    clients: usize,
-    granularity: &Granularity,
-    params: &crate::swarm_sim::SwarmParams,
-    progress: &mut impl Progress,
-) -> Result<crate::swarm_sim::SwarmOutcome, TrainError> {
-    use crate::scheduler::{first_access_units, Scheduler, SchedulerParams, Strategy};
-    use crate::swarm_sim::ClientSpec;
-    let bundle = bundle.map(Bundle::load).transpose()?;
-    let mut named = load_inputs(bundle.as_ref(), inputs, progress)?;
-    if named.is_empty() {
-        return Err(TrainError::NoTraces);
-    }
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let traces: Vec<Trace> = named.into_iter().map(|(_, t)| t).collect();
-    let sp = SchedulerParams::new(granularity.unit());
-    // One planner per trace, cloned per client: the bundle's tables are built once.
-    let mut protos = Vec::with_capacity(traces.len());
-    for t in &traces {
-        protos.push(match (strategy, bundle.as_ref()) {
-            (Strategy::Oracle, _) => {
-                Scheduler::oracle(t.image.size, &first_access_units(t, sp.unit), sp)?
-            }
-            (s, Some(b)) if s.needs_bundle() => Scheduler::new(b, s, sp)?,
-            (s, _) => Scheduler::without_bundle(t.image.size, s, sp)?,
-        });
-    }
-    let specs = (0..clients)
-        .map(|i| ClientSpec {
-            trace: i % traces.len(),
-            sched: protos[i % traces.len()].clone(),
-        })
-        .collect();
-    progress.start("clients", clients as u64);
-    let mut last = 0;
-    let out = crate::swarm_sim::run(&traces, specs, granularity, params, |done| {
-        while last < done {
-            progress.step();
-            last += 1;
-        }
-    });
-    progress.finish();
-    Ok(out?)
 }

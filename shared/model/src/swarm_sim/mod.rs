@@ -84,6 +84,10 @@ pub struct SwarmParams {
     pub think_us: u64,
     /// Round trip paid by each demanded request (µs).
     pub rtt_us: u64,
+    /// Factor on the trace's recorded gaps between records (not on think time): 1 replays
+    /// them as recorded; `bench.sh` replays a trace's reads back to back (its local replay of
+    /// session-1 takes 0.68 s of the recorded 5.8 s), which about 0.1 stands for.
+    pub gap_scale: f64,
     /// Arrival pattern.
     pub arrival: Arrival,
     /// Plan units looked at per request (the runtime's window is 8 MiB; a request takes the
@@ -110,6 +114,7 @@ impl SwarmParams {
             rechoke_us: 10e6,
             think_us: 0,
             rtt_us: crate::simulate::DEFAULT_RTT_US,
+            gap_scale: 1.0,
             arrival: Arrival::Flash,
             window: 64,
             max_peers: 128,
@@ -430,7 +435,10 @@ pub fn run(
                     bytes_read: bytes_read(t),
                     ..ClientOutcome::default()
                 },
-                local_us: local_duration_us(t, params.think_us),
+                local_us: {
+                    let think = local_duration_us(t, params.think_us) - t.duration_us();
+                    think + (t.duration_us() as f64 * params.gap_scale).round() as u64
+                },
             }
         })
         .collect();
@@ -585,7 +593,7 @@ impl Sim<'_> {
             .records
             .first()
             .map_or(0, |r| r.t_us);
-        self.push(now + first as f64, Event::Record(c));
+        self.push(now + first as f64 * self.p.gap_scale, Event::Record(c));
         if self.p.upload {
             self.push(now + self.p.rechoke_us, Event::Rechoke(c + 1));
         }
@@ -629,11 +637,12 @@ impl Sim<'_> {
         match trace.records.get(i + 1) {
             None => self.leave(c),
             Some(next) => {
-                let mut gap = next.t_us.saturating_sub(trace.records[i].t_us);
+                let mut gap =
+                    next.t_us.saturating_sub(trace.records[i].t_us) as f64 * self.p.gap_scale;
                 if next.task != trace.records[i].task {
-                    gap += self.p.think_us;
+                    gap += self.p.think_us as f64;
                 }
-                self.push(self.now + gap as f64, Event::Record(c));
+                self.push(self.now + gap, Event::Record(c));
             }
         }
     }

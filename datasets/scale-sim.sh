@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 15: the swarm simulator (vmt-train swarm-sim) at the benchmark's crowd sizes, for
+# validation, and at N = 100, 300, 1000 for prediction; then the validation table against real
+# crowd runs (bench.sh's results.csv) and the prediction table.
+#
+#   datasets/scale-sim.sh [--real RESULTS.csv] [--out DIR]
+#
+# Env: NS (validation sizes, default "1 2 4 8 16"), PREDICT (default "1 100 300 1000"),
+# TRACES (default the held-out sessions), RATE / SEED_RATE (default 100Mbit), THINK (5s),
+# QUANTUM (rate recomputation step for the large runs, default 1ms).
+# Output in DIR (default datasets/results/scale): sim-*.json (one per run), validation.txt,
+# prediction.csv, prediction.txt, command.txt.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+real=$here/results/full/results.csv
+out=$here/results/scale
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --real) real=$2; shift ;;
+    --out) out=$2; shift ;;
+    *) echo "scale-sim.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+NS=${NS:-1 2 4 8 16}
+PREDICT=${PREDICT:-1 100 300 1000}
+RATE=${RATE:-100Mbit}; SEED_RATE=${SEED_RATE:-100Mbit}; THINK=${THINK:-5s}; QUANTUM=${QUANTUM:-1ms}
+TRACES=${TRACES:-$(ls "$here"/traces/test/session-*.vmtrace | head -2 | tr '\n' ' ')}
+bin=$root/target/release/vmt-train
+mkdir -p "$out"
+sim() {  # sim STRATEGY MODE N QUANTUM
+  local extra=(); [ "$2" = cs ] && extra=(--no-upload)
+  local f="$out/sim-$1-$2-$3.json"
+  "$bin" swarm-sim --bundle "${BUNDLE:-$here/appliance.vmtp}" --gap-scale "${GAP_SCALE:-1}" --traces $TRACES --clients "$3" \
+    --strategy "$1" "${extra[@]}" --client-rate "$RATE" --seeder-rate "$SEED_RATE" \
+    --think "$THINK" --quantum "$4" --out "$f" >/dev/null
+  echo "$f"
+}
+echo "NS=\"$NS\" PREDICT=\"$PREDICT\" RATE=$RATE SEED_RATE=$SEED_RATE THINK=$THINK QUANTUM=$QUANTUM TRACES=\"$TRACES\" datasets/scale-sim.sh --real $real --out $out" > "$out/command.txt"
+for n in $NS; do
+  for sm in markov:swarm markov:cs oracle:swarm; do sim "${sm%%:*}" "${sm#*:}" "$n" 0s >/dev/null; done
+done
+for n in $PREDICT; do
+  for sm in markov:swarm markov:cs demand:cs; do
+    q=$QUANTUM; [ "$n" -le 16 ] && q=0s
+    sim "${sm%%:*}" "${sm#*:}" "$n" "$q" >/dev/null
+  done
+done
+"$here/scale-table.py" --real "$real" --sim "$out" --ns "$NS" --predict "$PREDICT" --out "$out"
