@@ -40,6 +40,10 @@ pub struct FetchParams {
     pub download_limit: Option<Rate>,
     /// Upload limit; `None` = unlimited.
     pub upload_limit: Option<Rate>,
+    /// Web seed URLs (BEP 19) besides the torrent's `url-list`.
+    pub web_seeds: Vec<String>,
+    /// Most the web seeds together may send; `None` = unlimited.
+    pub web_seed_limit: Option<Rate>,
 }
 
 impl FetchParams {
@@ -53,13 +57,20 @@ impl FetchParams {
             upload: true,
             download_limit: None,
             upload_limit: None,
+            web_seeds: Vec::new(),
+            web_seed_limit: None,
         }
     }
 
-    /// Loads the torrent and resolves the peers; a fetch needs a peer or a tracker.
+    /// Loads the torrent and resolves the peers; a fetch needs a peer, a tracker or a web
+    /// seed.
     pub fn check(self) -> Result<ValidFetchParams, FetchError> {
         let torrent = Torrent::load(&self.torrent)?;
-        if self.peers.is_empty() && torrent.trackers().is_empty() {
+        if self.peers.is_empty()
+            && torrent.trackers().is_empty()
+            && torrent.web_seeds().is_empty()
+            && self.web_seeds.is_empty()
+        {
             return Err(FetchError::NoPeers);
         }
         let peers = resolve_all(&self.peers)?;
@@ -73,6 +84,8 @@ impl FetchParams {
                 upload: self.upload,
                 download_limit: self.download_limit.map(Rate::bytes_per_s),
                 upload_limit: self.upload_limit.map(Rate::bytes_per_s),
+                web_seeds: self.web_seeds,
+                web_seed_limit: self.web_seed_limit.map(Rate::bytes_per_s),
                 ..Default::default()
             },
         })
@@ -106,7 +119,10 @@ impl ValidFetchParams {
 #[non_exhaustive]
 pub enum FetchError {
     /// No peer given and the torrent names no tracker.
-    #[error("no peers: give --peer HOST:PORT (the torrent has no trackers)")]
+    #[error(
+        "no peers: give --peer HOST:PORT or --web-seed URL (the torrent has no trackers and no \
+         web seeds)"
+    )]
     NoPeers,
     /// A peer address is unusable.
     #[error(transparent)]

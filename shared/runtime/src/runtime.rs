@@ -86,6 +86,8 @@ impl Runtime {
             download_limit: params.download_limit,
             upload_limit: params.upload_limit,
             fetch_all: params.strategy.fills_background(),
+            web_seeds: params.web_seeds.clone(),
+            web_seed_limit: params.web_seed_limit,
             ..Default::default()
         };
         let file_name = torrent.name().to_string();
@@ -199,6 +201,9 @@ impl Runtime {
             profile_switches: self.planner.switches(),
             downloaded: st.downloaded,
             useful: st.useful,
+            origin_downloaded: st.origin_downloaded,
+            origin_useful: st.origin_useful,
+            web_seeds: st.web_seeds.clone(),
             wasted: st.wasted,
             wasted_by: st.wasted_by,
             hash_failures: st.hash_failures,

@@ -625,6 +625,69 @@ impl PiecePicker {
         None
     }
 
+    /// Pieces with demanded blocks missing, oldest demand first.
+    pub fn demanded_pieces(&self) -> &[u32] {
+        &self.demand_order
+    }
+
+    /// The next piece for an origin (a BEP 19 web seed: it has every piece, and every byte it
+    /// serves costs its owner). Peers come first: a demanded piece is taken when no connected
+    /// peer has it, or when `overdue(piece)` says peers are too slow for it (then as a second
+    /// copy if a peer holds it, like an urgent duplicate); with `plan`, then a planned piece
+    /// no connected peer has; with `background` too, then any such queued piece. `mine`:
+    /// assignments the origin already holds.
+    pub fn pick_origin(
+        &mut self,
+        overdue: impl Fn(u32) -> bool,
+        mine: impl Fn(u32) -> bool,
+        plan: bool,
+        background: bool,
+    ) -> Option<Pick> {
+        let mut dup = None;
+        for &p in &self.demand_order {
+            let i = p as usize;
+            match self.state[i] {
+                PieceState::Queued if self.avail[i] == 0 || overdue(p) => {
+                    return Some(self.assign(p, PickReason::Demand));
+                }
+                PieceState::InFlight
+                    if dup.is_none()
+                        && self.copies[i] < MAX_URGENT_COPIES
+                        && overdue(p)
+                        && !mine(p) =>
+                {
+                    dup = Some(p);
+                }
+                _ => {}
+            }
+        }
+        if let Some(p) = dup {
+            return Some(self.assign(p, PickReason::Demand));
+        }
+        if !plan || self.counts.queued == 0 {
+            return None;
+        }
+        let orphan = |s: &PiecePicker, p: u32| {
+            s.state[p as usize] == PieceState::Queued && s.avail[p as usize] == 0
+        };
+        if let Some(&p) = self.plan[self.plan_cursor.min(self.plan.len())..]
+            .iter()
+            .find(|&&p| orphan(self, p))
+        {
+            return Some(self.assign(p, PickReason::Plan));
+        }
+        if !background {
+            return None;
+        }
+        // From the seeded rotation, so clients started together take different pieces from
+        // the origin and can then trade them.
+        let n = self.len();
+        let p = (0..n)
+            .map(|k| (self.rotation + k) % n)
+            .find(|&p| orphan(self, p))?;
+        Some(self.assign(p, PickReason::Rarest))
+    }
+
     /// A peer gives back its assignment of `piece` without verifying it: it gave up, or has
     /// nothing more to fetch in it (a partial piece keeps its present blocks).
     pub fn release(&mut self, piece: u32) {
