@@ -1412,4 +1412,32 @@ mod tests {
             }
         }
     }
+
+    /// The origin takes what no peer has, or what peers are too slow for, and never a piece
+    /// a peer has that nobody waits for.
+    #[test]
+    fn the_origin_comes_after_peers() {
+        let mut p = PiecePicker::new(layout(4, 4), 1, true);
+        p.add_availability(1);
+        p.add_availability(3);
+        p.demand(0..1);
+        p.demand(4..5);
+        let never = |_: u32| false;
+        // Demanded and nobody has it: at once.
+        let a = p.pick_origin(never, never, false, false).unwrap();
+        assert_eq!((a.piece, a.reason), (0, PickReason::Demand));
+        // Demanded, a peer has it, not overdue: not for the origin, and without the plan
+        // nothing else either.
+        assert_eq!(p.pick_origin(never, |q| q == 0, false, false), None);
+        // The background takes only the piece nobody has.
+        let b = p.pick_origin(never, |q| q == 0, true, true).unwrap();
+        assert_eq!((b.piece, b.reason), (2, PickReason::Rarest));
+        assert_eq!(p.pick_origin(never, |q| q == 0 || q == 2, true, true), None);
+        // Overdue at its peer: the origin takes it too.
+        let c = p
+            .pick_origin(|q| q == 1, |q| q == 0 || q == 2, false, false)
+            .unwrap();
+        assert_eq!((c.piece, c.reason), (1, PickReason::Demand));
+        p.check_invariant();
+    }
 }

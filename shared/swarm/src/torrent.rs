@@ -1062,8 +1062,15 @@ mod refusals {
     #[test]
     fn web_seeds_are_written_and_read_without_changing_the_swarm() {
         let dir = tempfile::tempdir().unwrap();
-        let (img, _) = random_image(dir.path(), 300_000, 5);
-        let t = create(&img, 65536, dir.path());
+        let (img, _) = crate::testutil::random_image(dir.path(), 300_000, 5);
+        let t = create_blocking(
+            &img,
+            65536,
+            &[],
+            IdCache::at(dir.path().join("ids")),
+            |_| {},
+        )
+        .unwrap();
         assert!(t.web_seeds().is_empty());
         let urls = vec![
             "http://origin.example/app.img".to_string(),
