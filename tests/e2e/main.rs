@@ -14,3 +14,4 @@ mod run;
 mod swarm;
 mod swarm_interop;
 mod train;
+mod web_seed;

@@ -14,7 +14,7 @@ use vmt_swarm::{EngineConfig, Torrent};
 use vmt_tests::{content, free_port, shutdown_all, within, Proc, TestImage, MIB};
 
 /// Whether `program` can be run; if not, says loudly that the test is skipped.
-fn have(program: &str, test: &str) -> bool {
+pub(crate) fn have(program: &str, test: &str) -> bool {
     let ok = Command::new(program)
         .arg("--help")
         .stdout(Stdio::null())
@@ -125,7 +125,7 @@ async fn vmt_client_downloads_from_librqbit_seeder() {
 // ---- Transmission ----
 
 /// A transmission-daemon on loopback, driven through transmission-remote.
-struct Transmission {
+pub(crate) struct Transmission {
     _daemon: Proc,
     rpc: String,
     peer_port: u16,
@@ -133,7 +133,7 @@ struct Transmission {
 }
 
 impl Transmission {
-    fn start(config: &Path, download: &Path) -> Transmission {
+    pub(crate) fn start(config: &Path, download: &Path) -> Transmission {
         std::fs::create_dir_all(config).unwrap();
         std::fs::create_dir_all(download).unwrap();
         let (peer_port, rpc_port) = (free_port(), free_port());
@@ -169,7 +169,7 @@ impl Transmission {
         t
     }
 
-    fn remote(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn remote(&self, args: &[&str]) -> std::process::Output {
         vmt_tests::run_with_timeout(
             Command::new("transmission-remote")
                 .arg(&self.rpc)
@@ -178,7 +178,7 @@ impl Transmission {
         )
     }
 
-    fn add(&self, torrent: &Path) {
+    pub(crate) fn add(&self, torrent: &Path) {
         let out = self.remote(&["-a", torrent.to_str().unwrap()]);
         assert!(
             out.status.success(),
@@ -187,12 +187,12 @@ impl Transmission {
         );
     }
 
-    fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         let out = self.remote(&["-t", "all", "-i"]);
         String::from_utf8_lossy(&out.stdout).contains("Percent Done: 100%")
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.config.join("log")).unwrap_or_default()
     }
 }

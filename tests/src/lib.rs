@@ -8,9 +8,11 @@
 //! running test (as fuser's `fuser-tests` does).
 
 pub mod boot_image;
+pub mod nginx;
 pub mod process;
 pub mod swarm;
 
+pub use nginx::Nginx;
 pub use process::{CliSeeder, Proc};
 pub use swarm::{dialing, shutdown_all, within, TestImage, MIB, PIECE};
 

@@ -119,6 +119,7 @@ struct MountArgs {
     limits: Limits,
     #[command(flatten)]
     dht: DhtArgs,
+    web_seeds: WebSeedArgs,
     /// How much of the prefetch plan the engine is handed at a time: enough to keep the link
     /// busy, little enough that what the belief revises was not yet requested.
     #[arg(long, value_name = "SIZE", default_value = "8MiB")]
@@ -198,6 +199,21 @@ impl DhtArgs {
     }
 }
 
+/// The web seeds (BEP 19 HTTP origins) of a downloading client.
+#[derive(Args)]
+struct WebSeedArgs {
+    /// Also fetch from this HTTP(S) URL of the image, with Range requests (repeatable; the
+    /// torrent's own web seeds are used anyway). Peers come first: the web seed serves what no
+    /// peer has, or demanded blocks peers are too slow for. A URL ending in / gets the
+    /// torrent's name.
+    #[arg(long = "web-seed", value_name = "URL")]
+    urls: Vec<String>,
+    /// Most the web seeds together may send, in bits (100Mbit) or bytes (10MiB/s; a bare
+    /// number) per second; unlimited when absent.
+    #[arg(long = "web-seed-limit", value_name = "RATE")]
+    limit: Option<Rate>,
+}
+
 /// The rate limits of a downloading client.
 #[derive(Args)]
 struct Limits {
@@ -231,6 +247,11 @@ struct SeedArgs {
     /// Announce URL to put in the created torrent (repeatable); the seeder announces to it.
     #[arg(long, value_name = "URL")]
     tracker: Vec<String>,
+    /// HTTP(S) URL of the image to put in the created torrent as a web seed (BEP 19
+    /// `url-list`; repeatable): clients fetch from it what no peer has. A URL ending in / is a
+    /// directory: clients append the image's name.
+    #[arg(long, value_name = "URL", conflicts_with = "torrent")]
+    web_seed: Vec<String>,
     /// Upload limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
     /// unlimited when absent.
     #[arg(long, value_name = "RATE")]
@@ -272,6 +293,7 @@ struct FetchArgs {
     limits: Limits,
     #[command(flatten)]
     dht: DhtArgs,
+    web_seeds: WebSeedArgs,
 }
 
 fn main() -> ExitCode {
@@ -405,6 +427,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         piece_size: a.piece_size,
         torrent_out: a.torrent_out,
         trackers: a.tracker,
+        web_seeds: a.web_seed,
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
         peers: a.peer,
@@ -444,6 +467,8 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         download_limit: a.limits.download_limit,
         upload_limit: a.limits.upload_limit,
         dht: a.dht.config(),
+        web_seeds: a.web_seeds.urls,
+        web_seed_limit: a.web_seeds.limit,
         ..FetchParams::new(a.torrent, a.out)
     }
     .check()?;
@@ -589,6 +614,8 @@ async fn mount_setup(
         upload: !a.no_upload,
         download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
         upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
+        web_seeds: a.web_seeds.urls,
+        web_seed_limit: a.web_seeds.limit.map(Rate::bytes_per_s),
         window_bytes: a.window.bytes(),
         threads: a.threads,
         access: if a.allow_other {

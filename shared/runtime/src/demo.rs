@@ -169,6 +169,8 @@ fn client_params(
         upload: false,
         download_limit: None,
         upload_limit: None,
+        web_seeds: Vec::new(),
+        web_seed_limit: None,
         window_bytes: crate::DEFAULT_WINDOW,
         threads: 4,
         access: vmt_fs::Access::Owner,

@@ -45,6 +45,10 @@ pub struct FetchParams {
     /// Find peers (and announce, when listening) through the DHT; `None` runs no DHT node.
     /// Default off.
     pub dht: Option<DhtConfig>,
+    /// Web seed URLs (BEP 19) besides the torrent's `url-list`.
+    pub web_seeds: Vec<String>,
+    /// Most the web seeds together may send; `None` = unlimited.
+    pub web_seed_limit: Option<Rate>,
 }
 
 impl FetchParams {
@@ -59,13 +63,21 @@ impl FetchParams {
             download_limit: None,
             upload_limit: None,
             dht: None,
+            web_seeds: Vec::new(),
+            web_seed_limit: None,
         }
     }
 
-    /// Loads the torrent and resolves the peers; a fetch needs a peer, a tracker or the DHT.
+    /// Loads the torrent and resolves the peers; a fetch needs a peer, a tracker, the DHT or a
+    /// web seed.
     pub fn check(self) -> Result<ValidFetchParams, FetchError> {
         let torrent = Torrent::load(&self.torrent)?;
-        if self.peers.is_empty() && torrent.trackers().is_empty() && self.dht.is_none() {
+        if self.peers.is_empty()
+            && torrent.trackers().is_empty()
+            && self.dht.is_none()
+            && torrent.web_seeds().is_empty()
+            && self.web_seeds.is_empty()
+        {
             return Err(FetchError::NoPeers);
         }
         let peers = resolve_all(&self.peers)?;
@@ -80,6 +92,8 @@ impl FetchParams {
                 download_limit: self.download_limit.map(Rate::bytes_per_s),
                 upload_limit: self.upload_limit.map(Rate::bytes_per_s),
                 dht: self.dht,
+                web_seeds: self.web_seeds,
+                web_seed_limit: self.web_seed_limit.map(Rate::bytes_per_s),
                 ..Default::default()
             },
         })
@@ -113,7 +127,10 @@ impl ValidFetchParams {
 #[non_exhaustive]
 pub enum FetchError {
     /// No peer given and the torrent names no tracker.
-    #[error("no peers: give --peer HOST:PORT or --dht (the torrent has no trackers)")]
+    #[error(
+        "no peers: give --peer HOST:PORT, --dht or --web-seed URL (the torrent has no trackers \
+         and no web seeds)"
+    )]
     NoPeers,
     /// A peer address is unusable.
     #[error(transparent)]

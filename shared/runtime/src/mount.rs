@@ -51,8 +51,8 @@ pub struct MountIo {
 pub enum MountError {
     /// No peer to dial, none can dial us, and the torrent has no tracker.
     #[error(
-        "no peers: give --peer HOST:PORT (or --listen for peers to dial us; the torrent has no \
-         trackers)"
+        "no peers: give --peer HOST:PORT or --web-seed URL (or --listen for peers to dial us; \
+         the torrent has no trackers and no web seeds)"
     )]
     NoPeers,
     /// The runtime failed.
@@ -121,10 +121,13 @@ where
     F: FnOnce(PathBuf) -> Fut,
     Fut: Future,
 {
-    // Peers come from --peer, from dialling us, or from the torrent's trackers.
+    // Data comes from --peer, from peers dialling us, from the torrent's trackers, or from
+    // web seeds (the torrent's or --web-seed).
     if params.peers.is_empty()
         && io.listener.is_none()
-        && vmt_swarm::Torrent::load(&params.torrent).is_ok_and(|t| t.trackers().is_empty())
+        && params.web_seeds.is_empty()
+        && vmt_swarm::Torrent::load(&params.torrent)
+            .is_ok_and(|t| t.trackers().is_empty() && t.web_seeds().is_empty())
     {
         return Err(MountError::NoPeers);
     }

@@ -43,6 +43,10 @@ pub struct RuntimeParams {
     pub download_limit: Option<u64>,
     /// Upload limit, bytes per second.
     pub upload_limit: Option<u64>,
+    /// Web seed URLs (BEP 19) besides the torrent's `url-list`.
+    pub web_seeds: Vec<String>,
+    /// Most bytes per second the web seeds together may send; `None` = unlimited.
+    pub web_seed_limit: Option<u64>,
     /// Bytes of the plan handed to the engine at a time (at least one block).
     pub window_bytes: u64,
     /// FUSE worker threads.

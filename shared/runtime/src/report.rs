@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use vmt_fs::{ReadStatsSnapshot, Waiting, COARSE_BOUNDS_US};
-use vmt_swarm::WastedBytes;
+use vmt_swarm::{WastedBytes, WebSeedStats};
 
 /// Block numbers listed for the oldest parked read: enough to see which file or range it is,
 /// few enough for a status line.
@@ -143,6 +143,13 @@ pub struct Status {
     pub downloaded: u64,
     /// Payload bytes that made a block present.
     pub useful: u64,
+    /// Of `downloaded`: bytes from web seeds (HTTP origins, BEP 19), which cost their owner;
+    /// the rest came from peers.
+    pub origin_downloaded: u64,
+    /// Of `useful`: bytes web seeds made present.
+    pub origin_useful: u64,
+    /// Each web seed and how it serves (state, bytes, verification failures).
+    pub web_seeds: Vec<WebSeedStats>,
     /// Payload bytes received and thrown away.
     pub wasted: u64,
     /// The wasted bytes by cause: where the download's overhead went.

@@ -40,6 +40,9 @@ pub struct SeedParams {
     pub torrent_out: Option<PathBuf>,
     /// Announce URLs to put in a created torrent; the seeder announces to them.
     pub trackers: Vec<String>,
+    /// Web seed URLs (BEP 19 `url-list`) to put in a created torrent: where clients may
+    /// fetch what no peer has over HTTP.
+    pub web_seeds: Vec<String>,
     /// Upload limit; `None` = unlimited.
     pub upload_limit: Option<Rate>,
     /// Peers uploaded to at once. Default 4.
@@ -59,6 +62,7 @@ impl SeedParams {
             piece_size: 256 << 10,
             torrent_out: None,
             trackers: Vec::new(),
+            web_seeds: Vec::new(),
             upload_limit: None,
             upload_slots: EngineConfig::default().upload_slots,
             peers: Vec::new(),
@@ -80,6 +84,7 @@ impl SeedParams {
                     .unwrap_or_else(|| paths::torrent_for(&self.image)),
                 piece_size: self.piece_size,
                 trackers: self.trackers,
+                web_seeds: self.web_seeds,
             },
         };
         Ok(ValidSeedParams {
@@ -104,6 +109,7 @@ enum TorrentSource {
         out: PathBuf,
         piece_size: u32,
         trackers: Vec<String>,
+        web_seeds: Vec<String>,
     },
 }
 
@@ -232,6 +238,7 @@ pub async fn run(
             out,
             piece_size,
             trackers,
+            web_seeds,
         } => {
             on(SeedEvent::Hashing {
                 image: &image,
@@ -254,6 +261,11 @@ pub async fn run(
                     // The hashing thread finishes on its own; nothing is written.
                     _ = cancel.cancelled() => return Err(SeedError::Interrupted),
                 }
+            };
+            let t = if web_seeds.is_empty() {
+                t
+            } else {
+                t.with_web_seeds(&web_seeds)?
             };
             t.save(&out)?;
             on(SeedEvent::TorrentWritten(&out));

@@ -91,6 +91,8 @@ impl<R: ReadReply> Streaming<R> {
             download_limit: params.download_limit,
             upload_limit: params.upload_limit,
             fetch_all: params.strategy.fills_background(),
+            web_seeds: params.web_seeds.clone(),
+            web_seed_limit: params.web_seed_limit,
             ..Default::default()
         };
         let file_name = torrent.name().to_string();
@@ -191,6 +193,9 @@ impl<R: ReadReply> Streaming<R> {
             profile_switches: self.planner.switches(),
             downloaded: st.downloaded,
             useful: st.useful,
+            origin_downloaded: st.origin_downloaded,
+            origin_useful: st.origin_useful,
+            web_seeds: st.web_seeds.clone(),
             wasted: st.wasted,
             wasted_by: st.wasted_by,
             hash_failures: st.hash_failures,

@@ -12,6 +12,8 @@ use vmt_swarm::SwarmStats;
 pub struct Totals {
     /// Payload bytes received.
     pub downloaded: u64,
+    /// Of them, from web seeds (HTTP origins).
+    pub from_origin: u64,
     /// Payload bytes sent.
     pub uploaded: u64,
     /// Peers that connected at some point.
@@ -25,6 +27,7 @@ impl Totals {
     pub fn of(stats: &SwarmStats, elapsed: Duration) -> Totals {
         Totals {
             downloaded: stats.downloaded,
+            from_origin: stats.origin_downloaded,
             uploaded: stats.uploaded,
             peers: stats.peers.len(),
             elapsed,
@@ -43,11 +46,17 @@ impl Totals {
 }
 
 impl fmt::Display for Totals {
-    /// "downloaded 4.00 MiB (1.31 MiB/s), uploaded 0 B (0 B/s), 1 peer(s), 3.1 s".
+    /// "downloaded 4.00 MiB (1.31 MiB/s), uploaded 0 B (0 B/s), 1 peer(s), 3.1 s", with
+    /// "downloaded 4.00 MiB (1.31 MiB/s; 1.00 MiB from web seeds)" when an origin served.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origin = if self.from_origin > 0 {
+            format!("; {} from web seeds", human_bytes(self.from_origin))
+        } else {
+            String::new()
+        };
         write!(
             f,
-            "downloaded {} ({}), uploaded {} ({}), {} peer(s), {:.1} s",
+            "downloaded {} ({}{origin}), uploaded {} ({}), {} peer(s), {:.1} s",
             human_bytes(self.downloaded),
             self.rate(self.downloaded),
             human_bytes(self.uploaded),
@@ -65,6 +74,7 @@ mod tests {
     #[test]
     fn totals_say_bytes_rates_peers_and_time() {
         let t = Totals {
+            from_origin: 0,
             downloaded: 4 << 20,
             uploaded: 0,
             peers: 2,

@@ -35,6 +35,7 @@ use crate::stats::{DialState, SwarmStats};
 use crate::storage::Storage;
 use crate::torrent::Torrent;
 use crate::tracker;
+use crate::webseed::{self, Origin, OriginCtx, OriginPolicy};
 
 /// How the engine behaves. Build with [`EngineConfig::default`] and set what differs.
 #[derive(Clone, Debug)]
@@ -79,6 +80,16 @@ pub struct EngineConfig {
     /// Most incoming connections from one IP address, so one host cannot take every slot;
     /// beyond it, as for `max_peers`. 0 means no limit.
     pub max_peers_per_ip: usize,
+    /// Use web seeds (BEP 19): the torrent's `url-list` and `web_seeds`.
+    pub use_web_seeds: bool,
+    /// More web seed URLs than the torrent's (a URL ending in `/` gets the torrent's name).
+    pub web_seeds: Vec<String>,
+    /// Most bytes per second all web seeds together may send us (their owner pays for each);
+    /// `None` = unlimited.
+    pub web_seed_limit: Option<u64>,
+    /// How long a demanded block waits for peers that have it before a web seed is asked
+    /// too. Blocks no connected peer has are asked of the web seed at once.
+    pub web_seed_patience: Duration,
 }
 
 impl Default for EngineConfig {
@@ -104,6 +115,12 @@ impl Default for EngineConfig {
             // An eighth of the table: room for a few clients behind one NAT, while one host
             // can never lock the others out.
             max_peers_per_ip: 16,
+            use_web_seeds: true,
+            web_seeds: Vec::new(),
+            web_seed_limit: None,
+            // A demanded block takes a few ms from a peer on a LAN and ~100 ms across a
+            // continent; 500 ms is a peer that is stalled or far behind its queue.
+            web_seed_patience: Duration::from_millis(500),
         }
     }
 }
@@ -118,6 +135,8 @@ struct Inner {
     demands: mpsc::UnboundedSender<Range<u32>>,
     /// Addresses to dial, from [`Engine::add_peer`] and the trackers.
     dials: mpsc::UnboundedSender<SocketAddr>,
+    /// The web seeds, for stats.
+    origins: Vec<Arc<Origin>>,
 }
 
 /// A running swarm engine for one torrent. Clones share the engine; when the last clone is
@@ -200,6 +219,18 @@ impl Engine {
         };
         let (demands, demand_rx) = mpsc::unbounded_channel();
         let (dials, dial_rx) = mpsc::unbounded_channel();
+        let origins = origins(&ctx.state, &config);
+        let origin_ctx = Arc::new(OriginCtx::new(
+            ctx.state.clone(),
+            ctx.peers.clone(),
+            ctx.down_limit.clone(),
+            OriginPolicy {
+                limit: config.web_seed_limit,
+                patience: config.web_seed_patience,
+                background: config.fetch_all,
+            },
+            ctx.cancel.clone(),
+        ));
         let inner = Arc::new(Inner {
             ctx,
             config,
@@ -207,6 +238,7 @@ impl Engine {
             listen_addr,
             demands,
             dials,
+            origins,
         });
         let i = &inner;
         if let Some(listener) = listener {
@@ -266,6 +298,19 @@ impl Engine {
                     i.dials.clone(),
                 ),
             );
+        }
+        // A complete image (a seeder) has nothing to ask an origin for.
+        if !i.ctx.state.storage().is_complete() {
+            for origin in &i.origins {
+                for w in 0..webseed::workers() {
+                    spawn(
+                        &i.tasks,
+                        "web-seed",
+                        tracing::debug_span!("web-seed", url = %origin.url(), w),
+                        webseed::worker(origin_ctx.clone(), origin.clone(), w),
+                    );
+                }
+            }
         }
         let guard = inner.ctx.cancel.clone().drop_guard();
         Engine {
@@ -416,6 +461,9 @@ impl Engine {
             present_bytes,
             downloaded: c.downloaded.load(Ordering::Relaxed),
             useful: c.useful.load(Ordering::Relaxed),
+            origin_downloaded: c.origin_downloaded.load(Ordering::Relaxed),
+            origin_useful: c.origin_useful.load(Ordering::Relaxed),
+            web_seeds: self.inner.origins.iter().map(|o| o.stats()).collect(),
             uploaded: c.uploaded.load(Ordering::Relaxed),
             wasted: wasted_by.total(),
             wasted_by,
@@ -480,6 +528,25 @@ impl Engine {
     pub fn running_tasks(&self) -> usize {
         self.inner.tasks.len()
     }
+}
+
+/// The web seeds of `config` (the torrent's `url-list`, then `config.web_seeds`), each URL
+/// once, directory URLs completed with the torrent's name.
+fn origins(state: &TorrentState, config: &EngineConfig) -> Vec<Arc<Origin>> {
+    if !config.use_web_seeds {
+        return Vec::new();
+    }
+    let torrent = state.torrent();
+    let mut urls: Vec<String> = Vec::new();
+    for u in torrent.web_seeds().iter().chain(&config.web_seeds) {
+        let url = torrent.web_seed_url(u);
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    urls.into_iter()
+        .map(|u| Arc::new(Origin::new(u, state)))
+        .collect()
 }
 
 /// Takes queued demands into the picker (a burst at once, then one wake of the connections)

@@ -27,7 +27,8 @@
 //! announcements), `state` (the torrent state connections share, its two readable-data
 //! transitions, and a local storage failure that stops fetching), `wire` (the writer's
 //! queue), `window` (the delay-based request window), `tracker` (announces; addresses come
-//! back over a channel). `STATE.md` beside these sources writes down the block and piece
+//! back over a channel), `webseed` (BEP 19 HTTP origins, used only where peers fall short).
+//! `STATE.md` beside these sources writes down the block and piece
 //! lifecycle and the lock order.
 //!
 //! A demanded block must not wait behind background blocks. Four things keep it in front:
@@ -76,6 +77,7 @@ mod storage;
 mod testutil;
 mod torrent;
 mod tracker;
+mod webseed;
 mod window;
 mod wire;
 
@@ -96,4 +98,5 @@ pub use sources::{Source, SourceId, Sources, MAX_SOURCES};
 pub use stats::{DialState, DialStatus, PeerStats, SwarmStats, WastedBytes};
 pub use storage::{ResumeReport, Storage, BITMAP_KIND};
 pub use torrent::Torrent;
+pub use webseed::{OriginState, WebSeedStats, MAX_ORIGIN_STRIKES, MAX_REDIRECTS};
 pub use wire::MAX_UPLOAD_QUEUE;

@@ -204,6 +204,8 @@ pub(crate) struct PeerRegistry {
     our_id: Id20,
     policy: ChokePolicy,
     started: Instant,
+    /// Wakes the web-seed workers with the connections' readers (a demand, a plan, a release).
+    origin_wake: Notify,
 }
 
 impl PeerRegistry {
@@ -213,6 +215,7 @@ impl PeerRegistry {
             our_id,
             policy,
             started: Instant::now(),
+            origin_wake: Notify::new(),
         }
     }
 
@@ -365,11 +368,17 @@ impl PeerRegistry {
         }
     }
 
-    /// Wakes every connection's reader to reconsider its requests.
+    /// Wakes every connection's reader to reconsider its requests, and the web-seed workers.
     pub fn wake_readers(&self) {
         for p in &self.table().live {
             p.link.wake_reader.notify_one();
         }
+        self.origin_wake.notify_waiters();
+    }
+
+    /// What the web-seed workers wait on between looks for work.
+    pub fn origin_wake(&self) -> &Notify {
+        &self.origin_wake
     }
 
     /// Starts tracking a dialed address; false if it is tracked already.

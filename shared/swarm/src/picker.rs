@@ -625,6 +625,69 @@ impl PiecePicker {
         None
     }
 
+    /// Pieces with demanded blocks missing, oldest demand first.
+    pub fn demanded_pieces(&self) -> &[u32] {
+        &self.demand_order
+    }
+
+    /// The next piece for an origin (a BEP 19 web seed: it has every piece, and every byte it
+    /// serves costs its owner). Peers come first: a demanded piece is taken when no connected
+    /// peer has it, or when `overdue(piece)` says peers are too slow for it (then as a second
+    /// copy if a peer holds it, like an urgent duplicate); with `plan`, then a planned piece
+    /// no connected peer has; with `background` too, then any such queued piece. `mine`:
+    /// assignments the origin already holds.
+    pub fn pick_origin(
+        &mut self,
+        overdue: impl Fn(u32) -> bool,
+        mine: impl Fn(u32) -> bool,
+        plan: bool,
+        background: bool,
+    ) -> Option<Pick> {
+        let mut dup = None;
+        for &p in &self.demand_order {
+            let i = p as usize;
+            match self.state[i] {
+                PieceState::Queued if self.avail[i] == 0 || overdue(p) => {
+                    return Some(self.assign(p, PickReason::Demand));
+                }
+                PieceState::InFlight
+                    if dup.is_none()
+                        && self.copies[i] < MAX_URGENT_COPIES
+                        && overdue(p)
+                        && !mine(p) =>
+                {
+                    dup = Some(p);
+                }
+                _ => {}
+            }
+        }
+        if let Some(p) = dup {
+            return Some(self.assign(p, PickReason::Demand));
+        }
+        if !plan || self.counts.queued == 0 {
+            return None;
+        }
+        let orphan = |s: &PiecePicker, p: u32| {
+            s.state[p as usize] == PieceState::Queued && s.avail[p as usize] == 0
+        };
+        if let Some(&p) = self.plan[self.plan_cursor.min(self.plan.len())..]
+            .iter()
+            .find(|&&p| orphan(self, p))
+        {
+            return Some(self.assign(p, PickReason::Plan));
+        }
+        if !background {
+            return None;
+        }
+        // From the seeded rotation, so clients started together take different pieces from
+        // the origin and can then trade them.
+        let n = self.len();
+        let p = (0..n)
+            .map(|k| (self.rotation + k) % n)
+            .find(|&p| orphan(self, p))?;
+        Some(self.assign(p, PickReason::Rarest))
+    }
+
     /// A peer gives back its assignment of `piece` without verifying it: it gave up, or has
     /// nothing more to fetch in it (a partial piece keeps its present blocks).
     pub fn release(&mut self, piece: u32) {
@@ -1348,5 +1411,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The origin takes what no peer has, or what peers are too slow for, and never a piece
+    /// a peer has that nobody waits for.
+    #[test]
+    fn the_origin_comes_after_peers() {
+        let mut p = PiecePicker::new(layout(4, 4), 1, true);
+        p.add_availability(1);
+        p.add_availability(3);
+        p.demand(0..1);
+        p.demand(4..5);
+        let never = |_: u32| false;
+        // Demanded and nobody has it: at once.
+        let a = p.pick_origin(never, never, false, false).unwrap();
+        assert_eq!((a.piece, a.reason), (0, PickReason::Demand));
+        // Demanded, a peer has it, not overdue: not for the origin, and without the plan
+        // nothing else either.
+        assert_eq!(p.pick_origin(never, |q| q == 0, false, false), None);
+        // The background takes only the piece nobody has.
+        let b = p.pick_origin(never, |q| q == 0, true, true).unwrap();
+        assert_eq!((b.piece, b.reason), (2, PickReason::Rarest));
+        assert_eq!(p.pick_origin(never, |q| q == 0 || q == 2, true, true), None);
+        // Overdue at its peer: the origin takes it too.
+        let c = p
+            .pick_origin(|q| q == 1, |q| q == 0 || q == 2, false, false)
+            .unwrap();
+        assert_eq!((c.piece, c.reason), (1, PickReason::Demand));
+        p.check_invariant();
     }
 }

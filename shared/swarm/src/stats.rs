@@ -29,6 +29,10 @@ pub(crate) struct Counters {
     pub abandoned: AtomicU64,
     pub uploaded: AtomicU64,
     pub hash_failures: AtomicU32,
+    /// Of `downloaded`: received from web seeds (BEP 19 origins).
+    pub origin_downloaded: AtomicU64,
+    /// Of `useful`: made present by web seeds.
+    pub origin_useful: AtomicU64,
 }
 
 impl Counters {
@@ -133,6 +137,13 @@ pub struct SwarmStats {
     pub downloaded: u64,
     /// Payload bytes that made a block present.
     pub useful: u64,
+    /// Of `downloaded`: payload bytes received from web seeds (HTTP origins), which cost
+    /// their owner; the rest came from peers.
+    pub origin_downloaded: u64,
+    /// Of `useful`: bytes web seeds made present.
+    pub origin_useful: u64,
+    /// Each web seed (BEP 19 origin) and how it serves.
+    pub web_seeds: Vec<crate::webseed::WebSeedStats>,
     /// Payload bytes sent.
     pub uploaded: u64,
     /// Payload bytes received and thrown away: `wasted_by.total()`.
@@ -167,8 +178,12 @@ impl SwarmStats {
 
     /// A one-line status for humans, e.g. for the "no reachable peer" case.
     pub fn peer_status(&self) -> String {
+        let origins = self.origin_status();
         if self.connected > 0 {
-            return format!("{} peer(s) connected", self.connected);
+            return format!("{} peer(s) connected{origins}", self.connected);
+        }
+        if !origins.is_empty() && self.dials.is_empty() {
+            return origins.trim_start_matches(", ").to_owned();
         }
         let failing: Vec<String> = self
             .dials
@@ -179,9 +194,38 @@ impl SwarmStats {
             })
             .collect();
         if failing.is_empty() {
-            "no peer connected yet".into()
+            format!("no peer connected yet{origins}")
         } else {
-            format!("no reachable peer, retrying: {}", failing.join(", "))
+            format!(
+                "no reachable peer, retrying: {}{origins}",
+                failing.join(", ")
+            )
         }
+    }
+
+    /// ", web seed: 12.0 MiB (2 of 3 banned)"-like, or empty without web seeds.
+    fn origin_status(&self) -> String {
+        use crate::webseed::OriginState;
+        if self.web_seeds.is_empty() {
+            return String::new();
+        }
+        let mib = self.origin_downloaded as f64 / (1 << 20) as f64;
+        let banned = self
+            .web_seeds
+            .iter()
+            .filter(|w| matches!(w.state, OriginState::Banned(_)))
+            .count();
+        let retrying = self.web_seeds.iter().find_map(|w| match &w.state {
+            OriginState::Retrying(e) => Some(e.as_str()),
+            _ => None,
+        });
+        let mut s = format!(", web seed {mib:.1} MiB");
+        if banned > 0 {
+            s.push_str(&format!(" ({banned} of {} banned)", self.web_seeds.len()));
+        }
+        if let Some(e) = retrying {
+            s.push_str(&format!(" (retrying: {e})"));
+        }
+        s
     }
 }

@@ -26,7 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use bencode::raw_value::RawValue;
-use bencode::ByteBuf;
+use bencode::{BencodeValue, ByteBuf, ByteBufOwned};
 use bytes::Bytes;
 use librqbit_core::hash_id::Id20;
 use librqbit_core::lengths::{Lengths, ValidPieceIndex};
@@ -81,6 +81,8 @@ pub struct Torrent {
     pieces: Bytes,
     name: String,
     trackers: Vec<String>,
+    /// BEP 19 web seeds (`url-list`), as written in the torrent.
+    web_seeds: Vec<String>,
     identity: ImageId,
     image_sha256: Option<[u8; 32]>,
     block_hashes: Option<BlockHashes>,
@@ -116,6 +118,9 @@ struct VmtParts<'a> {
     info: InfoPin<'a>,
     #[serde(rename = "vmt block hashes", borrow, default)]
     block_hashes: Option<ByteBuf<'a>>,
+    /// BEP 19: one URL, or a list of them.
+    #[serde(rename = "url-list", default)]
+    url_list: Option<BencodeValue<ByteBufOwned>>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +194,7 @@ impl Torrent {
         }
         let vmt: VmtParts =
             bencode::from_bytes(&bytes).map_err(|e| bad(format!("vmt keys: {e:#}")))?;
+        let web_seeds = web_seeds_of(vmt.url_list.as_ref()).map_err(bad)?;
         let table_err = |source: BlockTableError| SwarmError::BlockTable {
             path: path.to_owned(),
             source,
@@ -236,6 +242,7 @@ impl Torrent {
             pieces,
             name,
             trackers,
+            web_seeds,
             identity,
             bytes,
         })
@@ -396,6 +403,78 @@ impl Torrent {
         &self.trackers
     }
 
+    /// BEP 19 web seeds: HTTP(S) URLs of the image (a URL ending in `/` is a directory: the
+    /// torrent's name is appended, see [`Torrent::web_seed_url`]).
+    pub fn web_seeds(&self) -> &[String] {
+        &self.web_seeds
+    }
+
+    /// The URL of the image file a web seed names: as given, or, for a directory URL (ending
+    /// in `/`), with the torrent's name appended, as stock clients do for single-file torrents.
+    pub fn web_seed_url(&self, url: &str) -> String {
+        if url.ends_with('/') {
+            let name: String = url::form_urlencoded::byte_serialize(self.name.as_bytes()).collect();
+            // form encoding writes a space as `+`; a path wants `%20`.
+            format!("{url}{}", name.replace('+', "%20"))
+        } else {
+            url.to_owned()
+        }
+    }
+
+    /// This torrent with `urls` as its web seeds (BEP 19 `url-list`, replacing any): the key is
+    /// outside the info dictionary, so the info hash, the swarm and every other byte stay the
+    /// same. Each URL must be `http://` or `https://`.
+    pub fn with_web_seeds(&self, urls: &[String]) -> Result<Torrent> {
+        let bad = |reason: String| SwarmError::BadTorrent {
+            path: "<memory>".into(),
+            reason,
+        };
+        for u in urls {
+            let parsed = url::Url::parse(u).map_err(|e| bad(format!("web seed {u:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(bad(format!(
+                    "web seed {u:?}: not an http:// or https:// URL"
+                )));
+            }
+        }
+        let entries = top_level_entries(&self.bytes).map_err(bad)?;
+        let mut value = Vec::new();
+        if !urls.is_empty() {
+            value.push(b'l');
+            for u in urls {
+                value.extend_from_slice(format!("{}:{u}", u.len()).as_bytes());
+            }
+            value.push(b'e');
+        }
+        let key = &b"url-list"[..];
+        let mut out = Vec::with_capacity(self.bytes.len() + value.len() + 16);
+        out.push(b'd');
+        let mut written = value.is_empty();
+        for (k, v) in entries {
+            if k == key {
+                continue;
+            }
+            if !written && k > key {
+                out.extend_from_slice(b"8:url-list");
+                out.extend_from_slice(&value);
+                written = true;
+            }
+            out.extend_from_slice(format!("{}:", k.len()).as_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(v);
+        }
+        if !written {
+            out.extend_from_slice(b"8:url-list");
+            out.extend_from_slice(&value);
+        }
+        out.push(b'e');
+        let t = Torrent::from_bytes(out, Path::new("<memory>"))?;
+        if t.info_hash != self.info_hash {
+            return Err(bad("adding web seeds changed the info hash".into()));
+        }
+        Ok(t)
+    }
+
     /// SHA-256 of the image content, when the torrent was made by vmt (pinned in the info
     /// dictionary, or in the comment of torrents made before the pin).
     pub fn image_sha256(&self) -> Option<[u8; 32]> {
@@ -426,6 +505,82 @@ impl std::fmt::Debug for Torrent {
             .field("piece_length", &self.lengths.default_piece_length())
             .field("block_hashes", &self.block_hashes)
             .finish_non_exhaustive()
+    }
+}
+
+/// The URLs of a `url-list` value: one string or a list of strings (BEP 19). Entries that are
+/// not text, and empty ones, are refused.
+fn web_seeds_of(
+    value: Option<&BencodeValue<ByteBufOwned>>,
+) -> std::result::Result<Vec<String>, String> {
+    let one = |v: &BencodeValue<ByteBufOwned>| match v {
+        BencodeValue::Bytes(b) => std::str::from_utf8(b.as_ref())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| "url-list: an entry is empty or not UTF-8".to_string()),
+        _ => Err("url-list: an entry is not a string".into()),
+    };
+    match value {
+        None => Ok(Vec::new()),
+        // Some tools write an empty string for "no web seed".
+        Some(BencodeValue::Bytes(b)) if b.as_ref().is_empty() => Ok(Vec::new()),
+        Some(BencodeValue::List(l)) => l.iter().map(one).collect(),
+        Some(v) => one(v).map(|u| vec![u]),
+    }
+}
+
+/// The top-level `(key, encoded value)` pairs of a bencoded dictionary, in file order, as
+/// slices of `bytes` (so a value is copied byte for byte, the info dictionary included).
+fn top_level_entries(bytes: &[u8]) -> std::result::Result<Vec<(&[u8], &[u8])>, String> {
+    let err = || "not a bencoded dictionary".to_string();
+    if bytes.first() != Some(&b'd') {
+        return Err(err());
+    }
+    let mut at = 1;
+    let mut out = Vec::new();
+    while bytes.get(at) != Some(&b'e') {
+        let key_end = skip_value(bytes, at).ok_or_else(err)?;
+        let colon = at
+            + bytes[at..key_end]
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or_else(err)?;
+        let key = &bytes[colon + 1..key_end];
+        let value_end = skip_value(bytes, key_end).ok_or_else(err)?;
+        out.push((key, &bytes[key_end..value_end]));
+        at = value_end;
+    }
+    Ok(out)
+}
+
+/// Deepest nesting [`skip_value`] follows: far beyond any torrent, and a bound on its
+/// recursion.
+const MAX_DEPTH: u32 = 64;
+
+/// The end of the bencoded value starting at `at`; `None` if it is malformed, truncated or
+/// nested deeper than [`MAX_DEPTH`].
+fn skip_value(bytes: &[u8], at: usize) -> Option<usize> {
+    skip_nested(bytes, at, 0)
+}
+
+fn skip_nested(bytes: &[u8], at: usize, depth: u32) -> Option<usize> {
+    match *bytes.get(at)? {
+        b'i' => Some(at + bytes[at..].iter().position(|&b| b == b'e')? + 1),
+        b'l' | b'd' if depth < MAX_DEPTH => {
+            let mut at = at + 1;
+            while *bytes.get(at)? != b'e' {
+                at = skip_nested(bytes, at, depth + 1)?;
+            }
+            Some(at + 1)
+        }
+        b'0'..=b'9' => {
+            let colon = at + bytes[at..].iter().position(|&b| b == b':')?;
+            let len: usize = std::str::from_utf8(&bytes[at..colon]).ok()?.parse().ok()?;
+            let end = colon.checked_add(1)?.checked_add(len)?;
+            (end <= bytes.len()).then_some(end)
+        }
+        _ => None,
     }
 }
 
@@ -899,5 +1054,64 @@ mod refusals {
         );
         let list = refusal(b"li1ee");
         assert!(list.contains("not a bencoded dictionary"), "{list}");
+    }
+
+    /// `url-list` (BEP 19) is written outside the info dictionary (same info hash, same bytes
+    /// otherwise), read back as a list, replaced, and removed; a stock torrent's single string
+    /// reads too; a directory URL gets the torrent's name.
+    #[test]
+    fn web_seeds_are_written_and_read_without_changing_the_swarm() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = crate::testutil::random_image(dir.path(), 300_000, 5);
+        let t = create_blocking(
+            &img,
+            65536,
+            &[],
+            IdCache::at(dir.path().join("ids")),
+            |_| {},
+        )
+        .unwrap();
+        assert!(t.web_seeds().is_empty());
+        let urls = vec![
+            "http://origin.example/app.img".to_string(),
+            "https://cdn.example/images/".to_string(),
+        ];
+        let w = t.with_web_seeds(&urls).unwrap();
+        assert_eq!(w.web_seeds(), urls);
+        assert_eq!(w.info_hash(), t.info_hash());
+        assert_eq!(w.identity(), t.identity());
+        assert!(w.block_hashes().is_some());
+        let reread = Torrent::from_bytes(w.as_bytes().to_vec(), Path::new("w")).unwrap();
+        assert_eq!(reread.web_seeds(), urls);
+        // Canonical: what librqbit-core parses re-encodes to the same bytes' info hash.
+        let name = t.name().to_owned();
+        assert_eq!(w.web_seed_url(&urls[0]), urls[0]);
+        assert_eq!(
+            w.web_seed_url(&urls[1]),
+            format!("https://cdn.example/images/{name}")
+        );
+        let one = w.with_web_seeds(&urls[..1]).unwrap();
+        assert_eq!(one.web_seeds(), &urls[..1]);
+        let none = w.with_web_seeds(&[]).unwrap();
+        assert!(none.web_seeds().is_empty());
+        assert_eq!(
+            none.as_bytes(),
+            t.as_bytes(),
+            "removing restores the original bytes"
+        );
+        assert!(t.with_web_seeds(&["ftp://x/y".into()]).is_err());
+        assert!(t.with_web_seeds(&["not a url".into()]).is_err());
+
+        // A single string, as some tools write it; and an empty one meaning none.
+        let splice = |value: &str| {
+            let b = t.as_bytes();
+            let at = b.windows(6).position(|w| w == b"4:info").unwrap();
+            [&b[..at], value.as_bytes(), &b[at..]].concat()
+        };
+        let s = Torrent::from_bytes(splice("8:url-list13:http://a/b.im"), Path::new("s")).unwrap();
+        assert_eq!(s.web_seeds(), ["http://a/b.im"]);
+        let e = Torrent::from_bytes(splice("8:url-list0:"), Path::new("e")).unwrap();
+        assert!(e.web_seeds().is_empty());
+        assert!(Torrent::from_bytes(splice("8:url-listi3e"), Path::new("i")).is_err());
     }
 }
