@@ -5,6 +5,7 @@ mod faults;
 mod flags;
 mod layering;
 mod live_page;
+mod peer_exchange;
 mod record;
 mod rough_edges;
 mod run;

@@ -8,11 +8,15 @@
 //! running test (as fuser's `fuser-tests` does).
 
 pub mod boot_image;
+pub mod netns;
 pub mod process;
 pub mod swarm;
+pub mod transmission;
 
+pub use netns::Netns;
 pub use process::{CliSeeder, Proc};
 pub use swarm::{dialing, shutdown_all, within, TestImage, MIB, PIECE};
+pub use transmission::{Transmission, TransmissionSetup};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
