@@ -8,6 +8,7 @@ mod headless;
 mod layering;
 mod live_page;
 mod metrics;
+mod peer_exchange;
 mod record;
 mod rough_edges;
 mod run;

@@ -5,13 +5,13 @@
 //! dials in (`EngineConfig::peers`, `vmt-run seed --peer`), and everything stays on loopback
 //! without network namespaces.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use vmt_swarm::{EngineConfig, Torrent};
-use vmt_tests::{content, free_port, shutdown_all, within, Proc, TestImage, MIB};
+use vmt_tests::{content, free_port, shutdown_all, within, Proc, TestImage, Transmission, MIB};
 
 /// Whether `program` can be run; if not, says loudly that the test is skipped.
 pub(crate) fn have(program: &str, test: &str) -> bool {
@@ -123,79 +123,6 @@ async fn vmt_client_downloads_from_librqbit_seeder() {
 }
 
 // ---- Transmission ----
-
-/// A transmission-daemon on loopback, driven through transmission-remote.
-pub(crate) struct Transmission {
-    _daemon: Proc,
-    rpc: String,
-    peer_port: u16,
-    config: PathBuf,
-}
-
-impl Transmission {
-    pub(crate) fn start(config: &Path, download: &Path) -> Transmission {
-        std::fs::create_dir_all(config).unwrap();
-        std::fs::create_dir_all(download).unwrap();
-        let (peer_port, rpc_port) = (free_port(), free_port());
-        let settings = format!(
-            r#"{{ "bind-address-ipv4": "127.0.0.1", "bind-address-ipv6": "::1", "peer-port": {peer_port},
-  "rpc-bind-address": "127.0.0.1", "rpc-port": {rpc_port}, "rpc-whitelist": "127.0.0.1",
-  "rpc-authentication-required": false, "download-dir": "{}",
-  "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "utp-enabled": false,
-  "port-forwarding-enabled": false, "ratio-limit-enabled": false }}"#,
-            download.display()
-        );
-        std::fs::write(config.join("settings.json"), settings).unwrap();
-        let daemon = Proc::spawn(
-            Command::new("transmission-daemon")
-                .args(["-f", "-g"])
-                .arg(config)
-                .arg("-e")
-                .arg(config.join("log"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        let t = Transmission {
-            _daemon: daemon,
-            rpc: format!("127.0.0.1:{rpc_port}"),
-            peer_port,
-            config: config.to_owned(),
-        };
-        vmt_tests::wait_until(
-            "transmission-daemon answers RPC",
-            Duration::from_secs(30),
-            || t.remote(&["-si"]).status.success(),
-        );
-        t
-    }
-
-    pub(crate) fn remote(&self, args: &[&str]) -> std::process::Output {
-        vmt_tests::run_with_timeout(
-            Command::new("transmission-remote")
-                .arg(&self.rpc)
-                .args(args),
-            Duration::from_secs(20),
-        )
-    }
-
-    pub(crate) fn add(&self, torrent: &Path) {
-        let out = self.remote(&["-a", torrent.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    pub(crate) fn complete(&self) -> bool {
-        let out = self.remote(&["-t", "all", "-i"]);
-        String::from_utf8_lossy(&out.stdout).contains("Percent Done: 100%")
-    }
-
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.config.join("log")).unwrap_or_default()
-    }
-}
 
 /// A vmt client downloads from a Transmission seeder, with a torrent made by
 /// transmission-create (so vmt also parses a foreign .torrent).

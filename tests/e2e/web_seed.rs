@@ -283,7 +283,8 @@ async fn broken_origins_are_handled_and_bounded() {
 /// Transmission 3.00 downloads the image from the vmt torrent's web seed alone (no peer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transmission_downloads_from_the_web_seed() {
-    use crate::swarm_interop::{have, Transmission};
+    use crate::swarm_interop::have;
+    use vmt_tests::Transmission;
     if !nginx_or_skip()
         || !have(
             "transmission-daemon",

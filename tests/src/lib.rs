@@ -9,12 +9,16 @@
 
 pub mod boot_image;
 pub mod nginx;
+pub mod netns;
 pub mod process;
 pub mod swarm;
+pub mod transmission;
 
 pub use nginx::Nginx;
+pub use netns::Netns;
 pub use process::{CliSeeder, Proc};
 pub use swarm::{dialing, shutdown_all, within, TestImage, MIB, PIECE};
+pub use transmission::{Transmission, TransmissionSetup};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

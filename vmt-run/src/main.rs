@@ -289,6 +289,10 @@ struct FetchArgs {
     /// Never upload (client-server setting): all bytes come from seeders.
     #[arg(long)]
     no_upload: bool,
+    /// No peer exchange (BEP 11): neither tell peers of each other nor dial peers they tell
+    /// of, e.g. in a swarm whose membership is given.
+    #[arg(long)]
+    no_pex: bool,
     #[command(flatten)]
     limits: Limits,
     #[command(flatten)]
@@ -464,6 +468,7 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         peers: a.peer,
         seed_after: a.seed,
         upload: !a.no_upload,
+        pex: !a.no_pex,
         download_limit: a.limits.download_limit,
         upload_limit: a.limits.upload_limit,
         dht: a.dht.config(),

@@ -38,6 +38,8 @@ pub struct FetchParams {
     pub seed_after: bool,
     /// Upload to other peers; `false` is the client-server setting. Default on.
     pub upload: bool,
+    /// Peer exchange (BEP 11). Default on.
+    pub pex: bool,
     /// Download limit; `None` = unlimited.
     pub download_limit: Option<Rate>,
     /// Upload limit; `None` = unlimited.
@@ -60,6 +62,7 @@ impl FetchParams {
             peers: Vec::new(),
             seed_after: false,
             upload: true,
+            pex: true,
             download_limit: None,
             upload_limit: None,
             dht: None,
@@ -89,6 +92,7 @@ impl FetchParams {
             config: EngineConfig {
                 peers,
                 upload: self.upload,
+                pex: self.pex,
                 download_limit: self.download_limit.map(Rate::bytes_per_s),
                 upload_limit: self.upload_limit.map(Rate::bytes_per_s),
                 dht: self.dht,

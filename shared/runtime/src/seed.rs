@@ -175,6 +175,8 @@ pub enum SeedEvent<'a> {
         info_hash: String,
         /// Where peers are accepted.
         listen: Option<SocketAddr>,
+        /// A magnet link to it (BEP 9): the seeder serves the info dictionary.
+        magnet: String,
     },
     /// The figures, every [`PROGRESS_INTERVAL`].
     Progress(&'a SwarmStats),
@@ -202,12 +204,13 @@ impl fmt::Display for SeedEvent<'_> {
                 pieces,
                 info_hash,
                 listen,
+                magnet,
             } => {
                 write!(f, "seeding {name} ({pieces} pieces, info hash {info_hash})")?;
-                match listen {
-                    Some(addr) => write!(f, " on {addr}"),
-                    None => Ok(()),
+                if let Some(addr) = listen {
+                    write!(f, " on {addr}")?;
                 }
+                write!(f, "\nmagnet link: {magnet}")
             }
             SeedEvent::Progress(st) => write!(
                 f,
@@ -282,6 +285,7 @@ pub async fn run(
         pieces: engine.torrent().piece_count(),
         info_hash: engine.torrent().info_hash().as_string(),
         listen,
+        magnet: engine.torrent().magnet_link(listen),
     });
     loop {
         tokio::select! {

@@ -17,8 +17,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bencode::ByteBuf;
+use librqbit_core::constants::CHUNK_SIZE;
 use librqbit_core::hash_id::Id20;
-use peer_binary_protocol::extended::PeerExtendedMessageIds;
+use peer_binary_protocol::extended::ut_metadata::{UtMetadata, UtMetadataData};
+use peer_binary_protocol::extended::ExtendedMessage;
 use peer_binary_protocol::{
     Handshake, Message, MessageDeserializeError, Piece, Request, MAX_MSG_LEN,
 };
@@ -29,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::download::{Download, Outputs};
 use crate::error::PeerError;
+use crate::extension::our_handshake;
 use crate::peers::{PeerLink, PeerRegistry, Refused};
+use crate::pex::{self, PexFeed};
 use crate::ratelimit::RateLimiter;
 use crate::state::TorrentState;
 use crate::stats::Counters;
@@ -57,6 +62,11 @@ pub(crate) struct ConnCtx {
     pub our_id: Id20,
     /// Most block requests outstanding at one peer (the window's ceiling).
     pub request_depth: usize,
+    /// Our listening port, told to peers in the extended handshake (`p`).
+    pub listen_port: Option<u16>,
+    /// Peer exchange on: ut_pex is advertised, peers are told of each other, and what they
+    /// tell us is dialed through this feed.
+    pub pex: Option<Arc<PexFeed>>,
     /// Cancelled when the engine stops.
     pub cancel: CancellationToken,
 }
@@ -82,13 +92,6 @@ fn limit_unsent(stream: &TcpStream) {
     }
 }
 
-fn no_extensions() -> PeerExtendedMessageIds {
-    PeerExtendedMessageIds {
-        ut_metadata: None,
-        ut_pex: None,
-    }
-}
-
 /// Handshakes on `stream`, registers the peer and runs it until it ends or the engine stops.
 pub(crate) async fn run(
     ctx: &ConnCtx,
@@ -99,9 +102,8 @@ pub(crate) async fn run(
     stream.set_nodelay(true)?;
     limit_unsent(&stream);
     let st = &ctx.state;
-    // No extension bit: vmt speaks plain BEP 3, so peers send no extended messages to ignore.
-    let mut ours = Handshake::new(st.torrent().info_hash(), ctx.our_id);
-    ours.reserved = 0;
+    // With the extension bit (BEP 10): `reqq`, listen port, PEX and metadata follow.
+    let ours = Handshake::new(st.torrent().info_hash(), ctx.our_id);
     let mut hs = [0u8; 68];
     let n = ours.serialize_unchecked_len(&mut hs);
     let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -122,8 +124,12 @@ pub(crate) async fn run(
         ctx.peers.counters_for(theirs.peer_id),
         ctx.peers.now_ms(),
     ));
-    // Queued before registration so it precedes every Have the registry broadcasts.
+    // Queued before registration so it precedes every Have the registry broadcasts. The
+    // bitfield must be the first message (BEP 3); the extended handshake follows at once.
     link.push(Out::Bitfield);
+    if theirs.supports_extended() {
+        link.push(Out::ExtendedHandshake);
+    }
     let (conn, live) = match ctx
         .peers
         .register(theirs.peer_id, addr, outbound, link.clone())
@@ -150,6 +156,7 @@ pub(crate) async fn run(
             Instant::now(),
         ),
         out: Outputs::default(),
+        ignored_requests: 0,
     };
     let result = tokio::select! {
         r = reader.run(&mut rd) => r,
@@ -174,6 +181,8 @@ struct Reader<'a> {
     link: &'a Arc<PeerLink>,
     dl: Download,
     out: Outputs,
+    /// Requests ignored because its upload queue was full.
+    ignored_requests: u64,
 }
 
 impl Reader<'_> {
@@ -261,7 +270,11 @@ impl Reader<'_> {
     fn handle(&mut self, msg: Message<'_>) -> Result<(), PeerError> {
         let st = &*self.ctx.state;
         match msg {
-            Message::KeepAlive | Message::Extended(_) => Ok(()),
+            Message::KeepAlive => Ok(()),
+            Message::Extended(e) => {
+                self.on_extended(e);
+                Ok(())
+            }
             Message::Choke => self.dl.on_choke(st, &mut self.out),
             Message::Unchoke => {
                 self.dl.on_unchoke();
@@ -317,12 +330,59 @@ impl Reader<'_> {
             && r.begin as u64 + r.length as u64 <= lengths.piece_length(piece) as u64
             && st.storage().has_piece(r.index);
         if ok && !self.link.push(Out::Piece(r)) {
-            return Err(PeerError::Protocol(format!(
-                "more than {MAX_UPLOAD_QUEUE} requests queued"
-            )));
+            // Beyond what we told it (`reqq`) and beyond the headroom: ignored, as libtorrent
+            // does; it asks again after its request timeout. Closing would cost it every
+            // queued request and a reconnect.
+            if self.ignored_requests == 0 {
+                tracing::debug!(
+                    "more than {MAX_UPLOAD_QUEUE} requests queued: ignoring the excess"
+                );
+            }
+            self.ignored_requests += 1;
         }
         Ok(())
     }
+
+    /// Extension messages (BEP 10): the remote's handshake, peer exchange, metadata requests.
+    /// Anything else (unknown ids, ut_metadata data and rejects, which we never ask for) is
+    /// ignored, as BEP 10 asks.
+    fn on_extended(&mut self, e: ExtendedMessage<ByteBuf<'_>>) {
+        match e {
+            ExtendedMessage::Handshake(h) => {
+                self.link.ext.update(&h);
+                self.dl.set_remote_reqq(self.link.ext.reqq());
+            }
+            ExtendedMessage::UtPex(p) => {
+                if let Some(feed) = &self.ctx.pex {
+                    let we_seed = self.ctx.state.storage().is_complete();
+                    for addr in pex::learned(&p, we_seed) {
+                        feed.offer(addr);
+                    }
+                }
+            }
+            ExtendedMessage::UtMetadata(UtMetadata::Request(piece)) => {
+                if self.link.ext.ids().ut_metadata.is_some() {
+                    self.link.push(Out::Metadata(piece));
+                }
+            }
+            ExtendedMessage::UtMetadata(_) | ExtendedMessage::Dyn(..) => {}
+        }
+    }
+}
+
+/// Our answer to a request for piece `piece` of the info dictionary (BEP 9): its 16 KiB, or a
+/// reject if there is no such piece.
+fn metadata_reply(info: &[u8], piece: u32) -> UtMetadata<ByteBuf<'_>> {
+    let start = piece as usize * CHUNK_SIZE as usize;
+    if start >= info.len() {
+        return UtMetadata::Reject(piece);
+    }
+    let end = (start + CHUNK_SIZE as usize).min(info.len());
+    UtMetadata::Data(UtMetadataData::from_bytes(
+        piece,
+        info.len() as u32,
+        ByteBuf(&info[start..end]),
+    ))
 }
 
 async fn write_loop(
@@ -335,7 +395,9 @@ async fn write_loop(
     let mut buf = vec![0u8; (2 * MAX_BLOCK as usize + 64).max(bitfield_len + 64)];
     let mut bitfield = vec![0u8; bitfield_len];
     let mut block = vec![0u8; MAX_BLOCK as usize];
-    let ext = no_extensions;
+    let ext = || link.ext.ids();
+    let info = st.torrent().info_bytes();
+    let listen_port = ctx.listen_port;
     loop {
         let mut len = 0;
         // Batch queued messages into one write while a worst-case message still fits, but
@@ -344,6 +406,7 @@ async fn write_loop(
             let Some(out) = link.outbox().pop() else {
                 break;
             };
+            let pex_msg;
             let msg = match out {
                 Out::Bitfield => {
                     if st.storage().bitmap().count() == 0 {
@@ -373,6 +436,17 @@ async fn write_loop(
                     Counters::add(&st.counters().uploaded, r.length as u64);
                     Counters::add(&link.counters.uploaded, r.length as u64);
                     Message::Piece(Piece::from_data(r.index, r.begin, data))
+                }
+                Out::ExtendedHandshake => Message::Extended(ExtendedMessage::Handshake(
+                    our_handshake(listen_port, info.len(), ctx.pex.is_some()),
+                )),
+                Out::Pex => {
+                    pex_msg = crate::state::lock(&link.pex).take();
+                    let Some(p) = &pex_msg else { continue };
+                    Message::Extended(ExtendedMessage::UtPex(p.as_borrowed()))
+                }
+                Out::Metadata(piece) => {
+                    Message::Extended(ExtendedMessage::UtMetadata(metadata_reply(info, piece)))
                 }
             };
             len += msg

@@ -50,6 +50,7 @@ use peer_binary_protocol::Request;
 use crate::bitmap::wire_bit;
 use crate::digest::sha1;
 use crate::error::{PeerError, SwarmError};
+use crate::extension::DEFAULT_REMOTE_REQQ;
 use crate::peers::MAX_STRIKES;
 use crate::picker::{PickReason, PiecePicker};
 use crate::sources::{Source, SourceId};
@@ -129,6 +130,9 @@ pub(crate) struct Download {
     /// Strikes of the peer's address, shared with its other connections, past and future.
     strikes: Arc<AtomicU32>,
     window: RequestWindow,
+    /// Most requests the remote takes without dropping any (its `reqq`, BEP 10): a ceiling on
+    /// everything outstanding, demanded blocks included.
+    remote_reqq: usize,
     /// This peer as a source on the live map.
     source: SourceId,
 }
@@ -158,8 +162,14 @@ impl Download {
             scratch: Vec::with_capacity(CHUNK_SIZE as usize),
             strikes,
             window: RequestWindow::new(request_depth, now),
+            remote_reqq: DEFAULT_REMOTE_REQQ,
             source: st.sources().intern(Source::Peer(addr)),
         }
+    }
+
+    /// The remote's `reqq` (from its extended handshake): never more requests outstanding.
+    pub fn set_remote_reqq(&mut self, reqq: usize) {
+        self.remote_reqq = reqq.max(1);
     }
 
     /// Requests sent and not answered: the connection's snub timer runs while this is positive.
@@ -665,6 +675,7 @@ impl Download {
                 if picker.is_block_urgent(b)
                     && !self.active[k].pending.get(i)
                     && !self.active[k].received.get(i)
+                    && self.outstanding < self.remote_reqq
                 {
                     issued_urgent = true;
                     self.request(&layout, k, b, now, out);
@@ -673,6 +684,9 @@ impl Download {
         }
         // 2. Demanded pieces nobody here holds yet (or a slow peer holds).
         for _ in 0..MAX_URGENT_STARTS {
+            if self.outstanding >= self.remote_reqq {
+                break;
+            }
             let (has, active) = (&self.remote_has, &self.active);
             let pick = picker.pick(
                 |i| has[(i / 64) as usize] & (1 << (i % 64)) != 0,
@@ -683,7 +697,7 @@ impl Download {
             let duplicate = picker.copies(pick.piece) > 1;
             let k = self.start(&layout, pick.piece, pick.reason, duplicate);
             for b in layout.piece_blocks(pick.piece) {
-                if picker.is_block_urgent(b) {
+                if picker.is_block_urgent(b) && self.outstanding < self.remote_reqq {
                     issued_urgent = true;
                     self.request(&layout, k, b, now, out);
                 }
@@ -706,7 +720,8 @@ impl Download {
         // seeder.
         let hold_back = picker.demand_in_flight();
         let whole_first = picker.has_several_peers();
-        while !hold_back && self.outstanding < self.window.depth() {
+        let depth = self.window.depth().min(self.remote_reqq);
+        while !hold_back && self.outstanding < depth {
             if let Some((k, b)) = self.next_wanted(picker, true) {
                 self.request(&layout, k, b, now, out);
                 continue;
@@ -1153,6 +1168,43 @@ mod tests {
         assert_eq!(d.outstanding(), 0);
         assert_eq!(f.st.picker().state(2), crate::picker::PieceState::NotNeeded);
         assert!(!f.st.storage().has_block(8) && !f.st.storage().has_block(11));
+    }
+
+    #[test]
+    fn the_remote_reqq_caps_every_request_demanded_ones_included() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.set_remote_reqq(3);
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        let first = f.requested(&out);
+        assert_eq!(first.len(), 3, "the window (8) is cut to the reqq");
+        out.clear();
+        // A reader waits for the 8 blocks of pieces 3 and 4: none beyond the reqq either.
+        f.st.picker().demand(12..20);
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(d.outstanding() <= 3, "{} outstanding", d.outstanding());
+        let mut asked: Vec<u32> = first;
+        asked.extend(f.requested(&out));
+        out.clear();
+        // As answers come, the demanded blocks follow, never more than 3 at once.
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            let Some(b) = asked.first().copied() else {
+                break;
+            };
+            asked.remove(0);
+            f.answer(&mut d, b, false, &mut out).unwrap();
+            got.push(b);
+            out.clear();
+            d.fill(&f.st, Instant::now(), &mut out).unwrap();
+            asked.extend(f.requested(&out));
+            out.clear();
+            assert!(d.outstanding() <= 3, "{} outstanding", d.outstanding());
+            if (12..20).all(|b| f.st.storage().has_block(b)) {
+                break;
+            }
+        }
+        assert!((12..20).all(|b| f.st.storage().has_block(b)));
     }
 
     #[test]

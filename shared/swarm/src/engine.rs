@@ -27,6 +27,7 @@ use crate::events::SwarmEvents;
 use crate::layout::Layout;
 use crate::map::PieceMap;
 use crate::peers::{ChokePolicy, PeerRegistry};
+use crate::pex::PexFeed;
 use crate::picker::PiecePicker;
 use crate::ratelimit::RateLimiter;
 use crate::spawn::spawn;
@@ -36,6 +37,10 @@ use crate::storage::Storage;
 use crate::torrent::Torrent;
 use crate::tracker;
 use crate::webseed::{self, Origin, OriginCtx, OriginPolicy};
+
+/// How often the PEX task looks for peers due a message: a newcomer hears of the swarm
+/// within this of its extended handshake.
+const PEX_TICK: Duration = Duration::from_secs(1);
 
 /// How the engine behaves. Build with [`EngineConfig::default`] and set what differs.
 #[derive(Clone, Debug)]
@@ -90,6 +95,12 @@ pub struct EngineConfig {
     /// How long a demanded block waits for peers that have it before a web seed is asked
     /// too. Blocks no connected peer has are asked of the web seed at once.
     pub web_seed_patience: Duration,
+    /// Peer exchange (BEP 11): tell peers whom else we are connected to, and dial whom they
+    /// tell us of.
+    pub pex: bool,
+    /// Least time between two PEX messages to one peer: [`crate::PEX_INTERVAL`] (the
+    /// convention all clients follow); shorter only for tests.
+    pub pex_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +132,8 @@ impl Default for EngineConfig {
             // A demanded block takes a few ms from a peer on a LAN and ~100 ms across a
             // continent; 500 ms is a peer that is stalled or far behind its queue.
             web_seed_patience: Duration::from_millis(500),
+            pex: true,
+            pex_interval: crate::pex::PEX_INTERVAL,
         }
     }
 }
@@ -208,6 +221,8 @@ impl Engine {
             max_peers: config.max_peers,
             max_per_ip: config.max_peers_per_ip,
         };
+        let (demands, demand_rx) = mpsc::unbounded_channel();
+        let (dials, dial_rx) = mpsc::unbounded_channel();
         let ctx = ConnCtx {
             state: Arc::new(TorrentState::new(torrent, storage, picker, events)),
             peers: Arc::new(PeerRegistry::new(our_id, policy)),
@@ -215,10 +230,12 @@ impl Engine {
             up_limit: Arc::new(RateLimiter::new(config.upload_limit)),
             our_id,
             request_depth: config.request_depth,
+            listen_port: listen_addr.map(|a| a.port()),
+            pex: config
+                .pex
+                .then(|| Arc::new(PexFeed::new(dials.clone(), listen_addr))),
             cancel: CancellationToken::new(),
         };
-        let (demands, demand_rx) = mpsc::unbounded_channel();
-        let (dials, dial_rx) = mpsc::unbounded_channel();
         let origins = origins(&ctx.state, &config);
         let origin_ctx = Arc::new(OriginCtx::new(
             ctx.state.clone(),
@@ -270,6 +287,14 @@ impl Engine {
             tracing::debug_span!("flusher"),
             flush_loop(i.clone()),
         );
+        if i.config.pex {
+            spawn(
+                &i.tasks,
+                "pex",
+                tracing::debug_span!("pex"),
+                pex_loop(i.clone()),
+            );
+        }
         if i.config.use_trackers && !i.ctx.state.torrent().trackers().is_empty() {
             spawn(
                 &i.tasks,
@@ -677,6 +702,22 @@ async fn dial_loop(i: Arc<Inner>, addr: SocketAddr) -> std::result::Result<(), P
             _ = cancel.cancelled() => return Ok(()),
         }
         backoff = (backoff * 2).min(i.config.max_redial_backoff);
+    }
+}
+
+/// Peer exchange rounds: each second, every peer due for a PEX message gets one.
+async fn pex_loop(i: Arc<Inner>) -> std::result::Result<(), std::convert::Infallible> {
+    let mut tick = tokio::time::interval(
+        PEX_TICK
+            .min(i.config.pex_interval)
+            .max(Duration::from_millis(10)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => i.ctx.peers.pex_round(Instant::now(), i.config.pex_interval),
+            _ = i.ctx.cancel.cancelled() => return Ok(()),
+        }
     }
 }
 

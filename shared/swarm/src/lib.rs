@@ -26,9 +26,10 @@
 //! `peers` (the registry of connections: slots, strikes and bans per address, choking,
 //! announcements), `state` (the torrent state connections share, its two readable-data
 //! transitions, and a local storage failure that stops fetching), `wire` (the writer's
-//! queue), `window` (the delay-based request window), `tracker` (announces; addresses come
-//! back over a channel), `webseed` (BEP 19 HTTP origins, used only where peers fall short).
-//! `STATE.md` beside these sources writes down the block and piece
+//! queue), `window` (the delay-based request window), `extension` (the BEP 10 handshake:
+//! `reqq`, `v`, `p`, `metadata_size`), `pex` (peer exchange, BEP 11), `tracker` (announces;
+//! addresses come back over a channel), `webseed` (BEP 19 HTTP origins, used only where peers
+//! fall short). `STATE.md` beside these sources writes down the block and piece
 //! lifecycle and the lock order.
 //!
 //! A demanded block must not wait behind background blocks. Four things keep it in front:
@@ -63,9 +64,11 @@ mod download;
 mod engine;
 mod error;
 mod events;
+mod extension;
 mod layout;
 mod map;
 mod peers;
+mod pex;
 mod picker;
 mod ratelimit;
 mod sources;
@@ -88,10 +91,12 @@ pub use digest::sha1;
 pub use engine::{Engine, EngineConfig};
 pub use error::{PeerError, Result, SwarmError};
 pub use events::SwarmEvents;
+pub use extension::{CLIENT_VERSION, DEFAULT_REMOTE_REQQ};
 pub use layout::Layout;
 pub use librqbit_core::lengths::{Lengths, ValidPieceIndex};
 pub use map::{MapCell, PieceMap};
 pub use peers::MAX_STRIKES;
+pub use pex::{MAX_PEX_DIALS, MAX_PEX_PEERS, PEX_INTERVAL};
 pub use picker::{Pick, PickReason, PieceCounts, PiecePicker, PieceState};
 pub use ratelimit::{RateLimiter, TokenBucket};
 pub use sources::{Source, SourceId, Sources, MAX_SOURCES};
@@ -99,4 +104,4 @@ pub use stats::{DialState, DialStatus, PeerStats, SwarmStats, WastedBytes};
 pub use storage::{ResumeReport, Storage, BITMAP_KIND};
 pub use torrent::Torrent;
 pub use webseed::{OriginState, WebSeedStats, MAX_ORIGIN_STRIKES, MAX_REDIRECTS};
-pub use wire::MAX_UPLOAD_QUEUE;
+pub use wire::{ADVERTISED_REQQ, MAX_UPLOAD_QUEUE};

@@ -28,6 +28,8 @@ use librqbit_core::hash_id::Id20;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::extension::RemoteExtensions;
+use crate::pex::PexState;
 use crate::state::lock;
 use crate::stats::{DialState, DialStatus, PeerCounters, PeerStats};
 use crate::wire::{Out, Outbox};
@@ -50,6 +52,10 @@ pub(crate) struct PeerLink {
     choke_changed_ms: AtomicU64,
     pub close: CancellationToken,
     pub counters: Arc<PeerCounters>,
+    /// What its extended handshake told us.
+    pub ext: RemoteExtensions,
+    /// What peer exchange told it, and the message waiting for the writer.
+    pub pex: Mutex<PexState>,
 }
 
 /// Corrupt blocks or pieces tolerated from one address before it is banned.
@@ -73,6 +79,8 @@ impl PeerLink {
             choke_changed_ms: AtomicU64::new(now_ms),
             close,
             counters,
+            ext: RemoteExtensions::default(),
+            pex: Mutex::new(PexState::default()),
         }
     }
 
@@ -379,6 +387,35 @@ impl PeerRegistry {
     /// What the web-seed workers wait on between looks for work.
     pub fn origin_wake(&self) -> &Notify {
         &self.origin_wake
+    }
+
+    /// One round of peer exchange: every peer that speaks ut_pex and is due gets the
+    /// connectable peers it was not told of (and those gone) queued (see [`crate::pex`]).
+    pub fn pex_round(&self, now: Instant, interval: std::time::Duration) {
+        let t = self.table();
+        let listening = |p: &LivePeer| {
+            if p.inbound {
+                p.link
+                    .ext
+                    .listen_port()
+                    .map(|port| SocketAddr::new(p.addr.ip(), port))
+            } else {
+                Some(p.addr)
+            }
+        };
+        let all: Vec<(u64, SocketAddr)> = t
+            .live
+            .iter()
+            .filter_map(|p| Some((p.conn, listening(p)?)))
+            .collect();
+        let mut others = Vec::with_capacity(all.len());
+        for p in t.live.iter().filter(|p| p.link.ext.supports_pex()) {
+            others.clear();
+            others.extend(all.iter().filter(|(c, _)| *c != p.conn).map(|&(_, a)| a));
+            if lock(&p.link.pex).prepare(&others, now, interval) {
+                p.link.push(Out::Pex);
+            }
+        }
     }
 
     /// Starts tracking a dialed address; false if it is tracked already.

@@ -60,6 +60,19 @@ fn check_opening(head: &[u8]) -> std::result::Result<(), String> {
     }
 }
 
+/// `s` percent-encoded for a URI query value: everything but RFC 3986's unreserved characters.
+fn uri_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Why librqbit-core refused `bytes`, with the key it was reading: its `torrent_from_bytes`
 /// drops where the error was (a `length` that is not an integer said only "invalid value"), so
 /// parse again keeping it: `"info" -> "length": invalid value`. Cold path: only on refusal.
@@ -79,6 +92,8 @@ pub struct Torrent {
     lengths: Lengths,
     /// The info dictionary's `pieces`: 20 bytes per piece, a slice of `bytes`.
     pieces: Bytes,
+    /// The info dictionary as it is hashed: what ut_metadata (BEP 9) serves.
+    info: Bytes,
     name: String,
     trackers: Vec<String>,
     /// BEP 19 web seeds (`url-list`), as written in the torrent.
@@ -233,6 +248,7 @@ impl Torrent {
             sha256: Sha256::digest(meta.info.raw_bytes.as_ref()).into(),
         };
         let pieces = bytes.slice_ref(pieces);
+        let info = Bytes::copy_from_slice(meta.info.raw_bytes.as_ref());
         let info_hash = meta.info_hash;
         Ok(Torrent {
             image_sha256,
@@ -240,6 +256,7 @@ impl Torrent {
             info_hash,
             lengths,
             pieces,
+            info,
             name,
             trackers,
             web_seeds,
@@ -358,6 +375,33 @@ impl Torrent {
             Ok(meta) if meta.info_hash == self.info_hash => Ok(out),
             _ => Err(bad()),
         }
+    }
+
+    /// The info dictionary, byte for byte as hashed into [`Torrent::info_hash`]. vmt's
+    /// block-hash table lies outside it (pinned inside by its root), so a client that got only
+    /// this (a magnet link) has the piece hashes but not the table.
+    pub fn info_bytes(&self) -> &[u8] {
+        &self.info
+    }
+
+    /// A magnet link (BEP 9) to this torrent: `xt` (the info hash), `dn` (the name), a `tr`
+    /// per tracker, and `x.pe` (a peer to ask for the metadata) if `peer` is given and
+    /// dialable (not an unspecified address).
+    pub fn magnet_link(&self, peer: Option<std::net::SocketAddr>) -> String {
+        let mut m = format!(
+            "magnet:?xt=urn:btih:{}&dn={}",
+            self.info_hash.as_string(),
+            uri_escape(&self.name)
+        );
+        for t in &self.trackers {
+            m.push_str("&tr=");
+            m.push_str(&uri_escape(t));
+        }
+        if let Some(p) = peer.filter(|p| !p.ip().is_unspecified()) {
+            m.push_str("&x.pe=");
+            m.push_str(&uri_escape(&p.to_string()));
+        }
+        m
     }
 
     /// SHA-1 of the info dictionary: the swarm's name on the wire.
@@ -815,6 +859,33 @@ mod tests {
             let rule = vmt_formats::piece_size::check_piece_size(piece).unwrap_err();
             assert!(e.contains(&rule.to_string()), "{e}");
         }
+    }
+
+    #[test]
+    fn the_magnet_link_names_the_info_hash_and_the_info_bytes_hash_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 100_000, 1);
+        let trackers = ["http://10.0.0.1:6969/announce?a=b c".to_string()];
+        let t = create_blocking(
+            &img,
+            16384,
+            &trackers,
+            IdCache::at(dir.path().join("ids")),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(sha1(t.info_bytes()), t.info_hash().0);
+        let hex = t.info_hash().as_string();
+        let name = uri_escape(t.name());
+        assert_eq!(
+            t.magnet_link(Some("10.0.0.2:43001".parse().unwrap())),
+            format!(
+                "magnet:?xt=urn:btih:{hex}&dn={name}\
+                 &tr=http%3A%2F%2F10.0.0.1%3A6969%2Fannounce%3Fa%3Db%20c&x.pe=10.0.0.2%3A43001"
+            )
+        );
+        let bare = t.magnet_link(Some("0.0.0.0:1".parse().unwrap()));
+        assert!(!bare.contains("x.pe"), "an unspecified address is no peer");
     }
 
     #[test]

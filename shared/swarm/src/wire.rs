@@ -10,10 +10,20 @@ use std::collections::VecDeque;
 
 use peer_binary_protocol::Request;
 
-/// Upload requests queued per peer. Transmission pipelines ~700 on a fast link; a peer that
-/// queues more than this is dropped (it reconnects and re-requests), because silently ignoring
-/// a request would stall it: without the fast extension there is no "reject".
+/// Upload requests queued per peer. A request is 16 bytes here (data is read when sent), so
+/// the bound is about memory only loosely; it is twice [`ADVERTISED_REQQ`] so a peer that
+/// honours our `reqq` never reaches it, even with requests that crossed our extended
+/// handshake or a choke on the wire.
 pub const MAX_UPLOAD_QUEUE: usize = 4096;
+
+/// The `reqq` of our extended handshake (BEP 10): requests a peer may keep outstanding at us.
+/// Transmission without a hint queues about 10 s worth of requests (thousands on a fast link);
+/// told this, it stays below it. libtorrent advertises 2000 (`max_allowed_in_request_queue`).
+pub const ADVERTISED_REQQ: usize = MAX_UPLOAD_QUEUE / 2;
+
+/// Metadata pieces (BEP 9) queued per peer: an info dictionary is a few pieces, so more
+/// requests than this are a flood and ignored.
+const MAX_METADATA_QUEUE: usize = 16;
 
 /// A message waiting for the writer.
 #[derive(Clone, Copy, Debug)]
@@ -29,12 +39,19 @@ pub(crate) enum Out {
     Cancel(Request),
     /// Upload of a block the peer requested.
     Piece(Request),
+    /// Our extended handshake (BEP 10); the first message after the handshake.
+    ExtendedHandshake,
+    /// The peer-exchange message waiting in the connection's PEX state (BEP 11).
+    Pex,
+    /// Piece `n` of the info dictionary (BEP 9), or a reject if we cannot serve it.
+    Metadata(u32),
 }
 
 /// Messages queued for one connection's writer.
 pub(crate) struct Outbox {
     queue: VecDeque<Out>,
     uploads: usize,
+    metadata: usize,
 }
 
 impl Outbox {
@@ -42,10 +59,14 @@ impl Outbox {
         Outbox {
             queue: VecDeque::with_capacity(256),
             uploads: 0,
+            metadata: 0,
         }
     }
 
-    /// Queues `out`; false (and nothing queued) if it is an upload beyond [`MAX_UPLOAD_QUEUE`].
+    /// Queues `out`; false (and nothing queued) if it is an upload beyond [`MAX_UPLOAD_QUEUE`]:
+    /// the request is ignored, as libtorrent does beyond its `max_allowed_in_request_queue`
+    /// (without the fast extension there is no reject); the peer re-requests it after its
+    /// request timeout.
     pub fn push(&mut self, out: Out) -> bool {
         if let Out::Piece(_) = out {
             if self.uploads >= MAX_UPLOAD_QUEUE {
@@ -53,14 +74,22 @@ impl Outbox {
             }
             self.uploads += 1;
         }
+        if let Out::Metadata(_) = out {
+            if self.metadata >= MAX_METADATA_QUEUE {
+                return false;
+            }
+            self.metadata += 1;
+        }
         self.queue.push_back(out);
         true
     }
 
     pub fn pop(&mut self) -> Option<Out> {
         let out = self.queue.pop_front()?;
-        if let Out::Piece(_) = out {
-            self.uploads -= 1;
+        match out {
+            Out::Piece(_) => self.uploads -= 1,
+            Out::Metadata(_) => self.metadata -= 1,
+            _ => {}
         }
         Some(out)
     }

@@ -1,0 +1,156 @@
+//! The extension protocol (BEP 10): the extended handshake we send, and what we keep of the
+//! remote's.
+//!
+//! Message ids are librqbit-peer-protocol's: it decodes an incoming extended message by the id
+//! *we* assigned (`PeerExtendedMessageIds::my()`, which our handshake advertises), and encodes
+//! an outgoing one with the id the *remote* assigned, read through [`RemoteExtensions`].
+
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
+
+use bencode::ByteBuf;
+use peer_binary_protocol::extended::handshake::ExtendedHandshake;
+use peer_binary_protocol::extended::PeerExtendedMessageIds;
+use peer_binary_protocol::{MY_EXTENDED_UT_METADATA, MY_EXTENDED_UT_PEX};
+
+use crate::wire::ADVERTISED_REQQ;
+
+/// Our `v`: client name and version.
+pub const CLIENT_VERSION: &str = concat!("vmt ", env!("CARGO_PKG_VERSION"));
+
+/// Requests we keep outstanding at a peer that sent no `reqq`: BEP 10 gives libtorrent's 250
+/// as the default, and libtorrent and Transmission assume it of silent peers.
+pub const DEFAULT_REMOTE_REQQ: usize = 250;
+
+/// Our extended handshake. `listen_port` is `p` (only when we accept connections),
+/// `metadata_size` the length of the info dictionary we serve over ut_metadata, and `pex`
+/// whether we speak ut_pex.
+pub(crate) fn our_handshake(
+    listen_port: Option<u16>,
+    metadata_size: usize,
+    pex: bool,
+) -> ExtendedHandshake<ByteBuf<'static>> {
+    ExtendedHandshake {
+        m: PeerExtendedMessageIds {
+            ut_metadata: Some(MY_EXTENDED_UT_METADATA),
+            ut_pex: pex.then_some(MY_EXTENDED_UT_PEX),
+        },
+        p: listen_port.map(u32::from),
+        v: Some(ByteBuf(CLIENT_VERSION.as_bytes())),
+        reqq: Some(ADVERTISED_REQQ as u32),
+        metadata_size: u32::try_from(metadata_size).ok(),
+        ..Default::default()
+    }
+}
+
+/// What the remote told us in its extended handshake; lock-free, shared by the connection's
+/// reader (which sets it) and writer and the engine's PEX task (which read it).
+#[derive(Default)]
+pub(crate) struct RemoteExtensions {
+    /// Its id for ut_pex; 0 = not supported (BEP 10: 0 disables a message).
+    ut_pex: AtomicU8,
+    /// Its id for ut_metadata; 0 = not supported.
+    ut_metadata: AtomicU8,
+    /// Its listening port (`p`); 0 = unknown.
+    listen_port: AtomicU16,
+    /// Its `reqq`; 0 = not sent.
+    reqq: AtomicU32,
+}
+
+impl RemoteExtensions {
+    /// Records the remote's (re-sent) handshake.
+    pub fn update(&self, h: &ExtendedHandshake<ByteBuf<'_>>) {
+        let ids = h.peer_extended_messages();
+        self.ut_pex
+            .store(ids.ut_pex.unwrap_or(0), Ordering::Relaxed);
+        self.ut_metadata
+            .store(ids.ut_metadata.unwrap_or(0), Ordering::Relaxed);
+        if let Some(p) = h.port().filter(|&p| p != 0) {
+            self.listen_port.store(p, Ordering::Relaxed);
+        }
+        if let Some(q) = h.reqq.filter(|&q| q > 0) {
+            self.reqq.store(q, Ordering::Relaxed);
+        }
+    }
+
+    /// The remote's ids, for encoding messages to it.
+    pub fn ids(&self) -> PeerExtendedMessageIds {
+        let id = |a: &AtomicU8| Some(a.load(Ordering::Relaxed)).filter(|&i| i != 0);
+        PeerExtendedMessageIds {
+            ut_metadata: id(&self.ut_metadata),
+            ut_pex: id(&self.ut_pex),
+        }
+    }
+
+    pub fn supports_pex(&self) -> bool {
+        self.ut_pex.load(Ordering::Relaxed) != 0
+    }
+
+    pub fn listen_port(&self) -> Option<u16> {
+        Some(self.listen_port.load(Ordering::Relaxed)).filter(|&p| p != 0)
+    }
+
+    /// Most requests to keep outstanding at the remote: its `reqq`, or
+    /// [`DEFAULT_REMOTE_REQQ`].
+    pub fn reqq(&self) -> usize {
+        match self.reqq.load(Ordering::Relaxed) {
+            0 => DEFAULT_REMOTE_REQQ,
+            q => q as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peer_binary_protocol::extended::ExtendedMessage;
+    use peer_binary_protocol::{Message, MessageDeserializeError};
+
+    #[test]
+    fn our_handshake_round_trips_and_fills_the_remote_view() {
+        let msg = Message::Extended(ExtendedMessage::Handshake(our_handshake(
+            Some(43001),
+            321,
+            true,
+        )));
+        let mut buf = [0u8; 256];
+        let n = msg
+            .serialize(&mut buf, &PeerExtendedMessageIds::default)
+            .unwrap();
+        let (back, len) = Message::deserialize(&buf[..n], &[]).unwrap();
+        assert_eq!(len, n);
+        let Message::Extended(ExtendedMessage::Handshake(h)) = back else {
+            panic!("not an extended handshake: {back:?}");
+        };
+        assert_eq!(h.v.map(|v| v.0), Some(b"vmt 0.1.0".as_slice()));
+        assert_eq!(
+            (h.reqq, h.p, h.metadata_size),
+            (Some(2048), Some(43001), Some(321))
+        );
+        let r = RemoteExtensions::default();
+        assert_eq!(r.reqq(), DEFAULT_REMOTE_REQQ, "nothing heard yet");
+        assert!(!r.supports_pex());
+        r.update(&h);
+        assert_eq!(r.reqq(), ADVERTISED_REQQ);
+        assert_eq!(r.listen_port(), Some(43001));
+        assert_eq!(r.ids(), PeerExtendedMessageIds::my());
+        assert!(matches!(
+            Message::deserialize(&buf[..n - 1], &[]),
+            Err(MessageDeserializeError::NotEnoughData(..))
+        ));
+    }
+
+    #[test]
+    fn a_handshake_without_reqq_or_m_keeps_the_defaults() {
+        // Written by hand: `m` missing (no extensions), no reqq, port 0.
+        let payload = b"\x00\x00\x00\x10\x14\x00d1:pi0e1:v1:xe";
+        let (msg, _) = Message::deserialize(payload, &[]).unwrap();
+        let Message::Extended(ExtendedMessage::Handshake(h)) = msg else {
+            panic!("not an extended handshake");
+        };
+        let r = RemoteExtensions::default();
+        r.update(&h);
+        assert_eq!(r.reqq(), DEFAULT_REMOTE_REQQ);
+        assert_eq!(r.listen_port(), None);
+        assert_eq!(r.ids(), PeerExtendedMessageIds::default());
+    }
+}
