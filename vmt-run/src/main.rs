@@ -179,6 +179,7 @@ struct BootArgs {
 #[derive(Args)]
 struct DhtArgs {
     /// Find peers through the mainline DHT (BEP 5), and announce our listening port there.
+    /// Experimental: a private DHT does not find peers yet (see the README).
     #[arg(long)]
     dht: bool,
     /// UDP port of the DHT node [default: any free port].

@@ -313,6 +313,9 @@ pub async fn run(
             threads: 0,
             access: crate::Access::Owner,
             read_timeout: None,
+            dht: None,
+            web_seeds: Vec::new(),
+            web_seed_limit: None,
         };
         starting.push(async move {
             Streaming::<Answer>::start(&rp, listener)

@@ -42,11 +42,11 @@ pub(crate) fn render(status: Status) -> String {
 /// Payload bytes received, by where they came from: `peer` (BitTorrent peers) and `origin`
 /// (web seeds, BEP 19).
 ///
-/// The origin's bytes are 0 until the engine counts them apart (web seeds, issue 14 part 2):
-/// this is the one place to put that counter, and to take it out of `downloaded` if the engine
-/// counts it there too.
+/// The engine counts origin (web seed) bytes inside `downloaded` too, so peers' bytes are the
+/// difference: the two series add up to what was received.
 fn bytes_by_source(st: &Status) -> [(&'static str, u64); 2] {
-    [("peer", st.downloaded), ("origin", 0)]
+    let origin = st.origin_downloaded.min(st.downloaded);
+    [("peer", st.downloaded - origin), ("origin", origin)]
 }
 
 /// One status snapshot, as a collector the registry encodes once.
@@ -302,6 +302,9 @@ mod tests {
             profile_switches: vec![switch.clone(), switch],
             downloaded: 3 << 20,
             useful: (3 << 20) - 16384,
+            origin_downloaded: 1 << 20,
+            origin_useful: 1 << 20,
+            web_seeds: Vec::new(),
             wasted: 16384,
             wasted_by: WastedBytes {
                 duplicate: 16384,
@@ -357,9 +360,12 @@ mod tests {
         assert_eq!(get("vmt_blocks", ""), 1024.0);
         assert_eq!(
             get("vmt_downloaded_bytes_total", "source=peer"),
-            (3 << 20) as f64
+            (2 << 20) as f64
         );
-        assert_eq!(get("vmt_downloaded_bytes_total", "source=origin"), 0.0);
+        assert_eq!(
+            get("vmt_downloaded_bytes_total", "source=origin"),
+            (1 << 20) as f64
+        );
         assert_eq!(get("vmt_wasted_bytes_total", "cause=duplicate"), 16384.0);
         assert_eq!(get("vmt_uploaded_bytes_total", ""), (1 << 20) as f64);
         assert_eq!(get("vmt_reads_total", "result=hit"), 70.0);
