@@ -4,8 +4,9 @@
 # against one `vmt-run seed` of work/appliance.img on loopback, links limited by the engines'
 # token buckets and time-dilated. Run as root or not; no namespaces, no FUSE.
 #
-#   datasets/scale.sh [--out DIR]
+#   datasets/scale.sh [--out DIR] [--summarize]
 #
+# --summarize: no runs; rewrite DIR/summary.txt from the JSON Lines already there.
 # Env: WORK (holds appliance.img; default datasets/work), NS (default "1 32 64 128"), MODES
 # (default "swarm cs"), RATE and SEED_RATE (the undilated links in Mbit/s, per client both ways
 # and the seeder's uplink: default 100 and 100, as bench.sh --full), DILATION (K, default 10:
@@ -23,10 +24,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 out=
+summarize=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --summarize) summarize=1 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "scale.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,6 +39,7 @@ for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/scale.sh${out:+ --out $(printf '%q' "$out")}"
+if [ $summarize = 1 ]; then cmdline+=" --summarize"; fi
 commit=$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')
 NS=${NS:-1 32 64 128}; MODES=${MODES:-swarm cs}; RATE=${RATE:-100}; SEED_RATE=${SEED_RATE:-100}
 DILATION=${DILATION:-10}; DILATION_N1=${DILATION_N1:-$DILATION}; THINK=${THINK:-5s}
@@ -48,8 +52,8 @@ if [ -z "${TRACES:-}" ]; then
   TRACES=$(cd "$traces" && ls walk-*.vmtrace session-*.vmtrace | sed 's/\.vmtrace$//' | sort -V | tr '\n' ' ')
 fi
 say() { printf '[scale %s] %s\n' "$(date -u +%T)" "$*" >&2; }
-[ -f "$image" ] || { echo "scale.sh: no image at $image (set WORK)" >&2; exit 1; }
-[ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q --bins -p vmt-run)
+[ $summarize = 1 ] || [ -f "$image" ] || { echo "scale.sh: no image at $image (set WORK)" >&2; exit 1; }
+[ $summarize = 1 ] || [ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q --bins -p vmt-run)
 W=$(mktemp -d /tmp/vmt-scale.XXXXXX)
 seed_pid=
 cleanup() {
@@ -98,7 +102,9 @@ crowd() {
   echo "$(uptime)" >> "$W/load.txt"
 }
 
+touch "$W/load.txt"
 for mode in $MODES; do
+  [ $summarize = 1 ] && break
   for n in $NS; do
     rm -f "$out/headless-$mode-n$n.jsonl"
     if [ "$n" = 1 ]; then
@@ -151,6 +157,6 @@ for mode in modes:
         print(f"{mode:5} {n:>4} {runs[0]['dilation']:>2} {mean:13.2f} {p95:12.2f} {stall:13.2f} {ratio:5.2f} {seeder / image:13.2f} {peers:12.2f} {cpu:6.0f} {100 * cpu / wall / cores:4.0f} {100 * busy:5.0f} {runs[-1]['load1_end']:6.1f}  {verdict}")
 print("seeder/image at N=1: per run (each trace alone). cpu%: the clients' process over the run's wall time and all cores; busy%: the whole machine (/proc/stat).")
 PY
-  echo "load at the end of each run:"; cat "$W/load.txt"
+  if [ -s "$W/load.txt" ]; then echo "load at the end of each run:"; cat "$W/load.txt"; fi
 } > "$out/summary.txt"
 cat "$out/summary.txt"
