@@ -17,6 +17,11 @@
 #
 # N=1 runs every trace once, one after another (so the N=1 mean is over the same mix of traces
 # as a crowd's); a crowd of N starts together, client i replaying trace i mod T.
+# Disk: the clients' sparse storage is in $TMPDIR (default /tmp) and grows with the markov
+# strategy's background fill, up to RATE/K per client for the run's wall time, each removed
+# when its client ends: N=32 at K=10 peaked at 8.3 GB; allow about 35 GB for N=128.
+# Time (K=10, walks of ~30 s): N=1 about 5 min per trace, a swarm crowd 7-8 min; a cs crowd
+# is bound by the seeder (N=32 at K=1 took 5 min, so about 50 min at K=10).
 # Output (default datasets/results/scale): headless-MODE-nN.jsonl (datasets/README.md has the
 # fields), summary.txt (the command, the commit, a row per run with its CPU use; a run whose
 # machine was busy >= 90% of the time is marked SATURATED and its figures are not evidence).
@@ -29,7 +34,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
     --summarize) summarize=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "scale.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -54,7 +59,7 @@ fi
 say() { printf '[scale %s] %s\n' "$(date -u +%T)" "$*" >&2; }
 [ $summarize = 1 ] || [ -f "$image" ] || { echo "scale.sh: no image at $image (set WORK)" >&2; exit 1; }
 [ $summarize = 1 ] || [ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q --bins -p vmt-run)
-W=$(mktemp -d /tmp/vmt-scale.XXXXXX)
+W=$(mktemp -d "${TMPDIR:-/tmp}/vmt-scale.XXXXXX")
 seed_pid=
 cleanup() {
   [ -n "$seed_pid" ] && kill "$seed_pid" 2>/dev/null && wait "$seed_pid" 2>/dev/null
