@@ -4,8 +4,9 @@
 # against one `vmt-run seed` of work/appliance.img on loopback, links limited by the engines'
 # token buckets and time-dilated. Run as root or not; no namespaces, no FUSE.
 #
-#   datasets/scale.sh [--out DIR]
+#   datasets/scale.sh [--out DIR] [--summarize]
 #
+# --summarize: no runs; rewrite DIR/summary.txt from the JSON Lines already there.
 # Env: WORK (holds appliance.img; default datasets/work), NS (default "1 32 64 128"), MODES
 # (default "swarm cs"), RATE and SEED_RATE (the undilated links in Mbit/s, per client both ways
 # and the seeder's uplink: default 100 and 100, as bench.sh --full), DILATION (K, default 10:
@@ -16,6 +17,11 @@
 #
 # N=1 runs every trace once, one after another (so the N=1 mean is over the same mix of traces
 # as a crowd's); a crowd of N starts together, client i replaying trace i mod T.
+# Disk: the clients' sparse storage is in $TMPDIR (default /tmp) and grows with the markov
+# strategy's background fill, up to RATE/K per client for the run's wall time, each removed
+# when its client ends: N=32 at K=10 peaked at 8.3 GB; allow about 35 GB for N=128.
+# Time (K=10, walks of ~30 s): N=1 about 5 min per trace, a swarm crowd 7-8 min; a cs crowd
+# is bound by the seeder (N=32 at K=1 took 5 min, so about 50 min at K=10).
 # Output (default datasets/results/scale): headless-MODE-nN.jsonl (datasets/README.md has the
 # fields), summary.txt (the command, the commit, a row per run with its CPU use; a run whose
 # machine was busy >= 90% of the time is marked SATURATED and its figures are not evidence).
@@ -23,10 +29,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 out=
+summarize=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --summarize) summarize=1 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "scale.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,6 +44,7 @@ for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/scale.sh${out:+ --out $(printf '%q' "$out")}"
+if [ $summarize = 1 ]; then cmdline+=" --summarize"; fi
 commit=$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')
 NS=${NS:-1 32 64 128}; MODES=${MODES:-swarm cs}; RATE=${RATE:-100}; SEED_RATE=${SEED_RATE:-100}
 DILATION=${DILATION:-10}; DILATION_N1=${DILATION_N1:-$DILATION}; THINK=${THINK:-5s}
@@ -48,9 +57,9 @@ if [ -z "${TRACES:-}" ]; then
   TRACES=$(cd "$traces" && ls walk-*.vmtrace session-*.vmtrace | sed 's/\.vmtrace$//' | sort -V | tr '\n' ' ')
 fi
 say() { printf '[scale %s] %s\n' "$(date -u +%T)" "$*" >&2; }
-[ -f "$image" ] || { echo "scale.sh: no image at $image (set WORK)" >&2; exit 1; }
-[ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q --bins -p vmt-run)
-W=$(mktemp -d /tmp/vmt-scale.XXXXXX)
+[ $summarize = 1 ] || [ -f "$image" ] || { echo "scale.sh: no image at $image (set WORK)" >&2; exit 1; }
+[ $summarize = 1 ] || [ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q --bins -p vmt-run)
+W=$(mktemp -d "${TMPDIR:-/tmp}/vmt-scale.XXXXXX")
 seed_pid=
 cleanup() {
   [ -n "$seed_pid" ] && kill "$seed_pid" 2>/dev/null && wait "$seed_pid" 2>/dev/null
@@ -98,7 +107,9 @@ crowd() {
   echo "$(uptime)" >> "$W/load.txt"
 }
 
+touch "$W/load.txt"
 for mode in $MODES; do
+  [ $summarize = 1 ] && break
   for n in $NS; do
     rm -f "$out/headless-$mode-n$n.jsonl"
     if [ "$n" = 1 ]; then
@@ -151,6 +162,6 @@ for mode in modes:
         print(f"{mode:5} {n:>4} {runs[0]['dilation']:>2} {mean:13.2f} {p95:12.2f} {stall:13.2f} {ratio:5.2f} {seeder / image:13.2f} {peers:12.2f} {cpu:6.0f} {100 * cpu / wall / cores:4.0f} {100 * busy:5.0f} {runs[-1]['load1_end']:6.1f}  {verdict}")
 print("seeder/image at N=1: per run (each trace alone). cpu%: the clients' process over the run's wall time and all cores; busy%: the whole machine (/proc/stat).")
 PY
-  echo "load at the end of each run:"; cat "$W/load.txt"
+  if [ -s "$W/load.txt" ]; then echo "load at the end of each run:"; cat "$W/load.txt"; fi
 } > "$out/summary.txt"
 cat "$out/summary.txt"

@@ -114,8 +114,9 @@ fn mount_stall(dir: &Path, image: &Path, trace: &Path, round: usize) -> f64 {
 
 /// Issue 15: the headless client and the mount give the same stall for one trace on one link.
 /// Each side runs twice on a fresh seeder (2 MiB/s) and a fresh client, strategy demand; the
-/// means must agree within max(20%, 0.3 s). Noise measured on the 2-core machine shared with
-/// other builds (load 12): the same side's two runs differ by up to about 10%.
+/// means must agree within max(15%, 0.3 s). Measured on the 2-core machine shared with other
+/// builds (load 13): mount 2.234 s and 2.230 s, headless 2.169 s and 2.168 s; a side's two runs
+/// differ by under 0.01 s, the sides by 3% (the mount's page cache and readahead).
 #[test]
 fn headless_client_stalls_as_the_mount_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,7 +147,7 @@ fn headless_client_stalls_as_the_mount_does() {
     eprintln!("stall: mount {mount:?} (mean {m:.3} s), headless {headless:?} (mean {h:.3} s)");
     assert!(m > 1.0, "the link must make the trace stall: {mount:?}");
     assert!(
-        (h - m).abs() <= (0.2 * m).max(0.3),
+        (h - m).abs() <= (0.15 * m).max(0.3),
         "mount {mount:?} vs headless {headless:?}"
     );
 }

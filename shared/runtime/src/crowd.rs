@@ -420,7 +420,6 @@ pub async fn run(
         command,
         ..RunResult::cpu(&cpu)
     };
-    let mut results = results;
     for r in &mut results {
         r.mode = mode.into();
         r.strategy = params.strategy.to_string();
