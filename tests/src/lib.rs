@@ -8,14 +8,14 @@
 //! running test (as fuser's `fuser-tests` does).
 
 pub mod boot_image;
-pub mod nginx;
 pub mod netns;
+pub mod nginx;
 pub mod process;
 pub mod swarm;
 pub mod transmission;
 
-pub use nginx::Nginx;
 pub use netns::Netns;
+pub use nginx::Nginx;
 pub use process::{CliSeeder, Proc};
 pub use swarm::{dialing, shutdown_all, within, TestImage, MIB, PIECE};
 pub use transmission::{Transmission, TransmissionSetup};

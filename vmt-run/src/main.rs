@@ -119,6 +119,7 @@ struct MountArgs {
     limits: Limits,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
     web_seeds: WebSeedArgs,
     /// How much of the prefetch plan the engine is handed at a time: enough to keep the link
     /// busy, little enough that what the belief revises was not yet requested.
@@ -298,6 +299,7 @@ struct FetchArgs {
     limits: Limits,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
     web_seeds: WebSeedArgs,
 }
 
