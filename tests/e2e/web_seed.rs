@@ -62,7 +62,7 @@ fn a_client_with_only_a_web_seed_fetches_and_mounts() {
         let _seeder = CliSeeder::start(&image, &torrent, &["--web-seed", &url]);
     }
     let t = vmt_swarm::Torrent::load(&torrent).unwrap();
-    assert_eq!(t.web_seeds(), [url.clone()]);
+    assert_eq!(t.web_seeds(), std::slice::from_ref(&url));
     assert_eq!(t.web_seed_url(&url), format!("{}/app.img", nginx.base));
 
     let out = dir.path().join("got.img");

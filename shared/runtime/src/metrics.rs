@@ -324,8 +324,11 @@ mod tests {
         }
     }
 
-    /// Parses `text` as a scraper would, into `(name, labels "k=v,...") -> value`.
-    pub(crate) fn parse(text: &str) -> (HashMap<(String, String), f64>, Vec<(f64, f64)>) {
+    /// Samples by `(name, labels "k=v,...")`.
+    type Samples = HashMap<(String, String), f64>;
+
+    /// Parses `text` as a scraper would, into samples and the histogram's `(le, count)`.
+    pub(crate) fn parse(text: &str) -> (Samples, Vec<(f64, f64)>) {
         let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
         let mut flat = HashMap::new();
         let mut buckets = Vec::new();

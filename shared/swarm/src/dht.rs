@@ -124,7 +124,7 @@ pub(crate) async fn run(
                     None => return Err("dht: the search ended".into()),
                 },
                 _ = research.tick() => {
-                    let complete = state.storage().bitmap().count() as u32
+                    let complete = state.storage().bitmap().count()
                         == state.layout().pieces();
                     if peers.live() == 0 && !complete {
                         break;

@@ -574,9 +574,12 @@ fn web_seeds_of(
     }
 }
 
+/// A `(key, encoded value)` pair of a bencoded dictionary, as slices of its bytes.
+type Entry<'a> = (&'a [u8], &'a [u8]);
+
 /// The top-level `(key, encoded value)` pairs of a bencoded dictionary, in file order, as
 /// slices of `bytes` (so a value is copied byte for byte, the info dictionary included).
-fn top_level_entries(bytes: &[u8]) -> std::result::Result<Vec<(&[u8], &[u8])>, String> {
+fn top_level_entries(bytes: &[u8]) -> std::result::Result<Vec<Entry<'_>>, String> {
     let err = || "not a bencoded dictionary".to_string();
     if bytes.first() != Some(&b'd') {
         return Err(err());

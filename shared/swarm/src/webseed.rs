@@ -393,7 +393,7 @@ fn pick(
         let mut urgent = all.clone().filter(|&b| picker.is_block_urgent(b));
         let first = urgent.next();
         match first {
-            Some(first) => first..urgent.last().unwrap_or(first) + 1,
+            Some(first) => first..urgent.next_back().unwrap_or(first) + 1,
             None => all,
         }
     } else {
