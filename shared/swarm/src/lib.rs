@@ -100,8 +100,10 @@ pub use pex::{MAX_PEX_DIALS, MAX_PEX_PEERS, PEX_INTERVAL};
 pub use picker::{Pick, PickReason, PieceCounts, PiecePicker, PieceState};
 pub use ratelimit::{RateLimiter, TokenBucket};
 pub use sources::{Source, SourceId, Sources, MAX_SOURCES};
-pub use stats::{DialState, DialStatus, PeerStats, SwarmStats, WastedBytes};
+pub use stats::{
+    DialState, DialStatus, OriginState, PeerStats, SwarmStats, WastedBytes, WebSeedStats,
+};
 pub use storage::{ResumeReport, Storage, BITMAP_KIND};
 pub use torrent::Torrent;
-pub use webseed::{OriginState, WebSeedStats, MAX_ORIGIN_STRIKES, MAX_REDIRECTS};
+pub use webseed::{MAX_ORIGIN_STRIKES, MAX_REDIRECTS};
 pub use wire::{ADVERTISED_REQQ, MAX_UPLOAD_QUEUE};

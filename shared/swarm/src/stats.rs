@@ -143,7 +143,7 @@ pub struct SwarmStats {
     /// Of `useful`: bytes web seeds made present.
     pub origin_useful: u64,
     /// Each web seed (BEP 19 origin) and how it serves.
-    pub web_seeds: Vec<crate::webseed::WebSeedStats>,
+    pub web_seeds: Vec<WebSeedStats>,
     /// Payload bytes sent.
     pub uploaded: u64,
     /// Payload bytes received and thrown away: `wasted_by.total()`.
@@ -205,7 +205,6 @@ impl SwarmStats {
 
     /// ", web seed: 12.0 MiB (2 of 3 banned)"-like, or empty without web seeds.
     fn origin_status(&self) -> String {
-        use crate::webseed::OriginState;
         if self.web_seeds.is_empty() {
             return String::new();
         }
@@ -228,4 +227,30 @@ impl SwarmStats {
         }
         s
     }
+}
+
+/// What an origin is doing, for status displays.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum OriginState {
+    /// Serving, or idle.
+    Ok,
+    /// The last request failed; retrying after a pause.
+    Retrying(String),
+    /// Never asked again, for this reason.
+    Banned(String),
+}
+
+/// One origin's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct WebSeedStats {
+    /// The URL requested (a directory URL with the torrent's name appended).
+    pub url: String,
+    /// Payload bytes received from it (verified or not).
+    pub downloaded: u64,
+    /// Bytes of it that made blocks present.
+    pub useful: u64,
+    /// Ranges from it that failed verification.
+    pub hash_failures: u32,
+    /// Its state.
+    pub state: OriginState,
 }

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
 use reqwest::StatusCode;
-use serde::Serialize;
 
 use crate::digest::sha1;
 use crate::error::SwarmError;
@@ -35,6 +34,7 @@ use crate::ratelimit::RateLimiter;
 use crate::sources::{Source, SourceId};
 use crate::state::{lock, TorrentState};
 use crate::stats::Counters;
+use crate::stats::{OriginState, WebSeedStats};
 
 /// Ranges of corrupt data an origin may send before its URL is banned: one can be a torn
 /// read on a file being replaced; more means it serves another file.
@@ -114,32 +114,6 @@ impl OriginError {
             _ => false,
         }
     }
-}
-
-/// What an origin is doing, for status displays.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum OriginState {
-    /// Serving, or idle.
-    Ok,
-    /// The last request failed; retrying after a pause.
-    Retrying(String),
-    /// Never asked again, for this reason.
-    Banned(String),
-}
-
-/// One origin's figures.
-#[derive(Clone, Debug, Serialize)]
-pub struct WebSeedStats {
-    /// The URL requested (a directory URL with the torrent's name appended).
-    pub url: String,
-    /// Payload bytes received from it (verified or not).
-    pub downloaded: u64,
-    /// Bytes of it that made blocks present.
-    pub useful: u64,
-    /// Ranges from it that failed verification.
-    pub hash_failures: u32,
-    /// Its state.
-    pub state: OriginState,
 }
 
 /// One origin URL, shared by its workers and the stats.
