@@ -291,10 +291,135 @@ async fn stock_tools_read_vmt_torrents_and_vmt_reads_stock_ones() {
 
 // ---- opentracker ----
 
+/// A Debian opentracker on loopback, whitelisting one info hash; stopped on drop.
+struct OpenTracker {
+    _proc: Proc,
+    port: u16,
+}
+
+impl OpenTracker {
+    /// The URL to put in a torrent before `start`.
+    fn url(port: u16) -> String {
+        format!("http://127.0.0.1:{port}/announce")
+    }
+
+    /// Starts opentracker on `port` serving `torrent`, with its files under `dir`.
+    fn start(dir: &Path, port: u16, torrent: &Torrent) -> OpenTracker {
+        use std::os::unix::fs::PermissionsExt;
+        // As root opentracker chroots into -d and drops to nobody: the directory must be readable.
+        let trk = dir.join("trk");
+        std::fs::create_dir_all(&trk).unwrap();
+        for d in [dir, trk.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // Debian's opentracker only serves whitelisted info hashes.
+        std::fs::write(
+            trk.join("whitelist.txt"),
+            format!("{}\n", torrent.info_hash().as_string()),
+        )
+        .unwrap();
+        let proc = Proc::spawn(
+            Command::new("opentracker")
+                .args([
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-P",
+                    &port.to_string(),
+                    "-d",
+                ])
+                .arg(&trk)
+                .args(["-w", "whitelist.txt"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        vmt_tests::wait_until("opentracker listens", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        OpenTracker { _proc: proc, port }
+    }
+
+    /// `GET /PATH?info_hash=...&QUERY` on the tracker; the body, if it answered.
+    fn get(&self, path: &str, torrent: &Torrent, query: &str) -> Option<Vec<u8>> {
+        let hash: String = torrent
+            .info_hash()
+            .0
+            .iter()
+            .map(|b| format!("%{b:02x}"))
+            .collect();
+        let url = format!(
+            "http://127.0.0.1:{}/{path}?info_hash={hash}{query}",
+            self.port
+        );
+        let out = Command::new("curl").args(["-fs", &url]).output().ok()?;
+        out.status.success().then_some(out.stdout)
+    }
+
+    /// Waits until the tracker's scrape contains `needle` (e.g. `incompletei1`).
+    fn wait_scrape(&self, torrent: &Torrent, needle: &str) {
+        vmt_tests::wait_until(needle, Duration::from_secs(30), || {
+            self.get("scrape", torrent, "")
+                .is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        });
+    }
+
+    /// The peers the tracker hands a leecher that announces itself on `port`: the compact
+    /// `peers` string of the response, decoded.
+    fn peers_for(&self, torrent: &Torrent, port: u16) -> Vec<std::net::SocketAddr> {
+        let body = self
+            .get(
+                "announce",
+                torrent,
+                &format!("&peer_id=-XX0000-e4e4e4e4e4e4&port={port}&uploaded=0&downloaded=0&left=1&compact=1&event=started"),
+            )
+            .expect("opentracker answers an announce");
+        let at = body
+            .windows(7)
+            .position(|w| w == b"5:peers")
+            .expect("a peers key")
+            + 7;
+        let colon = at + body[at..].iter().position(|&b| b == b':').unwrap();
+        let len: usize = std::str::from_utf8(&body[at..colon])
+            .unwrap()
+            .parse()
+            .unwrap();
+        body[colon + 1..colon + 1 + len]
+            .chunks(6)
+            .map(|c| {
+                let ip = std::net::Ipv4Addr::new(c[0], c[1], c[2], c[3]);
+                (ip, u16::from_be_bytes([c[4], c[5]])).into()
+            })
+            .collect()
+    }
+}
+
+/// An opentracker serving a `size`-byte image, and a client that does not listen (`fetch`
+/// without `--listen`) once the tracker counts it as a leecher; `None` (test skipped) without
+/// opentracker. The directory holds the tracker's files and the image.
+async fn tracker_and_unlistening_client(
+    test: &str,
+    size: usize,
+    seed: u64,
+) -> Option<(tempfile::TempDir, TestImage, OpenTracker, vmt_swarm::Engine)> {
+    if !have("opentracker", test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let img = TestImage::with_trackers(size, seed, vec![OpenTracker::url(port)]).await;
+    let tracker = OpenTracker::start(dir.path(), port, &img.torrent);
+    let (out, bits) = img.client_paths("c");
+    let (storage, _) =
+        vmt_swarm::Storage::open_download(&out, &img.torrent, &bits).expect("open the download");
+    let c = vmt_swarm::Engine::start(img.torrent.clone(), storage, None, EngineConfig::default());
+    tracker.wait_scrape(&img.torrent, "incompletei1");
+    Some((dir, img, tracker, c))
+}
+
 /// Seeder and client find each other only through a real opentracker on loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opentracker_announce_connects_seeder_and_client() {
-    use std::os::unix::fs::PermissionsExt;
     if !have(
         "opentracker",
         "opentracker_announce_connects_seeder_and_client",
@@ -302,58 +427,68 @@ async fn opentracker_announce_connects_seeder_and_client() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // As root opentracker chroots into -d and drops to nobody: the directory must be readable.
-    let trk = dir.path().join("trk");
-    std::fs::create_dir_all(&trk).unwrap();
-    for d in [dir.path(), trk.as_path()] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/announce");
-    let img = TestImage::with_trackers(4 * MIB, 22, vec![url]).await;
-    let torrent = &img.torrent;
-    // Debian's opentracker only serves whitelisted info hashes.
-    std::fs::write(
-        trk.join("whitelist.txt"),
-        format!("{}\n", torrent.info_hash().as_string()),
-    )
-    .unwrap();
-    let _tracker = Proc::spawn(
-        Command::new("opentracker")
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-P",
-                &port.to_string(),
-                "-d",
-            ])
-            .arg(&trk)
-            .args(["-w", "whitelist.txt"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    vmt_tests::wait_until("opentracker listens", Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let img = TestImage::with_trackers(4 * MIB, 22, vec![OpenTracker::url(port)]).await;
+    let tracker = OpenTracker::start(dir.path(), port, &img.torrent);
     let seed = img.seeder(EngineConfig::default()).await;
     // The first announce of the client must already list the seeder: wait until the tracker
     // has it (opentracker's scrape counts it as complete).
-    let scrape = format!(
-        "http://127.0.0.1:{port}/scrape?info_hash={}",
-        torrent
-            .info_hash()
-            .0
-            .iter()
-            .map(|b| format!("%{b:02x}"))
-            .collect::<String>()
-    );
-    vmt_tests::wait_until("the seeder's announce", Duration::from_secs(30), || {
-        let out = Command::new("curl").args(["-fs", &scrape]).output();
-        out.is_ok_and(|o| o.stdout.windows(10).any(|w| w == b"completei1"))
-    });
+    tracker.wait_scrape(&img.torrent, "completei1");
     let c = img.client("c", EngineConfig::default()).await;
     img.finish_download(&c, "c").await;
     shutdown_all(&[&seed]).await;
+}
+
+/// Early announces: a client that does not listen (so a seeder cannot dial it) announces
+/// first and finds nobody; a seeder that announces after it is learned by the client's next
+/// announce. opentracker's interval is about 1,900 s (min interval about 950 s): a starved
+/// client must not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentracker_starved_client_finds_a_late_seeder_early() {
+    let Some((_dir, img, tracker, c)) = tracker_and_unlistening_client(
+        "opentracker_starved_client_finds_a_late_seeder_early",
+        4 * MIB,
+        23,
+    )
+    .await
+    else {
+        return;
+    };
+    let seed = img.seeder(EngineConfig::default()).await;
+    tracker.wait_scrape(&img.torrent, "completei1");
+    let t0 = std::time::Instant::now();
+    within(
+        "the client's download after the seeder announced",
+        Duration::from_secs(90),
+        c.wait_complete(),
+    )
+    .await
+    .expect("a starved client announces again well before the tracker's interval");
+    eprintln!("late seeder found and downloaded in {:?}", t0.elapsed());
+    shutdown_all(&[&c, &seed]).await;
+    img.assert_client_has_image("c");
+}
+
+/// A client that does not listen never makes the tracker hand out an address nobody serves
+/// (librqbit's default port 6881, announced before): others get it as port 0, or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentracker_never_lists_a_port_an_unlistening_client_does_not_serve() {
+    let Some((_dir, img, tracker, c)) = tracker_and_unlistening_client(
+        "opentracker_never_lists_a_port_an_unlistening_client_does_not_serve",
+        MIB,
+        24,
+    )
+    .await
+    else {
+        return;
+    };
+    let me = free_port();
+    let peers = tracker.peers_for(&img.torrent, me);
+    for p in &peers {
+        assert!(
+            p.port() == 0 || p.port() == me,
+            "the tracker hands out {p}, which nobody serves: {peers:?}"
+        );
+    }
+    shutdown_all(&[&c]).await;
 }

@@ -302,6 +302,7 @@ impl Engine {
                 tracing::debug_span!("tracker"),
                 tracker::announce(
                     i.ctx.state.clone(),
+                    i.ctx.peers.clone(),
                     our_id,
                     listen_addr.map(|a| a.port()),
                     i.ctx.cancel.clone(),
@@ -635,7 +636,8 @@ async fn accept_loop(i: Arc<Inner>, listener: TcpListener) -> std::io::Result<()
 }
 
 fn add_dialer(i: &Arc<Inner>, addr: SocketAddr) {
-    if Some(addr) == i.listen_addr || !i.ctx.peers.add_dial(addr) {
+    // Port 0 is a peer that announced it does not listen: nothing to dial.
+    if addr.port() == 0 || Some(addr) == i.listen_addr || !i.ctx.peers.add_dial(addr) {
         return;
     }
     spawn(

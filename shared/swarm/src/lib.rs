@@ -28,7 +28,8 @@
 //! transitions, and a local storage failure that stops fetching), `wire` (the writer's
 //! queue), `window` (the delay-based request window), `extension` (the BEP 10 handshake:
 //! `reqq`, `v`, `p`, `metadata_size`), `pex` (peer exchange, BEP 11), `tracker` (announces;
-//! addresses come back over a channel), `webseed` (BEP 19 HTTP origins, used only where peers
+//! addresses come back over a channel; port 0 when not listening), `reannounce` (when a
+//! starved client announces before the tracker's interval), `webseed` (BEP 19 HTTP origins, used only where peers
 //! fall short). `STATE.md` beside these sources writes down the block and piece
 //! lifecycle and the lock order.
 //!
@@ -71,6 +72,7 @@ mod peers;
 mod pex;
 mod picker;
 mod ratelimit;
+mod reannounce;
 mod sources;
 mod spawn;
 mod state;

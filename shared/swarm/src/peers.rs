@@ -240,6 +240,15 @@ impl PeerRegistry {
         self.table().live.len()
     }
 
+    /// Whether some connected peer feeds us or can (see [`PeerLink::fed_by`]); if none does, a
+    /// downloading client is starved and looks for more peers.
+    pub fn any_feeds_us(&self) -> bool {
+        self.table()
+            .live
+            .iter()
+            .any(|p| p.link.fed_by.load(Ordering::Relaxed))
+    }
+
     /// Whether an incoming connection from `ip` may go on to its handshake: the address is
     /// not banned, and it would get a slot (free, or taken from a peer that gives nothing).
     /// [`PeerRegistry::register`] decides for good.
