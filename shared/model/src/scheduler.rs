@@ -271,6 +271,9 @@ pub struct Scheduler {
     pos: Vec<usize>,
     weights: Vec<f64>,
     fixed: usize,
+    /// Per unit: the epoch of the merge that last planned it. Empty with the benefit ranking
+    /// and without a bundle, which never merge (a unit count of u32s, per client in a
+    /// simulated crowd).
     mark: Vec<u32>,
     epoch: u32,
     /// The benefit ranking (markov with [`PlanOrder::Benefit`]).
@@ -360,6 +363,7 @@ impl Scheduler {
         if strategy == Strategy::Markov && params.order == PlanOrder::Benefit {
             let ranking = Ranking::new(bundle, |b| s.units_of(b as u64 * bs, bs));
             s.ranking = Some(ranking);
+            s.mark = Vec::new();
         }
         Ok(s)
     }
@@ -373,7 +377,10 @@ impl Scheduler {
         if strategy.needs_bundle() {
             return Err(SchedulerError::NeedsBundle(strategy));
         }
-        Scheduler::base(image_bytes, strategy, params)
+        let mut s = Scheduler::base(image_bytes, strategy, params)?;
+        // No lists: `plan` returns before any merge.
+        s.mark = Vec::new();
+        Ok(s)
     }
 
     /// An oracle prefetching `order` (units, first needed first; see [`first_access_units`]).
