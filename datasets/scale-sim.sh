@@ -9,7 +9,7 @@
 # TRACES (default the held-out sessions), RATE / SEED_RATE (default 100Mbit), THINK (5s),
 # QUANTUM (rate recomputation step for the large runs, default 1ms).
 # Output in DIR (default datasets/results/scale): sim-*.json (one per run), validation.txt,
-# prediction.csv, prediction.txt, command.txt.
+# prediction.csv, prediction.txt, command.txt, scale.svg.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -48,3 +48,7 @@ for n in $PREDICT; do
   done
 done
 "$here/scale-table.py" --real "$real" --sim "$out" --ns "$NS" --predict "$PREDICT" --out "$out"
+# scale.svg: completion and seeder bytes vs N (needs `cargo build --release -p vmt-bench`).
+if [ -x "$root/target/release/vmt-bench" ]; then
+  "$root/target/release/vmt-bench" scale-plot --csv "$out/prediction.csv" --out "$out"
+fi

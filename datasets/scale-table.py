@@ -69,12 +69,13 @@ def get(st, mo, n):
 m1, m1000 = get("markov", "swarm", 1), get("markov", "swarm", 1000)
 if m1 and m1000:
     pred.append(f"\nmarkov swarm N=1000 / N=1 mean completion: {m1000 / m1:.2f} (goal <= 1.3)")
-d100, m100 = get("demand", "cs", 100), get("markov", "swarm", 100)
-if d100 and m100:
-    pred.append(f"sshfs-like (demand, client-server) / markov swarm at N=100, mean completion: {d100 / m100:.2f}")
-    s1, s2 = sim("demand", "cs", 100), sim("markov", "swarm", 100)
-    pred.append(f"  and mean stall: {s1['mean_stall_s']:.2f} s / {s2['mean_stall_s']:.2f} s = "
-                f"{s1['mean_stall_s'] / max(s2['mean_stall_s'], 1e-6):.1f}")
+for n in (100, 1000):
+    dn, mn = get("demand", "cs", n), get("markov", "swarm", n)
+    if dn and mn:
+        pred.append(f"sshfs-like (demand, client-server) / markov swarm at N={n}, mean completion: {dn / mn:.2f}")
+        s1, s2 = sim("demand", "cs", n), sim("markov", "swarm", n)
+        pred.append(f"  and mean stall: {s1['mean_stall_s']:.2f} s / {s2['mean_stall_s']:.2f} s = "
+                    f"{s1['mean_stall_s'] / max(s2['mean_stall_s'], 1e-6):.1f}")
 text = "\n".join(lines + pred) + "\n"
 print(text, end="")
 if a.out:

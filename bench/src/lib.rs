@@ -8,7 +8,8 @@
 //! Layout: `row` one replay as a CSV line; `mount_report` what a `vmt-run mount --report`
 //! says; `link` the link's rate and round trip; `ratio` a figure with its goal; `summary` the
 //! tables, with `bytes` (fetched against read), `cold` (one cold client against sshfs and the
-//! link), `latency` (miss latency) beside it; `plot` the two figures.
+//! link), `latency` (miss latency) beside it; `plot` the figures; `scale` issue 15's simulated
+//! prediction table, read back for its plot.
 
 #![deny(missing_docs)]
 
@@ -20,6 +21,7 @@ mod mount_report;
 pub mod plot;
 mod ratio;
 mod row;
+pub mod scale;
 pub mod summary;
 
 pub use link::{parse_tc_rate, Link, BLOCK_BYTES, DEFAULT_RTT_S};

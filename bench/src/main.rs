@@ -60,6 +60,16 @@ enum Cmd {
         #[arg(long, default_value_t = 0.0)]
         setup_s: f64,
     },
+    /// Write scale.svg (issue 15: simulated completion and seeder bytes vs N) from
+    /// datasets/scale-table.py's prediction.csv
+    ScalePlot {
+        /// prediction.csv
+        #[arg(long)]
+        csv: PathBuf,
+        /// Output directory
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write summary.txt, strategies.svg and crowd.svg from the CSV, and print the summary
     Report {
         #[arg(long)]
@@ -182,6 +192,15 @@ fn run() -> Result<()> {
             line.push_str(&row.to_csv());
             line.push('\n');
             f.write_all(line.as_bytes())?;
+        }
+        Cmd::ScalePlot { csv, out } => {
+            let rows = vmt_bench::scale::parse_scale_csv(
+                &std::fs::read_to_string(&csv)
+                    .with_context(|| format!("reading {}", csv.display()))?,
+            )
+            .with_context(|| format!("parsing {}", csv.display()))?;
+            std::fs::create_dir_all(&out)?;
+            plot::scale_svg(&rows, &out.join("scale.svg"))?;
         }
         Cmd::Report {
             csv,

@@ -1,4 +1,4 @@
-//! The two figures, as SVG (plotters' SVG backend; text is left to the viewer's fonts).
+//! The figures, as SVG (plotters' SVG backend; text is left to the viewer's fonts).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
+use crate::scale::{scale_series, ScaleRow};
 use crate::summary::{crowd_series, mean, strategies, trace_kinds};
 use crate::Row;
 
@@ -188,16 +189,42 @@ fn crowd_panel(
         .draw()
         .map_err(err)?;
     for (i, ((st, mode), pts)) in series.iter().zip(&points).enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(format!("{st} ({mode})"))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(err)?;
+        line_with_dots(
+            &mut chart,
+            pts,
+            COLORS[i % COLORS.len()],
+            format!("{st} ({mode})"),
+        )?;
     }
+    legend(&mut chart)
+}
+
+/// A labelled line through `pts` with a dot on each point.
+fn line_with_dots<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    pts: &[(f64, f64)],
+    color: RGBColor,
+    label: String,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    chart
+        .draw_series(LineSeries::new(pts.to_vec(), color.stroke_width(2)))
+        .map_err(err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    chart
+        .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The legend of a line chart, upper left.
+fn legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> Result<()> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -206,6 +233,82 @@ fn crowd_panel(
         .draw()
         .map_err(err)?;
     Ok(())
+}
+
+/// Issue 15's prediction: mean and p95 completion vs N (left) and seeder bytes / image vs N
+/// (right), one colour per (strategy, mode), both axes log: N spans 1 to 1,000 and
+/// client-server completion grows with N while the swarm's stays flat.
+pub fn scale_svg(rows: &[ScaleRow], path: &Path) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (left, right) = root.split_horizontally(600);
+    scale_panel(
+        rows,
+        &left,
+        "Simulated flash crowd: completion vs clients",
+        "completion, s (log; line mean, dots p95)",
+        &[|r| r.mean_s, |r| r.p95_s],
+    )?;
+    scale_panel(
+        rows,
+        &right,
+        "Simulated flash crowd: seeder bytes vs clients",
+        "seeder bytes / image size (log)",
+        &[|r| r.seeder_per_image],
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// One panel of [`scale_svg`]: the first of `fs` drawn as a line with dots, any further one
+/// as hollow dots of the same colour.
+fn scale_panel(
+    rows: &[ScaleRow],
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    fs: &[fn(&ScaleRow) -> f64],
+) -> Result<()> {
+    let nmax = rows.iter().map(|r| r.n).max().unwrap_or(1).max(1) as f64;
+    let (ylo, yhi) = log_axis(rows.iter().flat_map(|r| fs.iter().map(move |f| f(r))));
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0.7f64..nmax * 1.5).log_scale(), (ylo..yhi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("clients N (log)")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)?;
+    for (i, (st, mode)) in scale_series(rows).iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut series: Vec<&ScaleRow> = rows
+            .iter()
+            .filter(|r| &r.strategy == st && &r.mode == mode)
+            .collect();
+        series.sort_by_key(|r| r.n);
+        for (k, f) in fs.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = series.iter().map(|r| (r.n as f64, f(r).max(ylo))).collect();
+            if k == 0 {
+                line_with_dots(&mut chart, &pts, color, format!("{st} ({mode})"))?;
+            } else {
+                chart
+                    .draw_series(
+                        pts.iter()
+                            .map(|&p| Circle::new(p, 5, color.stroke_width(2))),
+                    )
+                    .map_err(err)?;
+            }
+        }
+    }
+    legend(&mut chart)
 }
 
 #[cfg(test)]
@@ -235,6 +338,23 @@ mod tests {
         );
         let zeros = log_axis([0.0, 0.0].into_iter());
         assert!(zeros.0 > 0.0 && zeros.1 > zeros.0, "{zeros:?}");
+    }
+
+    /// Issue 15: the prediction table's plot has one legend entry per series and every N.
+    #[test]
+    fn scale_plot_draws_every_series() {
+        let rows = crate::scale::parse_scale_csv(include_str!(
+            "../../datasets/results/scale/prediction.csv"
+        ))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("scale.svg");
+        scale_svg(&rows, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        for label in ["markov (swarm)", "markov (cs)", "demand (cs)"] {
+            assert!(text.lines().any(|l| l.trim() == label), "{label}");
+        }
+        assert!(text.contains("seeder bytes / image size (log)"));
     }
 
     /// Issue 16: a quick run (no plain sessions) showed an empty "sessions" slot per strategy.

@@ -40,6 +40,7 @@
 //! list from a cursor that only moves past present units, O(window) amortised.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::markov::{Belief, OnlineModel};
 use crate::profile::Bundle;
@@ -71,13 +72,19 @@ struct Ranked {
     unit: u32,
 }
 
-/// The benefit ranking of a scheduler (see the module doc).
-#[derive(Clone, Debug)]
-pub(crate) struct Ranking {
+/// The per-unit table of a bundle's profiles: immutable, shared by clones of a ranking.
+#[derive(Debug)]
+struct Table {
     /// Units any profile reads, ascending, and where each one's contributions start.
     units: Vec<u32>,
     starts: Vec<u32>,
     contributions: Vec<Contribution>,
+}
+
+/// The benefit ranking of a scheduler (see the module doc).
+#[derive(Clone, Debug)]
+pub(crate) struct Ranking {
+    table: Arc<Table>,
     ranked: Vec<Ranked>,
     cursor: usize,
     /// The weights of the last ranking (`None` before the first).
@@ -128,9 +135,11 @@ impl Ranking {
         starts.push(contributions.len() as u32);
         Ranking {
             ranked: Vec::with_capacity(units.len()),
-            units,
-            starts,
-            contributions,
+            table: Arc::new(Table {
+                units,
+                starts,
+                contributions,
+            }),
             cursor: 0,
             ranked_for: vec![0.0; k],
             ranked_once: false,
@@ -191,11 +200,12 @@ impl Ranking {
         let total: f64 = self.weights.iter().sum();
         let total_next: f64 = self.next.iter().sum();
         let bonus = 4.0 * params.bonus.max(0.0);
-        for (i, &unit) in self.units.iter().enumerate() {
+        let table = &*self.table;
+        for (i, &unit) in table.units.iter().enumerate() {
             if have(unit) {
                 continue;
             }
-            let cs = &self.contributions[self.starts[i] as usize..self.starts[i + 1] as usize];
+            let cs = &table.contributions[table.starts[i] as usize..table.starts[i + 1] as usize];
             let (mut q, mut q2, mut urgency, mut next) = (0.0, 0.0, 0.0, 0.0);
             for c in cs {
                 let w = self.weights[c.profile as usize];

@@ -69,6 +69,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
@@ -259,14 +260,20 @@ pub struct Scheduler {
     image_bytes: u64,
     units: u32,
     block_size: u32,
-    model: Option<OnlineModel>,
+    /// Immutable after construction: shared by clones (a simulated crowd clones one
+    /// scheduler per client; copying the tables cost ~7 MB a client).
+    model: Option<Arc<OnlineModel>>,
     belief: Option<Belief>,
-    /// Per profile (or the single oracle list): `(unit, expected first access µs)`.
-    lists: Vec<Vec<(u32, u64)>>,
+    /// Per profile (or the single oracle list): `(unit, expected first access µs)`. Shared
+    /// by clones, like `model`.
+    lists: Arc<[Vec<(u32, u64)>]>,
     cursors: Vec<usize>,
     pos: Vec<usize>,
     weights: Vec<f64>,
     fixed: usize,
+    /// Per unit: the epoch of the merge that last planned it. Empty with the benefit ranking
+    /// and without a bundle, which never merge (a unit count of u32s, per client in a
+    /// simulated crowd).
     mark: Vec<u32>,
     epoch: u32,
     /// The benefit ranking (markov with [`PlanOrder::Benefit`]).
@@ -297,7 +304,7 @@ impl Scheduler {
             block_size: 0,
             model: None,
             belief: None,
-            lists: Vec::new(),
+            lists: Arc::from(Vec::new()),
             cursors: Vec::new(),
             pos: Vec::new(),
             weights: Vec::new(),
@@ -328,8 +335,9 @@ impl Scheduler {
             .compile(bundle.block_count(), &bundle.common)
             .tasks(&tasks);
         s.belief = Some(Belief::new(&model, params.belief));
-        s.model = Some(model);
+        s.model = Some(Arc::new(model));
         let bs = bundle.block_size as u64;
+        let mut lists = Vec::with_capacity(bundle.profiles.len());
         for p in &bundle.profiles {
             let mut list: Vec<(u32, u64)> = Vec::new();
             for b in &p.blocks {
@@ -344,9 +352,10 @@ impl Scheduler {
             for (unit, _) in &list {
                 s.mark[*unit as usize] = 0;
             }
-            s.lists.push(list);
+            lists.push(list);
         }
-        let k = s.lists.len();
+        let k = lists.len();
+        s.lists = Arc::from(lists);
         s.cursors = vec![0; k];
         s.pos = vec![0; k];
         s.weights = vec![0.0; k];
@@ -354,6 +363,7 @@ impl Scheduler {
         if strategy == Strategy::Markov && params.order == PlanOrder::Benefit {
             let ranking = Ranking::new(bundle, |b| s.units_of(b as u64 * bs, bs));
             s.ranking = Some(ranking);
+            s.mark = Vec::new();
         }
         Ok(s)
     }
@@ -367,7 +377,10 @@ impl Scheduler {
         if strategy.needs_bundle() {
             return Err(SchedulerError::NeedsBundle(strategy));
         }
-        Scheduler::base(image_bytes, strategy, params)
+        let mut s = Scheduler::base(image_bytes, strategy, params)?;
+        // No lists: `plan` returns before any merge.
+        s.mark = Vec::new();
+        Ok(s)
     }
 
     /// An oracle prefetching `order` (units, first needed first; see [`first_access_units`]).
@@ -383,7 +396,7 @@ impl Scheduler {
             .enumerate()
             .map(|(i, p)| (*p, i as u64))
             .collect();
-        s.lists = vec![list];
+        s.lists = Arc::from(vec![list]);
         s.cursors = vec![0];
         s.pos = vec![0];
         s.weights = vec![1.0];
@@ -996,6 +1009,57 @@ mod tests {
             found * 20 <= real * 21 && found * 10 >= real * 9,
             "{found} of {real}"
         );
+    }
+
+    /// A simulated crowd clones one scheduler per client: the clones share the tables, and
+    /// what one clone saw must not change what another plans.
+    #[test]
+    fn a_clone_plans_like_a_fresh_scheduler_after_another_clone_ran() {
+        let (_, b, test) = random_start_world();
+        for (strategy, order) in [
+            (Strategy::Markov, PlanOrder::Benefit),
+            (Strategy::Markov, PlanOrder::Merge),
+            (Strategy::Profile, PlanOrder::Merge),
+        ] {
+            let params = SchedulerParams {
+                order,
+                ..SchedulerParams::new(1 << 16)
+            };
+            let proto = Scheduler::new(&b, strategy, params).unwrap();
+            let run = |s: &mut Scheduler, t: &Trace| -> Vec<Vec<u32>> {
+                let mut have = vec![false; s.units() as usize];
+                let mut out = Vec::new();
+                let mut plans = Vec::new();
+                for r in &t.records {
+                    s.on_read(r.offset, r.len as u64, r.t_us);
+                    for u in s.units_of(r.offset, r.len as u64) {
+                        have[u as usize] = true;
+                    }
+                    s.plan(&|u| have[u as usize], 8, &mut out);
+                    // The first two planned units arrive before the next read.
+                    for u in out.iter().take(2) {
+                        have[*u as usize] = true;
+                    }
+                    plans.push(out.clone());
+                }
+                plans
+            };
+            let mut other = proto.clone();
+            run(&mut other, &test[0].1);
+            let mut clone = proto.clone();
+            let mut fresh = Scheduler::new(&b, strategy, params).unwrap();
+            let want = run(&mut fresh, &test[1].1);
+            assert!(
+                want.iter().any(|p| !p.is_empty()),
+                "{strategy}: plans something"
+            );
+            assert_eq!(run(&mut clone, &test[1].1), want, "{strategy} {order:?}");
+            assert!(Arc::ptr_eq(
+                clone.model.as_ref().unwrap(),
+                other.model.as_ref().unwrap()
+            ));
+            assert!(Arc::ptr_eq(&clone.lists, &other.lists));
+        }
     }
 
     #[test]

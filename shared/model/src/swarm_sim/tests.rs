@@ -44,6 +44,19 @@ fn spec(t: &Trace, index: usize, strategy: Strategy, g: &Granularity) -> ClientS
     }
 }
 
+/// A crowd of one demand client replaying `t`.
+fn one_demand_client(t: Trace, g: &Granularity, p: &SwarmParams) -> SwarmOutcome {
+    let traces = [t];
+    run(
+        &traces,
+        vec![spec(&traces[0], 0, Strategy::Demand, g)],
+        g,
+        p,
+        |_| {},
+    )
+    .unwrap()
+}
+
 /// One client, one 8 Mbit/s link (1 byte/µs), 4 pieces of 1 MiB fetched whole, 500 µs round
 /// trip: every miss costs exactly 1,048,576 + 500 µs, a hit nothing.
 #[test]
@@ -57,15 +70,7 @@ fn one_client_on_one_link_is_hand_computable() {
     let g = Granularity::pieces(MIB as u32).unwrap();
     let mut p = SwarmParams::new(8e6);
     p.rtt_us = 500;
-    let traces = [t];
-    let out = run(
-        &traces,
-        vec![spec(&traces[0], 0, Strategy::Demand, &g)],
-        &g,
-        &p,
-        |_| {},
-    )
-    .unwrap();
+    let out = one_demand_client(t.clone(), &g, &p);
     let miss = MIB + 500;
     let c = &out.clients[0];
     assert_eq!(c.stalls, 3);
@@ -81,7 +86,7 @@ fn one_client_on_one_link_is_hand_computable() {
             .unwrap();
     let mut link = LinkParams::new(8e6);
     link.rtt_us = 500;
-    let one = simulate(&traces[0], &mut s, &link, &g, |_, _| {}).unwrap();
+    let one = simulate(&t, &mut s, &link, &g, |_, _| {}).unwrap();
     assert_eq!(Some(one.completion_us), c.completion_us);
     assert_eq!(Some(one.stall_us), c.stall_us);
 }
@@ -219,4 +224,26 @@ fn bad_input_is_refused() {
         run(&traces, specs, &g, &p, |_| {}).unwrap_err(),
         SwarmSimError::NoSuchTrace { .. }
     ));
+}
+
+/// Issue 15: at N = 1,000 in client-server mode the seeder's link needs more than the stop
+/// guard's hour, and 621 clients that were still fetching were counted as never finishing.
+/// One client whose only miss takes two hours over the seeder's link must finish.
+#[test]
+fn a_crowd_still_fetching_after_the_guards_hour_is_not_cut_off() {
+    let t = trace(&[(0, 0)]);
+    let g = Granularity::pieces(MIB as u32).unwrap();
+    let mut p = SwarmParams::new(8e6);
+    p.upload = false;
+    p.rtt_us = 500;
+    // 1 MiB in 7,200 s.
+    p.seeder_bits_per_s = (8 * MIB) as f64 / 7200.0;
+    let out = one_demand_client(t, &g, &p);
+    assert_eq!(out.finished, 1);
+    let want = 7200e6 + 500.0;
+    assert!(
+        (out.mean_completion_us - want).abs() < 1e3,
+        "{} µs, want {want}",
+        out.mean_completion_us
+    );
 }
