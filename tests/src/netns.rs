@@ -18,10 +18,12 @@ fn ip(args: &[&str]) -> bool {
 }
 
 impl Netns {
-    /// Creates namespace `name` (deleting a stale one of that name first) with `lo` up and
-    /// each of `addrs` on it as a /32; `None` if that is not possible here (not root, no
-    /// `ip`), so the caller can skip loudly.
+    /// Creates namespace `NAME-PID` (deleting a stale one of that name first) with `lo` up
+    /// and each of `addrs` on it as a /32; `None` if that is not possible here (not root, no
+    /// `ip`), so the caller can skip loudly. The test process's pid is in the name so two
+    /// checkouts running the same test at once never delete each other's namespace.
     pub fn create(name: &str, addrs: &[&str]) -> Option<Netns> {
+        let name = &format!("{name}-{}", std::process::id());
         let _ = Command::new("ip")
             .args(["netns", "del", name])
             .stderr(std::process::Stdio::null())
