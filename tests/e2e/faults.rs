@@ -15,9 +15,9 @@ mod mount_lifecycle {
     use std::process::{Command, Output, Stdio};
     use std::time::{Duration, Instant};
 
-    use vmt_tests::{bin, content, free_port, run_with_timeout, wait_until, CliSeeder, Proc};
-
-    use crate::run::http_status;
+    use vmt_tests::{
+        bin, content, free_port, run_with_timeout, wait_until, CliSeeder, MountProc, Proc,
+    };
 
     const LIMIT: Duration = Duration::from_secs(120);
     const PIECE: u32 = 256 << 10;
@@ -51,13 +51,19 @@ mod mount_lifecycle {
 
     /// A `vmt-run mount` of a 4 MiB image whose stderr goes to a file; its torrent, peer and
     /// data are in `dir`.
-    struct Mount {
-        proc: Proc,
-        mnt: PathBuf,
-        served: PathBuf,
-        status_addr: String,
-        report: PathBuf,
-        stderr: PathBuf,
+    struct Mount(MountProc);
+
+    impl std::ops::Deref for Mount {
+        type Target = MountProc;
+        fn deref(&self) -> &MountProc {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Mount {
+        fn deref_mut(&mut self) -> &mut MountProc {
+            &mut self.0
+        }
     }
 
     /// The image and its torrent in `dir` (no seeder).
@@ -78,44 +84,9 @@ mod mount_lifecycle {
     impl Mount {
         /// Mounts `torrent` at `dir/name-mnt`, dialing `peer`, with `extra` flags.
         fn start(dir: &Path, torrent: &Path, name: &str, peer: &str, extra: &[&str]) -> Mount {
-            let mnt = dir.join(format!("{name}-mnt"));
-            std::fs::create_dir_all(&mnt).unwrap();
-            let status_addr = format!("127.0.0.1:{}", free_port());
-            let report = dir.join(format!("{name}-report.json"));
-            let stderr = dir.join(format!("{name}-stderr.txt"));
-            let child = Command::new(bin("vmt-run"))
-                .args(["mount", "--torrent"])
-                .arg(torrent)
-                .arg("--mountpoint")
-                .arg(&mnt)
-                .arg("--data")
-                .arg(dir.join(format!("{name}-data")))
-                .args(["--peer", peer, "--status", &status_addr, "--report"])
-                .arg(&report)
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&stderr).unwrap())
-                .spawn()
-                .unwrap();
-            let served = mnt.join("app.img");
-            let mut m = Mount {
-                proc: Proc {
-                    child,
-                    mountpoint: Some(mnt.clone()),
-                },
-                mnt,
-                served,
-                status_addr,
-                report,
-                stderr,
-            };
-            wait_until("the mount", LIMIT, || {
-                if let Some(exit) = m.proc.child.try_wait().unwrap() {
-                    panic!("vmt-run mount exited: {exit:?}\n{}", m.stderr());
-                }
-                m.served.exists()
-            });
-            m
+            let mut args = vec!["--peer", peer];
+            args.extend_from_slice(extra);
+            Mount(MountProc::start(dir, name, torrent, &args))
         }
 
         /// A mount whose only peer is dead: every read of the image parks.
@@ -123,19 +94,6 @@ mod mount_lifecycle {
             let (torrent, _) = image_and_torrent(dir);
             let dead = format!("127.0.0.1:{}", free_port());
             Mount::start(dir, &torrent, name, &dead, extra)
-        }
-
-        fn status(&self) -> serde_json::Value {
-            http_status(&self.status_addr)
-        }
-
-        fn stderr(&self) -> String {
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        }
-
-        fn report(&self) -> serde_json::Value {
-            serde_json::from_slice(&std::fs::read(&self.report).expect("the report is written"))
-                .unwrap()
         }
 
         /// Sends SIGTERM and waits at most `limit` for the exit; kills it (and fails) after.
@@ -163,28 +121,6 @@ mod mount_lifecycle {
             wait_until("a parked read", LIMIT, || {
                 self.status()["parked_now"].as_u64() >= Some(n)
             });
-        }
-    }
-
-    impl Drop for Mount {
-        /// Stops vmt-run (SIGKILL after 10 s) and detaches a mount it left behind, dead or
-        /// alive, so that a failing test strands nothing.
-        fn drop(&mut self) {
-            if self.proc.child.try_wait().ok().flatten().is_none() {
-                // SAFETY: kill(2) on our own child's pid.
-                unsafe { libc::kill(self.proc.child.id() as i32, libc::SIGTERM) };
-                let start = Instant::now();
-                while self.proc.child.try_wait().ok().flatten().is_none() {
-                    if start.elapsed() > Duration::from_secs(10) {
-                        self.proc.sigkill();
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            if listed_in_proc_mounts(&self.mnt) {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
         }
     }
 
@@ -345,7 +281,7 @@ mod mount_lifecycle {
         let (read, _) = reader.join().unwrap();
         assert!(read.is_err(), "the parked read was answered with an error");
         assert!(
-            !listed_in_proc_mounts(&m.mnt),
+            !listed_in_proc_mounts(&m.mountpoint),
             "no mount left behind\n{}",
             m.stderr()
         );
@@ -366,7 +302,7 @@ mod mount_lifecycle {
         assert!(status.success());
         assert_eq!(again.report()["unmount"].as_str(), Some("clean"));
         assert!(again.stderr().contains("unmounted"), "{}", again.stderr());
-        assert!(!listed_in_proc_mounts(&again.mnt));
+        assert!(!listed_in_proc_mounts(&again.mountpoint));
     }
 
     /// Item 2: a kill -9 strands no mount: it goes away with the process.
@@ -376,12 +312,12 @@ mod mount_lifecycle {
         let mut m = Mount::without_seeder(dir.path(), "killed", &[]);
         m.proc.sigkill();
         let start = Instant::now();
-        while listed_in_proc_mounts(&m.mnt) && start.elapsed() < Duration::from_secs(10) {
+        while listed_in_proc_mounts(&m.mountpoint) && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let stranded = listed_in_proc_mounts(&m.mnt);
+        let stranded = listed_in_proc_mounts(&m.mountpoint);
         if stranded {
-            let _ = Command::new("umount").arg("-l").arg(&m.mnt).status();
+            let _ = Command::new("umount").arg("-l").arg(&m.mountpoint).status();
         }
         assert!(
             !stranded,
@@ -414,7 +350,7 @@ mod mount_lifecycle {
         assert!(status.success(), "{status:?}\n{}", m.stderr());
         assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
         assert!(m.report()["uptime_s"].as_f64().is_some());
-        assert!(!listed_in_proc_mounts(&m.mnt));
+        assert!(!listed_in_proc_mounts(&m.mountpoint));
         drop(elsewhere);
     }
 

@@ -2,10 +2,10 @@
 //! same link, and a crowd of them in one process that trades pieces.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use vmt_tests::{bin, content, make_ext4_with, run_with_timeout, wait_until, CliSeeder, Proc};
+use vmt_tests::{bin, content, make_ext4_with, run_with_timeout, CliSeeder, MountProc};
 
 const LIMIT: Duration = Duration::from_secs(180);
 /// The seeder's uplink in the stall comparison: slow enough that the trace stalls for seconds,
@@ -79,35 +79,22 @@ fn mount_stall(dir: &Path, image: &Path, trace: &Path, round: usize) -> f64 {
         &dir.join(format!("m{round}.torrent")),
         &["--upload-limit", SEED_RATE],
     );
-    let mnt = dir.join(format!("m{round}-mnt"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mut proc = Proc {
-        child: Command::new(bin("vmt-run"))
-            .args(["mount", "--strategy", "demand", "--torrent"])
-            .arg(&seeder.torrent)
-            .arg("--mountpoint")
-            .arg(&mnt)
-            .arg("--data")
-            .arg(dir.join(format!("m{round}-data")))
-            .args(["--peer", &seeder.addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        mountpoint: Some(mnt.clone()),
-    };
-    let served = mnt.join("app.img");
-    wait_until("the mount", LIMIT, || served.exists());
+    let mut mount = MountProc::start(
+        dir,
+        &format!("m{round}"),
+        &seeder.torrent,
+        &["--strategy", "demand", "--peer", &seeder.addr],
+    );
     let res = run_with_timeout(
         Command::new(bin("vmt-record"))
             .args(["replay", "--json", "--trace"])
             .arg(trace)
             .arg("--file")
-            .arg(&served),
+            .arg(&mount.served),
         LIMIT,
     );
     assert!(res.status.success(), "{res:?}");
-    assert!(proc.sigterm().success());
+    assert!(mount.proc.sigterm().success());
     let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     report["stall_s"].as_f64().unwrap()
 }

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use vmt_tests::{bin, content, free_port, wait_until, CliSeeder, Proc};
+use vmt_tests::{content, free_port, wait_until, CliSeeder, MountProc, Paused};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// 16 MiB of 256 KiB pieces: 64 cells on the map.
@@ -70,25 +70,6 @@ impl Drop for Driver {
         // SAFETY: kill(2) on the process group of our own child (it leads the group).
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
-    }
-}
-
-/// Continues a stopped seeder on drop, so that stopping it (SIGTERM) works even if the test
-/// fails while it is paused.
-struct Paused(u32);
-
-impl Paused {
-    fn stop(pid: u32) -> Paused {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-        Paused(pid)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
     }
 }
 
@@ -156,36 +137,14 @@ fn r16_2_the_live_page_shows_the_map_filling_and_a_stall_in_a_browser() {
     // Paused before the mount dials it: nothing arrives until the test says so.
     let paused = Paused::stop(seeder.proc.child.id());
 
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let status_addr = format!("127.0.0.1:{}", free_port());
-    let stderr = dir.path().join("mount-stderr.txt");
-    let mut mount = Proc {
-        child: Command::new(bin("vmt-run"))
-            .args(["mount", "--torrent"])
-            .arg(&seeder.torrent)
-            .arg("--mountpoint")
-            .arg(&mnt)
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .args(["--peer", &seeder.addr, "--status", &status_addr])
-            .args(["--download-limit", DOWNLOAD_LIMIT])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap(),
-        mountpoint: Some(mnt.clone()),
-    };
-    let served = mnt.join("app.img");
-    wait_until("the mount", LIMIT, || {
-        if let Some(exit) = mount.child.try_wait().unwrap() {
-            panic!(
-                "vmt-run mount exited: {exit:?}\n{}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        }
-        served.exists()
-    });
+    let mut mount = MountProc::start(
+        dir.path(),
+        "mount",
+        &seeder.torrent,
+        &["--peer", &seeder.addr, "--download-limit", DOWNLOAD_LIMIT],
+    );
+    let served = mount.served.clone();
+    let status_addr = mount.status_addr.clone();
 
     let driver = Driver::start(&chromedriver);
     let profile = dir.path().join("chromium-profile");
@@ -328,7 +287,7 @@ fn r16_2_the_live_page_shows_the_map_filling_and_a_stall_in_a_browser() {
         assert!(peers.contains(&seeder_addr), "the peers table: {peers:?}");
         c.close().await.expect("close the browser session");
     });
-    let status = mount.sigterm();
+    let status = mount.proc.sigterm();
     assert!(status.success(), "vmt-run mount: {status:?}");
     drop(driver);
 }

@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value};
-use vmt_tests::{bin, content, free_port, wait_until, CliSeeder, Proc};
+use vmt_tests::{content, wait_until, CliSeeder, MountProc, Paused};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// 8 MiB of 256 KiB pieces.
@@ -87,48 +86,16 @@ fn r14_6_metrics_parse_and_move_with_reads_and_a_stall() {
     std::fs::write(&image, &data).unwrap();
     let seeder = CliSeeder::start(&image, &dir.path().join("app.torrent"), &[]);
     // Held before the mount dials it: nothing arrives until the test lets it go.
-    let pid = seeder.proc.child.id() as i32;
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    struct Resume(i32);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let resume = Resume(pid);
+    let resume = Paused::stop(seeder.proc.child.id());
 
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let status = format!("127.0.0.1:{}", free_port());
-    let stderr = dir.path().join("mount-stderr.txt");
-    let mut mount = Proc {
-        child: Command::new(bin("vmt-run"))
-            .args(["mount", "--torrent"])
-            .arg(&seeder.torrent)
-            .arg("--mountpoint")
-            .arg(&mnt)
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .args(["--peer", &seeder.addr, "--status", &status])
-            .args(["--strategy", "demand"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap(),
-        mountpoint: Some(mnt.clone()),
-    };
-    let served = mnt.join("app.img");
-    wait_until("the mount", LIMIT, || {
-        if let Some(exit) = mount.child.try_wait().unwrap() {
-            panic!(
-                "vmt-run mount exited: {exit:?}\n{}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        }
-        served.exists()
-    });
+    let mut mount = MountProc::start(
+        dir.path(),
+        "mount",
+        &seeder.torrent,
+        &["--peer", &seeder.addr, "--strategy", "demand"],
+    );
+    let served = mount.served.clone();
+    let status = mount.status_addr.clone();
 
     let before = scrape(&status);
     assert!(
@@ -222,6 +189,6 @@ fn r14_6_metrics_parse_and_move_with_reads_and_a_stall() {
         "the long stall is in a bucket above {HOLD:?}: {buckets:?}"
     );
 
-    let exit = mount.sigterm();
+    let exit = mount.proc.sigterm();
     assert!(exit.success(), "the mount stops cleanly: {exit:?}");
 }

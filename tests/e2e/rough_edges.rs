@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vmt_tests::{bin, content, free_port, run_with_timeout, wait_until, Proc};
+use vmt_tests::{bin, content, free_port, run_with_timeout, wait_until, MountProc, Proc};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const PIECE: u32 = 256 << 10;
@@ -53,34 +53,9 @@ fn one_error_line(tool: &str, out: &Output, want: &[&str]) -> String {
 fn r16_3_2_a_read_waiting_on_a_dead_peer_is_named_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let (_, torrent) = image_and_torrent(dir.path());
-    let mnt = dir.path().join("h16c-mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let report = dir.path().join("report.json");
-    let stderr_path = dir.path().join("stderr.txt");
-    let mut mount = Proc {
-        child: Command::new(bin("vmt-run"))
-            .args(["mount", "--torrent"])
-            .arg(&torrent)
-            .arg("--mountpoint")
-            .arg(&mnt)
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .args(["--peer", "127.0.0.1:1", "--report"])
-            .arg(&report)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap(),
-        mountpoint: Some(mnt.clone()),
-    };
-    let served = mnt.join("app.img");
-    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    wait_until("the mount", LIMIT, || {
-        assert!(mount.child.try_wait().unwrap().is_none(), "{}", stderr());
-        served.exists()
-    });
+    let mut mount = MountProc::start(dir.path(), "h16c", &torrent, &["--peer", "127.0.0.1:1"]);
     let reader = {
-        let served = served.clone();
+        let served = mount.served.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             std::fs::File::open(served)
@@ -91,10 +66,10 @@ fn r16_3_2_a_read_waiting_on_a_dead_peer_is_named_and_counted() {
     // The terminal says which read waits for what: its blocks, and the peer that fails.
     let start = Instant::now();
     wait_until("the long-wait line", Duration::from_secs(30), || {
-        stderr().contains("has waited")
+        mount.stderr().contains("has waited")
     });
     assert!(start.elapsed() >= Duration::from_secs(4), "after about 5 s");
-    let said = stderr();
+    let said = mount.stderr();
     let line = said.lines().find(|l| l.contains("has waited")).unwrap();
     assert!(
         line.contains("bytes at offset 1048576 has waited"),
@@ -104,20 +79,19 @@ fn r16_3_2_a_read_waiting_on_a_dead_peer_is_named_and_counted() {
     assert!(line.contains("127.0.0.1:1 (failing"), "{line}");
     // Without a terminal, the periodic status line shows the waiting read too.
     wait_until("a status line", Duration::from_secs(30), || {
-        stderr().contains("1 waiting (longest")
+        mount.stderr().contains("1 waiting (longest")
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert!(mount.sigterm().success(), "{}", stderr());
+    assert!(mount.proc.sigterm().success(), "{}", mount.stderr());
     assert!(reader.join().unwrap().is_err(), "answered EIO at shutdown");
     // The exit line and the report count it as a stall, with its wait.
-    let said = stderr();
+    let said = mount.stderr();
     let exit = said.lines().find(|l| l.contains(" reads (")).unwrap();
     assert!(
         exit.contains("still waiting, answered EIO at shutdown)") && !exit.contains(" 0 stalls"),
         "{exit}"
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let report = mount.report();
     let stalls = &report["stalls"];
     assert!(stalls["count"].as_u64() >= Some(1), "{report}");
     assert!(stalls["failed_at_shutdown"].as_u64() >= Some(1), "{report}");

@@ -1,7 +1,5 @@
 //! vmt-run mount on a real FUSE mount fed by a real loopback swarm (`vmt-run seed`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -10,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use vmt_tests::{
-    bin, content, free_port, make_ext4_with, run_with_timeout, wait_until, CliSeeder, Proc,
+    bin, content, free_port, http_status, make_ext4_with, run_with_timeout, wait_until, CliSeeder,
+    MountProc, Proc,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -60,72 +59,37 @@ fn seed_stock(dir: tempfile::TempDir, image: PathBuf, limit: Option<&str>) -> Sw
     }
 }
 
-struct Client {
-    proc: Proc,
-    mountpoint: PathBuf,
-    served: PathBuf,
-    status_addr: String,
-    report: PathBuf,
+/// A mount of the swarm's torrent; [`Client::stop`] checks it goes away cleanly.
+struct Client(MountProc);
+
+impl std::ops::Deref for Client {
+    type Target = MountProc;
+    fn deref(&self) -> &MountProc {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut MountProc {
+        &mut self.0
+    }
 }
 
 impl Swarm {
     /// Mounts a client in `DIR/name` with `extra` flags.
     fn mount(&self, name: &str, extra: &[&str]) -> Client {
-        let mountpoint = self.dir.path().join(format!("{name}-mnt"));
-        std::fs::create_dir_all(&mountpoint).unwrap();
-        let status_addr = format!("127.0.0.1:{}", free_port());
-        let report = self.dir.path().join(format!("{name}-report.json"));
-        let child = Command::new(bin("vmt-run"))
-            .args(["mount", "--torrent"])
-            .arg(&self.seeder.torrent)
-            .arg("--mountpoint")
-            .arg(&mountpoint)
-            .arg("--data")
-            .arg(self.dir.path().join(format!("{name}-data")))
-            .args([
-                "--peer",
-                &self.seeder.addr,
-                "--status",
-                &status_addr,
-                "--report",
-            ])
-            .arg(&report)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let served = mountpoint.join(self.image.file_name().unwrap());
-        let proc = Proc {
-            child,
-            mountpoint: Some(mountpoint.clone()),
-        };
-        wait_until("the mount", LIMIT, || served.exists());
-        Client {
-            proc,
-            mountpoint,
-            served,
-            status_addr,
-            report,
-        }
+        let mut args = vec!["--peer", self.seeder.addr.as_str()];
+        args.extend_from_slice(extra);
+        Client(MountProc::start(
+            self.dir.path(),
+            name,
+            &self.seeder.torrent,
+            &args,
+        ))
     }
-}
-
-/// The `--status` endpoint's JSON.
-pub(crate) fn http_status(addr: &str) -> serde_json::Value {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let body = text.split("\r\n\r\n").nth(1).expect("an HTTP body");
-    serde_json::from_str(body).unwrap()
 }
 
 impl Client {
-    fn status(&self) -> serde_json::Value {
-        http_status(&self.status_addr)
-    }
-
     /// SIGTERM: the mount goes away cleanly and the report is written.
     fn stop(mut self) -> serde_json::Value {
         let status = self.proc.sigterm();
@@ -134,7 +98,7 @@ impl Client {
             !vmt_fs::is_mounted(&self.mountpoint),
             "no stale mount after SIGTERM"
         );
-        serde_json::from_slice(&std::fs::read(&self.report).expect("report written")).unwrap()
+        self.report()
     }
 }
 

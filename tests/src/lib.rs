@@ -1,19 +1,22 @@
 //! Helpers for vmt's end-to-end tests: locate (building if needed) the real binaries, run
 //! commands with a timeout, and the fixtures most tests start from: a loopback swarm of
 //! engines ([`swarm`]) and child processes stopped on drop, such as a `vmt-run seed`
-//! ([`process`]); a small image that boots by itself, for `vmt-run boot` ([`boot_image`]).
+//! ([`process`]) or a `vmt-run mount` ([`mount`]); a small image that boots by itself, for
+//! `vmt-run boot` ([`boot_image`]).
 //!
 //! Cargo sets `CARGO_BIN_EXE_<name>` only for tests of the binary's own package, so this package
 //! builds the workspace binaries itself, once per test process, with the same profile as the
 //! running test (as fuser's `fuser-tests` does).
 
 pub mod boot_image;
+pub mod mount;
 pub mod netns;
 pub mod nginx;
 pub mod process;
 pub mod swarm;
 pub mod transmission;
 
+pub use mount::{http_status, MountProc, Paused};
 pub use netns::Netns;
 pub use nginx::Nginx;
 pub use process::{CliSeeder, Proc};
