@@ -49,23 +49,6 @@ mod mount_lifecycle {
         mounts.lines().any(|l| l.split(' ').nth(1) == Some(want))
     }
 
-    /// A `vmt-run mount` of a 4 MiB image whose stderr goes to a file; its torrent, peer and
-    /// data are in `dir`.
-    struct Mount(MountProc);
-
-    impl std::ops::Deref for Mount {
-        type Target = MountProc;
-        fn deref(&self) -> &MountProc {
-            &self.0
-        }
-    }
-
-    impl std::ops::DerefMut for Mount {
-        fn deref_mut(&mut self) -> &mut MountProc {
-            &mut self.0
-        }
-    }
-
     /// The image and its torrent in `dir` (no seeder).
     fn image_and_torrent(dir: &Path) -> (PathBuf, Vec<u8>) {
         let data = content(12, 4 << 20);
@@ -81,47 +64,18 @@ mod mount_lifecycle {
         (torrent, data)
     }
 
-    impl Mount {
-        /// Mounts `torrent` at `dir/name-mnt`, dialing `peer`, with `extra` flags.
-        fn start(dir: &Path, torrent: &Path, name: &str, peer: &str, extra: &[&str]) -> Mount {
-            let mut args = vec!["--peer", peer];
-            args.extend_from_slice(extra);
-            Mount(MountProc::start(dir, name, torrent, &args))
-        }
+    /// Mounts `torrent` at `dir/name-mnt`, dialing `peer`, with `extra` flags.
+    fn mount(dir: &Path, torrent: &Path, name: &str, peer: &str, extra: &[&str]) -> MountProc {
+        let mut args = vec!["--peer", peer];
+        args.extend_from_slice(extra);
+        MountProc::start(dir, name, torrent, &args)
+    }
 
-        /// A mount whose only peer is dead: every read of the image parks.
-        fn without_seeder(dir: &Path, name: &str, extra: &[&str]) -> Mount {
-            let (torrent, _) = image_and_torrent(dir);
-            let dead = format!("127.0.0.1:{}", free_port());
-            Mount::start(dir, &torrent, name, &dead, extra)
-        }
-
-        /// Sends SIGTERM and waits at most `limit` for the exit; kills it (and fails) after.
-        fn sigterm_within(&mut self, limit: Duration) -> std::process::ExitStatus {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(self.proc.child.id() as i32, libc::SIGTERM) };
-            let start = Instant::now();
-            loop {
-                if let Some(s) = self.proc.child.try_wait().unwrap() {
-                    return s;
-                }
-                if start.elapsed() > limit {
-                    self.proc.sigkill();
-                    panic!(
-                        "vmt-run still running {limit:?} after SIGTERM\nstderr:\n{}",
-                        self.stderr()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-
-        /// Waits until `n` reads are parked.
-        fn wait_parked(&self, n: u64) {
-            wait_until("a parked read", LIMIT, || {
-                self.status()["parked_now"].as_u64() >= Some(n)
-            });
-        }
+    /// A mount of a 4 MiB image whose only peer is dead: every read of the image parks.
+    fn mount_without_seeder(dir: &Path, name: &str, extra: &[&str]) -> MountProc {
+        let (torrent, _) = image_and_torrent(dir);
+        let dead = format!("127.0.0.1:{}", free_port());
+        mount(dir, &torrent, name, &dead, extra)
     }
 
     /// A read of the image on a thread of its own: parks on a seederless mount.
@@ -171,7 +125,7 @@ mod mount_lifecycle {
         for allow_other in [false, true] {
             let name = if allow_other { "shared" } else { "private" };
             let extra: &[&str] = if allow_other { &["--allow-other"] } else { &[] };
-            let mut m = Mount::start(dir.path(), &torrent, name, &seeder.addr, extra);
+            let mut m = mount(dir.path(), &torrent, name, &seeder.addr, extra);
             let img = m.served.to_str().unwrap().to_string();
             let write = as_nobody(&format!(
                 "printf XXXX | dd of={img} bs=1 seek=100 conv=notrunc"
@@ -267,7 +221,7 @@ mod mount_lifecycle {
     #[test]
     fn r12_2_sigterm_with_the_image_held_open_detaches_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mount::without_seeder(dir.path(), "held", &[]);
+        let mut m = mount_without_seeder(dir.path(), "held", &[]);
         let holder = Proc::spawn(
             Command::new("sh")
                 .arg("-c")
@@ -297,7 +251,7 @@ mod mount_lifecycle {
         drop(holder);
         drop(looped);
         // Nothing held, the same mountpoint unmounts cleanly the next time.
-        let mut again = Mount::without_seeder(dir.path(), "held", &[]);
+        let mut again = mount_without_seeder(dir.path(), "held", &[]);
         let status = again.sigterm_within(Duration::from_secs(30));
         assert!(status.success());
         assert_eq!(again.report()["unmount"].as_str(), Some("clean"));
@@ -309,7 +263,7 @@ mod mount_lifecycle {
     #[test]
     fn r12_2_kill_9_leaves_no_mount() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mount::without_seeder(dir.path(), "killed", &[]);
+        let mut m = mount_without_seeder(dir.path(), "killed", &[]);
         m.proc.sigkill();
         let start = Instant::now();
         while listed_in_proc_mounts(&m.mountpoint) && start.elapsed() < Duration::from_secs(10) {
@@ -324,7 +278,7 @@ mod mount_lifecycle {
             "a dead mount stayed in /proc/mounts after kill -9"
         );
         // And the mountpoint takes the next mount.
-        let mut again = Mount::without_seeder(dir.path(), "killed", &[]);
+        let mut again = mount_without_seeder(dir.path(), "killed", &[]);
         assert!(again.sigterm_within(Duration::from_secs(30)).success());
     }
 
@@ -333,7 +287,7 @@ mod mount_lifecycle {
     #[test]
     fn r12_3_shutdown_is_bounded_with_the_mount_held_in_another_namespace() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mount::without_seeder(dir.path(), "ns", &[]);
+        let mut m = mount_without_seeder(dir.path(), "ns", &[]);
         let elsewhere = Proc::spawn(
             Command::new("unshare")
                 .args(["-m", "--propagation", "private", "sleep", "600"])
@@ -359,7 +313,7 @@ mod mount_lifecycle {
     #[test]
     fn r12_6_a_parked_read_is_visible_and_logged() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mount::without_seeder(dir.path(), "visible", &[]);
+        let mut m = mount_without_seeder(dir.path(), "visible", &[]);
         let block = (2 << 20) / 16384;
         let reader = read_in_background(&m.served, 2 << 20);
         m.wait_parked(1);
@@ -401,7 +355,7 @@ mod mount_lifecycle {
     #[test]
     fn r12_6_read_timeout_answers_eio() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mount::without_seeder(dir.path(), "timeout", &["--read-timeout", "2s"]);
+        let mut m = mount_without_seeder(dir.path(), "timeout", &["--read-timeout", "2s"]);
         let (read, waited) = read_in_background(&m.served, 3 << 20).join().unwrap();
         let err = read.expect_err("the read times out");
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
@@ -422,7 +376,7 @@ mod mount_lifecycle {
     #[test]
     fn r12_6_a_killed_o_direct_reader_is_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mount::without_seeder(dir.path(), "direct", &[]);
+        let mut m = mount_without_seeder(dir.path(), "direct", &[]);
         let mut dd = Proc::spawn(
             Command::new("dd")
                 .arg(format!("if={}", m.served.display()))
@@ -513,7 +467,7 @@ mod mount_lifecycle {
     #[test]
     fn r12_10_stalls_count_reads_failed_at_shutdown() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mount::without_seeder(dir.path(), "stalls", &[]);
+        let mut m = mount_without_seeder(dir.path(), "stalls", &[]);
         let reader = read_in_background(&m.served, 1 << 20);
         m.wait_parked(1);
         std::thread::sleep(Duration::from_secs(3));

@@ -59,46 +59,12 @@ fn seed_stock(dir: tempfile::TempDir, image: PathBuf, limit: Option<&str>) -> Sw
     }
 }
 
-/// A mount of the swarm's torrent; [`Client::stop`] checks it goes away cleanly.
-struct Client(MountProc);
-
-impl std::ops::Deref for Client {
-    type Target = MountProc;
-    fn deref(&self) -> &MountProc {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut MountProc {
-        &mut self.0
-    }
-}
-
 impl Swarm {
     /// Mounts a client in `DIR/name` with `extra` flags.
-    fn mount(&self, name: &str, extra: &[&str]) -> Client {
+    fn mount(&self, name: &str, extra: &[&str]) -> MountProc {
         let mut args = vec!["--peer", self.seeder.addr.as_str()];
         args.extend_from_slice(extra);
-        Client(MountProc::start(
-            self.dir.path(),
-            name,
-            &self.seeder.torrent,
-            &args,
-        ))
-    }
-}
-
-impl Client {
-    /// SIGTERM: the mount goes away cleanly and the report is written.
-    fn stop(mut self) -> serde_json::Value {
-        let status = self.proc.sigterm();
-        assert!(status.success(), "vmt-run mount exit: {status:?}");
-        assert!(
-            !vmt_fs::is_mounted(&self.mountpoint),
-            "no stale mount after SIGTERM"
-        );
-        self.report()
+        MountProc::start(self.dir.path(), name, &self.seeder.torrent, &args)
     }
 }
 

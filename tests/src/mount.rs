@@ -5,9 +5,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
+use crate::process::PROCESS_LIMIT;
 use crate::{bin, free_port, wait_until, Proc};
 
 /// How long a mount may take to show its image.
@@ -95,6 +96,50 @@ impl MountProc {
     pub fn report(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(&self.report).expect("the report is written"))
             .unwrap()
+    }
+
+    /// Waits until `n` reads are parked (the status's `parked_now`).
+    pub fn wait_parked(&self, n: u64) {
+        wait_until("a parked read", MOUNT_LIMIT, || {
+            self.status()["parked_now"].as_u64() >= Some(n)
+        });
+    }
+
+    /// Sends SIGTERM and waits at most `limit` for the exit; kills it and fails the test,
+    /// with its stderr, after that.
+    pub fn sigterm_within(&mut self, limit: Duration) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.proc.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.proc.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > limit {
+                self.proc.sigkill();
+                panic!(
+                    "vmt-run still running {limit:?} after SIGTERM\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then checks the mount went away cleanly (exit 0, nothing left mounted), and
+    /// returns its report.
+    pub fn stop(mut self) -> serde_json::Value {
+        let status = self.sigterm_within(PROCESS_LIMIT);
+        assert!(
+            status.success(),
+            "vmt-run mount exit: {status:?}\n{}",
+            self.stderr()
+        );
+        assert!(
+            !vmt_fs::is_mounted(&self.mountpoint),
+            "no stale mount after SIGTERM"
+        );
+        self.report()
     }
 }
 
