@@ -251,7 +251,7 @@ async fn torrent_source(
     .await?;
     match resolved.fetched_in {
         Some(t) => eprintln!(
-            "metadata fetched from peers in {:.1} s, verified, kept in {}",
+            "metadata fetched from peers in {:.3} s, verified, kept in {}",
             t.as_secs_f64(),
             resolved.torrent.display()
         ),
