@@ -7,6 +7,7 @@ mod flags;
 mod headless;
 mod layering;
 mod live_page;
+mod magnet;
 mod metrics;
 mod peer_exchange;
 mod record;

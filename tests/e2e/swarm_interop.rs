@@ -292,19 +292,19 @@ async fn stock_tools_read_vmt_torrents_and_vmt_reads_stock_ones() {
 // ---- opentracker ----
 
 /// A Debian opentracker on loopback, whitelisting one info hash; stopped on drop.
-struct OpenTracker {
+pub(crate) struct OpenTracker {
     _proc: Proc,
     port: u16,
 }
 
 impl OpenTracker {
     /// The URL to put in a torrent before `start`.
-    fn url(port: u16) -> String {
+    pub(crate) fn url(port: u16) -> String {
         format!("http://127.0.0.1:{port}/announce")
     }
 
     /// Starts opentracker on `port` serving `torrent`, with its files under `dir`.
-    fn start(dir: &Path, port: u16, torrent: &Torrent) -> OpenTracker {
+    pub(crate) fn start(dir: &Path, port: u16, torrent: &Torrent) -> OpenTracker {
         use std::os::unix::fs::PermissionsExt;
         // As root opentracker chroots into -d and drops to nobody: the directory must be readable.
         let trk = dir.join("trk");
@@ -357,7 +357,7 @@ impl OpenTracker {
     }
 
     /// Waits until the tracker's scrape contains `needle` (e.g. `incompletei1`).
-    fn wait_scrape(&self, torrent: &Torrent, needle: &str) {
+    pub(crate) fn wait_scrape(&self, torrent: &Torrent, needle: &str) {
         vmt_tests::wait_until(needle, Duration::from_secs(30), || {
             self.get("scrape", torrent, "")
                 .is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))

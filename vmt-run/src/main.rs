@@ -73,9 +73,13 @@ enum Cmd {
 
 #[derive(Args)]
 struct MountArgs {
-    /// The image's .torrent (as written by `vmt-run seed`).
-    #[arg(long, value_name = "T")]
-    torrent: PathBuf,
+    /// The image's .torrent (as written by `vmt-run seed`); with --magnet, where the torrent
+    /// fetched from peers is kept [default: the info hash + ".torrent" in the current
+    /// directory].
+    #[arg(long, value_name = "T", required_unless_present = "magnet")]
+    torrent: Option<PathBuf>,
+    #[command(flatten)]
+    magnet: MagnetArgs,
     /// Profile bundle from `vmt-train fit` (needed by the profile and markov strategies).
     #[arg(long, value_name = "BUNDLE.vmtp")]
     bundle: Option<PathBuf>,
@@ -201,6 +205,64 @@ impl DhtArgs {
     }
 }
 
+/// Starting from a magnet link instead of a .torrent.
+#[derive(Args)]
+struct MagnetArgs {
+    /// Start from a magnet link (BEP 9: xt=urn:btih: in hex or base32, dn, tr, x.pe) instead of
+    /// a .torrent: the info dictionary (and a vmt seeder's block-hash table) is fetched from
+    /// the link's peers (x.pe), the --peers and the trackers (tr, --tracker), verified, and
+    /// kept as --torrent, so a restart needs no peer for it. Quote the link in a shell.
+    #[arg(long, value_name = "LINK")]
+    magnet: Option<vmt_swarm::Magnet>,
+    /// With --magnet: also ask this tracker for peers (repeatable).
+    #[arg(long = "tracker", value_name = "URL", requires = "magnet")]
+    trackers: Vec<String>,
+    /// With --magnet: give up when no peer sent the metadata within this long [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, requires = "magnet")]
+    metadata_timeout: Option<Duration>,
+}
+
+/// The `.torrent` a command works from, and the peers a magnet link names: `--torrent` as
+/// given, or the torrent of `--magnet`, fetched from peers and kept at `--torrent` (else at
+/// `default`).
+async fn torrent_source(
+    torrent: Option<PathBuf>,
+    m: MagnetArgs,
+    peers: &[PeerAddr],
+    default: impl FnOnce(&vmt_swarm::Magnet) -> PathBuf,
+    cancel: &CancellationToken,
+) -> Result<(PathBuf, Vec<PeerAddr>)> {
+    use vmt_runtime::magnet::{resolve, MagnetParams, DEFAULT_METADATA_TIMEOUT};
+    let Some(magnet) = m.magnet else {
+        let torrent = torrent.context("give --torrent T or --magnet LINK")?;
+        return Ok((torrent, Vec::new()));
+    };
+    let path = torrent.unwrap_or_else(|| default(&magnet));
+    let resolved = resolve(
+        MagnetParams {
+            peers: peers.to_vec(),
+            trackers: m.trackers,
+            torrent: path,
+            timeout: m.metadata_timeout.unwrap_or(DEFAULT_METADATA_TIMEOUT),
+            magnet,
+        },
+        cancel.clone(),
+    )
+    .await?;
+    match resolved.fetched_in {
+        Some(t) => eprintln!(
+            "metadata fetched from peers in {:.3} s, verified, kept in {}",
+            t.as_secs_f64(),
+            resolved.torrent.display()
+        ),
+        None => eprintln!(
+            "using {}, kept from an earlier run of this magnet link",
+            resolved.torrent.display()
+        ),
+    }
+    Ok((resolved.torrent, resolved.peers))
+}
+
 /// The web seeds (BEP 19 HTTP origins) of a downloading client.
 #[derive(Args)]
 struct WebSeedArgs {
@@ -271,9 +333,12 @@ struct SeedArgs {
 
 #[derive(Args)]
 struct FetchArgs {
-    /// The image's .torrent.
-    #[arg(long, value_name = "T")]
-    torrent: PathBuf,
+    /// The image's .torrent; with --magnet, where the torrent fetched from peers is kept
+    /// [default: OUT.torrent].
+    #[arg(long, value_name = "T", required_unless_present = "magnet")]
+    torrent: Option<PathBuf>,
+    #[command(flatten)]
+    magnet: MagnetArgs,
     /// A peer to download from, as HOST:PORT (a name or an IP address; repeatable); optional
     /// when the torrent has trackers.
     #[arg(long, value_name = "HOST:PORT")]
@@ -467,8 +532,17 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
 }
 
 async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
+    let out = a.out.clone();
+    let (torrent, link_peers) = torrent_source(
+        a.torrent,
+        a.magnet,
+        &a.peer,
+        |_| vmt_runtime::magnet::torrent_beside(&out),
+        &cancel,
+    )
+    .await?;
     let params = FetchParams {
-        peers: a.peer,
+        peers: [a.peer, link_peers].concat(),
         seed_after: a.seed,
         upload: !a.no_upload,
         pex: !a.no_pex,
@@ -477,7 +551,7 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         dht: a.dht.config(),
         web_seeds: a.web_seeds.urls,
         web_seed_limit: a.web_seeds.limit,
-        ..FetchParams::new(a.torrent, a.out)
+        ..FetchParams::new(torrent, a.out)
     }
     .check()?;
     let listener = bind(a.listen).await?;
@@ -518,7 +592,7 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
 
 async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
     let mountpoint = a.mountpoint.clone().context("--mountpoint is required")?;
-    let (params, io) = mount_setup(a, mountpoint.clone()).await?;
+    let (params, io) = mount_setup(a, mountpoint.clone(), &cancel).await?;
     let bars = indicatif::MultiProgress::new();
     let pieces = bars.add(ProgressBar::new(0));
     pieces.set_style(
@@ -607,14 +681,23 @@ async fn mount(a: MountArgs, cancel: CancellationToken) -> Result<()> {
 async fn mount_setup(
     a: MountArgs,
     mountpoint: PathBuf,
+    cancel: &CancellationToken,
 ) -> Result<(vmt_runtime::RuntimeParams, MountIo)> {
     use vmt_runtime::mount::{default_data_dir, default_strategy};
+    let (torrent, link_peers) = torrent_source(
+        a.torrent,
+        a.magnet,
+        &a.peer,
+        vmt_runtime::magnet::default_torrent_path,
+        cancel,
+    )
+    .await?;
     let params = vmt_runtime::RuntimeParams {
         strategy: a.strategy.unwrap_or(default_strategy(a.bundle.is_some())),
-        data_dir: a.data.unwrap_or_else(|| default_data_dir(&a.torrent)),
-        peers: vmt_runtime::peer_addr::resolve_all(&a.peer)?,
+        data_dir: a.data.unwrap_or_else(|| default_data_dir(&torrent)),
+        peers: vmt_runtime::peer_addr::resolve_all(&[a.peer, link_peers].concat())?,
         dht: a.dht.config(),
-        torrent: a.torrent,
+        torrent,
         bundle: a.bundle,
         profile: a.profile,
         oracle_trace: a.oracle_trace,
@@ -693,7 +776,7 @@ async fn boot(a: BootArgs, cancel: CancellationToken) -> Result<()> {
         kernel,
         extra: a.qemu_args,
     };
-    let (runtime, io) = mount_setup(a.mount, mountpoint).await?;
+    let (runtime, io) = mount_setup(a.mount, mountpoint, &cancel).await?;
     // With the console on the terminal, the VM owns it: no progress lines.
     let mut log = PlainLog {
         enabled: console.is_some(),

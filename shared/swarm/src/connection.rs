@@ -32,12 +32,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::download::{Download, Outputs};
 use crate::error::PeerError;
-use crate::extension::our_handshake;
+use crate::extension::encode_handshake;
 use crate::peers::{PeerLink, PeerRegistry, Refused};
 use crate::pex::{self, PexFeed};
 use crate::ratelimit::RateLimiter;
 use crate::state::TorrentState;
 use crate::stats::Counters;
+use crate::table_exchange::{self, TableMsg, MY_TABLE_ID};
 use crate::wire::{Out, MAX_UPLOAD_QUEUE};
 
 /// Largest block served: BEP 3 clients ask 16 KiB; some ask up to 128 KiB.
@@ -226,6 +227,10 @@ impl Reader<'_> {
             loop {
                 match Message::deserialize(&buf[start..end], &[]) {
                     Ok((msg, len)) => {
+                        if let Message::Extended(ExtendedMessage::Handshake(_)) = &msg {
+                            // Length, id 20, extension id 0, then the bencoded dictionary.
+                            self.link.ext.update_raw(&buf[start + 6..start + len]);
+                        }
                         let handled = self.handle(msg);
                         self.flush();
                         handled?;
@@ -243,13 +248,7 @@ impl Reader<'_> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            if start == end {
-                (start, end) = (0, 0);
-            } else if buf.len() - end < MAX_MSG_LEN {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-            }
+            compact(&mut buf, &mut start, &mut end);
         }
     }
 
@@ -365,8 +364,27 @@ impl Reader<'_> {
                     self.link.push(Out::Metadata(piece));
                 }
             }
+            ExtendedMessage::Dyn(MY_TABLE_ID, v) => {
+                if let Some(TableMsg::Request(piece)) = table_exchange::decode(&v) {
+                    if self.link.ext.table_id().is_some() {
+                        self.link.push(Out::BlockTable(piece));
+                    }
+                }
+            }
             ExtendedMessage::UtMetadata(_) | ExtendedMessage::Dyn(..) => {}
         }
+    }
+}
+
+/// Makes room in a read buffer holding unparsed bytes `start..end`: back to the start when all
+/// are parsed, else moved down once less than a whole message fits after them.
+pub(crate) fn compact(buf: &mut [u8], start: &mut usize, end: &mut usize) {
+    if *start == *end {
+        (*start, *end) = (0, 0);
+    } else if buf.len() - *end < MAX_MSG_LEN {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
     }
 }
 
@@ -397,6 +415,7 @@ async fn write_loop(
     let mut block = vec![0u8; MAX_BLOCK as usize];
     let ext = || link.ext.ids();
     let info = st.torrent().info_bytes();
+    let table = st.torrent().block_hashes().map(|t| t.as_bytes());
     let listen_port = ctx.listen_port;
     loop {
         let mut len = 0;
@@ -437,9 +456,24 @@ async fn write_loop(
                     Counters::add(&link.counters.uploaded, r.length as u64);
                     Message::Piece(Piece::from_data(r.index, r.begin, data))
                 }
-                Out::ExtendedHandshake => Message::Extended(ExtendedMessage::Handshake(
-                    our_handshake(listen_port, info.len(), ctx.pex.is_some()),
-                )),
+                Out::ExtendedHandshake => {
+                    let pex = ctx.pex.is_some();
+                    len += encode_handshake(
+                        &mut buf[len..],
+                        listen_port,
+                        info.len(),
+                        pex,
+                        table.is_some(),
+                    );
+                    continue;
+                }
+                Out::BlockTable(piece) => {
+                    let Some(id) = link.ext.table_id() else {
+                        continue;
+                    };
+                    len += table_exchange::encode_reply(&mut buf[len..], id, table, piece);
+                    continue;
+                }
                 Out::Pex => {
                     pex_msg = crate::state::lock(&link.pex).take();
                     let Some(p) = &pex_msg else { continue };

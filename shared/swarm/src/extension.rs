@@ -11,7 +11,9 @@ use bencode::ByteBuf;
 use peer_binary_protocol::extended::handshake::ExtendedHandshake;
 use peer_binary_protocol::extended::PeerExtendedMessageIds;
 use peer_binary_protocol::{MY_EXTENDED_UT_METADATA, MY_EXTENDED_UT_PEX};
+use serde::Serialize;
 
+use crate::table_exchange::{self, MY_TABLE_ID};
 use crate::wire::ADVERTISED_REQQ;
 
 /// Our `v`: client name and version.
@@ -21,25 +23,56 @@ pub const CLIENT_VERSION: &str = concat!("vmt ", env!("CARGO_PKG_VERSION"));
 /// as the default, and libtorrent and Transmission assume it of silent peers.
 pub const DEFAULT_REMOTE_REQQ: usize = 250;
 
-/// Our extended handshake. `listen_port` is `p` (only when we accept connections),
-/// `metadata_size` the length of the info dictionary we serve over ut_metadata, and `pex`
-/// whether we speak ut_pex.
-pub(crate) fn our_handshake(
+/// Our extended handshake, as librqbit-peer-protocol's `ExtendedHandshake` writes it plus
+/// one key in `m` that type cannot hold: `vmt_block_hashes` (see [`crate::table_exchange`]).
+#[derive(Serialize)]
+struct WireHandshake<'a> {
+    m: WireIds,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p: Option<u32>,
+    reqq: u32,
+    v: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireIds {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ut_metadata: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ut_pex: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmt_block_hashes: Option<u8>,
+}
+
+/// Writes our extended handshake as a whole peer-wire message into `out` and returns its
+/// length. `listen_port` is `p` (only when we accept connections), `metadata_size` the length
+/// of the info dictionary we serve over ut_metadata, `pex` whether we speak ut_pex, and
+/// `table` whether we serve a block-hash table over `vmt_block_hashes`. `out` needs 256 bytes.
+pub(crate) fn encode_handshake(
+    out: &mut [u8],
     listen_port: Option<u16>,
     metadata_size: usize,
     pex: bool,
-) -> ExtendedHandshake<ByteBuf<'static>> {
-    ExtendedHandshake {
-        m: PeerExtendedMessageIds {
+    table: bool,
+) -> usize {
+    let h = WireHandshake {
+        m: WireIds {
             ut_metadata: Some(MY_EXTENDED_UT_METADATA),
             ut_pex: pex.then_some(MY_EXTENDED_UT_PEX),
+            vmt_block_hashes: table.then_some(MY_TABLE_ID),
         },
+        metadata_size: u32::try_from(metadata_size).ok().filter(|&n| n > 0),
         p: listen_port.map(u32::from),
-        v: Some(ByteBuf(CLIENT_VERSION.as_bytes())),
-        reqq: Some(ADVERTISED_REQQ as u32),
-        metadata_size: u32::try_from(metadata_size).ok(),
-        ..Default::default()
-    }
+        reqq: ADVERTISED_REQQ as u32,
+        v: CLIENT_VERSION,
+    };
+    let mut body = vec![20u8, 0];
+    bencode::bencode_serialize_to_writer(&h, &mut body).expect("a handshake always encodes");
+    out[..4].copy_from_slice(&(body.len() as u32).to_be_bytes());
+    out[4..4 + body.len()].copy_from_slice(&body);
+    4 + body.len()
 }
 
 /// What the remote told us in its extended handshake; lock-free, shared by the connection's
@@ -54,6 +87,8 @@ pub(crate) struct RemoteExtensions {
     listen_port: AtomicU16,
     /// Its `reqq`; 0 = not sent.
     reqq: AtomicU32,
+    /// Its id for vmt_block_hashes; 0 = not supported.
+    table: AtomicU8,
 }
 
 impl RemoteExtensions {
@@ -70,6 +105,18 @@ impl RemoteExtensions {
         if let Some(q) = h.reqq.filter(|&q| q > 0) {
             self.reqq.store(q, Ordering::Relaxed);
         }
+    }
+
+    /// Records the `vmt_block_hashes` id of the remote's (re-sent) handshake, from its raw
+    /// bencoded payload.
+    pub fn update_raw(&self, payload: &[u8]) {
+        let id = table_exchange::remote_id(payload).unwrap_or(0);
+        self.table.store(id, Ordering::Relaxed);
+    }
+
+    /// The remote's id for `vmt_block_hashes`, if it speaks it.
+    pub fn table_id(&self) -> Option<u8> {
+        Some(self.table.load(Ordering::Relaxed)).filter(|&i| i != 0)
     }
 
     /// The remote's ids, for encoding messages to it.
@@ -107,15 +154,8 @@ mod tests {
 
     #[test]
     fn our_handshake_round_trips_and_fills_the_remote_view() {
-        let msg = Message::Extended(ExtendedMessage::Handshake(our_handshake(
-            Some(43001),
-            321,
-            true,
-        )));
         let mut buf = [0u8; 256];
-        let n = msg
-            .serialize(&mut buf, &PeerExtendedMessageIds::default)
-            .unwrap();
+        let n = encode_handshake(&mut buf, Some(43001), 321, true, true);
         let (back, len) = Message::deserialize(&buf[..n], &[]).unwrap();
         assert_eq!(len, n);
         let Message::Extended(ExtendedMessage::Handshake(h)) = back else {
@@ -133,6 +173,17 @@ mod tests {
         assert_eq!(r.reqq(), ADVERTISED_REQQ);
         assert_eq!(r.listen_port(), Some(43001));
         assert_eq!(r.ids(), PeerExtendedMessageIds::my());
+        assert_eq!(r.table_id(), None);
+        r.update_raw(&buf[6..n]);
+        assert_eq!(r.table_id(), Some(MY_TABLE_ID));
+        let n2 = encode_handshake(&mut buf, None, 321, false, false);
+        r.update_raw(&buf[6..n2]);
+        assert_eq!(
+            r.table_id(),
+            None,
+            "a re-sent handshake without it turns it off"
+        );
+        let n = encode_handshake(&mut buf, Some(43001), 321, true, true);
         assert!(matches!(
             Message::deserialize(&buf[..n - 1], &[]),
             Err(MessageDeserializeError::NotEnoughData(..))

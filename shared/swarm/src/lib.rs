@@ -17,6 +17,8 @@
 //!   persisted piece bitmap.
 //! - [`PiecePicker`]: the synchronous fetch bookkeeping and priority rule (demanded blocks >
 //!   planned blocks > rarest first > endgame).
+//! - [`Magnet`] and [`fetch_metadata`]: a torrent from a magnet link, verified against its
+//!   info hash, with the block-hash table its info dictionary pins.
 //! - [`Engine`]: connections, uploads, choking, rate limits; the API the runtime calls
 //!   (`demand_blocks`, `set_plan`, `has_block`, `read_at`, `stats`) and the [`SwarmEvents`] it
 //!   publishes every readable block to.
@@ -30,7 +32,9 @@
 //! `reqq`, `v`, `p`, `metadata_size`), `pex` (peer exchange, BEP 11), `tracker` (announces;
 //! addresses come back over a channel; port 0 when not listening), `reannounce` (when a
 //! starved client announces before the tracker's interval), `webseed` (BEP 19 HTTP origins, used only where peers
-//! fall short). `STATE.md` beside these sources writes down the block and piece
+//! fall short), `magnet` (BEP 9 links), `metadata` (a torrent from peers: the info dictionary
+//! over ut_metadata, the block-hash table over vmt's own extension), `table_exchange` (that
+//! extension, `vmt_block_hashes`, which the seeder side serves). `STATE.md` beside these sources writes down the block and piece
 //! lifecycle and the lock order.
 //!
 //! A demanded block must not wait behind background blocks. Four things keep it in front:
@@ -67,7 +71,9 @@ mod error;
 mod events;
 mod extension;
 mod layout;
+mod magnet;
 mod map;
+mod metadata;
 mod peers;
 mod pex;
 mod picker;
@@ -78,6 +84,7 @@ mod spawn;
 mod state;
 mod stats;
 mod storage;
+mod table_exchange;
 #[cfg(test)]
 mod testutil;
 mod torrent;
@@ -96,7 +103,9 @@ pub use events::SwarmEvents;
 pub use extension::{CLIENT_VERSION, DEFAULT_REMOTE_REQQ};
 pub use layout::Layout;
 pub use librqbit_core::lengths::{Lengths, ValidPieceIndex};
+pub use magnet::{Magnet, MagnetError};
 pub use map::{MapCell, PieceMap};
+pub use metadata::{fetch_metadata, MetadataError, MetadataRequest, MAX_METADATA_SIZE};
 pub use peers::MAX_STRIKES;
 pub use pex::{MAX_PEX_DIALS, MAX_PEX_PEERS, PEX_INTERVAL};
 pub use picker::{Pick, PickReason, PieceCounts, PiecePicker, PieceState};
@@ -106,6 +115,7 @@ pub use stats::{
     DialState, DialStatus, OriginState, PeerStats, SwarmStats, WastedBytes, WebSeedStats,
 };
 pub use storage::{ResumeReport, Storage, BITMAP_KIND};
-pub use torrent::Torrent;
+pub use table_exchange::TABLE_EXTENSION;
+pub use torrent::{TablePin, Torrent};
 pub use webseed::{MAX_ORIGIN_STRIKES, MAX_REDIRECTS};
 pub use wire::{ADVERTISED_REQQ, MAX_UPLOAD_QUEUE};

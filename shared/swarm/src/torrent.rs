@@ -173,7 +173,100 @@ struct TorrentOut<'a> {
     block_hashes: ByteBuf<'a>,
 }
 
+/// The `.torrent` a magnet client writes: the info dictionary it fetched, byte for byte, the
+/// link's trackers, and the block-hash table when one was fetched.
+#[derive(Serialize)]
+struct FromMetadataOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    announce: Option<&'a str>,
+    #[serde(rename = "announce-list", skip_serializing_if = "Vec::is_empty")]
+    announce_list: Vec<&'a [String]>,
+    info: RawValue<&'a [u8]>,
+    #[serde(rename = "vmt block hashes", skip_serializing_if = "Option::is_none")]
+    block_hashes: Option<ByteBuf<'a>>,
+}
+
+/// What the info dictionary says of the block-hash table a magnet client must fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TablePin {
+    /// SHA-256 of the table.
+    pub root: [u8; 32],
+    /// Length of the table in bytes (32 per block of the image).
+    pub table_len: u64,
+}
+
 impl Torrent {
+    /// The table an info dictionary pins (`None` for a stock one), so a magnet client knows
+    /// what to ask peers for and how long it is before it has it. `info` must be an info
+    /// dictionary whose SHA-1 was checked.
+    pub fn table_pin_of_info(info: &[u8]) -> Result<Option<TablePin>> {
+        #[derive(Deserialize)]
+        struct Info<'a> {
+            length: Option<u64>,
+            #[serde(borrow, default)]
+            vmt: Option<Pin<'a>>,
+        }
+        let bad = |reason: String| SwarmError::BadTorrent {
+            path: "<metadata>".into(),
+            reason,
+        };
+        let parsed: Info = bencode::from_bytes(info).map_err(|e| bad(format!("{e:#}")))?;
+        let Some(pin) = parsed.vmt else {
+            return Ok(None);
+        };
+        let (root, _) = pin.check().map_err(|source| SwarmError::BlockTable {
+            path: "<metadata>".into(),
+            source,
+        })?;
+        let length = parsed.length.ok_or_else(|| bad("no length".into()))?;
+        Ok(Some(TablePin {
+            root,
+            table_len: super::block_hashes::block_count(length)
+                * super::block_hashes::BLOCK_HASH_LEN as u64,
+        }))
+    }
+
+    /// The torrent of an info dictionary fetched from peers (BEP 9), announcing to `trackers`,
+    /// with the block-hash `table` the info dictionary pins, if fetched (a pinned torrent
+    /// without its table is refused, as when loaded). Refused unless the info dictionary
+    /// hashes to `info_hash`; the table is checked against the pin as when loaded.
+    pub fn from_metadata(
+        info_hash: Id20,
+        info: &[u8],
+        trackers: &[String],
+        table: Option<&[u8]>,
+    ) -> Result<Torrent> {
+        let out = FromMetadataOut {
+            announce: trackers.first().map(String::as_str),
+            announce_list: if trackers.is_empty() {
+                Vec::new()
+            } else {
+                vec![trackers]
+            },
+            info: RawValue(info),
+            block_hashes: table.map(ByteBuf),
+        };
+        let mut bytes = Vec::with_capacity(info.len() + table.map_or(0, <[u8]>::len) + 512);
+        bencode::bencode_serialize_to_writer(&out, &mut bytes).map_err(|e| {
+            SwarmError::BadTorrent {
+                path: "<metadata>".into(),
+                reason: format!("{e:#}"),
+            }
+        })?;
+        let t = Torrent::from_bytes(bytes, Path::new("<metadata>"))?;
+        if t.info_hash != info_hash {
+            return Err(SwarmError::BadTorrent {
+                path: "<metadata>".into(),
+                reason: format!(
+                    "the info dictionary hashes to {}, not to the magnet link's {}",
+                    t.info_hash.as_string(),
+                    info_hash.as_string()
+                ),
+            });
+        }
+        Ok(t)
+    }
+
     /// Parses a `.torrent`; `path` only names the source in errors.
     pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Torrent> {
         let bytes = Bytes::from(bytes);

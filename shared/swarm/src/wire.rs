@@ -21,8 +21,9 @@ pub const MAX_UPLOAD_QUEUE: usize = 4096;
 /// told this, it stays below it. libtorrent advertises 2000 (`max_allowed_in_request_queue`).
 pub const ADVERTISED_REQQ: usize = MAX_UPLOAD_QUEUE / 2;
 
-/// Metadata pieces (BEP 9) queued per peer: an info dictionary is a few pieces, so more
-/// requests than this are a flood and ignored.
+/// Metadata pieces (BEP 9, and of the block-hash table) queued per peer: an info dictionary
+/// is a few pieces and a client asks a table a few pieces at a time, so more requests than
+/// this are a flood and ignored.
 const MAX_METADATA_QUEUE: usize = 16;
 
 /// A message waiting for the writer.
@@ -45,6 +46,8 @@ pub(crate) enum Out {
     Pex,
     /// Piece `n` of the info dictionary (BEP 9), or a reject if we cannot serve it.
     Metadata(u32),
+    /// Piece `n` of the block-hash table (`vmt_block_hashes`), or a reject.
+    BlockTable(u32),
 }
 
 /// Messages queued for one connection's writer.
@@ -74,7 +77,7 @@ impl Outbox {
             }
             self.uploads += 1;
         }
-        if let Out::Metadata(_) = out {
+        if let Out::Metadata(_) | Out::BlockTable(_) = out {
             if self.metadata >= MAX_METADATA_QUEUE {
                 return false;
             }
@@ -88,7 +91,7 @@ impl Outbox {
         let out = self.queue.pop_front()?;
         match out {
             Out::Piece(_) => self.uploads -= 1,
-            Out::Metadata(_) => self.metadata -= 1,
+            Out::Metadata(_) | Out::BlockTable(_) => self.metadata -= 1,
             _ => {}
         }
         Some(out)
