@@ -412,13 +412,21 @@ impl PeerRegistry {
                 Some(p.addr)
             }
         };
+        // A closing connection (banned, evicted, replaced) is gone already: a banned peer shows
+        // in `dropped` at once, not when its task gets to unregister it.
+        let going = |p: &LivePeer| p.link.close.is_cancelled() || t.is_banned_ip(p.addr.ip());
         let all: Vec<(u64, SocketAddr)> = t
             .live
             .iter()
+            .filter(|p| !going(p))
             .filter_map(|p| Some((p.conn, listening(p)?)))
             .collect();
         let mut others = Vec::with_capacity(all.len());
-        for p in t.live.iter().filter(|p| p.link.ext.supports_pex()) {
+        for p in t
+            .live
+            .iter()
+            .filter(|p| !going(p) && p.link.ext.supports_pex())
+        {
             others.clear();
             others.extend(all.iter().filter(|(c, _)| *c != p.conn).map(|&(_, a)| a));
             if lock(&p.link.pex).prepare(&others, now, interval) {
@@ -545,6 +553,7 @@ impl PeerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pex::PEX_INTERVAL;
     use std::time::Duration;
 
     /// A registry that started `ago` ago, so links made at 0 ms are that old.
@@ -656,5 +665,42 @@ mod tests {
         assert!(l1.close.is_cancelled() && l2.close.is_cancelled());
         assert_eq!(r.bans().0, vec![IpAddr::from(A)]);
         assert!(r.admits(B.into()));
+    }
+
+    /// A peer banned for corrupt data is named in the next PEX message's `dropped` list at
+    /// once, though its connection is still closing (it stays in the table until its task
+    /// unregisters it), and never offered to anyone again.
+    #[test]
+    fn a_banned_peer_is_dropped_from_pex_at_once() {
+        const C: [u8; 4] = [10, 0, 0, 3];
+        let r = registry(10, 0, OLD);
+        let ours = crate::extension::our_handshake(Some(6881), 0, true);
+        let speaks_pex = |l: &Arc<PeerLink>| l.ext.update(&ours);
+        let told = |l: &Arc<PeerLink>| {
+            let m = lock(&l.pex).take().expect("a PEX message");
+            let m = m.as_borrowed();
+            let added: Vec<SocketAddr> = m.added_peers().map(|p| p.addr).collect();
+            let dropped: Vec<SocketAddr> = m.dropped_peers().map(|p| p.addr).collect();
+            (added, dropped)
+        };
+        let la = join(&r, 1, addr(A, 1), true);
+        let lb = join(&r, 2, addr(B, 2), true);
+        join(&r, 3, addr(C, 3), true);
+        speaks_pex(&la);
+        speaks_pex(&lb);
+        let t0 = Instant::now();
+        r.pex_round(t0, PEX_INTERVAL);
+        let (mut added, _) = told(&la);
+        added.sort();
+        assert_eq!(added, vec![addr(B, 2), addr(C, 3)]);
+        told(&lb);
+        r.ban(id(3), addr(C, 3));
+        // A newcomer is never told of the banned peer.
+        let ld = join(&r, 4, addr([10, 0, 0, 4], 4), true);
+        speaks_pex(&ld);
+        r.pex_round(t0 + PEX_INTERVAL, PEX_INTERVAL);
+        assert_eq!(told(&la), (vec![addr([10, 0, 0, 4], 4)], vec![addr(C, 3)]));
+        let (added, _) = told(&ld);
+        assert!(!added.contains(&addr(C, 3)), "{added:?}");
     }
 }
