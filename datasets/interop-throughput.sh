@@ -11,7 +11,8 @@
 # 1 preferred = its default, 2 required; default 1), TIMEOUT (seconds per download, default
 # 1800), KEEP=1 keeps the scratch dir, PREFIX (namespace/veth/temp-dir prefix, default a4;
 # at most 12 characters), NET (the /24 of the veth pair, default 10.41.4), PORT_BASE (first of
-# the fixed ports, default 41000; uses PORT_BASE+1 to +92), BUILD=0 skips the build.
+# the fixed ports, default 41000; uses PORT_BASE+1 to +92), BUILD=0 skips the build, VMT_BIN
+# (the vmt-run binary, default target/release/vmt-run; e.g. an older build to compare).
 #
 # Topology: namespace $PREFIX-s (seeder and opentracker, $NET.1) and $PREFIX-c (client,
 # $NET.2), joined by the veth pair ${PREFIX}s/${PREFIX}c with no qdisc limit. One seeder runs at a time; the
@@ -32,14 +33,14 @@ out=$root/datasets/results/interop
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "interop-throughput.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "interop-throughput.sh: run as root (namespaces)" >&2; exit 1; }
 cmdline=
-for v in SIZE REPS SEEDERS CLIENTS TR_ENCRYPTION TIMEOUT KEEP PREFIX NET PORT_BASE; do
+for v in SIZE REPS SEEDERS CLIENTS TR_ENCRYPTION TIMEOUT KEEP PREFIX NET PORT_BASE VMT_BIN; do
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/interop-throughput.sh${out:+ --out $(printf '%q' "$out")}"
@@ -64,7 +65,7 @@ echo "building vmt-run and rqbit_peer (release)" >&2
 (cd "$root" && nice -n 15 cargo build --release -q -p vmt-run \
   && nice -n 15 cargo build --release -q -p vmt-swarm --example rqbit_peer)
 fi
-VMT=$root/target/release/vmt-run
+VMT=${VMT_BIN:-$root/target/release/vmt-run}
 RQBIT=$root/target/release/examples/rqbit_peer
 
 W=$(mktemp -d "/tmp/$P-interop-XXXXXX"); chmod 755 "$W"
