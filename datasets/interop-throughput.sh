@@ -9,10 +9,13 @@
 # transmission rqbit"), CLIENTS (default "vmt aria2 transmission rqbit"), TR_ENCRYPTION
 # (Transmission's "encryption" setting for both its seeder and its client: 0 tolerated,
 # 1 preferred = its default, 2 required; default 1), TIMEOUT (seconds per download, default
-# 1800), KEEP=1 keeps the scratch dir.
+# 1800), KEEP=1 keeps the scratch dir, PREFIX (namespace/veth/temp-dir prefix, default a4;
+# at most 12 characters), NET (the /24 of the veth pair, default 10.41.4), PORT_BASE (first of
+# the fixed ports, default 41000; uses PORT_BASE+1 to +92), BUILD=0 skips the build, VMT_BIN
+# (the vmt-run binary, default target/release/vmt-run; e.g. an older build to compare).
 #
-# Topology: namespace a4-s (seeder and opentracker, 10.41.4.1) and a4-c (client, 10.41.4.2),
-# joined by the veth pair a4s/a4c with no qdisc limit. One seeder runs at a time; the
+# Topology: namespace $PREFIX-s (seeder and opentracker, $NET.1) and $PREFIX-c (client,
+# $NET.2), joined by the veth pair ${PREFIX}s/${PREFIX}c with no qdisc limit. One seeder runs at a time; the
 # repetitions are interleaved (rep 1: every seeder x every client, then rep 2, ...), so a slow
 # phase of the shared machine hits every pair alike; each download gets a fresh seeder and tracker. Peers find each other through opentracker;
 # vmt-run fetch is also given the seeder with --peer. Each download starts a fresh client
@@ -30,14 +33,14 @@ out=$root/datasets/results/interop
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "interop-throughput.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "interop-throughput.sh: run as root (namespaces)" >&2; exit 1; }
 cmdline=
-for v in SIZE REPS SEEDERS CLIENTS TR_ENCRYPTION TIMEOUT KEEP; do
+for v in SIZE REPS SEEDERS CLIENTS TR_ENCRYPTION TIMEOUT KEEP PREFIX NET PORT_BASE VMT_BIN; do
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/interop-throughput.sh${out:+ --out $(printf '%q' "$out")}"
@@ -49,21 +52,23 @@ if [ "$commit" != '?' ] && [ -n "$(cd "$root" && git status --porcelain --untrac
   commit="$commit + uncommitted changes"
 fi
 
-SIP=10.41.4.1; CIP=10.41.4.2
-TRK=$SIP:41069
-VMT_SEED=$SIP:41001; TR_SEED_PORT=41002; RQ_SEED=$SIP:41003
-TR_CLIENT_PORT=41012; A2_PORT=41013; RQ_CLIENT=$CIP:41014
-S="nsenter --net=/run/netns/a4-s"; C="nsenter --net=/run/netns/a4-c"
+P=${PREFIX:-a4}; NET=${NET:-10.41.4}; PB=${PORT_BASE:-41000}
+SIP=$NET.1; CIP=$NET.2
+TRK_PORT=$((PB + 69)); TRK=$SIP:$TRK_PORT
+VMT_SEED=$SIP:$((PB + 1)); TR_SEED_PORT=$((PB + 2)); RQ_SEED=$SIP:$((PB + 3))
+TR_CLIENT_PORT=$((PB + 12)); A2_PORT=$((PB + 13)); RQ_CLIENT=$CIP:$((PB + 14))
+TR_SEED_RPC=$((PB + 91)); TR_CLIENT_RPC=$((PB + 92))
+S="nsenter --net=/run/netns/$P-s"; C="nsenter --net=/run/netns/$P-c"
 
 if [ "${BUILD:-1}" = 1 ]; then
 echo "building vmt-run and rqbit_peer (release)" >&2
 (cd "$root" && nice -n 15 cargo build --release -q -p vmt-run \
   && nice -n 15 cargo build --release -q -p vmt-swarm --example rqbit_peer)
 fi
-VMT=$root/target/release/vmt-run
+VMT=${VMT_BIN:-$root/target/release/vmt-run}
 RQBIT=$root/target/release/examples/rqbit_peer
 
-W=$(mktemp -d /tmp/a4-interop-XXXXXX); chmod 755 "$W"
+W=$(mktemp -d "/tmp/$P-interop-XXXXXX"); chmod 755 "$W"
 PIDS=()
 stop() { # pid...: SIGTERM, then wait until gone
   for p in "$@"; do kill "$p" 2>/dev/null || true; done
@@ -71,17 +76,17 @@ stop() { # pid...: SIGTERM, then wait until gone
 }
 cleanup() {
   stop "${PIDS[@]}" 2>/dev/null || true
-  ip netns del a4-s 2>/dev/null || true
-  ip netns del a4-c 2>/dev/null || true
+  ip netns del "$P-s" 2>/dev/null || true
+  ip netns del "$P-c" 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 
-ip netns add a4-s; ip netns add a4-c
-ip link add a4s type veth peer name a4c
-ip link set a4s netns a4-s; ip link set a4c netns a4-c
-ip netns exec a4-s sh -c "ip addr add $SIP/24 dev a4s && ip link set a4s up && ip link set lo up"
-ip netns exec a4-c sh -c "ip addr add $CIP/24 dev a4c && ip link set a4c up && ip link set lo up"
+ip netns add "$P-s"; ip netns add "$P-c"
+ip link add "${P}s" type veth peer name "${P}c"
+ip link set "${P}s" netns "$P-s"; ip link set "${P}c" netns "$P-c"
+ip netns exec "$P-s" sh -c "ip addr add $SIP/24 dev ${P}s && ip link set ${P}s up && ip link set lo up"
+ip netns exec "$P-c" sh -c "ip addr add $CIP/24 dev ${P}c && ip link set ${P}c up && ip link set lo up"
 
 mkdir -p "$W"/{seed,trk}
 echo "writing a $SIZE random image" >&2
@@ -99,7 +104,7 @@ ENC=$(sed 's/../%&/g' <<<"$IH")
 echo "$IH" > "$W/trk/whitelist.txt"
 
 start_tracker() {
-  $S opentracker -i $SIP -p 41069 -P 41069 -d "$W/trk" -w whitelist.txt >"$W/trk/log" 2>&1 &
+  $S opentracker -i $SIP -p $TRK_PORT -P $TRK_PORT -d "$W/trk" -w whitelist.txt >"$W/trk/log" 2>&1 &
   TRK_PID=$!; PIDS+=($TRK_PID)
   until $S curl -fs -o /dev/null "http://$TRK/scrape?info_hash=$ENC"; do sleep 0.1; done
 }
@@ -131,13 +136,13 @@ start_seeder() {
       $S "$VMT" seed --image "$IMG" --torrent "$TORRENT" --listen "$VMT_SEED" >"$W/seed-vmt.log" 2>&1 &
       SEED_PID=$! ;;
     transmission)
-      rm -rf "$W/tr-seed"; tr_settings "$W/tr-seed" $SIP $TR_SEED_PORT 41091 "$W/seed"
+      rm -rf "$W/tr-seed"; tr_settings "$W/tr-seed" $SIP $TR_SEED_PORT $TR_SEED_RPC "$W/seed"
       $S transmission-daemon -f -g "$W/tr-seed" -e "$W/tr-seed/log" >"$W/tr-seed/stderr" 2>&1 &
       SEED_PID=$!
-      until $S transmission-remote 127.0.0.1:41091 -si >/dev/null 2>&1; do sleep 0.1; done
-      $S transmission-remote 127.0.0.1:41091 -a "$TORRENT" >/dev/null
+      until $S transmission-remote 127.0.0.1:$TR_SEED_RPC -si >/dev/null 2>&1; do sleep 0.1; done
+      $S transmission-remote 127.0.0.1:$TR_SEED_RPC -a "$TORRENT" >/dev/null
       local end=$((SECONDS + 600))
-      until tr_done "$S" 41091; do
+      until tr_done "$S" $TR_SEED_RPC; do
         [ $SECONDS -lt $end ] || { echo "transmission seeder never verified" >&2; return 1; }; sleep 0.2
       done ;;
     rqbit)
@@ -164,14 +169,14 @@ download() {
         --file-allocation=none --console-log-level=warn --dir="$dir" "$TORRENT" \
         >"$W/last-client.log" 2>&1 || { echo FAIL; return; } ;;
     transmission)
-      tr_settings "$dir/tr" $CIP $TR_CLIENT_PORT 41092 "$dir"
+      tr_settings "$dir/tr" $CIP $TR_CLIENT_PORT $TR_CLIENT_RPC "$dir"
       $C transmission-daemon -f -g "$dir/tr" -e "$dir/tr/log" >"$W/last-client.log" 2>&1 &
       pid=$!; PIDS+=($pid)
-      until $C transmission-remote 127.0.0.1:41092 -si >/dev/null 2>&1; do sleep 0.1; done
+      until $C transmission-remote 127.0.0.1:$TR_CLIENT_RPC -si >/dev/null 2>&1; do sleep 0.1; done
       t0=$(date +%s.%N)
-      $C transmission-remote 127.0.0.1:41092 -a "$TORRENT" >/dev/null
+      $C transmission-remote 127.0.0.1:$TR_CLIENT_RPC -a "$TORRENT" >/dev/null
       local end=$((SECONDS + TIMEOUT)) ok=1
-      until tr_done "$C" 41092; do
+      until tr_done "$C" $TR_CLIENT_RPC; do
         [ $SECONDS -lt $end ] || { ok=0; break; }; sleep 0.2
       done
       t1=$(date +%s.%N)

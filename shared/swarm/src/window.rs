@@ -22,6 +22,13 @@
 //! base RTT with slow start resumed ([`not_our_delay`]). A queue of others' traffic keeps
 //! both delay and rate, so the window still backs off from it.
 //!
+//! A delay estimate cannot tell a full pipe from jitter: a remote whose answer time varies
+//! by more than a block time shows a block or two of "queue" at any depth, and Vegas' one
+//! block a round is tens of rounds from a deep window. So where the estimate says "about
+//! right" or "grow by one", the window also probes by the delivery rate (as BBR does): it
+//! grows by a step, keeps it if the next round delivered more, and undoes it otherwise
+//! (`RequestWindow::probe`). The shrink for a real queue stays the delay's.
+//!
 //! The base RTT is the minimum over the current and previous [`EPOCH`], so a lasting change of
 //! path or a persistent queue from other traffic is adopted within two epochs. Updates do no
 //! allocation and no system calls beyond the caller's clock reads.
@@ -41,6 +48,15 @@ pub const MIN_DEPTH: usize = 2;
 pub const INITIAL_DEPTH: usize = 8;
 /// How long a base-RTT minimum is trusted.
 pub const EPOCH: Duration = Duration::from_secs(10);
+/// First growth of a rate probe, as a fraction of the window. A quarter stands out of the
+/// round-to-round noise of a remote serving in bursts (its pulse varies by about ±20%).
+const PROBE_STEP: f64 = 0.25;
+/// Rounds between failed probes, at first; doubled per failure up to [`PROBE_WAIT_MAX`], so on
+/// a full link a probe adds its few blocks of queue to one round in 8 at most, and in 64 once
+/// the link has been found full several times.
+const PROBE_WAIT: u32 = 8;
+/// See [`PROBE_WAIT`].
+const PROBE_WAIT_MAX: u32 = 64;
 
 /// The request window of one connection.
 #[derive(Debug, Clone)]
@@ -55,11 +71,33 @@ pub struct RequestWindow {
     /// Minimum RTT and samples of the current round (one window's worth of answers).
     round_min: Duration,
     round_samples: usize,
+    /// Whether the window was full at some answer of the current round (see `on_answer`).
+    round_full: bool,
     /// When the previous round ended: rounds end one window's worth of answers apart, so
     /// `depth / (end - previous end)` is the delivery rate, bursts or not.
     round_end: Instant,
     /// The last shrink, to judge by the next round whether the delay was ours.
     shrunk: Option<Shrink>,
+    /// The answers per second of the previous round.
+    prev_rate: f64,
+    /// A growth to be judged by the next round's rate (see `probe`).
+    probe: Option<Probe>,
+    /// Growth of the next probe, as a fraction of the window.
+    probe_step: f64,
+    /// Rounds until the next probe may start, and the wait after the next failed one.
+    probe_in: u32,
+    probe_wait: u32,
+    /// Whether the current round still carries the queue of a probe just undone, so its
+    /// delay says nothing about the window.
+    after_probe: bool,
+}
+
+/// A growth of the window made to see whether the delivery rate grows with it.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    depth: usize,
+    /// Answers per second before the growth (the better of the last two rounds).
+    rate: f64,
 }
 
 /// A shrink of the window and the round that caused it.
@@ -85,8 +123,15 @@ impl RequestWindow {
             epoch_start: now,
             round_min: Duration::MAX,
             round_samples: 0,
+            round_full: false,
             round_end: now,
             shrunk: None,
+            prev_rate: 0.0,
+            probe: None,
+            probe_step: PROBE_STEP,
+            probe_in: 0,
+            probe_wait: PROBE_WAIT,
+            after_probe: false,
         }
     }
 
@@ -113,6 +158,12 @@ impl RequestWindow {
         self.epoch_min = self.epoch_min.min(rtt);
         self.round_min = self.round_min.min(rtt);
         self.round_samples += 1;
+        // Whether the window, not the lack of wanted blocks, limits the transfer: it was full
+        // right after some refill of this round. Judged over the round, not at its last
+        // answer: the caller refills once per read, and a read brings several blocks, so at
+        // any one answer the window may be several blocks short of full (judging at the
+        // last answer held it at 7-11 blocks for ~30 s against Transmission).
+        self.round_full |= outstanding + 1 >= self.depth;
         if self.round_samples < self.depth {
             return;
         }
@@ -122,8 +173,17 @@ impl RequestWindow {
         let samples = self.round_samples;
         self.round_min = Duration::MAX;
         self.round_samples = 0;
+        let limited = std::mem::take(&mut self.round_full);
         let rate = samples as f64 / now.duration_since(self.round_end).as_secs_f64().max(1e-6);
+        let prev_rate = std::mem::replace(&mut self.prev_rate, rate);
         self.round_end = now;
+        if let Some(p) = self.probe.take() {
+            self.judge_probe(p, rate);
+            return;
+        }
+        if std::mem::take(&mut self.after_probe) {
+            return;
+        }
         if let Some(s) = self.shrunk.take() {
             if not_our_delay(s, rtt, rate, self.base_rtt()) {
                 // The delay is the remote's way of serving, not a queue of ours: adopt it as
@@ -135,7 +195,6 @@ impl RequestWindow {
         }
         let Some(base) = self.base_rtt() else { return };
         let queued = self.depth as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64().max(1e-9));
-        let limited = outstanding + 1 >= self.depth;
         tracing::trace!(
             depth = self.depth,
             ?rtt,
@@ -158,15 +217,67 @@ impl RequestWindow {
                 fraction: (before - self.depth) as f64 / before as f64,
             });
         } else if queued < ALPHA && limited {
-            self.depth = if self.slow_start && queued < 1.0 {
-                self.depth * 2
+            if self.slow_start && queued < 1.0 {
+                self.depth = (self.depth * 2).min(self.max);
             } else {
+                // Vegas' one block a round takes a burst-serving remote tens of seconds to
+                // ramp; a probe that pays off goes on doubling.
                 self.slow_start = false;
-                self.depth + 1
+                self.depth = (self.depth + 1).min(self.max);
+                self.probe(rate.max(prev_rate));
             }
-            .min(self.max);
         } else if queued >= 1.0 {
             self.slow_start = false;
+            if limited {
+                self.probe(rate.max(prev_rate));
+            }
+        }
+    }
+
+    /// The delay says the window holds about as much queue as it should, but a delay estimate
+    /// cannot tell a full pipe from jitter: a remote whose answer time varies by more than a
+    /// block time (any stock client on a fast link; Transmission by hundreds of milliseconds)
+    /// shows a block or two of "queue" at any depth. So the window grows by a step and the
+    /// next round shows whether the delivery rate grew with it (BBR's bandwidth probe): if it
+    /// did, the window and not the link was the limit, and the next probe may go on at once
+    /// with a doubled step; if not, the growth is undone and the next probe waits.
+    fn probe(&mut self, rate: f64) {
+        if self.probe_in > 0 {
+            self.probe_in -= 1;
+            return;
+        }
+        if self.depth >= self.max {
+            return;
+        }
+        let step = ((self.depth as f64 * self.probe_step).ceil() as usize).max(1);
+        self.probe = Some(Probe {
+            depth: self.depth,
+            rate,
+        });
+        self.depth = (self.depth + step).min(self.max);
+    }
+
+    /// Keeps a probe's growth if the round after it delivered at least half the rate growth a
+    /// window-limited transfer would show, and undoes it otherwise.
+    fn judge_probe(&mut self, p: Probe, rate: f64) {
+        let gain = (self.depth - p.depth) as f64 / p.depth as f64;
+        tracing::trace!(
+            from = p.depth,
+            to = self.depth,
+            before = p.rate,
+            rate,
+            "window probe"
+        );
+        if rate >= p.rate * (1.0 + gain / 2.0) {
+            self.probe_step = (self.probe_step * 2.0).min(1.0);
+            self.probe_wait = PROBE_WAIT;
+            self.probe_in = 0;
+        } else {
+            self.depth = p.depth;
+            self.after_probe = true;
+            self.probe_step = PROBE_STEP;
+            self.probe_in = self.probe_wait;
+            self.probe_wait = (self.probe_wait * 2).min(PROBE_WAIT_MAX);
         }
     }
 }
@@ -241,6 +352,132 @@ mod tests {
             w.on_answer(clock - sent, inflight.len(), t0 + clock);
         }
         (w.depth(), (n / 2) as f64 / (clock - half).as_secs_f64())
+    }
+
+    /// A remote whose answers jitter: each request waits `service` plus up to `jitter` (a
+    /// deterministic pseudo-random share) at the remote before it is sent at `rate` blocks/s,
+    /// in order. Returns the window after `answers` answers and the blocks per second achieved
+    /// over the last half of them.
+    fn settle_jittery(
+        rate: f64,
+        service: Duration,
+        jitter: Duration,
+        max: usize,
+        answers: usize,
+    ) -> (usize, f64) {
+        let t0 = Instant::now();
+        let mut w = RequestWindow::new(max, t0);
+        let block = Duration::from_secs_f64(1.0 / rate);
+        let (mut clock, mut link_free) = (Duration::ZERO, Duration::ZERO);
+        let mut inflight: std::collections::VecDeque<(Duration, Duration)> = Default::default();
+        let mut rng = Jitter(0x9e37_79b9_7f4a_7c15);
+        let mut half = Duration::ZERO;
+        for k in 0..answers {
+            while inflight.len() < w.depth() {
+                let ready = clock + service + jitter.mul_f64(rng.share());
+                let start = ready.max(link_free);
+                link_free = start + block;
+                inflight.push_back((clock, link_free));
+            }
+            let (sent, done) = inflight.pop_front().unwrap();
+            clock = clock.max(done);
+            if k == answers / 2 {
+                half = clock;
+            }
+            w.on_answer(clock - sent, inflight.len(), t0 + clock);
+        }
+        (
+            w.depth(),
+            (answers / 2) as f64 / (clock - half).as_secs_f64(),
+        )
+    }
+
+    /// A remote that serves in bursts at uneven intervals, `period` plus up to `jitter`
+    /// (Transmission 3.00's pulse is 400-620 ms seen from the client): at each tick it sends,
+    /// at `rate` blocks/s, what was asked of it until then. Returns the simulated seconds
+    /// until the window first reached `target` blocks, if it did within `answers` answers.
+    fn time_to_depth_uneven_bursts(
+        rate: f64,
+        period: Duration,
+        jitter: Duration,
+        target: usize,
+        answers: usize,
+    ) -> Option<f64> {
+        let t0 = Instant::now();
+        let mut w = RequestWindow::new(4096, t0);
+        let block = Duration::from_secs_f64(1.0 / rate);
+        let (mut clock, mut link_free) = (Duration::ZERO, Duration::ZERO);
+        let mut inflight: std::collections::VecDeque<(Duration, Duration)> = Default::default();
+        let mut rng = Jitter(0x9e37_79b9_7f4a_7c15);
+        // The remote's ticks, generated as far as needed.
+        let mut ticks: std::collections::VecDeque<Duration> = Default::default();
+        let mut last_tick = Duration::ZERO;
+        for k in 0..answers {
+            // The client reads up to 4 blocks a read and asks for more after each read.
+            while k % 4 == 0 && inflight.len() < w.depth() {
+                let arrives = clock + Duration::from_micros(100);
+                while ticks.back().is_none_or(|&t| t < arrives) {
+                    last_tick += period + jitter.mul_f64(rng.share());
+                    ticks.push_back(last_tick);
+                }
+                while ticks.front().is_some_and(|&t| t < arrives) {
+                    ticks.pop_front();
+                }
+                let start = ticks[0].max(link_free);
+                link_free = start + block;
+                inflight.push_back((clock, link_free + Duration::from_micros(100)));
+            }
+            let (sent, done) = inflight.pop_front().unwrap();
+            clock = clock.max(done);
+            w.on_answer(clock - sent, inflight.len(), t0 + clock);
+            if w.depth() >= target {
+                return Some(clock.as_secs_f64());
+            }
+        }
+        None
+    }
+
+    /// A deterministic share in [0, 1) per call (xorshift), for simulated jitter.
+    struct Jitter(u64);
+
+    impl Jitter {
+        fn share(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % 1000) as f64 / 1000.0
+        }
+    }
+
+    #[test]
+    fn uneven_bursts_do_not_hold_the_window_at_a_few_blocks() {
+        // 1 Gbit/s (7630 blocks/s) from a remote that answers every 400-600 ms, read 4 blocks
+        // at a time: the window, not the link, limits the transfer far beyond 256 blocks, so
+        // it must get there in a few seconds. It took 28.7 s (the real trace: 7-11 blocks for
+        // ~32 s), since a round's last answer rarely found the window full; then 14 s with
+        // Vegas' one block a round.
+        let t = time_to_depth_uneven_bursts(
+            7630.0,
+            Duration::from_millis(400),
+            Duration::from_millis(200),
+            256,
+            200_000,
+        );
+        assert!(
+            t.is_some_and(|t| t <= 10.0),
+            "reached 256 blocks after {t:?} s"
+        );
+    }
+
+    #[test]
+    fn jittery_round_trips_do_not_stall_the_window_below_the_pipe() {
+        // 1 Gbit/s (7630 blocks/s) behind a 4-6 ms answer time: about 40 blocks fill the
+        // pipe, but the jitter alone shows a block or two of "queue" at any depth. The delay
+        // estimate alone held 0.78 of the link (5915 blocks/s).
+        let ms = Duration::from_millis;
+        let (d, rate) = settle_jittery(7630.0, ms(4), ms(2), 256, 4_000);
+        assert!(d >= 20, "depth {d}");
+        assert!(rate >= 0.8 * 7630.0, "{rate:.0} blocks/s");
     }
 
     #[test]
