@@ -32,6 +32,8 @@
 //!   reads past `--read-timeout` or of killed processes, and logs long waits.
 //! - [`mount`], [`seed`], [`fetch`]: `vmt-run mount`, `seed` and `fetch` from params to
 //!   report, taking bound sockets and a cancellation token so tests run the same code.
+//! - [`make_torrent`]: `vmt-run torrent`, and the torrent `seed` creates: hash an image into
+//!   its `.torrent` with trackers and web seeds.
 //! - `streaming`: the streaming core a mount and a headless client share (engine, planner,
 //!   filesystem core, reply pool); `runtime` adds the FUSE mount to it.
 //! - [`crowd`]: `vmt-run replay-client`, many headless clients replaying traces in one
@@ -52,6 +54,7 @@ pub mod crowd;
 pub mod demo;
 pub mod fetch;
 mod live;
+pub mod make_torrent;
 mod metrics;
 pub mod mount;
 mod params;
