@@ -19,9 +19,16 @@
 # and WALKS, never these), STRATEGIES (of phase strategies, default all; sshfs and aria2 also gate the crowd's
 # baselines), CROWD (vmt runs of the crowd phase as STRATEGY:MODE, default "markov:swarm
 # markov:cs oracle:swarm"), SEED_ARGS (extra `vmt-run seed` options), PHASES (default
-# "strategies crowd"), KEEP=1 keeps the scratch dir.
+# "strategies crowd"), KEEP=1 keeps the scratch dir, PREFIX (of the namespaces' names, default
+# vmtb; the script's pid follows it, so runs never collide), ORIGIN (vmt, the default: the
+# origin is `vmt-run seed`; nginx: no vmt seeder runs, nginx in the seeder's namespace serves
+# the image and the torrent, made by `vmt-run torrent`, names it as a web seed (BEP 19): the
+# vmt clients fetch what no peer has from it; crowd phase only). Each crowd's origin bytes
+# (nginx's access log, or the seeder's bytes in the clients' reports) and the load average
+# while it ran go to raw/crowd-*.origin and summary.txt.
 #
-# Topology: a hub namespace with a bridge; the seeder (10.247.0.1) and clients 1..N
+# Topology: a hub namespace with a bridge; the seeder (10.247.0.1; with ORIGIN=nginx the web
+# server, on port 80) and clients 1..N
 # (10.247.0.1+i) each in a namespace joined to the hub by a veth pair, tbf-capped in both
 # directions (seeder uplink SEED_RATE). Peers run inside their namespaces; replays run in the
 # root namespace against the mounts (FUSE and sshfs mounts are visible machine-wide).
@@ -58,7 +65,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (namespaces, tc, FUSE)" >&2; exit 1; }
 # The exact command, with every knob the caller set (before the defaults fill the rest).
 cmdline=
-for v in WORK RATE SEED_RATE BURST THINK NS TASKS SESSIONS STRATEGIES CROWD SEED_ARGS PHASES KEEP; do
+for v in WORK RATE SEED_RATE BURST THINK NS TASKS SESSIONS STRATEGIES CROWD SEED_ARGS PHASES KEEP PREFIX ORIGIN; do
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/bench.sh --$mode${out:+ --out $(printf '%q' "$out")}"
@@ -87,6 +94,12 @@ for ph in $PHASES; do
 done
 [ -n "${PHASES// /}" ] || { echo "bench.sh: PHASES is empty (strategies, crowd)" >&2; exit 2; }
 CROWD=${CROWD:-markov:swarm markov:cs oracle:swarm}
+ORIGIN=${ORIGIN:-vmt}
+case "$ORIGIN" in vmt|nginx) ;; *) echo "bench.sh: unknown ORIGIN '$ORIGIN' (vmt, nginx)" >&2; exit 2 ;; esac
+# Phase strategies measures against a vmt seeder (vmt-run fetch, the single-client mounts).
+case " $PHASES " in
+  *" strategies "*) [ "$ORIGIN" = vmt ] || { echo "bench.sh: ORIGIN=nginx measures the crowd phase only (PHASES=crowd)" >&2; exit 2; } ;;
+esac
 has() { case " $STRATEGIES " in *" $1 "*) return 0 ;; esac; return 1; }
 has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 work=${WORK:-$here/work}
@@ -170,7 +183,7 @@ done
 
 # --- scratch, cleanup -----------------------------------------------------------------------
 W=$(mktemp -d "$work/bench.XXXXXX"); chmod 755 "$W"
-tag=vmtb$$
+tag=${PREFIX:-vmtb}$$
 hub=$tag-hub
 nmax=0; for n in $NS; do [ "$n" -gt "$nmax" ] && nmax=$n; done
 namespaces=()
@@ -245,13 +258,53 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f\n", b - a }'; }
 
 # --- servers in the seeder's namespace ------------------------------------------------------
-say "seeder: vmt-run seed (hashing the image)"
-inns "$(ns_of 0)" "$bin/vmt-run" seed --image "$image" --listen "$seeder:6881" \
-  --torrent-out "$W/app.torrent" ${SEED_ARGS:-} >"$W/seed.log" 2>&1 &
-wait_for 300 listening "$(ns_of 0)" 6881
-# It binds first, then hashes (SHA-1 per piece, SHA-256 per 16 KiB block for the block-hash
-# table, SHA-256 of the image) and writes the .torrent atomically.
-wait_for 300 test -s "$W/app.torrent"
+imgdir=$(dirname "$(readlink -f "$image")")
+imgname=$(basename "$(readlink -f "$image")")
+web_seed=
+if [ "$ORIGIN" = nginx ]; then
+  # nginx from the distribution as a plain HTTP origin; its access log counts the origin's
+  # bytes ($bytes_sent: headers included, what the link carried).
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || {
+    say "installing nginx"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx; }
+  web_seed=http://$seeder/$imgname
+  mkdir -p "$W/nginx"
+  cat > "$W/nginx/nginx.conf" <<NGINX
+daemon off;
+master_process off;
+worker_processes 1;
+user root;
+pid $W/nginx/nginx.pid;
+error_log $W/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  log_format origin '\$remote_addr \$status \$bytes_sent "\$http_range"';
+  access_log $W/nginx/access.log origin;
+  client_body_temp_path $W/nginx/body;
+  proxy_temp_path $W/nginx/proxy;
+  fastcgi_temp_path $W/nginx/fastcgi;
+  uwsgi_temp_path $W/nginx/uwsgi;
+  scgi_temp_path $W/nginx/scgi;
+  sendfile on;
+  server {
+    listen $seeder:80;
+    root $imgdir;
+  }
+}
+NGINX
+  say "origin: nginx serving $web_seed; vmt-run torrent (hashing the image)"
+  inns "$(ns_of 0)" nginx -p "$W/nginx" -c "$W/nginx/nginx.conf" >"$W/nginx/stderr.log" 2>&1 &
+  wait_for 30 listening "$(ns_of 0)" 80
+  "$bin/vmt-run" torrent --image "$image" --out "$W/app.torrent" --web-seed "$web_seed" \
+    >"$W/torrent.log" 2>&1
+else
+  say "seeder: vmt-run seed (hashing the image)"
+  inns "$(ns_of 0)" "$bin/vmt-run" seed --image "$image" --listen "$seeder:6881" \
+    --torrent-out "$W/app.torrent" ${SEED_ARGS:-} >"$W/seed.log" 2>&1 &
+  wait_for 300 listening "$(ns_of 0)" 6881
+  # It binds first, then hashes (SHA-1 per piece, SHA-256 per 16 KiB block for the block-hash
+  # table, SHA-256 of the image) and writes the .torrent atomically.
+  wait_for 300 test -s "$W/app.torrent"
+fi
 
 mkdir -p /run/sshd
 ssh-keygen -q -t ed25519 -N '' -f "$W/host_key"
@@ -273,8 +326,6 @@ Subsystem sftp internal-sftp
 EOF
 inns "$(ns_of 0)" /usr/sbin/sshd -D -f "$W/sshd_config" -E "$W/sshd.log" &
 wait_for 30 listening "$(ns_of 0)" 22
-imgdir=$(dirname "$(readlink -f "$image")")
-imgname=$(basename "$(readlink -f "$image")")
 
 # Stock BitTorrent: opentracker + an aria2c seeder, with a torrent made by transmission-create.
 say "stock torrent: transmission-create (hashing the image)"
@@ -324,7 +375,9 @@ mount_start() {
   local i=$1 strategy=$2 md=$3 trace=$4 n=$5 d=$W/c$1
   rm -rf "$d"; mkdir -p "$d/mnt" "$d/data"
   local args=(--torrent "$W/app.torrent" --bundle "$bundle" --mountpoint "$d/mnt" --data "$d/data"
-              --strategy "$strategy" --peer "$seeder:6881" --report "$d/report.json")
+              --strategy "$strategy" --report "$d/report.json")
+  # With ORIGIN=nginx the torrent's web seed is the origin, and no vmt seeder runs.
+  if [ "$ORIGIN" = vmt ]; then args+=(--peer "$seeder:6881"); fi
   if [ "$md" = swarm ]; then
     args+=(--listen "$(ip_of "$i"):6881")
     for j in $(seq 1 "$n"); do [ "$j" = "$i" ] || args+=(--peer "$(ip_of "$j"):6881"); done
@@ -451,7 +504,11 @@ set -- $SESSIONS; nsess=$#; sess=("$@")
 # N=16 / N=1 ratio compares like with like.
 crowd() {
   say "crowd $1 $2 N=$3"
-  local pids=() i off failed=0
+  local pids=() i off failed=0 name=crowd-$1-$2-n$3 log0 sampler
+  log0=$(origin_log_bytes)
+  # The load average every 5 s while the crowd runs: the machine may be shared.
+  (while :; do echo "$(date -u +%T) $(cut -d' ' -f1-3 /proc/loadavg)"; sleep 5; done) >"$W/raw/$name.load" &
+  sampler=$!
   for ((off = 0; off == 0 || off < nsess; off += $3)); do
     pids=()
     for i in $(seq 1 "$3"); do
@@ -460,8 +517,44 @@ crowd() {
     done
     for p in "${pids[@]}"; do wait "$p" || failed=1; done
   done
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+  origin_row "$name" "$log0"
   # A failed client (its row is missing) is reported, not fatal: the other runs still count.
   [ $failed = 0 ] || { say "crowd $1 $2 N=$3: a client failed"; echo "crowd $1 $2 N=$3" >> "$W/failed"; }
+}
+# Bytes nginx has sent so far (0 without nginx).
+origin_log_bytes() {
+  if [ -f "$W/nginx/access.log" ]; then awk '{s += $3} END {printf "%d\n", s}' "$W/nginx/access.log"
+  else echo 0; fi
+}
+# origin_row NAME LOG0: the origin's bytes in crowd NAME, two ways (nginx's log since LOG0;
+# the clients' own counts: web seed payload, or payload from the vmt seeder), over the image
+# size, and the load average while it ran, into raw/NAME.origin.
+origin_row() {
+  local name=$1 log_bytes requests clients bytes ratio load
+  log_bytes=$(( $(origin_log_bytes) - $2 ))
+  requests=0; [ -f "$W/nginx/access.log" ] && requests=$(wc -l < "$W/nginx/access.log")
+  if [ "$ORIGIN" = nginx ]; then
+    clients=$(cat "$W/raw/$name"-c*.mount.json 2>/dev/null | jq -s 'map(.origin_downloaded) | add // 0')
+    bytes=$log_bytes
+  else
+    clients=$(cat "$W/raw/$name"-c*.mount.json 2>/dev/null \
+      | jq -s --arg s "$seeder:" 'map(.peers[] | select(.addr | startswith($s)) | .downloaded) | add // 0')
+    bytes=$clients
+  fi
+  ratio=$(awk -v b="$bytes" -v i="$image_bytes" 'BEGIN { printf "%.3f", b / i }')
+  load=$(awk '{a += $2; if ($2 > m) m = $2} END {if (NR) printf "mean %.2f, max %.2f (1-min, %d samples)", a / NR, m, NR}' "$W/raw/$name.load")
+  {
+    echo "origin=$ORIGIN${web_seed:+ $web_seed}"
+    echo "origin_bytes=$bytes"
+    echo "image_bytes=$image_bytes"
+    echo "origin_over_image=$ratio"
+    echo "nginx_log_bytes=$log_bytes"
+    echo "nginx_requests_total=$requests"
+    echo "clients_origin_bytes=$clients"
+    echo "load_average=$load"
+  } > "$W/raw/$name.origin"
+  say "$name: origin ($ORIGIN) sent $bytes bytes = $ratio x the image (clients counted $clients); load $load"
 }
 nmin=$nmax; for n in $NS; do [ "$n" -lt "$nmin" ] && nmin=$n; done
 for n in $NS; do
@@ -484,6 +577,12 @@ date: $(date -u +'%Y-%m-%d %H:%M UTC'); commit $commit
 links: $RATE each way per client, seeder uplink $SEED_RATE (tc tbf, burst $BURST); RTT ${rtt_ms:-?} ms; think $THINK; $(nproc) cores
 held-out traces: ${TASKS:-(no tasks)} ${SESSIONS}; bundle $(basename "$bundle") (trained on traces/train)
 phases: $PHASES; failed runs (rows missing): $(if [ -s "$W/failed" ]; then paste -sd';' "$W/failed"; else echo none; fi)
+origin: $(if [ "$ORIGIN" = nginx ]; then echo "nginx web seed $web_seed, no vmt seeder"; else echo "vmt-run seed"; fi)
+$(for f in "$W"/raw/crowd-*.origin; do [ -f "$f" ] || continue
+  printf '%s: origin bytes / image %s (%s bytes; clients counted %s); load average %s\n' \
+    "$(basename "$f" .origin)" "$(sed -n 's/^origin_over_image=//p' "$f")" \
+    "$(sed -n 's/^origin_bytes=//p' "$f")" "$(sed -n 's/^clients_origin_bytes=//p' "$f")" \
+    "$(sed -n 's/^load_average=//p' "$f")"; done)
 
 "
 "$bin/vmt-bench" report --csv "$out/results.csv" --out "$out" --header "$header" \

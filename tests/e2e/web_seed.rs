@@ -1,7 +1,8 @@
 //! Web seeds (BEP 19) against nginx from Debian: a client with only an HTTP origin fetches
 //! and mounts the image; in a swarm, peers carry most bytes; an origin serving wrong bytes is
 //! banned and nothing of it is kept; a server without Range support, a redirect loop and a
-//! 5xx get bounded handling. nginx listens on 127.0.0.1, ports 42001-42010.
+//! 5xx get bounded handling; `vmt-run torrent` writes what `seed` writes. nginx listens on
+//! 127.0.0.1, ports 42001-42010 and 45010.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -130,6 +131,104 @@ fn a_client_with_only_a_web_seed_fetches_and_mounts() {
     );
     assert_eq!(report["web_seeds"][0]["state"], "Ok", "report: {report}");
     assert!(report["read_misses"].as_u64().unwrap() > 0);
+}
+
+/// `vmt-run torrent` writes, without seeding, the very bytes `vmt-run seed --torrent-out`
+/// writes for the same image and options; a client given only that torrent fetches the image
+/// byte for byte from nginx alone. Bad options fail before hashing, with one clear line.
+#[test]
+fn the_torrent_command_writes_what_seed_writes() {
+    if !nginx_or_skip() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("ws-torrent-")
+        .tempdir()
+        .unwrap();
+    let served = dir.path().join("www");
+    std::fs::create_dir_all(&served).unwrap();
+    let image = served.join("app.img");
+    let data = vmt_tests::content(43, 5 * MIB + 4321);
+    std::fs::write(&image, &data).unwrap();
+    let nginx = Nginx::start(&served, 45010, "");
+    let url = format!("{}/app.img", nginx.base);
+    let options = ["--piece-size", "64KiB", "--web-seed", &url];
+
+    let written = dir.path().join("written.torrent");
+    let made = run_with_timeout(
+        Command::new(bin("vmt-run"))
+            .args(["torrent", "--image"])
+            .arg(&image)
+            .arg("--out")
+            .arg(&written)
+            .args(options),
+        LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&made.stdout);
+    assert!(
+        made.status.success(),
+        "vmt-run torrent: {stdout}\n{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let t = vmt_swarm::Torrent::load(&written).unwrap();
+    assert!(
+        stdout.contains(&t.info_hash().as_string()) && stdout.contains("1 web seed"),
+        "{stdout}"
+    );
+    let seeded = dir.path().join("seeded.torrent");
+    {
+        let _seeder = CliSeeder::start(&image, &seeded, &options);
+    }
+    assert!(
+        std::fs::read(&written).unwrap() == std::fs::read(&seeded).unwrap(),
+        "vmt-run torrent and vmt-run seed wrote different torrents"
+    );
+    assert_eq!(t.web_seeds(), std::slice::from_ref(&url));
+    assert_eq!(t.piece_count(), (data.len() as u32).div_ceil(64 << 10));
+
+    let out = dir.path().join("got.img");
+    let fetched = run_with_timeout(
+        Command::new(bin("vmt-run"))
+            .args(["fetch", "--torrent"])
+            .arg(&written)
+            .arg("--out")
+            .arg(&out),
+        LIMIT,
+    );
+    assert!(
+        fetched.status.success(),
+        "fetch from nginx alone: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == data, "fetched bytes differ");
+    assert!(
+        nginx.access_log().contains(" 206 "),
+        "{}",
+        nginx.access_log()
+    );
+
+    // A web seed that is not HTTP fails at once, before hashing, and writes nothing.
+    let refused = dir.path().join("refused.torrent");
+    let bad = run_with_timeout(
+        Command::new(bin("vmt-run"))
+            .args([
+                "torrent",
+                "--web-seed",
+                "ftp://example.org/app.img",
+                "--image",
+            ])
+            .arg(&image)
+            .arg("--out")
+            .arg(&refused),
+        LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("ftp://example.org/app.img") && !stderr.contains("hashing"),
+        "{stderr}"
+    );
+    assert!(!refused.exists());
 }
 
 /// A vmt seeder, nginx with the image, and two vmt clients: the peers carry most bytes.

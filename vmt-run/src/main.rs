@@ -2,7 +2,8 @@
 //! the tokio runtime, bind the sockets, turn signals into a clean shutdown, draw progress,
 //! print errors once.
 //!
-//! Subcommands: `seed` (serve an image: `vmt_runtime::seed`), `fetch` (download it whole, the
+//! Subcommands: `seed` (serve an image: `vmt_runtime::seed`), `torrent` (write its .torrent
+//! only: `vmt_runtime::make_torrent`), `fetch` (download it whole, the
 //! `full` strategy: `vmt_runtime::fetch`), `mount` (serve it through FUSE while it streams:
 //! `vmt_runtime::mount`), `boot` (a VM on such a mount: `vmt_runtime::boot`), `replay-client` (headless
 //! clients: `vmt_runtime::crowd`, in `replay_client`), `demo` (the whole
@@ -21,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use vmt_formats::units::{self, Rate, Size};
 use vmt_runtime::fetch::{FetchEvent, FetchParams};
+use vmt_runtime::make_torrent::{self, TorrentEvent, TorrentParams};
 use vmt_runtime::mount::{MountEvent, MountIo};
 use vmt_runtime::peer_addr::PeerAddr;
 use vmt_runtime::seed::{SeedEvent, SeedParams};
@@ -43,6 +45,9 @@ struct Cli {
 enum Cmd {
     /// Serve an image to the swarm (creates its .torrent unless --torrent is given).
     Seed(SeedArgs),
+    /// Write an image's .torrent without seeding it: the bytes `seed` would write for the same
+    /// options, e.g. for a swarm whose only origin is a web server (--web-seed).
+    Torrent(TorrentArgs),
     /// Download a whole image from the swarm, resuming a previous run.
     Fetch(FetchArgs),
     /// Mount an image from the swarm: the file appears at once, full size; reads of missing
@@ -300,22 +305,14 @@ struct SeedArgs {
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
     /// Use this existing .torrent instead of creating one; the image is verified against it.
-    #[arg(long, value_name = "T", conflicts_with_all = ["torrent_out", "piece_size", "tracker"])]
+    #[arg(long, value_name = "T",
+          conflicts_with_all = ["torrent_out", "piece_size", "tracker", "web_seed"])]
     torrent: Option<PathBuf>,
-    /// Piece size of the created torrent: a power of two from 16KiB to 16MiB.
-    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = units::parse_size_u32)]
-    piece_size: u32,
     /// Where to write the created .torrent [default: IMG.torrent].
     #[arg(long, value_name = "T")]
     torrent_out: Option<PathBuf>,
-    /// Announce URL to put in the created torrent (repeatable); the seeder announces to it.
-    #[arg(long, value_name = "URL")]
-    tracker: Vec<String>,
-    /// HTTP(S) URL of the image to put in the created torrent as a web seed (BEP 19
-    /// `url-list`; repeatable): clients fetch from it what no peer has. A URL ending in / is a
-    /// directory: clients append the image's name.
-    #[arg(long, value_name = "URL", conflicts_with = "torrent")]
-    web_seed: Vec<String>,
+    #[command(flatten)]
+    new_torrent: NewTorrentArgs,
     /// Upload limit, in bits (100Mbit) or bytes (10MiB/s; a bare number) per second;
     /// unlimited when absent.
     #[arg(long, value_name = "RATE")]
@@ -329,6 +326,34 @@ struct SeedArgs {
     peer: Vec<PeerAddr>,
     #[command(flatten)]
     dht: DhtArgs,
+}
+
+/// What goes into a created torrent (`seed` without --torrent, and `torrent`).
+#[derive(Args)]
+struct NewTorrentArgs {
+    /// Piece size of the created torrent: a power of two from 16KiB to 16MiB.
+    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = units::parse_size_u32)]
+    piece_size: u32,
+    /// Announce URL to put in the created torrent (repeatable); a seeder announces to it.
+    #[arg(long, value_name = "URL")]
+    tracker: Vec<String>,
+    /// HTTP(S) URL of the image to put in the created torrent as a web seed (BEP 19
+    /// `url-list`; repeatable): clients fetch from it what no peer has. A URL ending in / is a
+    /// directory: clients append the image's name.
+    #[arg(long, value_name = "URL")]
+    web_seed: Vec<String>,
+}
+
+#[derive(Args)]
+struct TorrentArgs {
+    /// The image file to hash (read-only).
+    #[arg(long, value_name = "IMG")]
+    image: PathBuf,
+    /// Where to write the .torrent [default: IMG.torrent].
+    #[arg(long, value_name = "T")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    new_torrent: NewTorrentArgs,
 }
 
 #[derive(Args)]
@@ -397,6 +422,7 @@ fn main() -> ExitCode {
         let cancel = shutdown_on_signals();
         match cli.cmd {
             Cmd::Seed(a) => seed(a, cancel).await,
+            Cmd::Torrent(a) => torrent(a, cancel).await,
             Cmd::Fetch(a) => fetch(a, cancel).await,
             Cmd::Mount(a) => mount(a, cancel).await,
             Cmd::Boot(a) => boot(a, cancel).await,
@@ -493,13 +519,59 @@ fn status_line(st: &vmt_runtime::Status) -> String {
     )
 }
 
+/// `vmt-run torrent`: hash with a bar, write, and print what a user shares next.
+async fn torrent(a: TorrentArgs, cancel: CancellationToken) -> Result<()> {
+    let params = TorrentParams {
+        piece_size: a.new_torrent.piece_size,
+        out: a.out,
+        trackers: a.new_torrent.tracker,
+        web_seeds: a.new_torrent.web_seed,
+        ..TorrentParams::new(a.image)
+    }
+    .check()?;
+    let bar = ProgressBar::new(0);
+    let t = make_torrent::make(&params, &cancel, |ev| match ev {
+        TorrentEvent::Hashing { total, .. } => {
+            bar.set_length(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message("hashing");
+            bar.suspend(|| eprintln!("{ev}"));
+        }
+        TorrentEvent::Hashed { done, .. } => bar.set_position(done),
+        _ => {
+            bar.finish_and_clear();
+            eprintln!("{ev}");
+        }
+    })
+    .await?;
+    println!(
+        "{}: {} pieces, info hash {}, {} web seed(s), {} tracker(s)",
+        params.out().display(),
+        t.piece_count(),
+        t.info_hash().as_string(),
+        t.web_seeds().len(),
+        t.trackers().len()
+    );
+    // Without a tracker a magnet link finds nobody (but through --dht).
+    if !t.trackers().is_empty() {
+        println!("magnet link: {}", t.magnet_link(None));
+    }
+    Ok(())
+}
+
 async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     let params = SeedParams {
         torrent: a.torrent,
-        piece_size: a.piece_size,
+        piece_size: a.new_torrent.piece_size,
         torrent_out: a.torrent_out,
-        trackers: a.tracker,
-        web_seeds: a.web_seed,
+        trackers: a.new_torrent.tracker,
+        web_seeds: a.new_torrent.web_seed,
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
         peers: a.peer,
@@ -513,7 +585,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
     let mut seeding_since = None;
     let stats = vmt_runtime::seed::run(params, listener, cancel, |ev| match ev {
-        SeedEvent::Progress(_) | SeedEvent::Hashed { .. } => {
+        SeedEvent::Progress(_) | SeedEvent::Torrent(TorrentEvent::Hashed { .. }) => {
             bar.set_message(ev.to_string());
             bar.tick();
         }

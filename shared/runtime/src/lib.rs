@@ -34,6 +34,8 @@
 //!   report, taking bound sockets and a cancellation token so tests run the same code.
 //! - [`magnet`]: `--magnet`, the `.torrent` of a magnet link fetched from peers and kept, so
 //!   the commands go on as with `--torrent`.
+//! - [`make_torrent`]: `vmt-run torrent`, and the torrent `seed` creates: hash an image into
+//!   its `.torrent` with trackers and web seeds.
 //! - `streaming`: the streaming core a mount and a headless client share (engine, planner,
 //!   filesystem core, reply pool); `runtime` adds the FUSE mount to it.
 //! - [`crowd`]: `vmt-run replay-client`, many headless clients replaying traces in one
@@ -55,6 +57,7 @@ pub mod demo;
 pub mod fetch;
 mod live;
 pub mod magnet;
+pub mod make_torrent;
 mod metrics;
 pub mod mount;
 mod params;

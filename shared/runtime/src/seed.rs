@@ -10,17 +10,17 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use vmt_formats::units::{human_bytes, Rate, Size};
+use vmt_formats::units::{human_bytes, Rate};
 use vmt_swarm::{DhtConfig, Engine, EngineConfig, Storage, SwarmError, SwarmStats, Torrent};
 
-use crate::paths;
+use crate::make_torrent::{
+    self, MakeTorrentError, TorrentEvent, TorrentParams, ValidTorrentParams, DEFAULT_PIECE_SIZE,
+};
 use crate::peer_addr::{resolve_all, PeerAddr, PeerAddrError};
 
 /// How often a [`SeedEvent::Progress`] is reported: a seeder's figures change slowly.
@@ -59,7 +59,7 @@ impl SeedParams {
         SeedParams {
             image,
             torrent: None,
-            piece_size: 256 << 10,
+            piece_size: DEFAULT_PIECE_SIZE,
             torrent_out: None,
             trackers: Vec::new(),
             web_seeds: Vec::new(),
@@ -70,7 +70,8 @@ impl SeedParams {
         }
     }
 
-    /// Checks the image exists and resolves the peers.
+    /// Checks the image exists, resolves the peers, and checks what a created torrent needs
+    /// (piece size, web seed URLs).
     pub fn check(self) -> Result<ValidSeedParams, SeedError> {
         if !self.image.is_file() {
             return Err(SeedError::NoImage { path: self.image });
@@ -78,14 +79,16 @@ impl SeedParams {
         let peers = resolve_all(&self.peers)?;
         let torrent = match self.torrent {
             Some(path) => TorrentSource::Load(path),
-            None => TorrentSource::Create {
-                out: self
-                    .torrent_out
-                    .unwrap_or_else(|| paths::torrent_for(&self.image)),
-                piece_size: self.piece_size,
-                trackers: self.trackers,
-                web_seeds: self.web_seeds,
-            },
+            None => TorrentSource::Create(
+                TorrentParams {
+                    piece_size: self.piece_size,
+                    out: self.torrent_out,
+                    trackers: self.trackers,
+                    web_seeds: self.web_seeds,
+                    ..TorrentParams::new(self.image.clone())
+                }
+                .check()?,
+            ),
         };
         Ok(ValidSeedParams {
             image: self.image,
@@ -105,12 +108,7 @@ impl SeedParams {
 #[derive(Clone, Debug)]
 enum TorrentSource {
     Load(PathBuf),
-    Create {
-        out: PathBuf,
-        piece_size: u32,
-        trackers: Vec<String>,
-        web_seeds: Vec<String>,
-    },
+    Create(ValidTorrentParams),
 }
 
 /// [`SeedParams`] that passed [`SeedParams::check`].
@@ -137,9 +135,9 @@ pub enum SeedError {
     /// The torrent, the image or the engine failed.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
-    /// Stopped (Ctrl-C, SIGTERM) before the torrent was made.
-    #[error("interrupted while hashing the image; no torrent written")]
-    Interrupted,
+    /// The torrent could not be created (or hashing was interrupted).
+    #[error(transparent)]
+    MakeTorrent(#[from] MakeTorrentError),
     /// Verifying the image against the torrent did not finish.
     #[error("verifying the image: {0}")]
     Verify(#[from] tokio::task::JoinError),
@@ -149,22 +147,8 @@ pub enum SeedError {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SeedEvent<'a> {
-    /// The image is being hashed into a new torrent (the slow part for a large image).
-    Hashing {
-        /// The image.
-        image: &'a Path,
-        /// The piece size.
-        piece_size: u32,
-    },
-    /// Hashing progress, every [`PROGRESS_INTERVAL`] while the image is hashed.
-    Hashed {
-        /// Bytes hashed so far.
-        done: u64,
-        /// Bytes in the image.
-        total: u64,
-    },
-    /// The new torrent was written.
-    TorrentWritten(&'a Path),
+    /// Making the new torrent: hashing and writing it.
+    Torrent(TorrentEvent<'a>),
     /// The image is verified and the engine serves it.
     Seeding {
         /// The torrent's name.
@@ -186,19 +170,7 @@ impl fmt::Display for SeedEvent<'_> {
     /// The line to show for the event.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SeedEvent::Hashing { image, piece_size } => write!(
-                f,
-                "hashing {} into {} pieces...",
-                image.display(),
-                Size::from_bytes(u64::from(*piece_size))
-            ),
-            SeedEvent::Hashed { done, total } => write!(
-                f,
-                "hashed {} of {}",
-                human_bytes(*done),
-                human_bytes(*total)
-            ),
-            SeedEvent::TorrentWritten(path) => write!(f, "wrote {}", path.display()),
+            SeedEvent::Torrent(ev) => ev.fmt(f),
             SeedEvent::Seeding {
                 name,
                 pieces,
@@ -237,43 +209,10 @@ pub async fn run(
     } = params;
     let (torrent, verify) = match torrent {
         TorrentSource::Load(path) => (Torrent::load(&path)?, true),
-        TorrentSource::Create {
-            out,
-            piece_size,
-            trackers,
-            web_seeds,
-        } => {
-            on(SeedEvent::Hashing {
-                image: &image,
-                piece_size,
-            });
-            let total = std::fs::metadata(&image).map_or(0, |m| m.len());
-            let hashed = Arc::new(AtomicU64::new(0));
-            let h = hashed.clone();
-            let create = Torrent::create_with_progress(&image, piece_size, trackers, move |n| {
-                h.store(n, Ordering::Relaxed)
-            });
-            tokio::pin!(create);
-            let t = loop {
-                tokio::select! {
-                    t = &mut create => break t?,
-                    _ = tokio::time::sleep(PROGRESS_INTERVAL) => on(SeedEvent::Hashed {
-                        done: hashed.load(Ordering::Relaxed),
-                        total,
-                    }),
-                    // The hashing thread finishes on its own; nothing is written.
-                    _ = cancel.cancelled() => return Err(SeedError::Interrupted),
-                }
-            };
-            let t = if web_seeds.is_empty() {
-                t
-            } else {
-                t.with_web_seeds(&web_seeds)?
-            };
-            t.save(&out)?;
-            on(SeedEvent::TorrentWritten(&out));
-            (t, false)
-        }
+        TorrentSource::Create(params) => (
+            make_torrent::make(&params, &cancel, |ev| on(SeedEvent::Torrent(ev))).await?,
+            false,
+        ),
     };
     let (t2, img) = (torrent.clone(), image.clone());
     let storage =

@@ -558,6 +558,17 @@ impl Torrent {
         }
     }
 
+    /// Why [`with_web_seeds`](Self::with_web_seeds) would refuse a web seed URL (one that
+    /// does not parse or is not `http://` or `https://`), as a message naming it. Callers
+    /// check before minutes of hashing rather than after.
+    pub fn check_web_seed(url: &str) -> std::result::Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("web seed {url:?}: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("web seed {url:?}: not an http:// or https:// URL"));
+        }
+        Ok(())
+    }
+
     /// This torrent with `urls` as its web seeds (BEP 19 `url-list`, replacing any): the key is
     /// outside the info dictionary, so the info hash, the swarm and every other byte stay the
     /// same. Each URL must be `http://` or `https://`.
@@ -567,12 +578,7 @@ impl Torrent {
             reason,
         };
         for u in urls {
-            let parsed = url::Url::parse(u).map_err(|e| bad(format!("web seed {u:?}: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(bad(format!(
-                    "web seed {u:?}: not an http:// or https:// URL"
-                )));
-            }
+            Torrent::check_web_seed(u).map_err(bad)?;
         }
         let entries = top_level_entries(&self.bytes).map_err(bad)?;
         let mut value = Vec::new();
