@@ -203,7 +203,7 @@ fn mount_from_a_magnet_link_serves_the_image() {
         f.read_exact_at(&mut buf, at as u64).unwrap();
         assert!(buf == img.data[at..at + 5000], "read at {at} differs");
     }
-    let st = crate::run::http_status(&status);
+    let st = vmt_tests::http_status(&status);
     assert_eq!(st["blocks_verified_alone"].as_bool(), Some(true), "{st}");
     drop(f);
     assert!(proc.sigterm().success());
