@@ -674,7 +674,15 @@ mod tests {
     fn a_banned_peer_is_dropped_from_pex_at_once() {
         const C: [u8; 4] = [10, 0, 0, 3];
         let r = registry(10, 0, OLD);
-        let ours = crate::extension::our_handshake(Some(6881), 0, true);
+        let mut buf = [0u8; 256];
+        let n = crate::extension::encode_handshake(&mut buf, Some(6881), 0, true, false);
+        let (msg, _) = peer_binary_protocol::Message::deserialize(&buf[..n], &[]).unwrap();
+        let peer_binary_protocol::Message::Extended(
+            peer_binary_protocol::extended::ExtendedMessage::Handshake(ours),
+        ) = msg
+        else {
+            panic!("not an extended handshake");
+        };
         let speaks_pex = |l: &Arc<PeerLink>| l.ext.update(&ours);
         let told = |l: &Arc<PeerLink>| {
             let m = lock(&l.pex).take().expect("a PEX message");
