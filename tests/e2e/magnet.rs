@@ -213,8 +213,10 @@ fn mount_from_a_magnet_link_serves_the_image() {
     assert!(t.block_hashes().is_some());
 }
 
-/// A Transmission seeder has the info dictionary of a stock torrent and no vmt table: the
-/// magnet client takes the info dictionary from it and verifies pieces by their SHA-1.
+/// A Transmission seeder has the info dictionary and no vmt block-hash table. Of a stock
+/// torrent, the magnet client takes the info dictionary from it; of a vmt torrent (whose info
+/// dictionary pins a table Transmission cannot serve), it goes on without the table, verifying
+/// pieces by their SHA-1, and says so. Both fetches are byte-identical.
 #[test]
 fn vmt_client_starts_from_a_magnet_link_of_a_transmission_seeder() {
     let test = "vmt_client_starts_from_a_magnet_link_of_a_transmission_seeder";
@@ -225,41 +227,61 @@ fn vmt_client_starts_from_a_magnet_link_of_a_transmission_seeder() {
     let seed_dir = dir.path().join("seed");
     std::fs::create_dir_all(&seed_dir).unwrap();
     let data = vmt_tests::content(64, 8 * MIB);
-    std::fs::write(seed_dir.join("payload.bin"), &data).unwrap();
-    let torrent_path = dir.path().join("p.torrent");
+    let payload = seed_dir.join("payload.bin");
+    std::fs::write(&payload, &data).unwrap();
+    let stock_path = dir.path().join("p.torrent");
     let made = run_with_timeout(
         Command::new("transmission-create")
             .args(["-s", "256", "-o"])
-            .arg(&torrent_path)
-            .arg(seed_dir.join("payload.bin")),
+            .arg(&stock_path)
+            .arg(&payload),
         Duration::from_secs(60),
     );
     assert!(made.status.success(), "{}", text(&made));
-    let torrent = Torrent::load(&torrent_path).unwrap();
+    let stock = Torrent::load(&stock_path).unwrap();
+    let vmt = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(Torrent::create(&payload, 256 << 10, Vec::new()))
+        .unwrap();
+    let vmt_path = dir.path().join("v.torrent");
+    vmt.save(&vmt_path).unwrap();
     let tr = vmt_tests::Transmission::start(&dir.path().join("tr"), &seed_dir);
-    tr.add(&torrent_path);
+    tr.add(&stock_path);
+    tr.add(&vmt_path);
     wait_until(
-        "Transmission verifies its copy",
+        "Transmission verifies its copies",
         Duration::from_secs(60),
-        || tr.complete(),
+        || {
+            let info = tr.remote(&["-t", "all", "-i"]);
+            String::from_utf8_lossy(&info.stdout)
+                .matches("Percent Done: 100%")
+                .count()
+                == 2
+        },
     );
-    let link = torrent.magnet_link(Some(format!("127.0.0.1:{}", tr.peer_port).parse().unwrap()));
-    let out = dir.path().join("got.bin");
-    let run = fetch(&link, &out, &[]);
-    assert!(
-        run.status.success(),
-        "{}\nTransmission:\n{}",
-        text(&run),
-        tr.log()
-    );
-    let kept = Torrent::load(&kept_beside(&out)).unwrap();
-    assert_eq!(kept.info_hash(), torrent.info_hash());
-    assert!(
-        kept.block_hashes().is_none(),
-        "a stock torrent has no table"
-    );
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "the fetched file differs"
-    );
+    let at = format!("127.0.0.1:{}", tr.peer_port).parse().unwrap();
+    for (torrent, name, table_note) in [(&stock, "stock", false), (&vmt, "vmt", true)] {
+        let out = dir.path().join(format!("{name}.bin"));
+        let run = fetch(&torrent.magnet_link(Some(at)), &out, &[]);
+        assert!(
+            run.status.success(),
+            "{name}: {}\nTransmission:\n{}",
+            text(&run),
+            tr.log()
+        );
+        let said = String::from_utf8_lossy(&run.stderr)
+            .contains("no peer served the block-hash table the info dictionary pins");
+        assert_eq!(said, table_note, "{name}: {}", text(&run));
+        let kept = Torrent::load(&kept_beside(&out)).unwrap();
+        assert_eq!(kept.info_hash(), torrent.info_hash(), "{name}");
+        assert!(
+            kept.block_hashes().is_none(),
+            "{name}: Transmission has no table"
+        );
+        assert_eq!(kept.image_sha256(), torrent.image_sha256(), "{name}");
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "{name}: the fetched file differs"
+        );
+    }
 }

@@ -10,6 +10,10 @@
 //! bounded: the info dictionary by [`MAX_METADATA_SIZE`], the table by the image length the
 //! (verified) info dictionary gives. Requests are pipelined a few at a time, under the serving
 //! side's queue bound.
+//!
+//! A table no peer serves within [`TABLE_WAIT`] of the info dictionary (the peers are stock
+//! clients: they have the info dictionary, not vmt's table) is done without: the torrent is
+//! marked so, and its blocks are verified with their whole piece, as a stock torrent's.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -55,6 +59,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// hold the whole fetch.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the block-hash table is waited for once the info dictionary is in, before going on
+/// without it (pieces verified by SHA-1 alone): a vmt peer sends it within a round trip or
+/// two; when the peers known are stock clients, waiting longer only delays the start.
+const TABLE_WAIT: Duration = Duration::from_secs(10);
+
 /// Largest message read while fetching metadata (a bitfield of a huge torrent may come first).
 const MAX_READ: usize = 4 << 20;
 
@@ -78,18 +87,6 @@ pub enum MetadataError {
     /// No peer sent a valid info dictionary in time.
     #[error("no peer sent the info dictionary of {info_hash} within {timeout:?} ({tried} peers tried{})", last_failure(.last))]
     NoMetadata {
-        /// The swarm, in hex.
-        info_hash: String,
-        /// The time allowed.
-        timeout: Duration,
-        /// Peers asked.
-        tried: usize,
-        /// Why the last peer asked failed.
-        last: Option<String>,
-    },
-    /// The info dictionary pins a block-hash table and no peer sent it in time.
-    #[error("the info dictionary of {info_hash} pins a block-hash table, but no peer sent it within {timeout:?} ({tried} peers tried{}); only vmt peers serve it", last_failure(.last))]
-    NoTable {
         /// The swarm, in hex.
         info_hash: String,
         /// The time allowed.
@@ -214,21 +211,27 @@ pub async fn fetch_metadata(
     let _stop = stop_trackers.drop_guard();
     let mut seen = HashSet::new();
     let mut progress = Progress::default();
+    let mut table_deadline = None;
     let (mut tried, mut last) = (0, None);
     while !progress.done() {
+        // Once the info dictionary is in, the table gets a short while more.
+        let until = match progress.info {
+            Some(_) => deadline.min(*table_deadline.get_or_insert(Instant::now() + TABLE_WAIT)),
+            None => deadline,
+        };
         let addr = tokio::select! {
             a = rx.recv() => match a {
                 Some(a) => a,
                 None => break,
             },
-            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep_until(until) => break,
             _ = cancel.cancelled() => return Err(MetadataError::Cancelled),
         };
         if !seen.insert(addr) {
             continue;
         }
         tried += 1;
-        let until = deadline.min(Instant::now() + PEER_TIMEOUT);
+        let until = until.min(Instant::now() + PEER_TIMEOUT);
         let asked = tokio::select! {
             r = tokio::time::timeout_at(until, from_peer(addr, req.info_hash, our_id, &mut progress)) => r,
             _ = cancel.cancelled() => return Err(MetadataError::Cancelled),
@@ -246,30 +249,29 @@ pub async fn fetch_metadata(
             }
         }
     }
-    let info_hash = req.info_hash.as_string();
-    let timeout = req.timeout;
-    match progress {
-        Progress {
-            info: Some(info),
-            table,
-            pin,
-        } if pin.is_none() || table.is_some() => {
-            Torrent::from_metadata(req.info_hash, &info, &req.trackers, table.as_deref())
-                .map_err(MetadataError::Torrent)
-        }
-        Progress { info: Some(_), .. } => Err(MetadataError::NoTable {
-            info_hash,
-            timeout,
+    let Some(info) = progress.info else {
+        return Err(MetadataError::NoMetadata {
+            info_hash: req.info_hash.as_string(),
+            timeout: req.timeout,
             tried,
             last,
-        }),
-        _ => Err(MetadataError::NoMetadata {
-            info_hash,
-            timeout,
-            tried,
-            last,
-        }),
+        });
+    };
+    if progress.pin.is_some() && progress.table.is_none() {
+        tracing::warn!(
+            "no peer served the block-hash table the info dictionary pins ({tried} peers \
+             tried{}): blocks are verified with their whole piece, so a read waits for its \
+             pieces",
+            last_failure(&last)
+        );
     }
+    Torrent::from_metadata(
+        req.info_hash,
+        &info,
+        &req.trackers,
+        progress.table.as_deref(),
+    )
+    .map_err(MetadataError::Torrent)
 }
 
 /// Why one peer gave up: its own fault (the next peer is asked), or a fault of the verified
@@ -716,13 +718,25 @@ mod tests {
         for (peer, why) in [
             (wrong_info, "does not hash to the info hash"),
             (huge, "at most 16777216 accepted"),
-            (wrong_table, "does not hash to the pinned root"),
-            (no_table, "does not serve the block-hash table"),
         ] {
             let e = fetch_metadata(request(ih, vec![peer]), CancellationToken::new())
                 .await
                 .unwrap_err();
             assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+        // A forged table, or none, alone: the info dictionary without a table (never the
+        // forged one), its pieces verified by SHA-1; the torrent saves and loads again.
+        for peer in [wrong_table, no_table] {
+            let got = fetch_metadata(request(ih, vec![peer]), CancellationToken::new())
+                .await
+                .unwrap();
+            assert_eq!(got.info_bytes(), t.info_bytes());
+            assert!(got.block_hashes().is_none());
+            assert_eq!(got.image_sha256(), t.image_sha256());
+            let path = dir.path().join("fallback.torrent");
+            got.save(&path).unwrap();
+            let again = Torrent::load(&path).unwrap();
+            assert!(again.block_hashes().is_none() && again.info_hash() == ih);
         }
         // All of them, then the real seeder.
         let seed = seeder(&img, &t).await;

@@ -14,6 +14,9 @@
 //!   info: it would bloat metadata exchange, and it is checked against the pinned root anyway.
 //! - The comment `vmt image sha256 <hex>`, for vmt builds older than the pin (ignored when a pin
 //!   is present).
+//! - Only in a torrent a magnet client wrote when no peer served the table (its peers were
+//!   stock clients): `vmt block hashes unavailable` (1), which lets the pin stand without its
+//!   table; its blocks are then verified with their piece, like a stock torrent's.
 //!
 //! Stock clients ignore both unknown keys; the standard fields (`name`, `length`,
 //! `piece length`, `pieces`, `announce`, `announce-list`) are exactly what they expect. A
@@ -133,6 +136,10 @@ struct VmtParts<'a> {
     info: InfoPin<'a>,
     #[serde(rename = "vmt block hashes", borrow, default)]
     block_hashes: Option<ByteBuf<'a>>,
+    /// Written by a magnet client whose peers had the info dictionary but not the table its
+    /// pin names (stock clients): the pin without its table is then taken on purpose.
+    #[serde(rename = "vmt block hashes unavailable", default)]
+    table_unavailable: Option<i64>,
     /// BEP 19: one URL, or a list of them.
     #[serde(rename = "url-list", default)]
     url_list: Option<BencodeValue<ByteBufOwned>>,
@@ -184,6 +191,11 @@ struct FromMetadataOut<'a> {
     info: RawValue<&'a [u8]>,
     #[serde(rename = "vmt block hashes", skip_serializing_if = "Option::is_none")]
     block_hashes: Option<ByteBuf<'a>>,
+    #[serde(
+        rename = "vmt block hashes unavailable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    table_unavailable: Option<i64>,
 }
 
 /// What the info dictionary says of the block-hash table a magnet client must fetch.
@@ -227,15 +239,18 @@ impl Torrent {
     }
 
     /// The torrent of an info dictionary fetched from peers (BEP 9), announcing to `trackers`,
-    /// with the block-hash `table` the info dictionary pins, if fetched (a pinned torrent
-    /// without its table is refused, as when loaded). Refused unless the info dictionary
-    /// hashes to `info_hash`; the table is checked against the pin as when loaded.
+    /// with the block-hash `table` the info dictionary pins, if fetched. Without it, a pinned
+    /// torrent is marked `vmt block hashes unavailable` (so it loads again, its blocks verified
+    /// with their piece, like a stock torrent's); a pinned torrent without table or mark is
+    /// still refused. Refused unless the info dictionary hashes to `info_hash`; the table is
+    /// checked against the pin as when loaded.
     pub fn from_metadata(
         info_hash: Id20,
         info: &[u8],
         trackers: &[String],
         table: Option<&[u8]>,
     ) -> Result<Torrent> {
+        let pinned = Torrent::table_pin_of_info(info)?.is_some();
         let out = FromMetadataOut {
             announce: trackers.first().map(String::as_str),
             announce_list: if trackers.is_empty() {
@@ -245,6 +260,7 @@ impl Torrent {
             },
             info: RawValue(info),
             block_hashes: table.map(ByteBuf),
+            table_unavailable: (pinned && table.is_none()).then_some(1),
         };
         let mut bytes = Vec::with_capacity(info.len() + table.map_or(0, <[u8]>::len) + 512);
         bencode::bencode_serialize_to_writer(&out, &mut bytes).map_err(|e| {
@@ -310,10 +326,16 @@ impl Torrent {
         let (image_sha256, block_hashes) = match (vmt.info.vmt, vmt.block_hashes) {
             (Some(pin), table) => {
                 let (root, image_sha256) = pin.check().map_err(table_err)?;
-                let table = table.ok_or_else(|| table_err(BlockTableError::Missing))?;
-                let table = BlockHashes::pinned(bytes.slice_ref(table.0), length, &root)
-                    .map_err(table_err)?;
-                (Some(image_sha256), Some(table))
+                match table {
+                    // Blocks are verified with their piece, as in a stock torrent.
+                    None if vmt.table_unavailable == Some(1) => (Some(image_sha256), None),
+                    None => return Err(table_err(BlockTableError::Missing)),
+                    Some(table) => {
+                        let table = BlockHashes::pinned(bytes.slice_ref(table.0), length, &root)
+                            .map_err(table_err)?;
+                        (Some(image_sha256), Some(table))
+                    }
+                }
             }
             (None, Some(_)) => return Err(table_err(BlockTableError::Unpinned)),
             (None, None) => {
