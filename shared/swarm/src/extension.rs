@@ -23,7 +23,9 @@ pub const DEFAULT_REMOTE_REQQ: usize = 250;
 
 /// Our extended handshake. `listen_port` is `p` (only when we accept connections),
 /// `metadata_size` the length of the info dictionary we serve over ut_metadata, and `pex`
-/// whether we speak ut_pex.
+/// whether we speak ut_pex. Without PEX, `m` says `ut_pex: 0` (BEP 10: id 0 means not
+/// supported): librqbit's `PeerExtendedMessageIds` cannot encode a missing id, its bencode
+/// encoder refuses `None`.
 pub(crate) fn our_handshake(
     listen_port: Option<u16>,
     metadata_size: usize,
@@ -32,7 +34,7 @@ pub(crate) fn our_handshake(
     ExtendedHandshake {
         m: PeerExtendedMessageIds {
             ut_metadata: Some(MY_EXTENDED_UT_METADATA),
-            ut_pex: pex.then_some(MY_EXTENDED_UT_PEX),
+            ut_pex: Some(if pex { MY_EXTENDED_UT_PEX } else { 0 }),
         },
         p: listen_port.map(u32::from),
         v: Some(ByteBuf(CLIENT_VERSION.as_bytes())),
@@ -137,6 +139,31 @@ mod tests {
             Message::deserialize(&buf[..n - 1], &[]),
             Err(MessageDeserializeError::NotEnoughData(..))
         ));
+    }
+
+    /// With PEX off (`--no-pex`) the handshake still encodes (it failed with "bencode doesn't
+    /// support None", so a vmt peer without PEX could connect to nobody), and says ut_pex 0.
+    #[test]
+    fn without_pex_the_handshake_encodes_and_disables_ut_pex() {
+        let msg = Message::Extended(ExtendedMessage::Handshake(our_handshake(None, 321, false)));
+        let mut buf = [0u8; 256];
+        let n = msg
+            .serialize(&mut buf, &PeerExtendedMessageIds::default)
+            .unwrap();
+        assert!(
+            buf[..n].windows(11).any(|w| w == b"6:ut_pexi0e"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        let (back, _) = Message::deserialize(&buf[..n], &[]).unwrap();
+        let Message::Extended(ExtendedMessage::Handshake(h)) = back else {
+            panic!("not an extended handshake: {back:?}");
+        };
+        let r = RemoteExtensions::default();
+        r.update(&h);
+        assert!(!r.supports_pex());
+        assert!(r.ids().ut_metadata.is_some() && r.ids().ut_pex.is_none());
+        assert_eq!(r.listen_port(), None);
     }
 
     #[test]
