@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use librqbit_core::hash_id::Id20;
 use librqbit_core::lengths::ValidPieceIndex;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -648,6 +648,29 @@ fn add_dialer(i: &Arc<Inner>, addr: SocketAddr) {
     );
 }
 
+/// Connects to `addr` from the address we listen on when that is one address (not all), as
+/// Transmission does with its bind address: the remote then sees us at the address we accept
+/// on, and names that address in its PEX messages. (On a host with several addresses the
+/// system would pick the source by route, e.g. the destination's own address on loopback.)
+/// A loopback listener dialing out of the host uses the system's choice.
+async fn connect(listen: Option<SocketAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let from = listen.map(|l| l.ip()).filter(|ip| {
+        !ip.is_unspecified()
+            && ip.is_ipv4() == addr.is_ipv4()
+            && (!ip.is_loopback() || addr.ip().is_loopback())
+    });
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
 /// Keeps one connection to `addr` up: redials with exponential backoff after failures.
 async fn dial_loop(i: Arc<Inner>, addr: SocketAddr) -> std::result::Result<(), PeerError> {
     let peers = &i.ctx.peers;
@@ -661,7 +684,7 @@ async fn dial_loop(i: Arc<Inner>, addr: SocketAddr) -> std::result::Result<(), P
             peers.set_dial(addr, DialState::Given("banned".into()), false);
             return Ok(());
         }
-        let connect = tokio::time::timeout(i.config.connect_timeout, TcpStream::connect(addr));
+        let connect = tokio::time::timeout(i.config.connect_timeout, connect(i.listen_addr, addr));
         let result = tokio::select! {
             r = connect => r,
             _ = cancel.cancelled() => return Ok(()),
@@ -764,5 +787,34 @@ async fn flush_loop(i: Arc<Inner>) -> Result<()> {
         if stopping {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// We dial from the one address we listen on, so peers see (and pass on through PEX) the
+    /// address we accept on; listening on all addresses leaves the choice to the system.
+    #[tokio::test]
+    async fn dials_go_out_from_the_listening_address() {
+        let remote = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let to = remote.local_addr().unwrap();
+        let seen_from = |listen: &str| {
+            let listen: SocketAddr = listen.parse().unwrap();
+            let remote = &remote;
+            async move {
+                let (_out, (_in, from)) =
+                    tokio::try_join!(connect(Some(listen), to), remote.accept()).unwrap();
+                from.ip()
+            }
+        };
+        let other = IpAddr::from([127, 0, 0, 2]);
+        assert_eq!(seen_from("127.0.0.2:43999").await, other);
+        assert_eq!(
+            seen_from("0.0.0.0:43999").await,
+            IpAddr::from(Ipv4Addr::LOCALHOST)
+        );
     }
 }

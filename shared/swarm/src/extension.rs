@@ -190,6 +190,29 @@ mod tests {
         ));
     }
 
+    /// With PEX off (`--no-pex`) the handshake still encodes (librqbit's own handshake type
+    /// failed with "bencode doesn't support None", so a vmt peer without PEX could connect to
+    /// nobody), and `m` leaves ut_pex out (BEP 10: not supported).
+    #[test]
+    fn without_pex_the_handshake_encodes_and_disables_ut_pex() {
+        let mut buf = [0u8; 256];
+        let n = encode_handshake(&mut buf, None, 321, false, false);
+        assert!(
+            !buf[..n].windows(8).any(|w| w == b"6:ut_pex"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        let (back, _) = Message::deserialize(&buf[..n], &[]).unwrap();
+        let Message::Extended(ExtendedMessage::Handshake(h)) = back else {
+            panic!("not an extended handshake: {back:?}");
+        };
+        let r = RemoteExtensions::default();
+        r.update(&h);
+        assert!(!r.supports_pex());
+        assert!(r.ids().ut_metadata.is_some() && r.ids().ut_pex.is_none());
+        assert_eq!(r.listen_port(), None);
+    }
+
     #[test]
     fn a_handshake_without_reqq_or_m_keeps_the_defaults() {
         // Written by hand: `m` missing (no extensions), no reqq, port 0.
