@@ -373,6 +373,13 @@ fn pick(
     } else {
         all
     };
+    tracing::debug!(
+        piece = pick.piece,
+        blocks = blocks.len(),
+        reason = ?pick.reason,
+        peers_have = picker.availability(pick.piece),
+        "web seed pick"
+    );
     Some(Job {
         piece: pick.piece,
         blocks,
