@@ -277,7 +277,7 @@ pid $W/nginx/nginx.pid;
 error_log $W/nginx/error.log warn;
 events { worker_connections 1024; }
 http {
-  log_format origin '\$remote_addr \$status \$bytes_sent "\$http_range"';
+  log_format origin '\$remote_addr \$status \$bytes_sent "\$http_range" \$request_time';
   access_log $W/nginx/access.log origin;
   client_body_temp_path $W/nginx/body;
   proxy_temp_path $W/nginx/proxy;
@@ -571,6 +571,8 @@ done
 mkdir -p "$out"
 rm -rf "$out/raw"
 cp -r "$W/raw" "$out/raw"
+# Every range the origin served (client, status, bytes, range, seconds): where its bytes went.
+[ -f "$W/nginx/access.log" ] && cp "$W/nginx/access.log" "$out/raw/nginx-access.log"
 cp "$csv" "$out/results.csv"
 header="vmt benchmark: $cmdline
 date: $(date -u +'%Y-%m-%d %H:%M UTC'); commit $commit
