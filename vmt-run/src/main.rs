@@ -120,6 +120,8 @@ struct MountArgs {
     #[command(flatten)]
     dht: DhtArgs,
     #[command(flatten)]
+    encryption: EncryptionArgs,
+    #[command(flatten)]
     web_seeds: WebSeedArgs,
     /// How much of the prefetch plan the engine is handed at a time: enough to keep the link
     /// busy, little enough that what the belief revises was not yet requested.
@@ -201,6 +203,18 @@ impl DhtArgs {
     }
 }
 
+/// Message Stream Encryption (the obfuscated handshake Transmission and libtorrent dial).
+#[derive(Args)]
+struct EncryptionArgs {
+    /// plaintext: dial the plain BitTorrent handshake; prefer: dial MSE offering RC4 and
+    /// plaintext, and select plaintext when a peer offers it (two vmt peers then pay no RC4;
+    /// Transmission and libtorrent get RC4); require: MSE with RC4 only, plain handshakes
+    /// refused. Incoming MSE is answered in every mode; a peer that hangs up on one handshake
+    /// is dialed once in the other (not with require).
+    #[arg(long, value_name = "MODE", default_value_t = vmt_swarm::Encryption::Prefer)]
+    encryption: vmt_swarm::Encryption,
+}
+
 /// The web seeds (BEP 19 HTTP origins) of a downloading client.
 #[derive(Args)]
 struct WebSeedArgs {
@@ -267,6 +281,8 @@ struct SeedArgs {
     peer: Vec<PeerAddr>,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
 }
 
 #[derive(Args)]
@@ -299,6 +315,8 @@ struct FetchArgs {
     limits: Limits,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
     #[command(flatten)]
     web_seeds: WebSeedArgs,
 }
@@ -439,6 +457,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         upload_slots: a.upload_slots,
         peers: a.peer,
         dht: a.dht.config(),
+        encryption: a.encryption.encryption,
         ..SeedParams::new(a.image)
     }
     .check()?;
@@ -475,6 +494,7 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         download_limit: a.limits.download_limit,
         upload_limit: a.limits.upload_limit,
         dht: a.dht.config(),
+        encryption: a.encryption.encryption,
         web_seeds: a.web_seeds.urls,
         web_seed_limit: a.web_seeds.limit,
         ..FetchParams::new(a.torrent, a.out)
@@ -614,6 +634,7 @@ async fn mount_setup(
         data_dir: a.data.unwrap_or_else(|| default_data_dir(&a.torrent)),
         peers: vmt_runtime::peer_addr::resolve_all(&a.peer)?,
         dht: a.dht.config(),
+        encryption: a.encryption.encryption,
         torrent: a.torrent,
         bundle: a.bundle,
         profile: a.profile,

@@ -22,6 +22,8 @@
 //!   publishes every readable block to.
 //!
 //! Inside, one concept a module: `connection` (a peer's socket: handshake, reader, writer),
+//! `mse` (Message Stream Encryption, the obfuscated handshake most clients speak first, and
+//! the `--encryption` policy), `peer_stream` (the socket after it: plaintext or RC4 in place),
 //! `download` (the download side as a synchronous state machine, tested without sockets),
 //! `peers` (the registry of connections: slots, strikes and bans per address, choking,
 //! announcements), `state` (the torrent state connections share, its two readable-data
@@ -68,6 +70,8 @@ mod events;
 mod extension;
 mod layout;
 mod map;
+mod mse;
+mod peer_stream;
 mod peers;
 mod pex;
 mod picker;
@@ -97,6 +101,7 @@ pub use extension::{CLIENT_VERSION, DEFAULT_REMOTE_REQQ};
 pub use layout::Layout;
 pub use librqbit_core::lengths::{Lengths, ValidPieceIndex};
 pub use map::{MapCell, PieceMap};
+pub use mse::{Encryption, Form, MseError};
 pub use peers::MAX_STRIKES;
 pub use pex::{MAX_PEX_DIALS, MAX_PEX_PEERS, PEX_INTERVAL};
 pub use picker::{Pick, PickReason, PieceCounts, PiecePicker, PieceState};
