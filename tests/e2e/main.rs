@@ -2,6 +2,7 @@
 
 mod boot;
 mod dht;
+mod encryption;
 mod faults;
 mod flags;
 mod headless;

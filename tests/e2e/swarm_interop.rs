@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vmt_swarm::{EngineConfig, Torrent};
-use vmt_tests::{content, free_port, shutdown_all, within, Proc, TestImage, Transmission, MIB};
+use vmt_tests::transmission::in_netns;
+use vmt_tests::{
+    content, free_port, shutdown_all, within, Proc, TestImage, Transmission, TransmissionSetup, MIB,
+};
 
 /// Whether `program` can be run; if not, says loudly that the test is skipped.
 pub(crate) fn have(program: &str, test: &str) -> bool {
@@ -134,10 +137,31 @@ async fn vmt_client_downloads_from_transmission_seeder() {
     ) {
         return;
     }
+    let (tr, img) = transmission_seeder(20, &TransmissionSetup::default());
+    assert!(
+        img.torrent.block_hashes().is_none(),
+        "a stock torrent has no block-hash table"
+    );
+    let config = EngineConfig {
+        peers: vec![format!("127.0.0.1:{}", tr.peer_port).parse().unwrap()],
+        ..Default::default()
+    };
+    let c = img.client("c", config).await;
+    // Transmission unchokes on its 10 s rechoke tick and ramps up slowly: the fixture allows
+    // two minutes.
+    img.finish_download(&c, "c").await;
+}
+
+/// A Transmission set up as `setup`, seeding 16 MiB of `content(seed)` (`DIR/seed/payload.bin`)
+/// under a torrent made by transmission-create (`DIR/p.torrent`), once it has verified its copy.
+pub(crate) fn transmission_seeder(
+    seed: u64,
+    setup: &TransmissionSetup,
+) -> (Transmission, TestImage) {
     let dir = tempfile::tempdir().unwrap();
     let seed_dir = dir.path().join("seed");
     std::fs::create_dir_all(&seed_dir).unwrap();
-    let data = content(20, 16 * MIB);
+    let data = content(seed, 16 * MIB);
     std::fs::write(seed_dir.join("payload.bin"), &data).unwrap();
     let torrent_path = dir.path().join("p.torrent");
     let made = vmt_tests::run_with_timeout(
@@ -149,11 +173,7 @@ async fn vmt_client_downloads_from_transmission_seeder() {
     );
     assert!(made.status.success());
     let torrent = Torrent::load(&torrent_path).unwrap();
-    assert!(
-        torrent.block_hashes().is_none(),
-        "a stock torrent has no block-hash table"
-    );
-    let tr = Transmission::start(&dir.path().join("tr"), &seed_dir);
+    let tr = Transmission::start_with(&dir.path().join("tr"), &seed_dir, setup);
     tr.add(&torrent_path);
     vmt_tests::wait_until(
         "Transmission verifies its copy",
@@ -166,14 +186,7 @@ async fn vmt_client_downloads_from_transmission_seeder() {
         data,
         torrent,
     };
-    let config = EngineConfig {
-        peers: vec![format!("127.0.0.1:{}", tr.peer_port).parse().unwrap()],
-        ..Default::default()
-    };
-    let c = img.client("c", config).await;
-    // Transmission unchokes on its 10 s rechoke tick and ramps up slowly: the fixture allows
-    // two minutes.
-    img.finish_download(&c, "c").await;
+    (tr, img)
 }
 
 /// The vmt seeder (dialing in) serves a Transmission leecher; the torrent is vmt's.
@@ -291,21 +304,42 @@ async fn stock_tools_read_vmt_torrents_and_vmt_reads_stock_ones() {
 
 // ---- opentracker ----
 
-/// A Debian opentracker on loopback, whitelisting one info hash; stopped on drop.
+/// A Debian opentracker on loopback (or an address of a test's network namespace),
+/// whitelisting one info hash; stopped on drop.
 pub(crate) struct OpenTracker {
     _proc: Proc,
+    ip: String,
     port: u16,
+    netns: Option<String>,
 }
 
 impl OpenTracker {
     /// The URL to put in a torrent before `start`.
     pub(crate) fn url(port: u16) -> String {
-        format!("http://127.0.0.1:{port}/announce")
+        OpenTracker::url_at("127.0.0.1", port)
     }
 
-    /// Starts opentracker on `port` serving `torrent`, with its files under `dir`.
+    /// The URL of a tracker on `ip`, to put in a torrent before `start_in`.
+    pub(crate) fn url_at(ip: &str, port: u16) -> String {
+        format!("http://{ip}:{port}/announce")
+    }
+
+    /// Starts opentracker on loopback `port` serving `torrent`, with its files under `dir`.
     pub(crate) fn start(dir: &Path, port: u16, torrent: &Torrent) -> OpenTracker {
+        OpenTracker::start_in(dir, None, "127.0.0.1", port, torrent)
+    }
+
+    /// Starts opentracker on `ip:port` in network namespace `netns` (if given) serving
+    /// `torrent`, with its files under `dir`.
+    pub(crate) fn start_in(
+        dir: &Path,
+        netns: Option<&vmt_tests::Netns>,
+        ip: &str,
+        port: u16,
+        torrent: &Torrent,
+    ) -> OpenTracker {
         use std::os::unix::fs::PermissionsExt;
+        let netns = netns.map(|n| n.name.clone());
         // As root opentracker chroots into -d and drops to nobody: the directory must be readable.
         let trk = dir.join("trk");
         std::fs::create_dir_all(&trk).unwrap();
@@ -319,10 +353,10 @@ impl OpenTracker {
         )
         .unwrap();
         let proc = Proc::spawn(
-            Command::new("opentracker")
+            in_netns(&netns, "opentracker")
                 .args([
                     "-i",
-                    "127.0.0.1",
+                    ip,
                     "-p",
                     &port.to_string(),
                     "-P",
@@ -334,10 +368,21 @@ impl OpenTracker {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
+        let tracker = OpenTracker {
+            _proc: proc,
+            ip: ip.to_owned(),
+            port,
+            netns,
+        };
+        // curl succeeds (whatever the HTTP status) once the port takes connections.
+        let url = format!("http://{ip}:{port}/");
         vmt_tests::wait_until("opentracker listens", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            in_netns(&tracker.netns, "curl")
+                .args(["-s", "-o", "/dev/null", "--max-time", "2", &url])
+                .status()
+                .is_ok_and(|s| s.success())
         });
-        OpenTracker { _proc: proc, port }
+        tracker
     }
 
     /// `GET /PATH?info_hash=...&QUERY` on the tracker; the body, if it answered.
@@ -349,10 +394,13 @@ impl OpenTracker {
             .map(|b| format!("%{b:02x}"))
             .collect();
         let url = format!(
-            "http://127.0.0.1:{}/{path}?info_hash={hash}{query}",
-            self.port
+            "http://{}:{}/{path}?info_hash={hash}{query}",
+            self.ip, self.port
         );
-        let out = Command::new("curl").args(["-fs", &url]).output().ok()?;
+        let out = in_netns(&self.netns, "curl")
+            .args(["-fs", "--max-time", "5", &url])
+            .output()
+            .ok()?;
         out.status.success().then_some(out.stdout)
     }
 

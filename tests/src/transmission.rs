@@ -51,7 +51,7 @@ pub struct Transmission {
 }
 
 /// `cmd`, run in network namespace `netns` if given (nsenter changes only the network).
-fn in_netns(netns: &Option<String>, program: &str) -> Command {
+pub fn in_netns(netns: &Option<String>, program: &str) -> Command {
     match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");

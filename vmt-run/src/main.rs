@@ -129,6 +129,8 @@ struct MountArgs {
     #[command(flatten)]
     dht: DhtArgs,
     #[command(flatten)]
+    encryption: EncryptionArgs,
+    #[command(flatten)]
     web_seeds: WebSeedArgs,
     /// How much of the prefetch plan the engine is handed at a time: enough to keep the link
     /// busy, little enough that what the belief revises was not yet requested.
@@ -268,6 +270,18 @@ async fn torrent_source(
     Ok((resolved.torrent, resolved.peers))
 }
 
+/// Message Stream Encryption (the obfuscated handshake Transmission and libtorrent dial).
+#[derive(Args)]
+struct EncryptionArgs {
+    /// plaintext: dial the plain BitTorrent handshake; prefer: dial MSE offering RC4 and
+    /// plaintext, and select plaintext when a peer offers it (two vmt peers then pay no RC4;
+    /// Transmission and libtorrent get RC4); require: MSE with RC4 only, plain handshakes
+    /// refused. Incoming MSE is answered in every mode; a peer that hangs up on one handshake
+    /// is dialed once in the other (not with require).
+    #[arg(long, value_name = "MODE", default_value_t = vmt_swarm::Encryption::Prefer)]
+    encryption: vmt_swarm::Encryption,
+}
+
 /// The web seeds (BEP 19 HTTP origins) of a downloading client.
 #[derive(Args)]
 struct WebSeedArgs {
@@ -326,6 +340,8 @@ struct SeedArgs {
     peer: Vec<PeerAddr>,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
 }
 
 /// What goes into a created torrent (`seed` without --torrent, and `torrent`).
@@ -389,6 +405,8 @@ struct FetchArgs {
     limits: Limits,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
     #[command(flatten)]
     web_seeds: WebSeedArgs,
 }
@@ -576,6 +594,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         upload_slots: a.upload_slots,
         peers: a.peer,
         dht: a.dht.config(),
+        encryption: a.encryption.encryption,
         ..SeedParams::new(a.image)
     }
     .check()?;
@@ -621,6 +640,7 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         download_limit: a.limits.download_limit,
         upload_limit: a.limits.upload_limit,
         dht: a.dht.config(),
+        encryption: a.encryption.encryption,
         web_seeds: a.web_seeds.urls,
         web_seed_limit: a.web_seeds.limit,
         ..FetchParams::new(torrent, a.out)
@@ -769,6 +789,7 @@ async fn mount_setup(
         data_dir: a.data.unwrap_or_else(|| default_data_dir(&torrent)),
         peers: vmt_runtime::peer_addr::resolve_all(&[a.peer, link_peers].concat())?,
         dht: a.dht.config(),
+        encryption: a.encryption.encryption,
         torrent,
         bundle: a.bundle,
         profile: a.profile,

@@ -314,6 +314,7 @@ pub async fn run(
             access: crate::Access::Owner,
             read_timeout: None,
             dht: None,
+            encryption: vmt_swarm::Encryption::default(),
             web_seeds: Vec::new(),
             web_seed_limit: None,
         };

@@ -158,6 +158,7 @@ fn client_params(
     std::fs::create_dir_all(&mountpoint)?;
     Ok(RuntimeParams {
         dht: None,
+        encryption: vmt_swarm::Encryption::default(),
         torrent: torrent.to_owned(),
         bundle: Some(bundle.to_owned()),
         strategy,

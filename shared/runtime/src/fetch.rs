@@ -51,6 +51,8 @@ pub struct FetchParams {
     pub web_seeds: Vec<String>,
     /// Most the web seeds together may send; `None` = unlimited.
     pub web_seed_limit: Option<Rate>,
+    /// Message Stream Encryption policy (see `vmt_swarm::Encryption`). Default `prefer`.
+    pub encryption: vmt_swarm::Encryption,
 }
 
 impl FetchParams {
@@ -68,6 +70,7 @@ impl FetchParams {
             dht: None,
             web_seeds: Vec::new(),
             web_seed_limit: None,
+            encryption: vmt_swarm::Encryption::default(),
         }
     }
 
@@ -98,6 +101,7 @@ impl FetchParams {
                 dht: self.dht,
                 web_seeds: self.web_seeds,
                 web_seed_limit: self.web_seed_limit.map(Rate::bytes_per_s),
+                encryption: self.encryption,
                 ..Default::default()
             },
         })

@@ -37,6 +37,8 @@ pub struct RuntimeParams {
     pub peers: Vec<SocketAddr>,
     /// Find peers through the DHT too; `None` runs no DHT node.
     pub dht: Option<vmt_swarm::DhtConfig>,
+    /// Message Stream Encryption policy (see `vmt_swarm::Encryption`).
+    pub encryption: vmt_swarm::Encryption,
     /// Serve verified pieces to other peers (swarm mode); `false` is client-server mode.
     pub upload: bool,
     /// Download limit, bytes per second.

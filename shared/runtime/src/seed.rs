@@ -51,6 +51,8 @@ pub struct SeedParams {
     pub peers: Vec<PeerAddr>,
     /// Announce (and find peers) through the DHT; `None` runs no DHT node. Default off.
     pub dht: Option<DhtConfig>,
+    /// Message Stream Encryption policy (see `vmt_swarm::Encryption`). Default `prefer`.
+    pub encryption: vmt_swarm::Encryption,
 }
 
 impl SeedParams {
@@ -67,6 +69,7 @@ impl SeedParams {
             upload_slots: EngineConfig::default().upload_slots,
             peers: Vec::new(),
             dht: None,
+            encryption: vmt_swarm::Encryption::default(),
         }
     }
 
@@ -98,6 +101,7 @@ impl SeedParams {
                 upload_limit: self.upload_limit.map(Rate::bytes_per_s),
                 upload_slots: self.upload_slots,
                 dht: self.dht,
+                encryption: self.encryption,
                 ..Default::default()
             },
         })

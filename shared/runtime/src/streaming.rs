@@ -87,6 +87,7 @@ impl<R: ReadReply> Streaming<R> {
         let config = EngineConfig {
             peers: params.peers.clone(),
             dht: params.dht.clone(),
+            encryption: params.encryption,
             upload: params.upload,
             download_limit: params.download_limit,
             upload_limit: params.upload_limit,

@@ -1,6 +1,7 @@
 //! One peer connection: handshake, then a reader and a writer running side by side.
 //!
-//! Bytes become messages only through librqbit-peer-protocol (`Handshake`, `Message`). The
+//! The handshake is MSE's (`mse`) or the plain one, whichever the dialer chose; after it the
+//! socket is a `PeerStream`, plaintext or RC4 in place. Bytes become messages only through librqbit-peer-protocol (`Handshake`, `Message`). The
 //! reader and writer are two futures polled by one task, so a writer blocked on a full socket
 //! never stops the reader, and the reader never waits on the writer: it queues outgoing
 //! messages in the connection's outbox and wakes the writer.
@@ -25,14 +26,14 @@ use peer_binary_protocol::extended::ExtendedMessage;
 use peer_binary_protocol::{
     Handshake, Message, MessageDeserializeError, Piece, Request, MAX_MSG_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::download::{Download, Outputs};
 use crate::error::PeerError;
 use crate::extension::encode_handshake;
+use crate::mse::{self, Encryption, Form};
+use crate::peer_stream::{PeerReader, PeerStream, PeerWriter};
 use crate::peers::{PeerLink, PeerRegistry, Refused};
 use crate::pex::{self, PexFeed};
 use crate::ratelimit::RateLimiter;
@@ -63,6 +64,8 @@ pub(crate) struct ConnCtx {
     pub our_id: Id20,
     /// Most block requests outstanding at one peer (the window's ceiling).
     pub request_depth: usize,
+    /// Which handshakes we dial, accept and select (MSE).
+    pub encryption: Encryption,
     /// Our listening port, told to peers in the extended handshake (`p`).
     pub listen_port: Option<u16>,
     /// Peer exchange on: ut_pex is advertised, peers are told of each other, and what they
@@ -93,36 +96,79 @@ fn limit_unsent(stream: &TcpStream) {
     }
 }
 
-/// Handshakes on `stream`, registers the peer and runs it until it ends or the engine stops.
+/// Which end of a connection we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// We dialed, starting the handshake in this form.
+    Dial(Form),
+    /// The peer dialed us: either form is recognised.
+    Accept,
+}
+
+/// Handshakes on `tcp` (MSE first, if that is the form), registers the peer and runs it until
+/// it ends or the engine stops.
 pub(crate) async fn run(
     ctx: &ConnCtx,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     addr: SocketAddr,
-    outbound: bool,
+    side: Side,
 ) -> Result<(), PeerError> {
-    stream.set_nodelay(true)?;
-    limit_unsent(&stream);
+    tcp.set_nodelay(true)?;
+    limit_unsent(&tcp);
     let st = &ctx.state;
+    let outbound = side != Side::Accept;
     // With the extension bit (BEP 10): `reqq`, listen port, PEX and metadata follow.
     let ours = Handshake::new(st.torrent().info_hash(), ctx.our_id);
     let mut hs = [0u8; 68];
     let n = ours.serialize_unchecked_len(&mut hs);
-    let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        stream.write_all(&hs[..n]).await?;
-        stream.read_exact(&mut hs).await?;
-        Ok::<_, PeerError>(Handshake::deserialize(&hs)?.0)
-    })
-    .await
-    .map_err(|_| PeerError::Timeout("no handshake"))??;
+    let handshake = async {
+        let (mut stream, form) = match side {
+            Side::Accept => {
+                let a = mse::accept(tcp, &[st.torrent().info_hash()], ctx.encryption).await?;
+                (a.stream, a.form)
+            }
+            // Our handshake travels as MSE's initial payload (IA): no extra round trip.
+            Side::Dial(Form::Mse) => (
+                mse::dial(tcp, st.torrent().info_hash(), &hs[..n], ctx.encryption).await?,
+                Form::Mse,
+            ),
+            Side::Dial(Form::Plain) => (PeerStream::new(tcp, Vec::new(), None, None), Form::Plain),
+        };
+        if side != Side::Dial(Form::Mse) {
+            // A copy: writing encrypts in place (RC4), and `hs` may still be IA above.
+            let mut out = hs;
+            stream.write_all(&mut out[..n]).await?;
+        }
+        let mut theirs = [0u8; 68];
+        stream.read_exact(&mut theirs).await?;
+        Ok::<_, PeerError>((stream, form, Handshake::deserialize(&theirs)?.0))
+    };
+    let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or(Err(PeerError::Timeout("no handshake")));
+    let (stream, form, theirs) = match (done, side) {
+        (Ok(x), _) => x,
+        (Err(e), Side::Dial(form)) if e.is_refusal() => {
+            return Err(PeerError::HandshakeRefused {
+                form,
+                cause: Box::new(e),
+            })
+        }
+        (Err(e), _) => return Err(e),
+    };
     if theirs.info_hash != st.torrent().info_hash() {
         return Err(PeerError::WrongTorrent);
     }
     if theirs.peer_id == ctx.our_id {
         return Err(PeerError::SelfConnection);
     }
+    let counters = ctx.peers.counters_for(theirs.peer_id);
+    counters
+        .encrypted
+        .store(stream.is_encrypted(), Ordering::Relaxed);
     let link = Arc::new(PeerLink::new(
         ctx.cancel.child_token(),
-        ctx.peers.counters_for(theirs.peer_id),
+        counters,
         ctx.peers.now_ms(),
     ));
     // Queued before registration so it precedes every Have the registry broadcasts. The
@@ -142,7 +188,12 @@ pub(crate) async fn run(
         Err(Refused::HostFull) => return Err(PeerError::TooManyFromHost),
     };
     st.picker().set_plan_spread(live > 1);
-    tracing::debug!(peer = %theirs.peer_id.as_string(), "connected");
+    tracing::debug!(
+        peer = %theirs.peer_id.as_string(),
+        %form,
+        rc4 = stream.is_encrypted(),
+        "connected"
+    );
     let (mut rd, mut wr) = stream.into_split();
     let mut reader = Reader {
         ctx,
@@ -187,7 +238,7 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    async fn run(&mut self, rd: &mut OwnedReadHalf) -> Result<(), PeerError> {
+    async fn run(&mut self, rd: &mut PeerReader) -> Result<(), PeerError> {
         let st = &*self.ctx.state;
         // Room for a few full block messages per read; a bitfield of a huge torrent may need more.
         let size = (4 * MAX_MSG_LEN).max(st.torrent().lengths().piece_bitfield_bytes() + 64);
@@ -403,11 +454,7 @@ fn metadata_reply(info: &[u8], piece: u32) -> UtMetadata<ByteBuf<'_>> {
     ))
 }
 
-async fn write_loop(
-    ctx: &ConnCtx,
-    link: &PeerLink,
-    wr: &mut OwnedWriteHalf,
-) -> Result<(), PeerError> {
+async fn write_loop(ctx: &ConnCtx, link: &PeerLink, wr: &mut PeerWriter) -> Result<(), PeerError> {
     let st = &*ctx.state;
     let bitfield_len = st.torrent().lengths().piece_bitfield_bytes();
     let mut buf = vec![0u8; (2 * MAX_BLOCK as usize + 64).max(bitfield_len + 64)];
@@ -497,6 +544,6 @@ async fn write_loop(
                 }
             }
         }
-        wr.write_all(&buf[..len]).await?;
+        wr.write_all(&mut buf[..len]).await?;
     }
 }

@@ -20,12 +20,13 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, ConnCtx};
+use crate::connection::{self, ConnCtx, Side};
 use crate::dht::{self, DhtConfig};
 use crate::error::{PeerError, Result, SwarmError};
 use crate::events::SwarmEvents;
 use crate::layout::Layout;
 use crate::map::PieceMap;
+use crate::mse::Encryption;
 use crate::peers::{ChokePolicy, PeerRegistry};
 use crate::pex::PexFeed;
 use crate::picker::PiecePicker;
@@ -101,6 +102,9 @@ pub struct EngineConfig {
     /// Least time between two PEX messages to one peer: [`crate::PEX_INTERVAL`] (the
     /// convention all clients follow); shorter only for tests.
     pub pex_interval: Duration,
+    /// Message Stream Encryption: which handshake we dial first and what payload we select
+    /// (incoming connections may use either form unless encryption is required).
+    pub encryption: Encryption,
 }
 
 impl Default for EngineConfig {
@@ -134,6 +138,7 @@ impl Default for EngineConfig {
             web_seed_patience: Duration::from_millis(500),
             pex: true,
             pex_interval: crate::pex::PEX_INTERVAL,
+            encryption: Encryption::default(),
         }
     }
 }
@@ -230,6 +235,7 @@ impl Engine {
             up_limit: Arc::new(RateLimiter::new(config.upload_limit)),
             our_id,
             request_depth: config.request_depth,
+            encryption: config.encryption,
             listen_port: listen_addr.map(|a| a.port()),
             pex: config
                 .pex
@@ -630,7 +636,7 @@ async fn accept_loop(i: Arc<Inner>, listener: TcpListener) -> std::io::Result<()
             &i.tasks,
             "peer-in",
             tracing::debug_span!("peer", %addr, dir = "in"),
-            async move { connection::run(&ctx, stream, addr, false).await },
+            async move { connection::run(&ctx, stream, addr, Side::Accept).await },
         );
     }
 }
@@ -671,10 +677,15 @@ async fn connect(listen: Option<SocketAddr>, addr: SocketAddr) -> std::io::Resul
     socket.connect(addr).await
 }
 
-/// Keeps one connection to `addr` up: redials with exponential backoff after failures.
+/// Keeps one connection to `addr` up: redials with exponential backoff after failures. A
+/// handshake the peer hangs up on is dialed again at once in the other form (plain or MSE),
+/// if the encryption policy allows it; the form that worked is kept for later redials.
 async fn dial_loop(i: Arc<Inner>, addr: SocketAddr) -> std::result::Result<(), PeerError> {
     let peers = &i.ctx.peers;
     let cancel = &i.ctx.cancel;
+    let policy = i.config.encryption;
+    let mut form = policy.first_form();
+    let mut retrying_other = false;
     let mut backoff = Duration::from_millis(250);
     loop {
         if cancel.is_cancelled() {
@@ -693,7 +704,7 @@ async fn dial_loop(i: Arc<Inner>, addr: SocketAddr) -> std::result::Result<(), P
             Ok(Ok(stream)) => {
                 peers.set_dial(addr, DialState::Connected, true);
                 let started = Instant::now();
-                match connection::run(&i.ctx, stream, addr, true).await {
+                match connection::run(&i.ctx, stream, addr, Side::Dial(form)).await {
                     Err(PeerError::SelfConnection) => {
                         peers.set_dial(addr, DialState::Given("this is us".into()), false);
                         return Ok(());
@@ -712,8 +723,30 @@ async fn dial_loop(i: Arc<Inner>, addr: SocketAddr) -> std::result::Result<(), P
                             }
                         }
                     }
-                    Err(e) => peers.set_dial(addr, DialState::Failed(e.to_string()), false),
-                    Ok(()) => peers.set_dial(addr, DialState::Failed("closed".into()), false),
+                    Err(e @ PeerError::HandshakeRefused { .. }) => {
+                        peers.set_dial(addr, DialState::Failed(e.to_string()), false);
+                        match policy.fallback(form) {
+                            Some(other) if !retrying_other => {
+                                tracing::debug!(%addr, "{e}; dialing {other} once");
+                                form = other;
+                                retrying_other = true;
+                                continue;
+                            }
+                            // Both refused: start again from the policy's form, after backoff.
+                            _ => {
+                                form = policy.first_form();
+                                retrying_other = false;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        peers.set_dial(addr, DialState::Failed(e.to_string()), false);
+                        retrying_other = false;
+                    }
+                    Ok(()) => {
+                        peers.set_dial(addr, DialState::Failed("closed".into()), false);
+                        retrying_other = false;
+                    }
                 }
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff = Duration::from_millis(250);

@@ -164,6 +164,30 @@ pub enum PeerError {
     /// Local storage failed.
     #[error("storage: {0}")]
     Storage(io::Error),
+    /// The encryption handshake (MSE) failed.
+    #[error("encryption handshake: {0}")]
+    Encryption(#[from] crate::mse::MseError),
+    /// The peer hung up or went silent during a handshake we dialed in this form: it may not
+    /// speak it, so the dialer tries the other form once.
+    #[error("{form} handshake refused: {cause}")]
+    HandshakeRefused {
+        /// The form dialed.
+        form: crate::mse::Form,
+        /// What happened.
+        cause: Box<PeerError>,
+    },
+}
+
+impl PeerError {
+    /// Whether this ended a handshake the way a peer that does not speak its form ends it
+    /// (hang-up, reset, silence), rather than a peer that spoke and disagreed.
+    pub(crate) fn is_refusal(&self) -> bool {
+        match self {
+            PeerError::Io(_) | PeerError::Closed | PeerError::Timeout(_) => true,
+            PeerError::Encryption(e) => e.is_refusal(),
+            _ => false,
+        }
+    }
 }
 
 impl From<peer_binary_protocol::MessageDeserializeError> for PeerError {

@@ -24,6 +24,8 @@
 //!   publishes every readable block to.
 //!
 //! Inside, one concept a module: `connection` (a peer's socket: handshake, reader, writer),
+//! `mse` (Message Stream Encryption, the obfuscated handshake most clients speak first, and
+//! the `--encryption` policy), `peer_stream` (the socket after it: plaintext or RC4 in place),
 //! `download` (the download side as a synchronous state machine, tested without sockets),
 //! `peers` (the registry of connections: slots, strikes and bans per address, choking,
 //! announcements), `state` (the torrent state connections share, its two readable-data
@@ -74,6 +76,8 @@ mod layout;
 mod magnet;
 mod map;
 mod metadata;
+mod mse;
+mod peer_stream;
 mod peers;
 mod pex;
 mod picker;
@@ -106,6 +110,7 @@ pub use librqbit_core::lengths::{Lengths, ValidPieceIndex};
 pub use magnet::{Magnet, MagnetError};
 pub use map::{MapCell, PieceMap};
 pub use metadata::{fetch_metadata, MetadataError, MetadataRequest, MAX_METADATA_SIZE};
+pub use mse::{Encryption, Form, MseError};
 pub use peers::MAX_STRIKES;
 pub use pex::{MAX_PEX_DIALS, MAX_PEX_PEERS, PEX_INTERVAL};
 pub use picker::{Pick, PickReason, PieceCounts, PiecePicker, PieceState};

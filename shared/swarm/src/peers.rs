@@ -488,6 +488,7 @@ impl PeerRegistry {
                 uploaded: c.uploaded.load(Ordering::Relaxed),
                 hash_failures: c.hash_failures.load(Ordering::Relaxed),
                 banned: c.banned.load(Ordering::Relaxed),
+                encrypted: c.encrypted.load(Ordering::Relaxed),
             })
             .collect()
     }

@@ -15,6 +15,8 @@ pub(crate) struct PeerCounters {
     pub hash_failures: AtomicU32,
     pub connected: AtomicBool,
     pub banned: AtomicBool,
+    /// Its last connection's payload is RC4 (MSE).
+    pub encrypted: AtomicBool,
 }
 
 /// Engine-wide counters. Every downloaded byte ends in one of the classes below it (see
@@ -90,6 +92,9 @@ pub struct PeerStats {
     pub hash_failures: u32,
     /// Whether it was banned for sending corrupt data.
     pub banned: bool,
+    /// Whether its last connection's payload was RC4-encrypted (MSE with `crypto_select`
+    /// RC4); an MSE handshake that selected plaintext counts as not encrypted.
+    pub encrypted: bool,
 }
 
 /// State of an address the engine dials.
