@@ -143,9 +143,13 @@ pub(crate) async fn run(
         stream.read_exact(&mut theirs).await?;
         Ok::<_, PeerError>((stream, form, Handshake::deserialize(&theirs)?.0))
     };
-    let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .unwrap_or(Err(PeerError::Timeout("no handshake")));
+    // A peer that stalls the handshake must not hold up the engine's shutdown.
+    let done = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => {
+            r.unwrap_or(Err(PeerError::Timeout("no handshake")))
+        }
+        _ = ctx.cancel.cancelled() => return Ok(()),
+    };
     let (stream, form, theirs) = match (done, side) {
         (Ok(x), _) => x,
         (Err(e), Side::Dial(form)) if e.is_refusal() => {

@@ -188,6 +188,10 @@ pub enum MseError {
     /// A plain handshake while encryption is required.
     #[error("plaintext handshake refused: encryption is required")]
     PlaintextRefused,
+    /// We dialed MSE and the peer answered with a plain BitTorrent handshake (it sends its
+    /// own before reading ours): it does not speak MSE.
+    #[error("the peer answered in plaintext")]
+    PlainAnswer,
     /// The peer's public key is 0, 1, P-1 or beyond P (it would fix the shared secret).
     #[error("the peer's Diffie-Hellman key is out of range")]
     BadKey,
@@ -236,7 +240,7 @@ impl MseError {
     pub(crate) fn is_refusal(&self) -> bool {
         matches!(
             self,
-            MseError::Io(_) | MseError::Closed | MseError::NoSync { .. }
+            MseError::Io(_) | MseError::Closed | MseError::NoSync { .. } | MseError::PlainAnswer
         )
     }
 }
@@ -425,6 +429,12 @@ pub(crate) async fn dial(
     let keys = KeyPair::new();
     tcp.write_all(&key_and_pad(&keys)).await?;
     let mut inbox = Inbox::new();
+    // A plain-only peer that speaks first would otherwise be taken for Yb and leave us
+    // waiting for a VC that never comes: tell it at once, so the dialer redials in plaintext.
+    inbox.need(&mut tcp, PLAIN_PREFIX.len()).await?;
+    if inbox.peek().starts_with(PLAIN_PREFIX) {
+        return Err(MseError::PlainAnswer);
+    }
     let s = keys.secret(inbox.read(&mut tcp, DH_LEN).await?)?;
     // B sends PadB and then waits for us: what follows Yb now is padding.
     let mut tx = cipher(b"keyA", &s, &skey);
@@ -689,6 +699,23 @@ mod tests {
             panic!("MSE to a plain-only peer succeeded")
         };
         assert!(err.is_refusal(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_peer_that_speaks_first_is_a_refusal_at_once() {
+        let (a, mut b) = pair().await;
+        let ia = handshake(1);
+        // It sends its handshake and opening messages before reading anything, then waits.
+        let speaks_first = async move {
+            let mut opening = handshake(4);
+            opening.extend_from_slice(&[0, 0, 0, 1, 1].repeat(20));
+            b.write_all(&opening).await.unwrap();
+            b
+        };
+        let started = std::time::Instant::now();
+        let (dialed, _b) = tokio::join!(dial(a, HASH_A, &ia, Encryption::Prefer), speaks_first);
+        assert!(matches!(dialed, Err(MseError::PlainAnswer)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]
