@@ -197,8 +197,8 @@ async fn transmission_learns_a_vmt_peer_through_pex() {
             rpc_port: Some(43102),
             pex: true,
             netns: Some(ns.name.clone()),
-            // It dials the vmt client: in plaintext until vmt accepts MSE (issue 14, h14a).
-            encryption: 0,
+            // Its default (1, MSE preferred): it dials the vmt client encrypted.
+            encryption: 1,
         },
     );
     tr.add(&torrent_path);
