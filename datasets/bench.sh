@@ -518,7 +518,11 @@ crowd() {
     for p in "${pids[@]}"; do wait "$p" || failed=1; done
   done
   kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
-  origin_row "$name" "$log0"
+  # Origin bytes are counted for vmt mounts (their reports) and nginx; sshfs and aria2 crowds
+  # have neither.
+  if [ "$ORIGIN" = nginx ] || compgen -G "$W/raw/$name-c*.mount.json" >/dev/null; then
+    origin_row "$name" "$log0"
+  fi
   # A failed client (its row is missing) is reported, not fatal: the other runs still count.
   [ $failed = 0 ] || { say "crowd $1 $2 N=$3: a client failed"; echo "crowd $1 $2 N=$3" >> "$W/failed"; }
 }
