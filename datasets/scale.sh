@@ -79,7 +79,7 @@ seeder() {
   [ -s "$W/app.torrent" ] && torrent=(--torrent "$W/app.torrent")
   say "seeder at $(bps "$SEED_RATE" "$1") B/s (K=$1; hashing the image)"
   "$bin/vmt-run" seed --image "$image" --listen "127.0.0.1:$PORT" "${torrent[@]}" \
-    --upload-limit "$(bps "$SEED_RATE" "$1")" >"$W/seed-k$1.log" 2>&1 &
+    --upload-limit "$(bps "$SEED_RATE" "$1")" --rechoke "$((10 * $1))s" >"$W/seed-k$1.log" 2>&1 &
   seed_pid=$!
   local end=$((SECONDS + 600))
   until [ -s "$W/app.torrent" ] && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do

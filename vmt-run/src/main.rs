@@ -191,7 +191,7 @@ struct BootArgs {
 #[derive(Args)]
 struct DhtArgs {
     /// Find peers through the mainline DHT (BEP 5), and announce our listening port there.
-    /// Experimental: a private DHT does not find peers yet (see the README).
+    /// With --dht-bootstrap, a private DHT of your own nodes (see the README).
     #[arg(long)]
     dht: bool,
     /// UDP port of the DHT node [default: any free port].
@@ -334,6 +334,10 @@ struct SeedArgs {
     /// Peers uploaded to at once (rotating among interested peers).
     #[arg(long, value_name = "N", default_value_t = 4)]
     upload_slots: usize,
+    /// How often one upload slot moves to the peer waiting longest. A time-dilated crowd
+    /// (`replay-client --dilation K`) needs K times the default, as `datasets/scale.sh` gives.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = units::parse_duration)]
+    rechoke: Duration,
     /// Also dial this peer, as HOST:PORT (repeatable): for leechers that cannot dial us, e.g.
     /// Transmission, which never dials 127.0.0.0/8 addresses.
     #[arg(long, value_name = "HOST:PORT")]
@@ -592,6 +596,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         web_seeds: a.new_torrent.web_seed,
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
+        rechoke_interval: a.rechoke,
         peers: a.peer,
         dht: a.dht.config(),
         encryption: a.encryption.encryption,
@@ -800,6 +805,7 @@ async fn mount_setup(
         upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
         web_seeds: a.web_seeds.urls,
         web_seed_limit: a.web_seeds.limit.map(Rate::bytes_per_s),
+        rechoke_interval: vmt_runtime::DEFAULT_RECHOKE,
         window_bytes: a.window.bytes(),
         threads: a.threads,
         access: if a.allow_other {

@@ -234,6 +234,14 @@ enum Command {
         /// Upload slots of the seeder.
         #[arg(long, default_value_t = 4)]
         seeder_slots: usize,
+        /// Other clients each client knows; in bigger crowds a ring of this many neighbours
+        /// (half each side) stands for the tracker's subset. `vmt-run replay-client
+        /// --peers-per-client K` dials K and is dialed by K, so K=8 there is 16 here.
+        #[arg(long, default_value_t = 128)]
+        max_peers: usize,
+        /// Period of every uploader's choker rotation (the engine's `--rechoke`).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = units::parse_duration_us)]
+        rechoke: u64,
         /// Idle time at each task boundary of a session.
         #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = units::parse_duration_us)]
         think: u64,
@@ -422,6 +430,8 @@ fn run(cli: Cli) -> Result<()> {
             client_rate,
             seeder_rate,
             seeder_slots,
+            max_peers,
+            rechoke,
             think,
             rtt,
             gap_scale,
@@ -435,6 +445,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut params = SwarmParams::new(client_rate.bits_per_s() as f64);
             params.seeder_bits_per_s = seeder_rate.bits_per_s() as f64;
             params.seeder_slots = seeder_slots;
+            params.max_peers = max_peers;
+            params.rechoke_us = rechoke as f64;
             params.upload = !no_upload;
             params.arrival = arrival;
             params.think_us = think;

@@ -8,8 +8,11 @@
 //! planner, the parked-read table, the reply pool, the swarm source.
 //!
 //! Links are the engines' own token buckets, per client in both directions. Time dilation K
-//! divides the link rates by K and multiplies the traces' compute gaps and think times by K,
-//! so that many clients fit on a few cores; every figure is reported undilated as well.
+//! divides the link rates by K and multiplies the traces' compute gaps, think times and the
+//! choker's rotation period by K, so that many clients fit on a few cores; every figure is
+//! reported undilated as well. The seeder is another process: give it `--rechoke` K times
+//! 10 s too (`datasets/scale.sh` does). Not dilated: peer exchange's 60 s and the snub and
+//! connection timeouts, which only make a dilated crowd find peers sooner in undilated time.
 //! A client leaves (stops its engine, removes its storage) when its replay ends, as a mount
 //! of `datasets/bench.sh`'s crowd is unmounted after its replay.
 
@@ -103,6 +106,38 @@ impl CrowdParams {
             bind: IpAddr::from([127, 0, 0, 1]),
             check_image: None,
             window_bytes: DEFAULT_WINDOW,
+        }
+    }
+
+    /// Client `id`'s mount parameters: the seeders and the next clients round the ring (by
+    /// their listen addresses `addrs`), its links and choker dilated by K.
+    fn client(&self, id: usize, addrs: &[Option<SocketAddr>]) -> RuntimeParams {
+        let k = self.dilation.max(1);
+        let rate = self.link_rate.map(|r| (r / u64::from(k)).max(1));
+        let mut peers = self.seeders.clone();
+        let others = self.peers_per_client.min(self.clients - 1);
+        peers.extend((1..=others).filter_map(|j| addrs[(id + j) % self.clients]));
+        RuntimeParams {
+            torrent: self.torrent.clone(),
+            bundle: self.bundle.clone(),
+            strategy: self.strategy,
+            profile: None,
+            oracle_trace: None,
+            mountpoint: PathBuf::new(),
+            data_dir: self.dir.join(format!("c{id}")),
+            peers,
+            upload: self.upload,
+            download_limit: rate,
+            upload_limit: rate,
+            window_bytes: self.window_bytes,
+            threads: 0,
+            access: crate::Access::Owner,
+            read_timeout: None,
+            dht: None,
+            encryption: vmt_swarm::Encryption::default(),
+            web_seeds: Vec::new(),
+            web_seed_limit: None,
+            rechoke_interval: crate::DEFAULT_RECHOKE * k,
         }
     }
 }
@@ -294,30 +329,7 @@ pub async fn run(
     let cpu0 = CpuSample::now();
     let mut starting = Vec::with_capacity(params.clients);
     for (id, listener) in listeners.into_iter().enumerate() {
-        let mut peers = params.seeders.clone();
-        let others = params.peers_per_client.min(params.clients - 1);
-        peers.extend((1..=others).filter_map(|j| addrs[(id + j) % params.clients]));
-        let rp = RuntimeParams {
-            torrent: params.torrent.clone(),
-            bundle: params.bundle.clone(),
-            strategy: params.strategy,
-            profile: None,
-            oracle_trace: None,
-            mountpoint: PathBuf::new(),
-            data_dir: params.dir.join(format!("c{id}")),
-            peers,
-            upload: params.upload,
-            download_limit: rate,
-            upload_limit: rate,
-            window_bytes: params.window_bytes,
-            threads: 0,
-            access: crate::Access::Owner,
-            read_timeout: None,
-            dht: None,
-            encryption: vmt_swarm::Encryption::default(),
-            web_seeds: Vec::new(),
-            web_seed_limit: None,
-        };
+        let rp = params.client(id, &addrs);
         starting.push(async move {
             Streaming::<Answer>::start(&rp, listener)
                 .await
@@ -611,5 +623,39 @@ impl ReadTarget for Target {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dilated crowd must keep the choker's rotation in undilated time: at K=10 with the
+    /// engine's 10 s, a slot moved every undilated second, and the crowd finished twice as
+    /// fast as the simulator's (walk-14/16, N=32: 40 s against 83 s; 45 s at 1 s rotation).
+    #[test]
+    fn a_dilated_crowd_stretches_links_and_the_choker_by_k() {
+        let addr = |p| Some(SocketAddr::from(([127, 0, 0, 1], p)));
+        let addrs = [addr(1), addr(2), addr(3)];
+        let mut p = CrowdParams::new(
+            "t".into(),
+            vec!["x".into()],
+            3,
+            vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+            "d".into(),
+        );
+        p.link_rate = Some(1_000_000);
+        p.dilation = 10;
+        p.peers_per_client = 1;
+        let c = p.client(2, &addrs);
+        assert_eq!(c.rechoke_interval, crate::DEFAULT_RECHOKE * 10);
+        assert_eq!(c.download_limit, Some(100_000));
+        assert_eq!(c.upload_limit, Some(100_000));
+        assert_eq!(
+            c.peers,
+            vec![SocketAddr::from(([127, 0, 0, 1], 9)), addrs[0].unwrap()]
+        );
+        p.dilation = 1;
+        assert_eq!(p.client(0, &addrs).rechoke_interval, crate::DEFAULT_RECHOKE);
     }
 }

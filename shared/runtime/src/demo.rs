@@ -172,6 +172,7 @@ fn client_params(
         upload_limit: None,
         web_seeds: Vec::new(),
         web_seed_limit: None,
+        rechoke_interval: crate::DEFAULT_RECHOKE,
         window_bytes: crate::DEFAULT_WINDOW,
         threads: 4,
         access: vmt_fs::Access::Owner,

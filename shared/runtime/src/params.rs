@@ -16,6 +16,9 @@ use vmt_swarm::SwarmError;
 /// revise.
 pub const DEFAULT_WINDOW: u64 = 8 << 20;
 
+/// The choker's rotation period unless told otherwise: the engine's, BitTorrent's usual 10 s.
+pub const DEFAULT_RECHOKE: Duration = Duration::from_secs(10);
+
 /// What to mount and how.
 #[derive(Clone, Debug)]
 pub struct RuntimeParams {
@@ -49,6 +52,9 @@ pub struct RuntimeParams {
     pub web_seeds: Vec<String>,
     /// Most bytes per second the web seeds together may send; `None` = unlimited.
     pub web_seed_limit: Option<u64>,
+    /// How often the choker moves an upload slot ([`DEFAULT_RECHOKE`]). A time-dilated crowd
+    /// stretches it by its factor, so the rotation keeps its place in undilated time.
+    pub rechoke_interval: Duration,
     /// Bytes of the plan handed to the engine at a time (at least one block).
     pub window_bytes: u64,
     /// FUSE worker threads.

@@ -47,6 +47,9 @@ pub struct SeedParams {
     pub upload_limit: Option<Rate>,
     /// Peers uploaded to at once. Default 4.
     pub upload_slots: usize,
+    /// How often the choker moves one of those slots to the peer waiting longest. Default
+    /// [`crate::DEFAULT_RECHOKE`].
+    pub rechoke_interval: Duration,
     /// Peers to dial as well, for leechers that cannot dial us.
     pub peers: Vec<PeerAddr>,
     /// Announce (and find peers) through the DHT; `None` runs no DHT node. Default off.
@@ -67,6 +70,7 @@ impl SeedParams {
             web_seeds: Vec::new(),
             upload_limit: None,
             upload_slots: EngineConfig::default().upload_slots,
+            rechoke_interval: crate::DEFAULT_RECHOKE,
             peers: Vec::new(),
             dht: None,
             encryption: vmt_swarm::Encryption::default(),
@@ -100,6 +104,7 @@ impl SeedParams {
                 peers,
                 upload_limit: self.upload_limit.map(Rate::bytes_per_s),
                 upload_slots: self.upload_slots,
+                rechoke_interval: self.rechoke_interval,
                 dht: self.dht,
                 encryption: self.encryption,
                 ..Default::default()

@@ -94,6 +94,7 @@ impl<R: ReadReply> Streaming<R> {
             fetch_all: params.strategy.fills_background(),
             web_seeds: params.web_seeds.clone(),
             web_seed_limit: params.web_seed_limit,
+            rechoke_interval: params.rechoke_interval,
             ..Default::default()
         };
         let file_name = torrent.name().to_string();
