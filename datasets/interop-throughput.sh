@@ -76,6 +76,13 @@ stop() { # pid...: SIGTERM, then wait until gone
 }
 cleanup() {
   stop "${PIDS[@]}" 2>/dev/null || true
+  # Every process still in our namespaces too: a download runs in a subshell ($(download ..)),
+  # so a Transmission client it started is not in PIDS, and would outlive an interrupted run.
+  local ns
+  for ns in "$P-s" "$P-c"; do
+    # shellcheck disable=SC2046
+    stop $(ip netns pids "$ns" 2>/dev/null) 2>/dev/null || true
+  done
   ip netns del "$P-s" 2>/dev/null || true
   ip netns del "$P-c" 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
