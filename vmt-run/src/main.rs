@@ -236,6 +236,7 @@ async fn torrent_source(
     torrent: Option<PathBuf>,
     m: MagnetArgs,
     peers: &[PeerAddr],
+    encryption: vmt_swarm::Encryption,
     default: impl FnOnce(&vmt_swarm::Magnet) -> PathBuf,
     cancel: &CancellationToken,
 ) -> Result<(PathBuf, Vec<PeerAddr>)> {
@@ -251,6 +252,7 @@ async fn torrent_source(
             trackers: m.trackers,
             torrent: path,
             timeout: m.metadata_timeout.unwrap_or(DEFAULT_METADATA_TIMEOUT),
+            encryption,
             magnet,
         },
         cancel.clone(),
@@ -633,6 +635,7 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         a.torrent,
         a.magnet,
         &a.peer,
+        a.encryption.encryption,
         |_| vmt_runtime::magnet::torrent_beside(&out),
         &cancel,
     )
@@ -785,6 +788,7 @@ async fn mount_setup(
         a.torrent,
         a.magnet,
         &a.peer,
+        a.encryption.encryption,
         vmt_runtime::magnet::default_torrent_path,
         cancel,
     )

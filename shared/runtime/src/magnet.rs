@@ -31,6 +31,8 @@ pub struct MagnetParams {
     pub torrent: PathBuf,
     /// Give up fetching after this long.
     pub timeout: Duration,
+    /// Which handshakes the metadata fetch dials (`--encryption`).
+    pub encryption: vmt_swarm::Encryption,
 }
 
 /// The torrent a magnet link resolved to.
@@ -123,6 +125,7 @@ pub async fn resolve(
             peers,
             trackers,
             timeout: params.timeout,
+            encryption: params.encryption,
         },
         cancel,
     )

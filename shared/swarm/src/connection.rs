@@ -105,31 +105,33 @@ pub(crate) enum Side {
     Accept,
 }
 
-/// Handshakes on `tcp` (MSE first, if that is the form), registers the peer and runs it until
-/// it ends or the engine stops.
-pub(crate) async fn run(
-    ctx: &ConnCtx,
+/// The BitTorrent handshake on `tcp`, inside MSE when that is the form (dialed, or recognised
+/// when accepting): the stream past both handshakes, the form, and the remote's handshake. The
+/// engine's connections and the magnet's metadata fetch both come through here, so both speak
+/// MSE. A dialed form the remote hangs up on is `PeerError::HandshakeRefused`, for the caller to
+/// redial in the policy's other form.
+pub(crate) async fn handshake(
     tcp: TcpStream,
-    addr: SocketAddr,
     side: Side,
-) -> Result<(), PeerError> {
+    info_hash: Id20,
+    our_id: Id20,
+    encryption: Encryption,
+) -> Result<(PeerStream, Form, Handshake), PeerError> {
     tcp.set_nodelay(true)?;
     limit_unsent(&tcp);
-    let st = &ctx.state;
-    let outbound = side != Side::Accept;
     // With the extension bit (BEP 10): `reqq`, listen port, PEX and metadata follow.
-    let ours = Handshake::new(st.torrent().info_hash(), ctx.our_id);
+    let ours = Handshake::new(info_hash, our_id);
     let mut hs = [0u8; 68];
     let n = ours.serialize_unchecked_len(&mut hs);
     let handshake = async {
         let (mut stream, form) = match side {
             Side::Accept => {
-                let a = mse::accept(tcp, &[st.torrent().info_hash()], ctx.encryption).await?;
+                let a = mse::accept(tcp, &[info_hash], encryption).await?;
                 (a.stream, a.form)
             }
             // Our handshake travels as MSE's initial payload (IA): no extra round trip.
             Side::Dial(Form::Mse) => (
-                mse::dial(tcp, st.torrent().info_hash(), &hs[..n], ctx.encryption).await?,
+                mse::dial(tcp, info_hash, &hs[..n], encryption).await?,
                 Form::Mse,
             ),
             Side::Dial(Form::Plain) => (PeerStream::new(tcp, Vec::new(), None, None), Form::Plain),
@@ -143,22 +145,36 @@ pub(crate) async fn run(
         stream.read_exact(&mut theirs).await?;
         Ok::<_, PeerError>((stream, form, Handshake::deserialize(&theirs)?.0))
     };
+    match (
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .unwrap_or(Err(PeerError::Timeout("no handshake"))),
+        side,
+    ) {
+        (Ok(x), _) => Ok(x),
+        (Err(e), Side::Dial(form)) if e.is_refusal() => Err(PeerError::HandshakeRefused {
+            form,
+            cause: Box::new(e),
+        }),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Handshakes on `tcp` (MSE first, if that is the form), registers the peer and runs it until
+/// it ends or the engine stops.
+pub(crate) async fn run(
+    ctx: &ConnCtx,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    side: Side,
+) -> Result<(), PeerError> {
+    let st = &ctx.state;
+    let outbound = side != Side::Accept;
+    let info_hash = st.torrent().info_hash();
     // A peer that stalls the handshake must not hold up the engine's shutdown.
-    let done = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => {
-            r.unwrap_or(Err(PeerError::Timeout("no handshake")))
-        }
+    let (stream, form, theirs) = tokio::select! {
+        r = handshake(tcp, side, info_hash, ctx.our_id, ctx.encryption) => r?,
         _ = ctx.cancel.cancelled() => return Ok(()),
-    };
-    let (stream, form, theirs) = match (done, side) {
-        (Ok(x), _) => x,
-        (Err(e), Side::Dial(form)) if e.is_refusal() => {
-            return Err(PeerError::HandshakeRefused {
-                form,
-                cause: Box::new(e),
-            })
-        }
-        (Err(e), _) => return Err(e),
     };
     if theirs.info_hash != st.torrent().info_hash() {
         return Err(PeerError::WrongTorrent);

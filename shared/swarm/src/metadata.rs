@@ -3,7 +3,9 @@
 //! ([`crate::table_exchange`]).
 //!
 //! Peers are asked one at a time, in the order they are learned (the link's `x.pe` and the
-//! caller's peers first, then what the link's trackers return). A peer is dropped, and the
+//! caller's peers first, then what the link's trackers return), each dialed through the
+//! engine's handshake (`connection::handshake`: MSE or plain as the policy says, one redial in
+//! the other form). A peer is dropped, and the
 //! next one asked, when it does not speak the extension, rejects a piece, sends a piece of the
 //! wrong size, a dictionary of another size than announced or one that does not hash to the
 //! info hash, or a table that does not hash to the root its info dictionary pins. Both are
@@ -24,7 +26,6 @@ use peer_binary_protocol::extended::ut_metadata::UtMetadata;
 use peer_binary_protocol::extended::{ExtendedMessage, PeerExtendedMessageIds};
 use peer_binary_protocol::{Handshake, Message, MessageDeserializeError, MAX_MSG_LEN};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -33,10 +34,12 @@ use tracker_comms::{
     TorrentStatsProvider, TrackerComms, TrackerCommsStats, TrackerCommsStatsState, UdpTrackerClient,
 };
 
-use crate::connection::compact;
+use crate::connection::{compact, handshake, Side};
 use crate::digest::sha1;
-use crate::error::SwarmError;
+use crate::error::{PeerError, SwarmError};
 use crate::extension::encode_handshake;
+use crate::mse::Encryption;
+use crate::peer_stream::PeerStream;
 use crate::table_exchange::{self, TableMsg, MY_TABLE_ID};
 use crate::torrent::{TablePin, Torrent};
 
@@ -78,6 +81,9 @@ pub struct MetadataRequest {
     pub trackers: Vec<String>,
     /// Give up after this long.
     pub timeout: Duration,
+    /// Which handshakes we dial (MSE), as the engine would: a peer that requires encryption
+    /// (Transmission's `encryption 2`) still serves metadata.
+    pub encryption: Encryption,
 }
 
 /// Why no torrent came of a magnet link.
@@ -233,7 +239,7 @@ pub async fn fetch_metadata(
         tried += 1;
         let until = until.min(Instant::now() + PEER_TIMEOUT);
         let asked = tokio::select! {
-            r = tokio::time::timeout_at(until, from_peer(addr, req.info_hash, our_id, &mut progress)) => r,
+            r = tokio::time::timeout_at(until, from_peer(addr, req.info_hash, our_id, req.encryption, &mut progress)) => r,
             _ = cancel.cancelled() => return Err(MetadataError::Cancelled),
         };
         match asked {
@@ -291,25 +297,42 @@ fn fault(why: impl Into<String>) -> PeerFault {
     PeerFault::Peer(why.into())
 }
 
+/// Dials `addr` and handshakes (the engine's path: MSE first under `prefer`), redialing once in
+/// the policy's other form if the first is refused.
+async fn dial(
+    addr: SocketAddr,
+    info_hash: Id20,
+    our_id: Id20,
+    encryption: Encryption,
+) -> Result<(PeerStream, Handshake), PeerFault> {
+    let mut form = encryption.first_form();
+    let mut redialed = false;
+    loop {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| fault("did not answer the connection"))??;
+        match handshake(tcp, Side::Dial(form), info_hash, our_id, encryption).await {
+            Ok((stream, _, theirs)) => return Ok((stream, theirs)),
+            Err(PeerError::HandshakeRefused { form: f, cause }) => match encryption.fallback(f) {
+                Some(next) if !redialed => (form, redialed) = (next, true),
+                _ => return Err(fault(format!("refused the {f} handshake: {cause}"))),
+            },
+            Err(e) => return Err(fault(format!("handshake: {e}"))),
+        }
+    }
+}
+
 /// Asks `addr` for what `progress` still lacks.
 async fn from_peer(
     addr: SocketAddr,
     info_hash: Id20,
     our_id: Id20,
+    encryption: Encryption,
     progress: &mut Progress,
 ) -> Result<(), PeerFault> {
-    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| fault("did not answer the connection"))??;
-    s.set_nodelay(true)?;
+    let (stream, theirs) = dial(addr, info_hash, our_id, encryption).await?;
+    let (mut rd, mut wr) = stream.into_split();
     let mut out = vec![0u8; MAX_MSG_LEN + 256];
-    let n = Handshake::new(info_hash, our_id).serialize_unchecked_len(&mut out);
-    s.write_all(&out[..n]).await?;
-    let mut hs = [0u8; 68];
-    s.read_exact(&mut hs).await?;
-    let theirs = Handshake::deserialize(&hs)
-        .map_err(|e| fault(format!("bad handshake: {e}")))?
-        .0;
     if theirs.info_hash != info_hash {
         return Err(fault("is in another swarm"));
     }
@@ -318,7 +341,7 @@ async fn from_peer(
     }
     // We serve nothing; advertising ut_metadata and the table gives the peer our ids for them.
     let n = encode_handshake(&mut out, None, 0, false, true);
-    s.write_all(&out[..n]).await?;
+    wr.write_all(&mut out[..n]).await?;
 
     let mut buf = vec![0u8; 2 * MAX_MSG_LEN];
     let (mut start, mut end) = (0usize, 0usize);
@@ -328,7 +351,7 @@ async fn from_peer(
     let mut info: Option<Assembly> = None;
     let mut table: Option<Assembly> = None;
     loop {
-        let n = s.read(&mut buf[end..]).await?;
+        let n = rd.read(&mut buf[end..]).await?;
         if n == 0 {
             return Err(fault("closed the connection"));
         }
@@ -444,7 +467,7 @@ async fn from_peer(
                         table_exchange::encode_request(&mut out, table_id.expect("asked"), p)
                     }
                 };
-                s.write_all(&out[..n]).await?;
+                wr.write_all(&mut out[..n]).await?;
             }
             if progress.done() {
                 return Ok(());
@@ -549,6 +572,7 @@ mod tests {
     use crate::storage::Storage;
     use crate::testutil::{make_torrent, random_image, stock_torrent};
     use peer_binary_protocol::extended::ut_metadata::UtMetadataData;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// What a fake peer serves: `info` over ut_metadata (announcing `size`), and `table` over
@@ -647,9 +671,21 @@ mod tests {
 
     /// A vmt seeder of `torrent` (in this process, on loopback).
     async fn seeder(image: &std::path::Path, torrent: &Torrent) -> Engine {
+        seeder_with(image, torrent, Encryption::default()).await
+    }
+
+    async fn seeder_with(
+        image: &std::path::Path,
+        torrent: &Torrent,
+        encryption: Encryption,
+    ) -> Engine {
         let storage = Storage::open_seed(image, torrent, false).unwrap();
         let l = Engine::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        Engine::start(torrent.clone(), storage, Some(l), EngineConfig::default())
+        let config = EngineConfig {
+            encryption,
+            ..EngineConfig::default()
+        };
+        Engine::start(torrent.clone(), storage, Some(l), config)
     }
 
     fn request(info_hash: Id20, peers: Vec<SocketAddr>) -> MetadataRequest {
@@ -658,7 +694,36 @@ mod tests {
             peers,
             trackers: Vec::new(),
             timeout: Duration::from_secs(20),
+            encryption: Encryption::default(),
         }
+    }
+
+    /// The metadata fetch dials as the engine does: a seeder that requires encryption serves
+    /// a `prefer` or `require` client over RC4, and a `plaintext` client after its one redial
+    /// in MSE. Before, the fetch dialed a plain handshake only, and such a seeder hung up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_seeder_that_requires_encryption_serves_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = random_image(dir.path(), 3 << 20, 43);
+        let t = make_torrent(&img, 16384).await;
+        let seed = seeder_with(&img, &t, Encryption::Require).await;
+        let peer = seed.listen_addr().unwrap();
+        for policy in [
+            Encryption::Prefer,
+            Encryption::Plaintext,
+            Encryption::Require,
+        ] {
+            let req = MetadataRequest {
+                encryption: policy,
+                ..request(t.info_hash(), vec![peer])
+            };
+            let got = fetch_metadata(req, CancellationToken::new())
+                .await
+                .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+            assert_eq!(got.info_bytes(), t.info_bytes(), "{policy:?}");
+            assert!(got.block_hashes().is_some(), "{policy:?}");
+        }
+        seed.shutdown().await.unwrap();
     }
 
     /// Peers that lie are dropped one after the other, each with its reason, and the honest
