@@ -118,17 +118,53 @@ pub enum SimulateError {
     },
 }
 
-/// Whether record `i` starts a new task segment (think time goes before it).
-fn boundary(trace: &Trace, i: usize) -> bool {
-    i > 0 && trace.records[i].task != trace.records[i - 1].task
+/// Where the replay inserts think time and where it ends, as `vmt-record replay`, the bench's
+/// mounts and the headless clients replay (vmt-appliance's `replay_on`): think time goes
+/// before the first read of each task segment after the first (a write-only segment adds
+/// none), and the replay ends with the last read (writes land in the local overlay and take
+/// no time). Computed once per trace.
+pub(crate) struct ReplayShape {
+    /// Per record: think time goes before it.
+    pub think_before: Vec<bool>,
+    /// The last read, if any; records after it are not replayed.
+    pub last_read: Option<usize>,
 }
 
-/// The trace's own duration with `think_us` at each task boundary.
+impl ReplayShape {
+    pub fn of(trace: &Trace) -> ReplayShape {
+        let mut think_before = vec![false; trace.records.len()];
+        let mut due = false;
+        let mut last_read = None;
+        for (i, r) in trace.records.iter().enumerate() {
+            due |= i > 0 && r.task != trace.records[i - 1].task;
+            if r.op == Op::Read {
+                think_before[i] = std::mem::take(&mut due);
+                last_read = Some(i);
+            }
+        }
+        ReplayShape {
+            think_before,
+            last_read,
+        }
+    }
+
+    /// Records replayed: up to the last read.
+    pub fn replayed(&self) -> usize {
+        self.last_read.map_or(0, |i| i + 1)
+    }
+
+    /// Think time inserted over the whole replay.
+    pub fn think_us(&self, think_us: u64) -> u64 {
+        self.think_before.iter().filter(|&&b| b).count() as u64 * think_us
+    }
+}
+
+/// The trace's own duration as replayed (to its last read) with `think_us` before each task
+/// segment that reads, after the first ([`ReplayShape`]).
 pub fn local_duration_us(trace: &Trace, think_us: u64) -> u64 {
-    let boundaries = (1..trace.records.len())
-        .filter(|&i| boundary(trace, i))
-        .count() as u64;
-    trace.duration_us() + boundaries * think_us
+    let shape = ReplayShape::of(trace);
+    let end = shape.last_read.map_or(0, |i| trace.records[i].t_us);
+    end + shape.think_us(think_us)
 }
 
 /// The bytes `trace` reads, clipped to the image ([`Outcome::bytes_read`]).
@@ -329,9 +365,10 @@ pub fn simulate(
     let mut now = 0f64;
     let mut prev_t = 0u64;
     let mut stalls = 0;
-    for (i, r) in trace.records.iter().enumerate() {
+    let shape = ReplayShape::of(trace);
+    for (i, r) in trace.records[..shape.replayed()].iter().enumerate() {
         let mut gap = r.t_us.saturating_sub(prev_t) as f64;
-        if boundary(trace, i) {
+        if shape.think_before[i] {
             gap += link.think_us as f64;
         }
         prev_t = r.t_us;

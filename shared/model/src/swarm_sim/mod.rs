@@ -2,7 +2,8 @@
 //! other (issue 15), extending the one-client [`crate::simulate`] to N clients.
 //!
 //! Each client replays its trace as [`crate::simulate`] does (its reads at their recorded
-//! gaps, think time at task boundaries, a read that misses waits), driving its own
+//! gaps, think time before each task that reads, a read that misses waits, to the last
+//! read), driving its own
 //! [`Scheduler`] (the planner and belief `vmt-run` uses) with the same calls. What it fetches,
 //! and from whom, follows the engine (`vmt-swarm`):
 //!
@@ -43,7 +44,7 @@ use serde::Serialize;
 
 use crate::granularity::Granularity;
 use crate::scheduler::Scheduler;
-use crate::simulate::{bytes_read, local_duration_us};
+use crate::simulate::{bytes_read, local_duration_us, ReplayShape};
 use flows::{FlowId, Flows, Key};
 use vmt_formats::trace::{Op, Trace};
 
@@ -140,7 +141,7 @@ pub struct ClientOutcome {
     pub trace: usize,
     /// When it arrived (µs since the start).
     pub arrival_us: u64,
-    /// From its arrival to its trace's last access (µs); `None` if it never finished.
+    /// From its arrival to its trace's last read (µs); `None` if it never finished.
     pub completion_us: Option<u64>,
     /// Completion minus the trace's own duration with think time (µs).
     pub stall_us: Option<u64>,
@@ -319,6 +320,8 @@ struct Sim<'a> {
     image: u64,
     pieces: u32,
     clients: Vec<Client>,
+    /// Per trace: where think time goes, and the last read (where a client leaves).
+    shapes: Vec<ReplayShape>,
     ups: Vec<Uploader>,
     avail: Vec<u32>,
     flows: Flows,
@@ -436,8 +439,10 @@ pub fn run(
                     ..ClientOutcome::default()
                 },
                 local_us: {
-                    let think = local_duration_us(t, params.think_us) - t.duration_us();
-                    think + (t.duration_us() as f64 * params.gap_scale).round() as u64
+                    // Recorded gaps scale, think time does not.
+                    let shape = ReplayShape::of(t);
+                    let think = shape.think_us(params.think_us);
+                    think + ((local_duration_us(t, 0)) as f64 * params.gap_scale).round() as u64
                 },
             }
         })
@@ -451,6 +456,7 @@ pub fn run(
         image,
         pieces,
         clients: cls,
+        shapes: traces.iter().map(ReplayShape::of).collect(),
         ups,
         avail: vec![0; pieces as usize],
         flows,
@@ -614,7 +620,8 @@ impl Sim<'_> {
         let traces = self.traces;
         let trace = &traces[self.clients[c as usize].spec_trace];
         let cl = &mut self.clients[c as usize];
-        let Some(r) = trace.records.get(cl.next) else {
+        let replayed = self.shapes[cl.spec_trace].replayed();
+        let Some(r) = trace.records[..replayed].get(cl.next) else {
             self.leave(c);
             return;
         };
@@ -636,14 +643,15 @@ impl Sim<'_> {
         let traces = self.traces;
         let trace = &traces[self.clients[c as usize].spec_trace];
         let cl = &mut self.clients[c as usize];
+        let shape = &self.shapes[cl.spec_trace];
         let i = cl.next;
         cl.next += 1;
-        match trace.records.get(i + 1) {
+        match trace.records[..shape.replayed()].get(i + 1) {
             None => self.leave(c),
             Some(next) => {
                 let mut gap =
                     next.t_us.saturating_sub(trace.records[i].t_us) as f64 * self.p.gap_scale;
-                if next.task != trace.records[i].task {
+                if shape.think_before[i + 1] {
                     gap += self.p.think_us as f64;
                 }
                 self.push(self.now + gap, Event::Record(c));
