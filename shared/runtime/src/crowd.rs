@@ -71,12 +71,28 @@ pub struct CrowdParams {
     pub stagger: Duration,
     /// Where the clients' storage goes (`c<i>` each, removed when the client leaves).
     pub dir: PathBuf,
-    /// The address clients listen on (port chosen by the system).
+    /// The address clients listen on (port chosen by the system). On a loopback IPv4 address
+    /// each client takes its own, counting up from the next one (127.0.0.1 gives the clients
+    /// 127.0.0.2, .3, ...): a client dials from where it listens, so every peer sees each
+    /// client as its own host, as in a real crowd. On one address for all, the engines'
+    /// 16-incoming-per-address limit let the seeder, and each client, admit only 16 of them.
     pub bind: IpAddr,
     /// The original image: every read's bytes are compared with it.
     pub check_image: Option<PathBuf>,
     /// Plan handed to the engine at a time.
     pub window_bytes: u64,
+}
+
+/// Client `id`'s listening address: its own on loopback IPv4 (see [`CrowdParams::bind`]).
+fn client_ip(bind: IpAddr, id: usize) -> IpAddr {
+    match bind {
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            let next = u32::from(v4).saturating_add(1 + id as u32);
+            // Stay inside 127.0.0.0/8 (16 million clients).
+            IpAddr::V4(std::net::Ipv4Addr::from(next.min(0x7fff_fffe)))
+        }
+        other => other,
+    }
 }
 
 impl CrowdParams {
@@ -312,11 +328,12 @@ pub async fn run(
     std::fs::create_dir_all(&params.dir).map_err(io_err(params.dir.display().to_string()))?;
     // Every listener first, so each client knows the others' addresses when it starts.
     let mut listeners = Vec::with_capacity(params.clients);
-    for _ in 0..params.clients {
+    for id in 0..params.clients {
         listeners.push(if params.upload {
-            let l = TcpListener::bind((params.bind, 0))
+            let ip = client_ip(params.bind, id);
+            let l = TcpListener::bind((ip, 0))
                 .await
-                .map_err(io_err(format!("binding {}", params.bind)))?;
+                .map_err(io_err(format!("binding {ip}")))?;
             Some(l)
         } else {
             None
@@ -633,6 +650,15 @@ mod tests {
     /// A dilated crowd must keep the choker's rotation in undilated time: at K=10 with the
     /// engine's 10 s, a slot moved every undilated second, and the crowd finished twice as
     /// fast as the simulator's (walk-14/16, N=32: 40 s against 83 s; 45 s at 1 s rotation).
+    #[test]
+    fn each_loopback_client_has_its_own_address() {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(client_ip(lo, 0), IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(client_ip(lo, 300), IpAddr::from([127, 0, 1, 46]));
+        let other = IpAddr::from([10, 0, 0, 7]);
+        assert_eq!(client_ip(other, 5), other);
+    }
+
     #[test]
     fn a_dilated_crowd_stretches_links_and_the_choker_by_k() {
         let addr = |p| Some(SocketAddr::from(([127, 0, 0, 1], p)));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vmt_fs::{ImageFs, ReadReply, Waiting};
-use vmt_swarm::{DialState, Engine, SwarmStats};
+use vmt_swarm::{DialState, DialStatus, Engine};
 
 use crate::source::SwarmSource;
 
@@ -40,7 +40,8 @@ pub(crate) async fn run<O: vmt_fs::AccessObserver, R: ReadReply>(
         if long.is_empty() {
             continue;
         }
-        let peers = peers_tried(&engine.stats());
+        let st = engine.stats();
+        let peers = peers_tried(st.connected, &st.dials);
         for (wait, read) in long {
             tracing::warn!("{}; {peers}", describe(&wait, read));
         }
@@ -65,16 +66,32 @@ fn describe(wait: &Waiting, read: Option<(u64, u32)>) -> String {
     }
 }
 
-/// The peers and how each fares: connected, or the dial's last failure.
-fn peers_tried(st: &SwarmStats) -> String {
-    let mut out = format!("{} peer(s) connected", st.connected);
-    if st.dials.is_empty() {
+/// Dials a warning names: a crowd dials a hundred peers, and a line naming them all (10 KB at
+/// N=128) buries what it is about.
+const DIALS_NAMED: usize = 8;
+
+/// The peers and how the dials fare: how many are connected, and the first few that are not
+/// (the ones that explain a wait) with their last failure.
+fn peers_tried(connected: usize, dials: &[DialStatus]) -> String {
+    let mut out = format!("{connected} peer(s) connected");
+    if dials.is_empty() {
         return out + ", no peer to dial";
     }
-    out.push_str("; peers dialed: ");
-    let dials: Vec<String> = st
-        .dials
-        .iter()
+    let not_connected = || {
+        dials
+            .iter()
+            .filter(|d| !matches!(d.state, DialState::Connected))
+    };
+    let (dialed, others) = (dials.len(), not_connected().count());
+    out.push_str(&format!(
+        "; {dialed} peer(s) dialed, {} connected",
+        dialed - others
+    ));
+    if others == 0 {
+        return out;
+    }
+    let named: Vec<String> = not_connected()
+        .take(DIALS_NAMED)
         .map(|d| {
             let state = match &d.state {
                 DialState::Connecting => "connecting".to_string(),
@@ -85,7 +102,11 @@ fn peers_tried(st: &SwarmStats) -> String {
             format!("{} ({state}, {} attempts)", d.addr, d.attempts)
         })
         .collect();
-    out + &dials.join(", ")
+    out.push_str(&format!("; not connected: {}", named.join(", ")));
+    if others > DIALS_NAMED {
+        out.push_str(&format!(" and {} more", others - DIALS_NAMED));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -114,5 +135,38 @@ mod tests {
         };
         assert!(describe(&one, None).starts_with("a partial-block write has waited"));
         assert!(describe(&one, None).contains("from block 7"));
+    }
+
+    /// A crowd's warning stays one readable line: counts, and the first few dials that are
+    /// not connected, never every dial.
+    #[test]
+    fn the_peer_summary_names_a_few_unconnected_dials_only() {
+        let dial = |i: u16, state| DialStatus {
+            addr: ([127, 0, 0, 1], 40000 + i).into(),
+            state,
+            attempts: 3,
+        };
+        assert_eq!(
+            peers_tried(90, &[]),
+            "90 peer(s) connected, no peer to dial"
+        );
+        let mut dials: Vec<DialStatus> = (0..100).map(|i| dial(i, DialState::Connected)).collect();
+        assert_eq!(
+            peers_tried(90, &dials),
+            "90 peer(s) connected; 100 peer(s) dialed, 100 connected"
+        );
+        for i in (0..100).step_by(4) {
+            dials[i].state = DialState::Failed("early eof".into());
+        }
+        let line = peers_tried(90, &dials);
+        assert!(
+            line.starts_with(
+                "90 peer(s) connected; 100 peer(s) dialed, 75 connected; not connected: \
+                 127.0.0.1:40000 (failing: early eof, 3 attempts), 127.0.0.1:40004"
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with(" and 17 more"), "{line}");
+        assert_eq!(line.matches("127.0.0.1:").count(), DIALS_NAMED, "{line}");
     }
 }
