@@ -37,6 +37,28 @@ sim() {  # sim STRATEGY MODE N QUANTUM
     --think "$THINK" --quantum "$4" --out "$f" >/dev/null
   echo "$f"
 }
+# sim1 STRATEGY MODE: N=1 is each trace alone, averaged (as scale.sh's N=1 and bench.sh's
+# per-trace baselines are), so N/N1 compares the same mix of traces; a single simulation
+# would replay only the first trace.
+sim1() {
+  local parts=() t
+  for t in $TRACES; do
+    parts+=("$(TRACES=$t sim "$1" "$2" 1 0s)")
+    mv "${parts[-1]}" "${parts[-1]%.json}-$(basename "$t" .vmtrace).json"
+    parts[-1]="${parts[-1]%.json}-$(basename "$t" .vmtrace).json"
+  done
+  python3 - "$out/sim-$1-$2-1.json" "${parts[@]}" <<'PY'
+import json, sys
+runs = [json.load(open(f)) for f in sys.argv[2:]]
+s = [r["summary"] for r in runs]
+mean = lambda k: sum(x[k] for x in s) / len(s)
+summary = dict(s[0], finished=sum(x["finished"] for x in s), wall_s=sum(x["wall_s"] for x in s),
+               p95_completion_s=max(x["p95_completion_s"] for x in s),
+               **{k: mean(k) for k in ("mean_completion_s", "mean_stall_s", "seeder_bytes", "seeder_per_image")},
+               traces=[f for f in sys.argv[2:]])
+json.dump({"summary": summary, "runs": [r["summary"] for r in runs]}, open(sys.argv[1], "w"), indent=1)
+PY
+}
 echo "NS=\"$NS\" PREDICT=\"$PREDICT\" RATE=$RATE SEED_RATE=$SEED_RATE THINK=$THINK QUANTUM=$QUANTUM TRACES=\"$TRACES\" datasets/scale-sim.sh --real $real --out $out" > "$out/command.txt"
 for n in $NS; do
   for sm in markov:swarm markov:cs oracle:swarm; do sim "${sm%%:*}" "${sm#*:}" "$n" 0s >/dev/null; done
@@ -44,7 +66,7 @@ done
 for n in $PREDICT; do
   for sm in markov:swarm markov:cs demand:cs; do
     q=$QUANTUM; [ "$n" -le 16 ] && q=0s
-    sim "${sm%%:*}" "${sm#*:}" "$n" "$q" >/dev/null
+    if [ "$n" = 1 ]; then sim1 "${sm%%:*}" "${sm#*:}"; else sim "${sm%%:*}" "${sm#*:}" "$n" "$q" >/dev/null; fi
   done
 done
 "$here/scale-table.py" --real "$real" --sim "$out" --ns "$NS" --predict "$PREDICT" --out "$out"
