@@ -153,6 +153,11 @@ impl ReplayShape {
         self.last_read.map_or(0, |i| i + 1)
     }
 
+    /// The recorded time of the last read (µs): where the replay ends, before think time.
+    pub fn end_us(&self, trace: &Trace) -> u64 {
+        self.last_read.map_or(0, |i| trace.records[i].t_us)
+    }
+
     /// Think time inserted over the whole replay.
     pub fn think_us(&self, think_us: u64) -> u64 {
         self.think_before.iter().filter(|&&b| b).count() as u64 * think_us
@@ -163,8 +168,7 @@ impl ReplayShape {
 /// segment that reads, after the first ([`ReplayShape`]).
 pub fn local_duration_us(trace: &Trace, think_us: u64) -> u64 {
     let shape = ReplayShape::of(trace);
-    let end = shape.last_read.map_or(0, |i| trace.records[i].t_us);
-    end + shape.think_us(think_us)
+    shape.end_us(trace) + shape.think_us(think_us)
 }
 
 /// The bytes `trace` reads, clipped to the image ([`Outcome::bytes_read`]).

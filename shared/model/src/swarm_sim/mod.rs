@@ -44,7 +44,7 @@ use serde::Serialize;
 
 use crate::granularity::Granularity;
 use crate::scheduler::Scheduler;
-use crate::simulate::{bytes_read, local_duration_us, ReplayShape};
+use crate::simulate::{bytes_read, ReplayShape};
 use flows::{FlowId, Flows, Key};
 use vmt_formats::trace::{Op, Trace};
 
@@ -413,6 +413,7 @@ pub fn run(
     for i in (1..order.len()).rev() {
         order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
+    let shapes: Vec<ReplayShape> = traces.iter().map(ReplayShape::of).collect();
     let cls: Vec<Client> = clients
         .into_iter()
         .map(|c| {
@@ -440,9 +441,9 @@ pub fn run(
                 },
                 local_us: {
                     // Recorded gaps scale, think time does not.
-                    let shape = ReplayShape::of(t);
-                    let think = shape.think_us(params.think_us);
-                    think + ((local_duration_us(t, 0)) as f64 * params.gap_scale).round() as u64
+                    let shape = &shapes[c.trace];
+                    let gaps = shape.end_us(t) as f64 * params.gap_scale;
+                    shape.think_us(params.think_us) + gaps.round() as u64
                 },
             }
         })
@@ -456,7 +457,7 @@ pub fn run(
         image,
         pieces,
         clients: cls,
-        shapes: traces.iter().map(ReplayShape::of).collect(),
+        shapes,
         ups,
         avail: vec![0; pieces as usize],
         flows,
