@@ -810,6 +810,7 @@ async fn mount_setup(
         web_seeds: a.web_seeds.urls,
         web_seed_limit: a.web_seeds.limit.map(Rate::bytes_per_s),
         rechoke_interval: vmt_runtime::DEFAULT_RECHOKE,
+        dial_from: None,
         window_bytes: a.window.bytes(),
         threads: a.threads,
         access: if a.allow_other {

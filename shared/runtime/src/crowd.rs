@@ -83,7 +83,8 @@ pub struct CrowdParams {
     pub window_bytes: u64,
 }
 
-/// Client `id`'s listening address: its own on loopback IPv4 (see [`CrowdParams::bind`]).
+/// Client `id`'s address (it listens and dials from it): its own on loopback IPv4 (see
+/// [`CrowdParams::bind`]).
 fn client_ip(bind: IpAddr, id: usize) -> IpAddr {
     match bind {
         IpAddr::V4(v4) if v4.is_loopback() => {
@@ -125,11 +126,17 @@ impl CrowdParams {
         }
     }
 
+    /// Each engine's link rate: the rate a client stands for, divided by the dilation.
+    fn dilated_rate(&self) -> Option<u64> {
+        let k = u64::from(self.dilation.max(1));
+        self.link_rate.map(|r| (r / k).max(1))
+    }
+
     /// Client `id`'s mount parameters: the seeders and the next clients round the ring (by
     /// their listen addresses `addrs`), its links and choker dilated by K.
     fn client(&self, id: usize, addrs: &[Option<SocketAddr>]) -> RuntimeParams {
         let k = self.dilation.max(1);
-        let rate = self.link_rate.map(|r| (r / u64::from(k)).max(1));
+        let rate = self.dilated_rate();
         let mut peers = self.seeders.clone();
         let others = self.peers_per_client.min(self.clients - 1);
         peers.extend((1..=others).filter_map(|j| addrs[(id + j) % self.clients]));
@@ -154,6 +161,8 @@ impl CrowdParams {
             web_seeds: Vec::new(),
             web_seed_limit: None,
             rechoke_interval: crate::DEFAULT_RECHOKE * k,
+            // Its own address, listening or not: the seeder admits 16 connections per address.
+            dial_from: Some(client_ip(self.bind, id)),
         }
     }
 }
@@ -323,7 +332,7 @@ pub async fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let traces: Vec<Arc<Trace>> = traces.into_iter().map(Arc::new).collect();
     let k = params.dilation.max(1);
-    let rate = params.link_rate.map(|r| (r / u64::from(k)).max(1));
+    let rate = params.dilated_rate();
     let io_err = |what: String| move |error: io::Error| CrowdError::Io { what, error };
     std::fs::create_dir_all(&params.dir).map_err(io_err(params.dir.display().to_string()))?;
     // Every listener first, so each client knows the others' addresses when it starts.
@@ -683,5 +692,25 @@ mod tests {
         );
         p.dilation = 1;
         assert_eq!(p.client(0, &addrs).rechoke_interval, crate::DEFAULT_RECHOKE);
+    }
+
+    /// Client-server clients do not listen, yet each dials from its own address, as the
+    /// listening ones do: the seeder's per-address limit must see a crowd, not one host.
+    #[test]
+    fn a_client_that_does_not_listen_dials_from_its_own_address() {
+        let mut p = CrowdParams::new(
+            "t".into(),
+            vec!["x".into()],
+            40,
+            vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+            "d".into(),
+        );
+        p.upload = false;
+        let addrs = vec![None; 40];
+        let from: Vec<_> = (0..40).map(|id| p.client(id, &addrs).dial_from).collect();
+        assert_eq!(from[0], Some(IpAddr::from([127, 0, 0, 2])));
+        assert_eq!(from[39], Some(IpAddr::from([127, 0, 0, 41])));
+        let distinct: std::collections::HashSet<_> = from.iter().collect();
+        assert_eq!(distinct.len(), 40);
     }
 }

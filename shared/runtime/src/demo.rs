@@ -173,6 +173,7 @@ fn client_params(
         web_seeds: Vec::new(),
         web_seed_limit: None,
         rechoke_interval: crate::DEFAULT_RECHOKE,
+        dial_from: None,
         window_bytes: crate::DEFAULT_WINDOW,
         threads: 4,
         access: vmt_fs::Access::Owner,

@@ -1,6 +1,6 @@
 //! What a mount is asked to do, and why it can fail.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ pub struct RuntimeParams {
     /// How often the choker moves an upload slot ([`DEFAULT_RECHOKE`]). A time-dilated crowd
     /// stretches it by its factor, so the rotation keeps its place in undilated time.
     pub rechoke_interval: Duration,
+    /// The address dials go out from when the mount does not listen (`upload: false`);
+    /// `None` leaves it to the system. A crowd on one host gives each client its own.
+    pub dial_from: Option<IpAddr>,
     /// Bytes of the plan handed to the engine at a time (at least one block).
     pub window_bytes: u64,
     /// FUSE worker threads.

@@ -95,6 +95,7 @@ impl<R: ReadReply> Streaming<R> {
             web_seeds: params.web_seeds.clone(),
             web_seed_limit: params.web_seed_limit,
             rechoke_interval: params.rechoke_interval,
+            dial_from: params.dial_from,
             ..Default::default()
         };
         let file_name = torrent.name().to_string();

@@ -7,7 +7,7 @@
 //! network. [`Engine::demand`] does not even take a lock: it queues the demand for the intake
 //! task, so a FUSE thread can call it on every miss.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,6 +105,10 @@ pub struct EngineConfig {
     /// Message Stream Encryption: which handshake we dial first and what payload we select
     /// (incoming connections may use either form unless encryption is required).
     pub encryption: Encryption,
+    /// The address dials go out from when we do not listen (a client-server client): on a
+    /// host with several addresses, its own, so a peer's per-address limit counts it alone.
+    /// With a listener, dials go out from the listening address instead.
+    pub dial_from: Option<IpAddr>,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +125,7 @@ impl Default for EngineConfig {
             flush_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
             max_redial_backoff: Duration::from_secs(10),
+            dial_from: None,
             fetch_all: true,
             use_trackers: true,
             dht: None,
@@ -654,13 +659,13 @@ fn add_dialer(i: &Arc<Inner>, addr: SocketAddr) {
     );
 }
 
-/// Connects to `addr` from the address we listen on when that is one address (not all), as
-/// Transmission does with its bind address: the remote then sees us at the address we accept
-/// on, and names that address in its PEX messages. (On a host with several addresses the
-/// system would pick the source by route, e.g. the destination's own address on loopback.)
-/// A loopback listener dialing out of the host uses the system's choice.
-async fn connect(listen: Option<SocketAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let from = listen.map(|l| l.ip()).filter(|ip| {
+/// Connects to `addr` from `from`, the address we listen on when that is one address (not
+/// all), as Transmission does with its bind address: the remote then sees us at the address we
+/// accept on, and names that address in its PEX messages. (On a host with several addresses
+/// the system would pick the source by route, e.g. the destination's own address on loopback.)
+/// A loopback address dialing out of the host uses the system's choice.
+async fn connect(from: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let from = from.filter(|ip| {
         !ip.is_unspecified()
             && ip.is_ipv4() == addr.is_ipv4()
             && (!ip.is_loopback() || addr.ip().is_loopback())
@@ -695,7 +700,8 @@ async fn dial_loop(i: Arc<Inner>, addr: SocketAddr) -> std::result::Result<(), P
             peers.set_dial(addr, DialState::Given("banned".into()), false);
             return Ok(());
         }
-        let connect = tokio::time::timeout(i.config.connect_timeout, connect(i.listen_addr, addr));
+        let from = i.listen_addr.map(|l| l.ip()).or(i.config.dial_from);
+        let connect = tokio::time::timeout(i.config.connect_timeout, connect(from, addr));
         let result = tokio::select! {
             r = connect => r,
             _ = cancel.cancelled() => return Ok(()),
@@ -826,28 +832,64 @@ async fn flush_loop(i: Arc<Inner>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::Ipv4Addr;
 
-    /// We dial from the one address we listen on, so peers see (and pass on through PEX) the
-    /// address we accept on; listening on all addresses leaves the choice to the system.
+    /// We dial from the one address we listen on (or are told to dial from), so peers see
+    /// (and pass on through PEX) the address we accept on; all addresses leaves the choice to
+    /// the system.
     #[tokio::test]
     async fn dials_go_out_from_the_listening_address() {
         let remote = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let to = remote.local_addr().unwrap();
-        let seen_from = |listen: &str| {
-            let listen: SocketAddr = listen.parse().unwrap();
+        let seen_from = |from: &str| {
+            let from: IpAddr = from.parse().unwrap();
             let remote = &remote;
             async move {
-                let (_out, (_in, from)) =
-                    tokio::try_join!(connect(Some(listen), to), remote.accept()).unwrap();
-                from.ip()
+                let (_out, (_in, seen)) =
+                    tokio::try_join!(connect(Some(from), to), remote.accept()).unwrap();
+                seen.ip()
             }
         };
         let other = IpAddr::from([127, 0, 0, 2]);
-        assert_eq!(seen_from("127.0.0.2:43999").await, other);
+        assert_eq!(seen_from("127.0.0.2").await, other);
         assert_eq!(
-            seen_from("0.0.0.0:43999").await,
+            seen_from("0.0.0.0").await,
             IpAddr::from(Ipv4Addr::LOCALHOST)
         );
+    }
+
+    /// A client that does not listen (client-server) still dials from the address it is given:
+    /// a crowd's clients on one host must not all count as one address at the seeder.
+    #[tokio::test]
+    async fn an_engine_without_a_listener_dials_from_its_given_address() {
+        let remote = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let to = remote.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = crate::testutil::random_image(dir.path(), 2 * 16384, 3);
+        let torrent = crate::testutil::make_torrent(&img, 16384).await;
+        let (storage, _) = Storage::open_download(
+            &dir.path().join("out.img"),
+            &torrent,
+            &dir.path().join("out.vmtbits"),
+        )
+        .unwrap();
+        let engine = Engine::start(
+            torrent,
+            storage,
+            None,
+            EngineConfig {
+                peers: vec![to],
+                upload: false,
+                use_trackers: false,
+                dial_from: Some(IpAddr::from([127, 0, 0, 3])),
+                ..Default::default()
+            },
+        );
+        let (_conn, seen) = tokio::time::timeout(Duration::from_secs(10), remote.accept())
+            .await
+            .expect("the engine dials")
+            .unwrap();
+        assert_eq!(seen.ip(), IpAddr::from([127, 0, 0, 3]));
+        engine.shutdown().await.unwrap();
     }
 }
