@@ -3,17 +3,19 @@
 # validation, and at N = 100, 300, 1000 for prediction; then the validation table against real
 # crowd runs (bench.sh's results.csv) and the prediction table.
 #
-#   datasets/scale-sim.sh [--real RESULTS.csv] [--out DIR]
+#   datasets/scale-sim.sh [--real RESULTS.csv (default results/crowd-mounts)] [--out DIR]
 #
-# Env: NS (validation sizes, default "1 2 4 8 16"), PREDICT (default "1 100 300 1000"),
-# TRACES (default the held-out sessions), RATE / SEED_RATE (default 100Mbit), THINK (5s),
-# QUANTUM (rate recomputation step for the large runs, default 1ms).
-# Output in DIR (default datasets/results/scale): sim-*.json (one per run), validation.txt,
-# prediction.csv, prediction.txt, command.txt, scale.svg.
+# Env: NS (validation sizes, default "1 2 4 8 16"), PREDICT (default "1 100 300 1000"; either
+# may be empty), TRACES (default bench.sh --full's crowd sessions, which results/crowd-mounts
+# replayed), RATE / SEED_RATE (default 100Mbit), THINK (5s), QUANTUM (rate recomputation step
+# for the large runs, default 1ms).
+# Output in DIR (default datasets/results/scale): sim-*.json (one per run; a crowd run in
+# rounds also has sim-*-roundR.json), tables.txt (validation and prediction), prediction.csv,
+# command.txt, scale.svg.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-real=$here/results/full/results.csv
+real=$here/results/crowd-mounts/results.csv
 out=$here/results/scale
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,10 +25,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-NS=${NS:-1 2 4 8 16}
-PREDICT=${PREDICT:-1 100 300 1000}
+NS=${NS-1 2 4 8 16}
+PREDICT=${PREDICT-1 100 300 1000}
 RATE=${RATE:-100Mbit}; SEED_RATE=${SEED_RATE:-100Mbit}; THINK=${THINK:-5s}; QUANTUM=${QUANTUM:-1ms}
-TRACES=${TRACES:-$(ls "$here"/traces/test/session-*.vmtrace | head -2 | tr '\n' ' ')}
+# bench.sh --full's crowd sessions: the held-out boot sessions and the first two walks.
+TRACES=${TRACES:-$(cd "$here/traces/test" && { ls session-*.vmtrace | sort -V; ls walk-*.vmtrace | sort -V | head -2; } | sed "s|^|$here/traces/test/|" | tr '\n' ' ')}
 bin=$root/target/release/vmt-train
 mkdir -p "$out"
 sim() {  # sim STRATEGY MODE N QUANTUM
@@ -37,36 +40,44 @@ sim() {  # sim STRATEGY MODE N QUANTUM
     --think "$THINK" --quantum "$4" --out "$f" >/dev/null
   echo "$f"
 }
-# sim1 STRATEGY MODE: N=1 is each trace alone, averaged (as scale.sh's N=1 and bench.sh's
-# per-trace baselines are), so N/N1 compares the same mix of traces; a single simulation
-# would replay only the first trace.
-sim1() {
-  local parts=() t
-  for t in $TRACES; do
-    parts+=("$(TRACES=$t sim "$1" "$2" 1 0s)")
-    mv "${parts[-1]}" "${parts[-1]%.json}-$(basename "$t" .vmtrace).json"
-    parts[-1]="${parts[-1]%.json}-$(basename "$t" .vmtrace).json"
+# simr STRATEGY MODE N QUANTUM: a crowd smaller than the trace list runs in rounds as bench.sh's
+# does (round r: client i replays trace (i + r*N) mod T, until every trace has been replayed),
+# so every N averages the same mix of traces and N/N1 compares like with like; a single
+# simulation would replay only the first N traces. Completion and stall: mean over every
+# client of every round; seeder_bytes: the sum over rounds (what bench.sh's origin counts);
+# seeder_per_image: one round's mean (what one crowd of N costs).
+simr() {
+  local traces=($TRACES) parts=() off i sel
+  local t=${#traces[@]}
+  if [ "$3" -ge "$t" ]; then sim "$@" >/dev/null; return; fi
+  for ((off = 0; off < t; off += $3)); do
+    sel=()
+    for ((i = 0; i < $3; i++)); do sel+=("${traces[$(((i + off) % t))]}"); done
+    parts+=("$(TRACES="${sel[*]}" sim "$1" "$2" "$3" "$4")")
+    mv "${parts[-1]}" "${parts[-1]%.json}-round$((off / $3)).json"
+    parts[-1]="${parts[-1]%.json}-round$((off / $3)).json"
   done
-  python3 - "$out/sim-$1-$2-1.json" "${parts[@]}" <<'PY'
+  python3 - "$out/sim-$1-$2-$3.json" "${parts[@]}" <<'PY'
 import json, sys
 runs = [json.load(open(f)) for f in sys.argv[2:]]
 s = [r["summary"] for r in runs]
 mean = lambda k: sum(x[k] for x in s) / len(s)
 summary = dict(s[0], finished=sum(x["finished"] for x in s), wall_s=sum(x["wall_s"] for x in s),
                p95_completion_s=max(x["p95_completion_s"] for x in s),
-               **{k: mean(k) for k in ("mean_completion_s", "mean_stall_s", "seeder_bytes", "seeder_per_image")},
-               traces=[f for f in sys.argv[2:]])
+               seeder_bytes=sum(x["seeder_bytes"] for x in s),
+               **{k: mean(k) for k in ("mean_completion_s", "mean_stall_s", "seeder_per_image")},
+               rounds=[f for f in sys.argv[2:]])
 json.dump({"summary": summary, "runs": [r["summary"] for r in runs]}, open(sys.argv[1], "w"), indent=1)
 PY
 }
 echo "NS=\"$NS\" PREDICT=\"$PREDICT\" RATE=$RATE SEED_RATE=$SEED_RATE THINK=$THINK QUANTUM=$QUANTUM TRACES=\"$TRACES\" datasets/scale-sim.sh --real $real --out $out" > "$out/command.txt"
 for n in $NS; do
-  for sm in markov:swarm markov:cs oracle:swarm; do sim "${sm%%:*}" "${sm#*:}" "$n" 0s >/dev/null; done
+  for sm in markov:swarm markov:cs oracle:swarm; do simr "${sm%%:*}" "${sm#*:}" "$n" 0s; done
 done
 for n in $PREDICT; do
   for sm in markov:swarm markov:cs demand:cs; do
     q=$QUANTUM; [ "$n" -le 16 ] && q=0s
-    if [ "$n" = 1 ]; then sim1 "${sm%%:*}" "${sm#*:}"; else sim "${sm%%:*}" "${sm#*:}" "$n" "$q" >/dev/null; fi
+    simr "${sm%%:*}" "${sm#*:}" "$n" "$q"
   done
 done
 "$here/scale-table.py" --real "$real" --sim "$out" --ns "$NS" --predict "$PREDICT" --out "$out"

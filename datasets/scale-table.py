@@ -5,8 +5,10 @@ real crowd runs (bench.sh's results.csv), and the prediction to N = 1,000.
     datasets/scale-table.py --real results.csv --sim DIR [--ns "1 2 4 8 16"]
                             [--predict "1 100 300 1000"] [--out DIR]
 
-Real seeder bytes are known only in client-server mode (the sum of what the clients fetched);
-in swarm mode the cell is "-". A cell is flagged * when the simulator is more than 15% off.
+Real seeder bytes: the origin's bytes bench.sh counted for the crowd (raw/crowd-*.origin beside
+results.csv, every round of a crowd smaller than its session list); without that file, the sum of
+what the clients fetched in client-server mode and "-" in swarm mode. The simulator's are summed
+over the same rounds (scale-sim.sh). A cell is flagged * when the simulator is more than 15% off.
 """
 import argparse, csv, json, os
 from collections import defaultdict
@@ -23,6 +25,13 @@ real = defaultdict(list)
 for r in csv.DictReader(open(a.real)):
     if r["phase"] == "crowd":
         real[(r["strategy"], r["mode"], int(r["n"]))].append(r)
+
+def origin_bytes(strategy, mode, n):
+    f = os.path.join(os.path.dirname(os.path.abspath(a.real)), "raw", f"crowd-{strategy}-{mode}-n{n}.origin")
+    if not os.path.exists(f):
+        return None
+    kv = dict(l.strip().split("=", 1) for l in open(f) if "=" in l)
+    return int(kv["origin_bytes"]) / 1e6 if "origin_bytes" in kv else None
 
 def sim(strategy, mode, n):
     f = os.path.join(a.sim, f"sim-{strategy}-{mode}-{n}.json")
@@ -44,7 +53,9 @@ for strategy, mode in [("markov", "swarm"), ("markov", "cs"), ("oracle", "swarm"
             continue
         rc = sum(float(r["completion_s"]) for r in rows) / len(rows)
         rs = sum(float(r["stall_s"]) for r in rows) / len(rows)
-        rb = sum(float(r["fetched"] or 0) for r in rows) / 1e6 if mode == "cs" else None
+        rb = origin_bytes(strategy, mode, n)
+        if rb is None and mode == "cs":
+            rb = sum(float(r["fetched"] or 0) for r in rows) / 1e6
         sb = s["seeder_bytes"] / 1e6
         lines.append(f"{strategy + ' ' + mode:16} {n:3} | {rc:10.2f} {s['mean_completion_s']:6.2f} {off(s['mean_completion_s'], rc)} | "
                      f"{rs:10.2f} {s['mean_stall_s']:6.2f} {off(s['mean_stall_s'], rs)} | "
