@@ -6,7 +6,8 @@
 #
 #   datasets/scale.sh [--out DIR] [--summarize]
 #
-# --summarize: no runs; rewrite DIR/summary.txt from the JSON Lines already there.
+# --summarize: no runs; rewrite DIR/summary.txt from the JSON Lines already there. (Every run
+# rewrites it too, with a row for every headless-MODE-nN.jsonl in DIR, not only its own.)
 # Env: WORK (holds appliance.img; default datasets/work), NS (default "1 32 64 128"), MODES
 # (default "swarm cs"), RATE and SEED_RATE (the undilated links in Mbit/s, per client both ways
 # and the seeder's uplink: default 100 and 100, as bench.sh --full), DILATION (K, default 10:
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
     --summarize) summarize=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "scale.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -127,8 +128,15 @@ done
   echo "commit: $commit; $(nproc) cores; finished $(date -u +%FT%TZ)"
   echo "links (undilated): clients ${RATE} Mbit/s both ways, seeder ${SEED_RATE} Mbit/s up; think $THINK; strategy $STRATEGY; traces: $TRACES"
   python3 - "$out" $MODES -- $NS <<'PY'
-import json, sys
+import glob, json, os, re, sys
 out = sys.argv[1]; i = sys.argv.index('--'); modes = sys.argv[2:i]; ns = sys.argv[i + 1:]
+# Every run in DIR, not only this invocation's: rerunning one N keeps the others' rows.
+for f in glob.glob(f"{out}/headless-*-n*.jsonl"):
+    m = re.fullmatch(r"headless-(\w+)-n(\d+)\.jsonl", os.path.basename(f))
+    if m:
+        modes += [m[1]] if m[1] not in modes else []
+        ns += [m[2]] if m[2] not in ns else []
+ns.sort(key=int)
 def load(mode, n):
     try:
         lines = [json.loads(l) for l in open(f"{out}/headless-{mode}-n{n}.jsonl")]
