@@ -656,9 +656,8 @@ impl ReadTarget for Target {
 mod tests {
     use super::*;
 
-    /// A dilated crowd must keep the choker's rotation in undilated time: at K=10 with the
-    /// engine's 10 s, a slot moved every undilated second, and the crowd finished twice as
-    /// fast as the simulator's (walk-14/16, N=32: 40 s against 83 s; 45 s at 1 s rotation).
+    /// Each loopback client gets its own address, counting up from the bind address; any
+    /// other bind address is shared.
     #[test]
     fn each_loopback_client_has_its_own_address() {
         let lo = IpAddr::from([127, 0, 0, 1]);
@@ -668,6 +667,9 @@ mod tests {
         assert_eq!(client_ip(other, 5), other);
     }
 
+    /// A dilated crowd must keep the choker's rotation in undilated time: at K=10 with the
+    /// engine's 10 s, a slot moved every undilated second, and the crowd finished twice as
+    /// fast as the simulator's (walk-14/16, N=32: 40 s against 83 s; 45 s at 1 s rotation).
     #[test]
     fn a_dilated_crowd_stretches_links_and_the_choker_by_k() {
         let addr = |p| Some(SocketAddr::from(([127, 0, 0, 1], p)));
