@@ -387,6 +387,15 @@ pub async fn run(
     let start = Instant::now();
     let mode = if params.upload { "swarm" } else { "cs" };
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    // A seeder that learned a client's address over PEX may dial it: that connection comes
+    // from the seeder's host with another port. Its host says it is the seeder's, unless a
+    // client shares that host.
+    let seeder_hosts: Vec<IpAddr> = params
+        .seeders
+        .iter()
+        .map(|s| s.ip())
+        .filter(|ip| !(0..params.clients).any(|i| client_ip(params.bind, i) == *ip))
+        .collect();
     for (id, core) in clients.into_iter().enumerate() {
         let trace = traces[id % traces.len()].clone();
         let offset = params.stagger * (id as u32) * k;
@@ -400,6 +409,7 @@ pub async fn run(
             dilation: k,
         };
         let seeders = params.seeders.clone();
+        let seeder_hosts = seeder_hosts.clone();
         let dir = params.dir.join(format!("c{id}"));
         let tx = done_tx.clone();
         tokio::spawn(async move {
@@ -421,6 +431,7 @@ pub async fn run(
                 &status,
                 stopped.err(),
                 &seeders,
+                &seeder_hosts,
                 mismatches.load(Ordering::Relaxed),
                 k,
             ));
@@ -508,14 +519,18 @@ fn client_result(
     status: &Status,
     stopped: Option<RuntimeError>,
     seeders: &[SocketAddr],
+    seeder_hosts: &[IpAddr],
     mismatches: u64,
     k: u32,
 ) -> ClientResult {
-    let seeder_names: Vec<String> = seeders.iter().map(|s| s.to_string()).collect();
     let from_seeder: u64 = status
         .peers
         .iter()
-        .filter(|p| seeder_names.contains(&p.addr))
+        .filter(|p| {
+            p.addr
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| seeders.contains(&a) || seeder_hosts.contains(&a.ip()))
+        })
         .map(|p| p.downloaded)
         .sum();
     let (measured, error) = match report {
