@@ -72,6 +72,86 @@ async fn swarm_clients_exchange_pieces() {
     shutdown_all(&[&seed]).await;
 }
 
+/// An injecting seeder (`--inject`) puts each piece into the crowd about once: sharing
+/// clients that plan the whole image are declined pieces another holds and trade them, a
+/// client that does not upload is never declined, and every copy is the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injecting_seeder_sends_each_piece_about_once() {
+    let img = TestImage::new(16 * MIB, 12).await;
+    // 8 MiB/s: the seeder is the bottleneck, so the clients ask it for overlapping pieces.
+    let seed = img
+        .seeder(EngineConfig {
+            inject: true,
+            upload_limit: Some(8 * MIB as u64),
+            upload_slots: 8,
+            ..Default::default()
+        })
+        .await;
+    let names = ["a", "b", "c"];
+    let clients = img.meshed_clients(&names, EngineConfig::default()).await;
+    // An injecting seeder serves sharing clients only what they read or plan to read: plan
+    // the whole image, then dial it.
+    let plan: Vec<u32> = (0..clients[0].layout().blocks()).collect();
+    for c in &clients {
+        c.set_plan(&plan);
+        c.add_peer(seed.listen_addr().unwrap());
+    }
+    let lone = img
+        .client(
+            "lone",
+            EngineConfig {
+                upload: false,
+                ..dialing(&[&seed])
+            },
+        )
+        .await;
+    let stats: Vec<_> = {
+        for (c, name) in clients.iter().zip(names) {
+            within(
+                &format!("{name}'s download"),
+                vmt_tests::swarm::DOWNLOAD_LIMIT,
+                c.wait_complete(),
+            )
+            .await
+            .expect("the download completes");
+        }
+        clients.iter().map(|c| c.stats()).collect()
+    };
+    img.finish_download(&lone, "lone").await;
+    let image = img.data.len() as u64;
+    let from_seeder: u64 = stats
+        .iter()
+        .map(|s| s.downloaded - s.downloaded_except(&seed.peer_id()))
+        .sum();
+    let declines: u64 = stats.iter().map(|s| s.declines_received).sum();
+    let ls = lone.stats();
+    let st = seed.stats();
+    eprintln!(
+        "inject: the sharing clients got {from_seeder} bytes from the seeder ({:.2} images), \
+         {declines} declines; the seeder declined {} requests",
+        from_seeder as f64 / image as f64,
+        st.declined_requests
+    );
+    assert!(
+        declines > 0 && st.declined_requests > 0,
+        "nothing was declined"
+    );
+    // Each piece once, plus what a lapsed reservation or a peer's second ask lets through.
+    assert!(
+        from_seeder < image * 3 / 2,
+        "the seeder sent the sharing clients {from_seeder} bytes of a {image}-byte image"
+    );
+    assert_eq!(
+        ls.declines_received, 0,
+        "a client that does not upload is never declined"
+    );
+    shutdown_all(&clients.iter().collect::<Vec<_>>()).await;
+    for name in names {
+        img.assert_client_has_image(name);
+    }
+    shutdown_all(&[&seed]).await;
+}
+
 /// A demanded piece arrives long before the plan would reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demand_overtakes_plan() {

@@ -340,6 +340,13 @@ struct SeedArgs {
     /// (`replay-client --dilation K`) needs K times the default, as `datasets/scale.sh` gives.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = units::parse_duration)]
     rechoke: Duration,
+    /// Inject each piece into the crowd once, for a flash crowd of vmt clients: a request for
+    /// a piece that another sharing vmt client holds, or is being sent, is declined (it fetches
+    /// it from that peer), and those clients ask this seeder only for blocks they read or
+    /// are about to read, never background fill. Stock clients and --no-upload clients are
+    /// served as always. The pieces nobody reads then never leave this seeder.
+    #[arg(long)]
+    inject: bool,
     /// Also dial this peer, as HOST:PORT (repeatable): for leechers that cannot dial us, e.g.
     /// Transmission, which never dials 127.0.0.0/8 addresses.
     #[arg(long, value_name = "HOST:PORT")]
@@ -598,6 +605,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         web_seeds: a.new_torrent.web_seed,
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
+        inject: a.inject,
         rechoke_interval: a.rechoke,
         peers: a.peer,
         dht: a.dht.config(),

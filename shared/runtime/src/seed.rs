@@ -56,6 +56,8 @@ pub struct SeedParams {
     pub dht: Option<DhtConfig>,
     /// Message Stream Encryption policy (see `vmt_swarm::Encryption`). Default `prefer`.
     pub encryption: vmt_swarm::Encryption,
+    /// Inject each piece into the crowd once (`EngineConfig::inject`). Default off.
+    pub inject: bool,
 }
 
 impl SeedParams {
@@ -74,6 +76,7 @@ impl SeedParams {
             peers: Vec::new(),
             dht: None,
             encryption: vmt_swarm::Encryption::default(),
+            inject: false,
         }
     }
 
@@ -107,6 +110,7 @@ impl SeedParams {
                 rechoke_interval: self.rechoke_interval,
                 dht: self.dht,
                 encryption: self.encryption,
+                inject: self.inject,
                 ..Default::default()
             },
         })

@@ -13,6 +13,7 @@
 //! upload rate limit, and keeps its backlog in user space (`TCP_NOTSENT_LOWAT`) where a cancel
 //! still reaches it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::download::{Download, Outputs};
 use crate::error::PeerError;
 use crate::extension::encode_handshake;
+use crate::inject::{self, Injector, OurInjection, MY_ELSEWHERE_ID};
 use crate::mse::{self, Encryption, Form};
 use crate::peer_stream::{PeerReader, PeerStream, PeerWriter};
 use crate::peers::{PeerLink, PeerRegistry, Refused};
@@ -71,6 +73,12 @@ pub(crate) struct ConnCtx {
     /// Peer exchange on: ut_pex is advertised, peers are told of each other, and what they
     /// tell us is dialed through this feed.
     pub pex: Option<Arc<PexFeed>>,
+    /// We upload what we get (an injecting seeder may decline us).
+    pub shares: bool,
+    /// We are an injecting seeder (see [`crate::inject`]).
+    pub inject: Option<Arc<Injector>>,
+    /// How long a piece an injecting seeder declined us is not asked of it again.
+    pub decline_retry: Duration,
     /// Cancelled when the engine stops.
     pub cancel: CancellationToken,
 }
@@ -229,6 +237,9 @@ pub(crate) async fn run(
         ),
         out: Outputs::default(),
         ignored_requests: 0,
+        inject_conn: ctx.inject.as_ref().map_or(0, |i| i.connection()),
+        sharer: false,
+        declined: HashMap::new(),
     };
     let result = tokio::select! {
         r = reader.run(&mut rd) => r,
@@ -236,6 +247,9 @@ pub(crate) async fn run(
         _ = link.close.cancelled() => Ok(()),
     };
     // Closing verifies what it buffered, which may strike the address's last strike.
+    if let (true, Some(inj)) = (reader.sharer, &ctx.inject) {
+        reader.dl.each_remote_piece(|p| inj.remove_holder(p));
+    }
     reader.dl.close(st);
     if matches!(result, Err(PeerError::Banned)) || ctx.peers.is_banned_addr(addr) {
         ctx.peers.ban(theirs.peer_id, addr);
@@ -255,6 +269,13 @@ struct Reader<'a> {
     out: Outputs,
     /// Requests ignored because its upload queue was full.
     ignored_requests: u64,
+    /// This connection in the injector's reservations.
+    inject_conn: u32,
+    /// The remote shares what it gets (`vmt_elsewhere`) and, when we inject, its pieces are
+    /// counted as held in the crowd.
+    sharer: bool,
+    /// Pieces we declined this peer, and when first (we inject).
+    declined: HashMap<u32, Instant>,
 }
 
 impl Reader<'_> {
@@ -265,6 +286,7 @@ impl Reader<'_> {
         let mut buf = vec![0u8; size];
         let (mut start, mut end) = (0usize, 0usize);
         loop {
+            self.dl.retry_declined(st, Instant::now());
             self.dl.update_interest(st, &mut self.out);
             let filled = self.dl.fill(st, Instant::now(), &mut self.out);
             self.flush();
@@ -274,8 +296,10 @@ impl Reader<'_> {
             } else {
                 IDLE_TIMEOUT
             };
+            let retry = self.dl.next_retry();
             tokio::select! {
                 biased;
+                _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now).into()), if retry.is_some() => continue,
                 _ = self.link.wake_reader.notified() => {
                     let woke = self.dl.on_wake(st, &mut self.out);
                     self.flush();
@@ -341,10 +365,7 @@ impl Reader<'_> {
         let st = &*self.ctx.state;
         match msg {
             Message::KeepAlive => Ok(()),
-            Message::Extended(e) => {
-                self.on_extended(e);
-                Ok(())
-            }
+            Message::Extended(e) => self.on_extended(e),
             Message::Choke => self.dl.on_choke(st, &mut self.out),
             Message::Unchoke => {
                 self.dl.on_unchoke();
@@ -361,7 +382,11 @@ impl Reader<'_> {
                 Ok(())
             }
             Message::Have(i) => {
-                self.dl.on_have(st, i);
+                if self.dl.on_have(st, i) && self.sharer {
+                    if let Some(inj) = &self.ctx.inject {
+                        inj.add_holder(i);
+                    }
+                }
                 Ok(())
             }
             Message::Bitfield(bits) => self.dl.on_bitfield(st, bits.as_ref()),
@@ -399,6 +424,22 @@ impl Reader<'_> {
             && r.length <= MAX_BLOCK
             && r.begin as u64 + r.length as u64 <= lengths.piece_length(piece) as u64
             && st.storage().has_piece(r.index);
+        if ok && self.sharer {
+            if let Some(inj) = &self.ctx.inject {
+                let now = Instant::now();
+                if !inj.admit(r.index, self.inject_conn, now)
+                    && !self.asks_again(r.index, inj.retry(), now)
+                {
+                    // Held in the crowd, or on its way to another peer: fetch it there. Each
+                    // request gets its decline (the peer ignores repeats): one that crossed
+                    // an earlier decline, or came after the peer's retry, must not go
+                    // unanswered until its request timeout.
+                    self.link.push(Out::Elsewhere(r.index));
+                    Counters::add(&st.counters().declined, 1);
+                    return Ok(());
+                }
+            }
+        }
         if ok && !self.link.push(Out::Piece(r)) {
             // Beyond what we told it (`reqq`) and beyond the headroom: ignored, as libtorrent
             // does; it asks again after its request timeout. Closing would cost it every
@@ -413,14 +454,36 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Extension messages (BEP 10): the remote's handshake, peer exchange, metadata requests.
-    /// Anything else (unknown ids, ut_metadata data and rejects, which we never ask for) is
-    /// ignored, as BEP 10 asks.
-    fn on_extended(&mut self, e: ExtendedMessage<ByteBuf<'_>>) {
+    /// Whether the peer asks again for a piece we first declined it at least a retry ago (it
+    /// asks again only after that): its peers did not give it the piece meanwhile, so it is
+    /// served (every block of it), and a peer no holder unchokes waits one retry, not for
+    /// ever. Records a first decline otherwise.
+    fn asks_again(&mut self, piece: u32, retry: Duration, now: Instant) -> bool {
+        if self.declined.len() >= 4096 {
+            // Old declines say nothing more (their peer asked again or got the piece).
+            self.declined
+                .retain(|_, &mut at| now.duration_since(at) < 4 * retry);
+        }
+        let at = *self.declined.entry(piece).or_insert(now);
+        now.duration_since(at) >= retry.mul_f32(0.8)
+    }
+
+    /// Extension messages (BEP 10): the remote's handshake, peer exchange, metadata requests,
+    /// declines. Anything else (unknown ids, ut_metadata data and rejects, which we never ask
+    /// for) is ignored, as BEP 10 asks.
+    fn on_extended(&mut self, e: ExtendedMessage<ByteBuf<'_>>) -> Result<(), PeerError> {
         match e {
             ExtendedMessage::Handshake(h) => {
                 self.link.ext.update(&h);
                 self.dl.set_remote_reqq(self.link.ext.reqq());
+                let inj = self.link.ext.injection();
+                self.dl.set_injector(inj.injects && self.ctx.shares);
+                if inj.elsewhere.is_some() && !self.sharer {
+                    self.sharer = true;
+                    if let Some(injector) = &self.ctx.inject {
+                        self.dl.each_remote_piece(|p| injector.add_holder(p));
+                    }
+                }
             }
             ExtendedMessage::UtPex(p) => {
                 if let Some(feed) = &self.ctx.pex {
@@ -442,8 +505,16 @@ impl Reader<'_> {
                     }
                 }
             }
+            ExtendedMessage::Dyn(MY_ELSEWHERE_ID, v) => {
+                if let Some(piece) = inject::decode_elsewhere(&v) {
+                    let st = &*self.ctx.state;
+                    let retry_at = Instant::now() + self.ctx.decline_retry;
+                    return self.dl.on_elsewhere(st, piece, retry_at, &mut self.out);
+                }
+            }
             ExtendedMessage::UtMetadata(_) | ExtendedMessage::Dyn(..) => {}
         }
+        Ok(())
     }
 }
 
@@ -531,7 +602,18 @@ async fn write_loop(ctx: &ConnCtx, link: &PeerLink, wr: &mut PeerWriter) -> Resu
                         info.len(),
                         pex,
                         table.is_some(),
+                        OurInjection {
+                            shares: ctx.shares,
+                            injects: ctx.inject.is_some(),
+                        },
                     );
+                    continue;
+                }
+                Out::Elsewhere(piece) => {
+                    let Some(id) = link.ext.injection().elsewhere else {
+                        continue;
+                    };
+                    len += inject::encode_elsewhere(&mut buf[len..], id, piece);
                     continue;
                 }
                 Out::BlockTable(piece) => {

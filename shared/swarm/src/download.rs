@@ -31,6 +31,12 @@
 //! given up), `abandoned` (buffered, then lost unverified: a piece given up without a
 //! block-hash table, or a block we could not write).
 //!
+//! # An injecting seeder
+//! From a seeder that injects (see [`crate::inject`]) this connection asks only for demanded
+//! and planned pieces, and is interested only while it has one of those to ask; a piece the
+//! seeder declines (`vmt_elsewhere`) is treated as not held there for a retry (half the
+//! choker's rotation period), so it comes from a peer.
+//!
 //! # A local storage failure
 //! A failed write is our fault, not the peer's: the connection stays, the engine records the
 //! failure once ([`TorrentState::fail`]) and every connection stops fetching (it gives its
@@ -135,6 +141,10 @@ pub(crate) struct Download {
     remote_reqq: usize,
     /// This peer as a source on the live map.
     source: SourceId,
+    /// The remote is an injecting seeder and we share: demand and plan only.
+    injector: bool,
+    /// Pieces the remote declined, and when to ask it again, oldest first.
+    declined: VecDeque<(u32, Instant)>,
 }
 
 impl Download {
@@ -164,6 +174,65 @@ impl Download {
             window: RequestWindow::new(request_depth, now),
             remote_reqq: DEFAULT_REMOTE_REQQ,
             source: st.sources().intern(Source::Peer(addr)),
+            injector: false,
+            declined: VecDeque::new(),
+        }
+    }
+
+    /// The remote is an injecting seeder and we share what we get (see the module doc).
+    pub fn set_injector(&mut self, injector: bool) {
+        self.injector = injector;
+    }
+
+    /// The remote declined `piece` (`vmt_elsewhere`): it is not asked for it again until
+    /// `retry_at`, and what this connection held of it goes back to the picker.
+    pub fn on_elsewhere(
+        &mut self,
+        st: &TorrentState,
+        piece: u32,
+        retry_at: Instant,
+        out: &mut Outputs,
+    ) -> Result<(), PeerError> {
+        if piece >= st.layout().pieces() || !self.remote_has(piece) {
+            return Ok(());
+        }
+        self.remote_has[(piece / 64) as usize] &= !(1 << (piece % 64));
+        st.picker().remove_availability(piece);
+        self.declined.push_back((piece, retry_at));
+        Counters::add(&st.counters().declines, 1);
+        let Some(k) = self.active.iter().position(|a| a.piece == piece) else {
+            return Ok(());
+        };
+        let mut a = self.active.swap_remove(k);
+        self.cancel_pending(st, &mut a, out, |_| true);
+        out.released = true;
+        self.give_back(st, a)
+    }
+
+    /// When the oldest decline lapses.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.declined.front().map(|&(_, at)| at)
+    }
+
+    /// The remote has again the pieces whose decline lapsed by `now`.
+    pub fn retry_declined(&mut self, st: &TorrentState, now: Instant) {
+        while let Some(&(piece, at)) = self.declined.front() {
+            if at > now {
+                break;
+            }
+            self.declined.pop_front();
+            self.on_have(st, piece);
+        }
+    }
+
+    /// Calls `f` with every piece the remote announced.
+    pub fn each_remote_piece(&self, mut f: impl FnMut(u32)) {
+        for (w, &word) in self.remote_has.iter().enumerate() {
+            let mut m = word;
+            while m != 0 {
+                f((w * 64) as u32 + m.trailing_zeros());
+                m &= m - 1;
+            }
         }
     }
 
@@ -186,13 +255,14 @@ impl Download {
         self.remote_has[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
 
-    /// The remote announced `piece`.
-    pub fn on_have(&mut self, st: &TorrentState, piece: u32) {
+    /// The remote announced `piece`; false if it was known (or out of range).
+    pub fn on_have(&mut self, st: &TorrentState, piece: u32) -> bool {
         if piece >= st.layout().pieces() || self.remote_has(piece) {
-            return;
+            return false;
         }
         self.remote_has[(piece / 64) as usize] |= 1 << (piece % 64);
         st.picker().add_availability(piece);
+        true
     }
 
     /// The remote's bitfield (its first message).
@@ -607,8 +677,17 @@ impl Download {
     /// storage failed).
     pub fn update_interest(&mut self, st: &TorrentState, out: &mut Outputs) {
         let have = st.storage().bitmap();
+        let has = &self.remote_has;
         let wants = !st.has_failed()
-            && (0..self.remote_has.len()).any(|k| self.remote_has[k] & !have.word(k) != 0);
+            && if self.injector {
+                // Still fetching here, or a demanded or planned piece it may give.
+                !self.active.is_empty()
+                    || st
+                        .picker()
+                        .wants_demand_or_plan(|i| has[(i / 64) as usize] & (1 << (i % 64)) != 0)
+            } else {
+                (0..has.len()).any(|k| has[k] & !have.word(k) != 0)
+            };
         if wants != self.am_interested {
             self.am_interested = wants;
             out.msgs.push(if wants {
@@ -739,7 +818,8 @@ impl Download {
                 self.request(&layout, k, b, now, out);
                 continue;
             }
-            if !self.start_pick(picker, &layout, PickReason::Endgame) {
+            // An injecting seeder is asked for demanded and planned pieces only.
+            if self.injector || !self.start_pick(picker, &layout, PickReason::Endgame) {
                 break;
             }
         }
@@ -1449,5 +1529,66 @@ mod tests {
             vec![5, 4, 6, 7, 9, 8, 10, 11],
             "with several peers: each planned block's piece is finished, to be traded"
         );
+    }
+
+    /// From an injecting seeder: only demanded and planned pieces, interest only while there
+    /// is one to ask, and a declined piece is not asked there again until its retry.
+    #[test]
+    fn an_injecting_seeder_is_asked_for_demand_and_plan_only_and_a_decline_holds_until_retry() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.set_injector(true);
+        d.update_interest(&f.st, &mut out);
+        assert!(
+            matches!(out.msgs[..], [Out::NotInterested]),
+            "background fill is not asked of it: {:?}",
+            out.msgs
+        );
+        out.clear();
+        let l = f.layout();
+        let plan: Vec<u32> = l.piece_blocks(2).collect();
+        f.st.picker().set_plan(&plan);
+        d.update_interest(&f.st, &mut out);
+        assert!(matches!(out.msgs[..], [Out::Interested]), "{:?}", out.msgs);
+        out.clear();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        let asked = f.requested(&out);
+        assert_eq!(asked, plan, "the planned piece and nothing else");
+        out.clear();
+        // Declined: the requests are withdrawn, the piece goes back, nothing is asked.
+        let t0 = Instant::now();
+        let retry = std::time::Duration::from_secs(5);
+        d.on_elsewhere(&f.st, 2, t0 + retry, &mut out).unwrap();
+        assert!(out.released);
+        assert_eq!(d.outstanding(), 0);
+        assert_eq!(f.st.picker().state(2), crate::picker::PieceState::Queued);
+        assert_eq!(
+            f.st.picker().availability(2),
+            0,
+            "not counted as held there"
+        );
+        out.clear();
+        d.update_interest(&f.st, &mut out);
+        assert!(
+            matches!(out.msgs[..], [Out::NotInterested]),
+            "{:?}",
+            out.msgs
+        );
+        out.clear();
+        d.retry_declined(&f.st, t0 + retry / 2);
+        assert_eq!(d.next_retry(), Some(t0 + retry));
+        d.update_interest(&f.st, &mut out);
+        assert!(out.msgs.is_empty(), "still declined: {:?}", out.msgs);
+        d.retry_declined(&f.st, t0 + retry);
+        assert_eq!(d.next_retry(), None);
+        d.update_interest(&f.st, &mut out);
+        assert!(matches!(out.msgs[..], [Out::Interested]), "{:?}", out.msgs);
+        out.clear();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(f.requested(&out), plan, "asked again after the retry");
+        // A decline of a piece it never announced, or out of range, changes nothing.
+        out.clear();
+        d.on_elsewhere(&f.st, 999, t0 + retry, &mut out).unwrap();
+        assert!(!out.released && d.next_retry().is_none());
     }
 }

@@ -24,6 +24,7 @@ use crate::connection::{self, ConnCtx, Side};
 use crate::dht::{self, DhtConfig};
 use crate::error::{PeerError, Result, SwarmError};
 use crate::events::SwarmEvents;
+use crate::inject::Injector;
 use crate::layout::Layout;
 use crate::map::PieceMap;
 use crate::mse::Encryption;
@@ -105,6 +106,10 @@ pub struct EngineConfig {
     /// Message Stream Encryption: which handshake we dial first and what payload we select
     /// (incoming connections may use either form unless encryption is required).
     pub encryption: Encryption,
+    /// Inject each piece into the crowd once (see `inject.rs`): decline a sharing vmt peer's
+    /// request for a piece another sharing peer holds or is being sent, and tell such peers to
+    /// ask only for what they read or plan to read. For a seeder of a flash crowd.
+    pub inject: bool,
     /// The address dials go out from when we do not listen (a client-server client): on a
     /// host with several addresses, its own, so a peer's per-address limit counts it alone.
     /// With a listener, dials go out from the listening address instead.
@@ -126,6 +131,7 @@ impl Default for EngineConfig {
             connect_timeout: Duration::from_secs(5),
             max_redial_backoff: Duration::from_secs(10),
             dial_from: None,
+            inject: false,
             fetch_all: true,
             use_trackers: true,
             dht: None,
@@ -245,6 +251,11 @@ impl Engine {
             pex: config
                 .pex
                 .then(|| Arc::new(PexFeed::new(dials.clone(), listen_addr))),
+            shares: policy.slots > 0,
+            inject: config
+                .inject
+                .then(|| Arc::new(Injector::new(layout.pieces(), config.rechoke_interval))),
+            decline_retry: crate::inject::retry(config.rechoke_interval),
             cancel: CancellationToken::new(),
         };
         let origins = origins(&ctx.state, &config);
@@ -507,6 +518,8 @@ impl Engine {
             hash_failures: c.hash_failures.load(Ordering::Relaxed),
             banned,
             evicted,
+            declined_requests: c.declined.load(Ordering::Relaxed),
+            declines_received: c.declines.load(Ordering::Relaxed),
             failure: st.failure().map(|e| crate::error::chain(&*e)),
             connected,
             peers,
@@ -746,6 +759,7 @@ async fn dial_loop(i: Arc<Inner>, addr: SocketAddr) -> std::result::Result<(), P
                         }
                     }
                     Err(e) => {
+                        tracing::debug!(%addr, "connection ended: {e}");
                         peers.set_dial(addr, DialState::Failed(e.to_string()), false);
                         retrying_other = false;
                     }

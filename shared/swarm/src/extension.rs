@@ -5,7 +5,7 @@
 //! *we* assigned (`PeerExtendedMessageIds::my()`, which our handshake advertises), and encodes
 //! an outgoing one with the id the *remote* assigned, read through [`RemoteExtensions`].
 
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU8, Ordering};
 
 use bencode::ByteBuf;
 use peer_binary_protocol::extended::handshake::ExtendedHandshake;
@@ -13,6 +13,7 @@ use peer_binary_protocol::extended::PeerExtendedMessageIds;
 use peer_binary_protocol::{MY_EXTENDED_UT_METADATA, MY_EXTENDED_UT_PEX};
 use serde::Serialize;
 
+use crate::inject::{self, OurInjection, RemoteInjection, MY_ELSEWHERE_ID};
 use crate::table_exchange::{self, MY_TABLE_ID};
 use crate::wire::ADVERTISED_REQQ;
 
@@ -24,7 +25,8 @@ pub const CLIENT_VERSION: &str = concat!("vmt ", env!("CARGO_PKG_VERSION"));
 pub const DEFAULT_REMOTE_REQQ: usize = 250;
 
 /// Our extended handshake, as librqbit-peer-protocol's `ExtendedHandshake` writes it plus
-/// one key in `m` that type cannot hold: `vmt_block_hashes` (see [`crate::table_exchange`]).
+/// keys that type cannot hold: `vmt_block_hashes` in `m` (see [`crate::table_exchange`]),
+/// `vmt_elsewhere` in `m` and `vmt_inject` (see [`crate::inject`]).
 #[derive(Serialize)]
 struct WireHandshake<'a> {
     m: WireIds,
@@ -34,6 +36,8 @@ struct WireHandshake<'a> {
     p: Option<u32>,
     reqq: u32,
     v: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmt_inject: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -44,29 +48,35 @@ struct WireIds {
     ut_pex: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vmt_block_hashes: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmt_elsewhere: Option<u8>,
 }
 
 /// Writes our extended handshake as a whole peer-wire message into `out` and returns its
 /// length. `listen_port` is `p` (only when we accept connections), `metadata_size` the length
 /// of the info dictionary we serve over ut_metadata, `pex` whether we speak ut_pex, and
-/// `table` whether we serve a block-hash table over `vmt_block_hashes`. `out` needs 256 bytes.
+/// `table` whether we serve a block-hash table over `vmt_block_hashes`, `injection` our part
+/// in injection. `out` needs 256 bytes.
 pub(crate) fn encode_handshake(
     out: &mut [u8],
     listen_port: Option<u16>,
     metadata_size: usize,
     pex: bool,
     table: bool,
+    injection: OurInjection,
 ) -> usize {
     let h = WireHandshake {
         m: WireIds {
             ut_metadata: Some(MY_EXTENDED_UT_METADATA),
             ut_pex: pex.then_some(MY_EXTENDED_UT_PEX),
             vmt_block_hashes: table.then_some(MY_TABLE_ID),
+            vmt_elsewhere: injection.shares.then_some(MY_ELSEWHERE_ID),
         },
         metadata_size: u32::try_from(metadata_size).ok().filter(|&n| n > 0),
         p: listen_port.map(u32::from),
         reqq: ADVERTISED_REQQ as u32,
         v: CLIENT_VERSION,
+        vmt_inject: injection.injects.then_some(1),
     };
     let mut body = vec![20u8, 0];
     bencode::bencode_serialize_to_writer(&h, &mut body).expect("a handshake always encodes");
@@ -89,6 +99,10 @@ pub(crate) struct RemoteExtensions {
     reqq: AtomicU32,
     /// Its id for vmt_block_hashes; 0 = not supported.
     table: AtomicU8,
+    /// Its id for vmt_elsewhere; 0 = not supported.
+    elsewhere: AtomicU8,
+    /// It is an injecting seeder.
+    injects: AtomicBool,
 }
 
 impl RemoteExtensions {
@@ -112,6 +126,18 @@ impl RemoteExtensions {
     pub fn update_raw(&self, payload: &[u8]) {
         let id = table_exchange::remote_id(payload).unwrap_or(0);
         self.table.store(id, Ordering::Relaxed);
+        let inj = inject::remote_injection(payload);
+        self.elsewhere
+            .store(inj.elsewhere.unwrap_or(0), Ordering::Relaxed);
+        self.injects.store(inj.injects, Ordering::Relaxed);
+    }
+
+    /// What the remote said about injection.
+    pub fn injection(&self) -> RemoteInjection {
+        RemoteInjection {
+            elsewhere: Some(self.elsewhere.load(Ordering::Relaxed)).filter(|&i| i != 0),
+            injects: self.injects.load(Ordering::Relaxed),
+        }
     }
 
     /// The remote's id for `vmt_block_hashes`, if it speaks it.
@@ -155,7 +181,12 @@ mod tests {
     #[test]
     fn our_handshake_round_trips_and_fills_the_remote_view() {
         let mut buf = [0u8; 256];
-        let n = encode_handshake(&mut buf, Some(43001), 321, true, true);
+        let injection = OurInjection {
+            shares: true,
+            injects: true,
+        };
+        let ours = |buf: &mut [u8]| encode_handshake(buf, Some(43001), 321, true, true, injection);
+        let n = ours(&mut buf);
         let (back, len) = Message::deserialize(&buf[..n], &[]).unwrap();
         assert_eq!(len, n);
         let Message::Extended(ExtendedMessage::Handshake(h)) = back else {
@@ -174,16 +205,24 @@ mod tests {
         assert_eq!(r.listen_port(), Some(43001));
         assert_eq!(r.ids(), PeerExtendedMessageIds::my());
         assert_eq!(r.table_id(), None);
+        assert_eq!(r.injection(), RemoteInjection::default());
         r.update_raw(&buf[6..n]);
         assert_eq!(r.table_id(), Some(MY_TABLE_ID));
-        let n2 = encode_handshake(&mut buf, None, 321, false, false);
+        assert_eq!(
+            r.injection(),
+            RemoteInjection {
+                elsewhere: Some(MY_ELSEWHERE_ID),
+                injects: true
+            }
+        );
+        let n2 = encode_handshake(&mut buf, None, 321, false, false, OurInjection::default());
         r.update_raw(&buf[6..n2]);
         assert_eq!(
-            r.table_id(),
-            None,
-            "a re-sent handshake without it turns it off"
+            (r.table_id(), r.injection()),
+            (None, RemoteInjection::default()),
+            "a re-sent handshake without them turns them off"
         );
-        let n = encode_handshake(&mut buf, Some(43001), 321, true, true);
+        let n = ours(&mut buf);
         assert!(matches!(
             Message::deserialize(&buf[..n - 1], &[]),
             Err(MessageDeserializeError::NotEnoughData(..))
@@ -196,7 +235,7 @@ mod tests {
     #[test]
     fn without_pex_the_handshake_encodes_and_disables_ut_pex() {
         let mut buf = [0u8; 256];
-        let n = encode_handshake(&mut buf, None, 321, false, false);
+        let n = encode_handshake(&mut buf, None, 321, false, false, OurInjection::default());
         assert!(
             !buf[..n].windows(8).any(|w| w == b"6:ut_pex"),
             "{:?}",

@@ -36,7 +36,8 @@
 //! starved client announces before the tracker's interval), `webseed` (BEP 19 HTTP origins, used only where peers
 //! fall short), `magnet` (BEP 9 links), `metadata` (a torrent from peers: the info dictionary
 //! over ut_metadata, the block-hash table over vmt's own extension), `table_exchange` (that
-//! extension, `vmt_block_hashes`, which the seeder side serves). `STATE.md` beside these sources writes down the block and piece
+//! extension, `vmt_block_hashes`, which the seeder side serves), `inject` (a seeder that puts
+//! each piece into a flash crowd once, declining what the crowd holds with `vmt_elsewhere`). `STATE.md` beside these sources writes down the block and piece
 //! lifecycle and the lock order.
 //!
 //! A demanded block must not wait behind background blocks. Four things keep it in front:
@@ -72,6 +73,7 @@ mod engine;
 mod error;
 mod events;
 mod extension;
+mod inject;
 mod layout;
 mod magnet;
 mod map;

@@ -340,7 +340,7 @@ async fn from_peer(
         return Err(fault("does not speak the extension protocol (BEP 10)"));
     }
     // We serve nothing; advertising ut_metadata and the table gives the peer our ids for them.
-    let n = encode_handshake(&mut out, None, 0, false, true);
+    let n = encode_handshake(&mut out, None, 0, false, true, Default::default());
     wr.write_all(&mut out[..n]).await?;
 
     let mut buf = vec![0u8; 2 * MAX_MSG_LEN];
@@ -605,6 +605,7 @@ mod tests {
                         fake.size as usize,
                         false,
                         fake.table.is_some(),
+                        Default::default(),
                     );
                     s.write_all(&out[..n]).await?;
                     let mut buf = vec![0u8; 1 << 16];

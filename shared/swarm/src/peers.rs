@@ -676,7 +676,14 @@ mod tests {
         const C: [u8; 4] = [10, 0, 0, 3];
         let r = registry(10, 0, OLD);
         let mut buf = [0u8; 256];
-        let n = crate::extension::encode_handshake(&mut buf, Some(6881), 0, true, false);
+        let n = crate::extension::encode_handshake(
+            &mut buf,
+            Some(6881),
+            0,
+            true,
+            false,
+            Default::default(),
+        );
         let (msg, _) = peer_binary_protocol::Message::deserialize(&buf[..n], &[]).unwrap();
         let peer_binary_protocol::Message::Extended(
             peer_binary_protocol::extended::ExtendedMessage::Handshake(ours),

@@ -625,6 +625,17 @@ impl PiecePicker {
         None
     }
 
+    /// Whether a peer that has the pieces where `peer_has` is true has a demanded or planned
+    /// piece to give (an injecting seeder is asked for nothing else).
+    pub fn wants_demand_or_plan(&self, peer_has: impl Fn(u32) -> bool) -> bool {
+        self.demand_order
+            .iter()
+            .any(|&p| self.state[p as usize] != PieceState::Have && peer_has(p))
+            || self.plan[self.plan_cursor.min(self.plan.len())..]
+                .iter()
+                .any(|&p| self.plannable(p) && peer_has(p))
+    }
+
     /// Pieces with demanded blocks missing, oldest demand first.
     pub fn demanded_pieces(&self) -> &[u32] {
         &self.demand_order

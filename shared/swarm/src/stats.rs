@@ -35,6 +35,10 @@ pub(crate) struct Counters {
     pub origin_downloaded: AtomicU64,
     /// Of `useful`: made present by web seeds.
     pub origin_useful: AtomicU64,
+    /// Block requests we declined as an injecting seeder (`vmt_elsewhere`).
+    pub declined: AtomicU64,
+    /// Pieces an injecting seeder declined us.
+    pub declines: AtomicU64,
 }
 
 impl Counters {
@@ -161,6 +165,10 @@ pub struct SwarmStats {
     pub banned: Vec<IpAddr>,
     /// Peers evicted because they gave nothing while a newcomer waited for a slot.
     pub evicted: u64,
+    /// Block requests we declined as an injecting seeder: the crowd held the piece.
+    pub declined_requests: u64,
+    /// Pieces an injecting seeder declined us (we fetched them from peers).
+    pub declines_received: u64,
     /// Why the engine stopped fetching (local storage failed), if it did.
     pub failure: Option<String>,
     /// Connected peers.

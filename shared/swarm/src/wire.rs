@@ -48,6 +48,8 @@ pub(crate) enum Out {
     Metadata(u32),
     /// Piece `n` of the block-hash table (`vmt_block_hashes`), or a reject.
     BlockTable(u32),
+    /// A decline of piece `n` (`vmt_elsewhere`): we inject, and the crowd has it.
+    Elsewhere(u32),
 }
 
 /// Messages queued for one connection's writer.
