@@ -234,6 +234,11 @@ enum Command {
         /// Upload slots of the seeder.
         #[arg(long, default_value_t = 4)]
         seeder_slots: usize,
+        /// The seeder injects each piece once (`vmt-run seed --inject`): it declines pieces a
+        /// client holds or that it sends to another, and clients ask it only for what they
+        /// read or plan to read.
+        #[arg(long)]
+        inject: bool,
         /// Other clients each client knows; in bigger crowds a ring of this many neighbours
         /// (half each side) stands for the tracker's subset. `vmt-run replay-client
         /// --peers-per-client K` dials K and is dialed by K, so K=8 there is 16 here.
@@ -430,6 +435,7 @@ fn run(cli: Cli) -> Result<()> {
             client_rate,
             seeder_rate,
             seeder_slots,
+            inject,
             max_peers,
             rechoke,
             think,
@@ -445,6 +451,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut params = SwarmParams::new(client_rate.bits_per_s() as f64);
             params.seeder_bits_per_s = seeder_rate.bits_per_s() as f64;
             params.seeder_slots = seeder_slots;
+            params.inject = inject;
             params.max_peers = max_peers;
             params.rechoke_us = rechoke as f64;
             params.upload = !no_upload;

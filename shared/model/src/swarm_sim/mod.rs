@@ -27,6 +27,14 @@
 //! - **Arrivals.** All at once (flash crowd) or Poisson. A client leaves when its trace ends
 //!   (the benchmark unmounts after the replay), taking its pieces with it.
 //!
+//! - **Injecting seeder** ([`SwarmParams::inject`], `vmt-run seed --inject`). The seeder
+//!   declines a piece that a client holds, or that it is sending to another client, so each
+//!   piece enters the crowd once and spreads from there; clients ask it only for demanded and
+//!   planned pieces, never background fill, and are not interested in it otherwise, so its
+//!   slots go round. Only with uploading clients (the engine declines only peers that share).
+//!   Not modelled: the engine's fallback, which serves a piece a client asks for again a
+//!   retry (5 s) after its decline.
+//!
 //! Peers: every client knows the seeder, and all other clients up to `max_peers`, beyond which
 //! a ring of `max_peers` neighbours stands for the tracker's random subset. The seeder is one
 //! uploader among others ([`Source::Seeder`]): an HTTP origin would be another source with its
@@ -100,6 +108,8 @@ pub struct SwarmParams {
     pub quantum_us: f64,
     /// Seed of the arrivals and each client's piece rotation.
     pub seed: u64,
+    /// The seeder injects each piece once (see the module doc); `false` serves every request.
+    pub inject: bool,
 }
 
 impl SwarmParams {
@@ -121,6 +131,7 @@ impl SwarmParams {
             max_peers: 128,
             quantum_us: 0.0,
             seed: 1,
+            inject: false,
         }
     }
 }
@@ -324,6 +335,8 @@ struct Sim<'a> {
     shapes: Vec<ReplayShape>,
     ups: Vec<Uploader>,
     avail: Vec<u32>,
+    /// Per piece: the client the seeder is sending it to (`NOBODY`), for an injecting seeder.
+    injecting: Vec<u32>,
     flows: Flows,
     /// Flow id → (client, uploader).
     owner: Vec<(u32, u32)>,
@@ -460,6 +473,7 @@ pub fn run(
         shapes,
         ups,
         avail: vec![0; pieces as usize],
+        injecting: vec![NOBODY; pieces as usize],
         flows,
         owner: Vec::new(),
         events: BinaryHeap::new(),
@@ -557,6 +571,9 @@ pub fn run(
     let _ = sim.traces;
     Ok(out)
 }
+
+/// No client (`Sim::injecting`).
+const NOBODY: u32 = u32::MAX;
 
 /// SplitMix64: a seeded generator for arrivals and rotations, so runs repeat exactly.
 struct SplitMix(u64);
@@ -741,8 +758,17 @@ impl Sim<'_> {
         }
     }
 
-    fn has_piece(&self, up: u32, piece: u32) -> bool {
-        up == 0 || self.clients[(up - 1) as usize].piece_done.get(piece)
+    /// Whether uploader `up` serves `piece` to client `c`: a client, if it has it; the
+    /// seeder always, or when injecting, if no client holds it and it sends it to no other.
+    fn has_piece(&self, c: u32, up: u32, piece: u32) -> bool {
+        if up > 0 {
+            return self.clients[(up - 1) as usize].piece_done.get(piece);
+        }
+        if !self.injects() {
+            return true;
+        }
+        let to = self.injecting[piece as usize];
+        self.avail[piece as usize] == 0 && (to == NOBODY || to == c)
     }
 
     /// Whether uploader `up` has a piece of the waiting read's missing, unrequested units.
@@ -752,7 +778,7 @@ impl Sim<'_> {
             return false;
         };
         w.into_iter()
-            .any(|u| !cl.have.get(u) && !cl.inflight.get(u) && self.has_piece(up, u / self.upp))
+            .any(|u| !cl.have.get(u) && !cl.inflight.get(u) && self.has_piece(c, up, u / self.upp))
     }
 
     fn unit_bytes(&self, u: u32) -> u64 {
@@ -786,7 +812,7 @@ impl Sim<'_> {
             let mut piece = None;
             let mut mask = 0u64;
             for u in w {
-                if cl.have.get(u) || cl.inflight.get(u) || !self.has_piece(up, u / upp) {
+                if cl.have.get(u) || cl.inflight.get(u) || !self.has_piece(c, up, u / upp) {
                     continue;
                 }
                 let p = *piece.get_or_insert(u / upp);
@@ -800,7 +826,10 @@ impl Sim<'_> {
         }
         // 1b. With background fill every piece is wanted whole: finish the one assigned here.
         let fills = cl.sched.strategy().fills_background();
-        if let (true, Some(p)) = (fills, cl.conns[i].last_piece) {
+        if let (true, Some(p)) = (
+            fills,
+            cl.conns[i].last_piece.filter(|&p| self.has_piece(c, up, p)),
+        ) {
             let mut mask = 0;
             for u in self.piece_units(p) {
                 if !cl.have.get(u) && !cl.inflight.get(u) {
@@ -824,7 +853,7 @@ impl Sim<'_> {
         for &u in &self.plan {
             let p = u / upp;
             match piece {
-                None if self.has_piece(up, p) => {
+                None if self.has_piece(c, up, p) => {
                     piece = Some(p);
                     mask |= 1 << (u % upp);
                 }
@@ -843,8 +872,11 @@ impl Sim<'_> {
             }
             return Some(self.job_of(p, mask, Kind::Plan));
         }
-        // 3. Background: the rarest of a few pieces the uploader has, in the rotation.
-        if !self.clients[c as usize].sched.strategy().fills_background() {
+        // 3. Background: the rarest of a few pieces the uploader has, in the rotation (never
+        // from an injecting seeder).
+        if !self.clients[c as usize].sched.strategy().fills_background()
+            || (up == 0 && self.injects())
+        {
             return None;
         }
         const CANDIDATES: usize = 8;
@@ -861,7 +893,7 @@ impl Sim<'_> {
                 continue;
             }
             scanned += 1;
-            if !self.has_piece(up, p) {
+            if !self.has_piece(c, up, p) {
                 continue;
             }
             let wanted = self
@@ -935,6 +967,9 @@ impl Sim<'_> {
             cl.inflight.set(first + k, true);
         }
         let up = cl.conns[i].up;
+        if up == 0 && self.p.inject && self.p.upload {
+            self.injecting[job.piece as usize] = c;
+        }
         let id = self.flows.start(up, c, job.bytes, self.now);
         cl.conns[i].flow = Some((id, job));
         cl.conns[i].last_piece = Some(job.piece);
@@ -1003,6 +1038,7 @@ impl Sim<'_> {
     }
 
     fn cancel(&mut self, c: u32, up: u32, id: FlowId, job: Job) {
+        self.flow_ended(up, job);
         let done = self.flows.end(id, job.bytes, self.now);
         self.credit(c, up, job, done, false);
         self.check_waiting(c, false);
@@ -1021,6 +1057,7 @@ impl Sim<'_> {
             return;
         };
         let (_, job) = cl.conns[i].flow.take().expect("found above");
+        self.flow_ended(up, job);
         self.flows.end(id, job.bytes, self.now);
         self.credit(c, up, job, job.bytes, true);
         self.check_waiting(c, job.kind == Kind::Demand);
@@ -1031,6 +1068,19 @@ impl Sim<'_> {
             .position(|x| x.up == up && x.flow.is_none())
         {
             self.pick(c, i);
+        }
+    }
+
+    /// Whether the seeder injects: clients that do not upload hold nothing for the crowd, so
+    /// to them it is a plain seeder (the engine declines only peers that share).
+    fn injects(&self) -> bool {
+        self.p.inject && self.p.upload
+    }
+
+    /// A request from `up` ended: an injecting seeder may send its piece to another client.
+    fn flow_ended(&mut self, up: u32, job: Job) {
+        if up == 0 {
+            self.injecting[job.piece as usize] = NOBODY;
         }
     }
 
@@ -1110,7 +1160,7 @@ impl Sim<'_> {
         if self.serves_demand(d, u) {
             return true;
         }
-        if cl.sched.strategy().fills_background() {
+        if cl.sched.strategy().fills_background() && !(u == 0 && self.injects()) {
             if u == 0 {
                 return cl.pieces_done < self.pieces;
             }
@@ -1139,7 +1189,9 @@ impl Sim<'_> {
             self.p.window,
             &mut self.plan,
         );
-        self.plan.iter().any(|&x| self.has_piece(u, x / self.upp))
+        self.plan
+            .iter()
+            .any(|&x| self.has_piece(d, u, x / self.upp))
     }
 
     /// The interested, choked neighbour of `u` that has waited longest.

@@ -218,6 +218,51 @@ fn the_swarm_at_two_clients_moves_pieces_between_them() {
     }
 }
 
+/// An injecting seeder sends a piece only while no client holds it and it sends it to nobody
+/// else: a flash crowd replaying the same task gets each piece from it at most once (the
+/// clients leave together), less than from a seeder that serves every request; clients that
+/// do not upload hold nothing for the crowd, so to them it is a plain seeder.
+#[test]
+fn an_injecting_seeder_sends_each_piece_at_most_once() {
+    let img = SynthImage::new(SynthParams::new(16 << 20, 3).compute_us(300_000));
+    let traces: Vec<Trace> = (0..6u32)
+        .map(|i| img.task_run(0, i + 1, 7 + u64::from(i)))
+        .collect();
+    let g = Granularity::blocks(256 << 10).unwrap();
+    let crowd = |p: &SwarmParams| {
+        let specs = (0..6)
+            .map(|i| spec(&traces[i], i, Strategy::Stream, &g))
+            .collect();
+        let out = run(&traces, specs, &g, p, |_| {}).unwrap();
+        assert_eq!(out.finished, 6);
+        out
+    };
+    let mut p = SwarmParams::new(100e6);
+    p.seeder_bits_per_s = 20e6;
+    let plain = crowd(&p);
+    p.inject = true;
+    let injected = crowd(&p);
+    assert!(
+        injected.seeder_bytes <= injected.image_bytes,
+        "{} bytes of a {}-byte image",
+        injected.seeder_bytes,
+        injected.image_bytes
+    );
+    assert!(
+        injected.seeder_bytes < plain.seeder_bytes,
+        "{injected:?} {plain:?}"
+    );
+    assert!(injected.clients.iter().all(|c| c.from_peers > 0));
+    p.upload = false;
+    let cs_injected = crowd(&p);
+    p.inject = false;
+    assert_eq!(
+        cs_injected,
+        crowd(&p),
+        "without sharers, injection changes nothing"
+    );
+}
+
 /// Client-server: a faster seeder never makes the crowd slower.
 #[test]
 fn more_seeder_bandwidth_is_never_slower_in_client_server_mode() {
