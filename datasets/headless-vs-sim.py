@@ -2,7 +2,7 @@
 """Issue 15's validation against headless crowds: for every headless run in DIR (scale.sh's
 headless-MODE-nN.jsonl), the simulator (vmt-train swarm-sim) on the same setup, side by side.
 
-    datasets/headless-vs-sim.py DIR [--bundle B] [--traces-dir D] [--out FILE]
+    datasets/headless-vs-sim.py DIR [--bundle B] [--traces-dir D] [--sim-args ARGS] [--out FILE]
 
 Same setup means: the run's traces in its command's order (client i replays trace i mod T in
 both), its undilated links (the run's rates times its dilation), its think time, its strategy
@@ -10,7 +10,9 @@ and mode, and its mesh (`--peers-per-client K` dials K clients and is dialed by 
 simulator's ring of 2K neighbours). N=1 runs each trace alone, one after another, so its sim
 is one single-client simulation per trace, averaged. Completion and stall are means over
 clients in undilated seconds; seeder bytes are the seeder's upload over the image size.
-A cell is flagged * when the simulator is more than 15% off.
+A cell is flagged * when the simulator is more than 15% off. --sim-args: more swarm-sim flags
+for what the run's seeder did differently (e.g. "--inject --seeder-slots 8" for a seeder run
+with SEED_ARGS="--inject --upload-slots 8").
 """
 import argparse, glob, json, os, re, shlex, subprocess, sys
 
@@ -20,6 +22,7 @@ ap.add_argument("dir")
 ap.add_argument("--bundle", default=os.path.join(here, "appliance.vmtp"))
 ap.add_argument("--traces-dir", default=os.path.join(here, "traces", "test"))
 ap.add_argument("--bin", default=os.path.join(here, "..", "target", "release", "vmt-train"))
+ap.add_argument("--sim-args", default="")
 ap.add_argument("--out")
 a = ap.parse_args()
 
@@ -31,6 +34,7 @@ def sim(traces, clients, run):
             "--max-peers", str(2 * run["peers_per_client"])]
     if run["mode"] == "cs":
         args.append("--no-upload")
+    args += shlex.split(a.sim_args)
     return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
 
 

@@ -8,7 +8,8 @@
 # Env: NS (validation sizes, default "1 2 4 8 16"), PREDICT (default "1 100 300 1000"; either
 # may be empty), TRACES (default bench.sh --full's crowd sessions, which results/crowd-mounts
 # replayed), RATE / SEED_RATE (default 100Mbit), THINK (5s), QUANTUM (rate recomputation step
-# for the large runs, default 1ms).
+# for the large runs, default 1ms), SIM_ARGS (more swarm-sim flags for every run, e.g.
+# "--inject --seeder-slots 8": the seeder of `vmt-run seed --inject --upload-slots 8`).
 # Output in DIR (default datasets/results/scale): sim-*.json (one per run; a crowd run in
 # rounds also has sim-*-roundR.json), tables.txt (validation and prediction), prediction.csv,
 # command.txt, scale.svg.
@@ -37,7 +38,7 @@ sim() {  # sim STRATEGY MODE N QUANTUM
   local f="$out/sim-$1-$2-$3.json"
   "$bin" swarm-sim --bundle "${BUNDLE:-$here/appliance.vmtp}" --gap-scale "${GAP_SCALE:-1}" --traces $TRACES --clients "$3" \
     --strategy "$1" "${extra[@]}" --client-rate "$RATE" --seeder-rate "$SEED_RATE" \
-    --think "$THINK" --quantum "$4" --out "$f" >/dev/null
+    --think "$THINK" --quantum "$4" ${SIM_ARGS:-} --out "$f" >/dev/null
   echo "$f"
 }
 # simr STRATEGY MODE N QUANTUM: a crowd smaller than the trace list runs in rounds as bench.sh's
@@ -70,7 +71,7 @@ summary = dict(s[0], finished=sum(x["finished"] for x in s), wall_s=sum(x["wall_
 json.dump({"summary": summary, "runs": [r["summary"] for r in runs]}, open(sys.argv[1], "w"), indent=1)
 PY
 }
-echo "NS=\"$NS\" PREDICT=\"$PREDICT\" RATE=$RATE SEED_RATE=$SEED_RATE THINK=$THINK QUANTUM=$QUANTUM TRACES=\"$TRACES\" datasets/scale-sim.sh --real $real --out $out" > "$out/command.txt"
+echo "${SIM_ARGS:+SIM_ARGS=\"$SIM_ARGS\" }NS=\"$NS\" PREDICT=\"$PREDICT\" RATE=$RATE SEED_RATE=$SEED_RATE THINK=$THINK QUANTUM=$QUANTUM TRACES=\"$TRACES\" datasets/scale-sim.sh --real $real --out $out" > "$out/command.txt"
 for n in $NS; do
   for sm in markov:swarm markov:cs oracle:swarm; do simr "${sm%%:*}" "${sm#*:}" "$n" 0s; done
 done

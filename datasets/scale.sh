@@ -14,7 +14,8 @@
 # engines run at RATE/K, gaps and think times K times longer), DILATION_N1 (K of the N=1 runs,
 # default DILATION), THINK (default 5s), STRATEGY (default markov), PEERS_PER_CLIENT (default
 # 8), TRACES (names in traces/test; default every walk-* and session-*), PORT (the seeder's,
-# default 45000), KEEP=1 keeps the scratch dir, BUILD=0 uses target/release/vmt-run as it is.
+# default 45000), SEED_ARGS (more `vmt-run seed` flags, e.g. "--inject --upload-slots 8"),
+# KEEP=1 keeps the scratch dir, BUILD=0 uses target/release/vmt-run as it is.
 #
 # N=1 runs every trace once, one after another (so the N=1 mean is over the same mix of traces
 # as a crowd's); a crowd of N starts together, client i replaying trace i mod T.
@@ -35,13 +36,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
     --summarize) summarize=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "scale.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 cmdline=
-for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_PER_CLIENT TRACES PORT KEEP BUILD; do
+for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_PER_CLIENT TRACES PORT SEED_ARGS KEEP BUILD; do
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/scale.sh${out:+ --out $(printf '%q' "$out")}"
@@ -80,7 +81,7 @@ seeder() {
   [ -s "$W/app.torrent" ] && torrent=(--torrent "$W/app.torrent")
   say "seeder at $(bps "$SEED_RATE" "$1") B/s (K=$1; hashing the image)"
   "$bin/vmt-run" seed --image "$image" --listen "127.0.0.1:$PORT" "${torrent[@]}" \
-    --upload-limit "$(bps "$SEED_RATE" "$1")" --rechoke "$((10 * $1))s" >"$W/seed-k$1.log" 2>&1 &
+    --upload-limit "$(bps "$SEED_RATE" "$1")" --rechoke "$((10 * $1))s" ${SEED_ARGS:-} >"$W/seed-k$1.log" 2>&1 &
   seed_pid=$!
   local end=$((SECONDS + 600))
   until [ -s "$W/app.torrent" ] && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
