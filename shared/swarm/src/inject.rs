@@ -9,8 +9,8 @@
 //!
 //! - **declines** a request for a piece that a sharing peer (one that advertised
 //!   `vmt_elsewhere`: it uploads what it gets) holds, or that it sent another peer within
-//!   [`HOLD`]: the `vmt_elsewhere` message names the piece, and the client fetches it from a
-//!   peer instead. Requests from peers that do not advertise the extension (stock clients,
+//!   the hold period (0.3 of a choke rotation): the `vmt_elsewhere` message names the piece,
+//!   and the client fetches it from a peer instead. Requests from peers that do not advertise the extension (stock clients,
 //!   `--no-upload` clients) are served as always;
 //! - says so in its extended handshake (`vmt_inject: 1`), so its sharing clients ask it only for
 //!   demanded and planned pieces, never background fill, and are not interested in it
@@ -18,12 +18,15 @@
 //!
 //! A declined client forgets that the seeder has the piece for a retry (half the choker's
 //! rotation period, [`retry`]: holders' slots move meanwhile), then may ask again; the seeder
-//! serves a piece it declined that peer at least that long ago (its peers did not
-//! give it the piece meanwhile: none that holds it unchoked it, or every holder left), so a
-//! decline costs a read at most one retry. Both periods follow the rotation period, so a
-//! time-dilated crowd (`replay-client --dilation K`, rotation K times longer) keeps them in
-//! proportion. The simulator's `inject` setting models the
-//! declines, not this fallback (`vmt_model::swarm_sim`).
+//! serves a piece it declined that peer at least that long ago (its peers did not give it the
+//! piece meanwhile: none that holds it unchoked it, or every holder left), so a decline costs
+//! a read at most one retry. Both periods follow the rotation period, so a time-dilated crowd
+//! (`replay-client --dilation K`, rotation K times longer) keeps them in proportion. The
+//! simulator's `inject` setting models the declines, not this fallback
+//! (`vmt_model::swarm_sim`).
+//!
+//! Measured (issue 15, `datasets/results/scale/inject/`): at headless N=128 the seeder sends
+//! a third of a plain seeder's bytes, and the crowd completes no faster.
 //!
 //! The message is a bencoded dictionary, `d5:piecei<N>ee`, under the id the receiver gave
 //! `vmt_elsewhere` in its handshake's `m`. Stock clients ignore both keys, as BEP 10 asks.
@@ -73,6 +76,7 @@ pub(crate) struct RemoteInjection {
     pub injects: bool,
 }
 
+/// The remote's part, from its extended handshake's bencoded payload (after the two id bytes).
 pub(crate) fn remote_injection(handshake: &[u8]) -> RemoteInjection {
     #[derive(Deserialize)]
     struct Ids {
