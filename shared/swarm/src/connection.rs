@@ -13,7 +13,6 @@
 //! upload rate limit, and keeps its backlog in user space (`TCP_NOTSENT_LOWAT`) where a cancel
 //! still reaches it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::download::{Download, Outputs};
 use crate::error::PeerError;
 use crate::extension::encode_handshake;
-use crate::inject::{self, Injector, OurInjection, MY_ELSEWHERE_ID};
+use crate::inject::{self, Declines, Injector, OurInjection, MY_ELSEWHERE_ID};
 use crate::mse::{self, Encryption, Form};
 use crate::peer_stream::{PeerReader, PeerStream, PeerWriter};
 use crate::peers::{PeerLink, PeerRegistry, Refused};
@@ -239,7 +238,7 @@ pub(crate) async fn run(
         ignored_requests: 0,
         inject_conn: ctx.inject.as_ref().map_or(0, |i| i.connection()),
         sharer: false,
-        declined: HashMap::new(),
+        declined: Declines::default(),
     };
     let result = tokio::select! {
         r = reader.run(&mut rd) => r,
@@ -274,8 +273,8 @@ struct Reader<'a> {
     /// The remote shares what it gets (`vmt_elsewhere`) and, when we inject, its pieces are
     /// counted as held in the crowd.
     sharer: bool,
-    /// Pieces we declined this peer, and when first (we inject).
-    declined: HashMap<u32, Instant>,
+    /// Pieces we declined this peer (we inject).
+    declined: Declines,
 }
 
 impl Reader<'_> {
@@ -428,7 +427,7 @@ impl Reader<'_> {
             if let Some(inj) = &self.ctx.inject {
                 let now = Instant::now();
                 if !inj.admit(r.index, self.inject_conn, now)
-                    && !self.asks_again(r.index, inj.retry(), now)
+                    && !self.declined.asks_again(r.index, inj.retry(), now)
                 {
                     // Held in the crowd, or on its way to another peer: fetch it there. Each
                     // request gets its decline (the peer ignores repeats): one that crossed
@@ -452,20 +451,6 @@ impl Reader<'_> {
             self.ignored_requests += 1;
         }
         Ok(())
-    }
-
-    /// Whether the peer asks again for a piece we first declined it at least a retry ago (it
-    /// asks again only after that): its peers did not give it the piece meanwhile, so it is
-    /// served (every block of it), and a peer no holder unchokes waits one retry, not for
-    /// ever. Records a first decline otherwise.
-    fn asks_again(&mut self, piece: u32, retry: Duration, now: Instant) -> bool {
-        if self.declined.len() >= 4096 {
-            // Old declines say nothing more (their peer asked again or got the piece).
-            self.declined
-                .retain(|_, &mut at| now.duration_since(at) < 4 * retry);
-        }
-        let at = *self.declined.entry(piece).or_insert(now);
-        now.duration_since(at) >= retry.mul_f32(0.8)
     }
 
     /// Extension messages (BEP 10): the remote's handshake, peer exchange, metadata requests,

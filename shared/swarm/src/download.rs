@@ -1555,6 +1555,10 @@ mod tests {
         let asked = f.requested(&out);
         assert_eq!(asked, plan, "the planned piece and nothing else");
         out.clear();
+        // Nothing more to plan there, but its piece is on the way: still interested (a fault:
+        // it lost interest, and the seeder choked it mid-piece).
+        d.update_interest(&f.st, &mut out);
+        assert!(out.msgs.is_empty(), "{:?}", out.msgs);
         // Declined: the requests are withdrawn, the piece goes back, nothing is asked.
         let t0 = Instant::now();
         let retry = std::time::Duration::from_secs(5);

@@ -31,6 +31,7 @@
 //! The message is a bencoded dictionary, `d5:piecei<N>ee`, under the id the receiver gave
 //! `vmt_elsewhere` in its handshake's `m`. Stock clients ignore both keys, as BEP 10 asks.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -203,6 +204,26 @@ impl Injector {
     }
 }
 
+/// The seeder's side, per connection: the pieces it declined this peer, and when first.
+#[derive(Default)]
+pub(crate) struct Declines(HashMap<u32, Instant>);
+
+impl Declines {
+    /// Whether the peer asks again for a piece we first declined it at least `retry` ago (it
+    /// asks again only after that): its peers did not give it the piece meanwhile, so it is
+    /// served, every block of it, and a peer no holder unchokes waits one retry, not for
+    /// ever. Records a first decline otherwise.
+    pub fn asks_again(&mut self, piece: u32, retry: Duration, now: Instant) -> bool {
+        if self.0.len() >= 4096 {
+            // Old declines say nothing more (their peer asked again or got the piece).
+            self.0
+                .retain(|_, &mut at| now.saturating_duration_since(at) < 4 * retry);
+        }
+        let at = *self.0.entry(piece).or_insert(now);
+        now.saturating_duration_since(at) >= retry.mul_f32(0.8)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +269,30 @@ mod tests {
             "0 disables"
         );
         assert_eq!(remote_injection(b"garbage"), RemoteInjection::default());
+    }
+
+    /// A piece declined once is served when the peer asks again a retry later, every block of
+    /// it (a fault: only the first block was), and not before.
+    #[test]
+    fn a_second_ask_after_a_retry_is_served_whole() {
+        let mut d = Declines::default();
+        let (t0, retry) = (Instant::now(), Duration::from_secs(5));
+        assert!(!d.asks_again(7, retry, t0), "first ask: declined");
+        assert!(
+            !d.asks_again(7, retry, t0 + Duration::from_secs(1)),
+            "its other blocks"
+        );
+        assert!(
+            !d.asks_again(8, retry, t0 + retry),
+            "another piece: a first decline"
+        );
+        for block in 0..16 {
+            let at = t0 + retry + Duration::from_millis(block);
+            assert!(
+                d.asks_again(7, retry, at),
+                "block {block} of the second ask"
+            );
+        }
     }
 
     /// A piece goes to one connection at a time, to nobody once a sharer holds it, and to
