@@ -152,6 +152,84 @@ async fn an_injecting_seeder_sends_each_piece_about_once() {
     shutdown_all(&[&seed]).await;
 }
 
+/// A read waits for no choke rotation (`vmt_urgent`): the seeder's one upload slot is taken
+/// by a client fetching the whole image, and rotates once a minute, yet the piece another
+/// client's reader demands arrives at once, served while that client stays choked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choked_client_gets_what_its_reader_waits_for_without_a_rotation() {
+    let img = TestImage::new(32 * MIB, 13).await;
+    // 2 MiB/s: the hog takes 16 s for the image and keeps the slot all that time.
+    let seed = img
+        .seeder(EngineConfig {
+            upload_limit: Some(2 * MIB as u64),
+            upload_slots: 1,
+            rechoke_interval: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await;
+    // It does not upload: the reader learns of it over PEX, and must not get the piece there.
+    let hog = img
+        .client(
+            "hog",
+            EngineConfig {
+                upload: false,
+                ..dialing(&[&seed])
+            },
+        )
+        .await;
+    let mut arrivals = hog.subscribe();
+    within(
+        "the hog's first piece",
+        Duration::from_secs(30),
+        arrivals.recv(),
+    )
+    .await
+    .expect("a piece");
+    let reader = img
+        .client(
+            "reader",
+            EngineConfig {
+                upload: false,
+                fetch_all: false,
+                ..dialing(&[&seed])
+            },
+        )
+        .await;
+    // The hog fetches in rarest-first order from a rotation start: the image's last piece is
+    // as likely as any to be missing there.
+    let last = img.torrent.piece(img.torrent.piece_count() - 1).unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(reader.demand(last));
+    within(
+        "the demanded piece",
+        Duration::from_secs(10),
+        reader.wait_piece(last),
+    )
+    .await
+    .expect("the piece arrives");
+    let waited = t0.elapsed();
+    let (rs, ss) = (reader.stats(), seed.stats());
+    eprintln!(
+        "urgent: the demanded piece came in {waited:?}; the reader asked {} urgent requests, \
+         the seeder served {} of them while choking it",
+        rs.urgent_asked, ss.urgent_served
+    );
+    assert!(rs.urgent_asked > 0, "the reader never asked while choked");
+    assert!(
+        ss.urgent_served > 0,
+        "the seeder served nothing while choking"
+    );
+    assert!(
+        !hog.is_complete(),
+        "the hog gave its slot up: the test proves nothing"
+    );
+    let mut buf = vec![0u8; img.torrent.lengths().piece_length(last) as usize];
+    let at = img.torrent.lengths().piece_offset(last);
+    reader.read_at(at, &mut buf).expect("read the piece");
+    assert!(buf == img.data[at as usize..at as usize + buf.len()]);
+    shutdown_all(&[&reader, &hog, &seed]).await;
+}
+
 /// A demanded piece arrives long before the plan would reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demand_overtakes_plan() {

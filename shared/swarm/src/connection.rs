@@ -41,6 +41,7 @@ use crate::ratelimit::RateLimiter;
 use crate::state::TorrentState;
 use crate::stats::Counters;
 use crate::table_exchange::{self, TableMsg, MY_TABLE_ID};
+use crate::urgent::{self, MY_URGENT_ID, URGENT_QUEUE};
 use crate::wire::{Out, MAX_UPLOAD_QUEUE};
 
 /// Largest block served: BEP 3 clients ask 16 KiB; some ask up to 128 KiB.
@@ -78,6 +79,10 @@ pub(crate) struct ConnCtx {
     pub inject: Option<Arc<Injector>>,
     /// How long a piece an injecting seeder declined us is not asked of it again.
     pub decline_retry: Duration,
+    /// We ask peers that choke us and serve urgent requests for the blocks a reader waits for.
+    pub asks_urgent: bool,
+    /// We serve urgent requests from peers we choke (see [`crate::urgent`]).
+    pub serves_urgent: bool,
     /// Cancelled when the engine stops.
     pub cancel: CancellationToken,
 }
@@ -389,7 +394,7 @@ impl Reader<'_> {
                 Ok(())
             }
             Message::Bitfield(bits) => self.dl.on_bitfield(st, bits.as_ref()),
-            Message::Request(r) => self.on_request(r),
+            Message::Request(r) => self.on_request(r, false),
             Message::Cancel(r) => {
                 self.link.outbox().cancel_upload(&r);
                 Ok(())
@@ -410,8 +415,15 @@ impl Reader<'_> {
         }
     }
 
-    fn on_request(&mut self, r: Request) -> Result<(), PeerError> {
-        if self.link.am_choking.load(Ordering::Relaxed) {
+    /// A block request; `urgent` if it came as `vmt_urgent`, which we serve while we choke the
+    /// peer too, up to [`URGENT_QUEUE`] queued (see [`crate::urgent`]).
+    fn on_request(&mut self, r: Request, urgent: bool) -> Result<(), PeerError> {
+        let choking = self.link.am_choking.load(Ordering::Relaxed);
+        // Checked against the queue, not a count of our own: a choke drops every queued
+        // upload, so while we choke the peer the queue holds urgent requests only.
+        if choking
+            && !(urgent && self.ctx.serves_urgent && self.link.outbox().uploads() < URGENT_QUEUE)
+        {
             return Ok(());
         }
         let st = &*self.ctx.state;
@@ -423,7 +435,10 @@ impl Reader<'_> {
             && r.length <= MAX_BLOCK
             && r.begin as u64 + r.length as u64 <= lengths.piece_length(piece) as u64
             && st.storage().has_piece(r.index);
-        if ok && self.sharer {
+        if !ok {
+            return Ok(());
+        }
+        if self.sharer {
             if let Some(inj) = &self.ctx.inject {
                 let now = Instant::now();
                 if !inj.admit(r.index, self.inject_conn, now)
@@ -439,7 +454,11 @@ impl Reader<'_> {
                 }
             }
         }
-        if ok && !self.link.push(Out::Piece(r)) {
+        if self.link.push(Out::Piece(r)) {
+            if choking {
+                Counters::add(&st.counters().urgent_served, 1);
+            }
+        } else {
             // Beyond what we told it (`reqq`) and beyond the headroom: ignored, as libtorrent
             // does; it asks again after its request timeout. Closing would cost it every
             // queued request and a reconnect.
@@ -461,6 +480,8 @@ impl Reader<'_> {
             ExtendedMessage::Handshake(h) => {
                 self.link.ext.update(&h);
                 self.dl.set_remote_reqq(self.link.ext.reqq());
+                self.dl
+                    .set_urgent(self.ctx.asks_urgent && self.link.ext.urgent_id().is_some());
                 let inj = self.link.ext.injection();
                 self.dl.set_injector(inj.injects && self.ctx.shares);
                 if inj.elsewhere.is_some() && !self.sharer {
@@ -495,6 +516,11 @@ impl Reader<'_> {
                     let st = &*self.ctx.state;
                     let retry_at = Instant::now() + self.ctx.decline_retry;
                     return self.dl.on_elsewhere(st, piece, retry_at, &mut self.out);
+                }
+            }
+            ExtendedMessage::Dyn(MY_URGENT_ID, v) => {
+                if let Some(r) = urgent::decode(&v) {
+                    return self.on_request(r, true);
                 }
             }
             ExtendedMessage::UtMetadata(_) | ExtendedMessage::Dyn(..) => {}
@@ -563,6 +589,14 @@ async fn write_loop(ctx: &ConnCtx, link: &PeerLink, wr: &mut PeerWriter) -> Resu
                 Out::Unchoke => Message::Unchoke,
                 Out::Have(i) => Message::Have(i),
                 Out::Request(r) => Message::Request(r),
+                Out::Urgent(r) => match link.ext.urgent_id() {
+                    Some(id) => {
+                        len += urgent::encode(&mut buf[len..], id, &r);
+                        Counters::add(&st.counters().urgent_asked, 1);
+                        continue;
+                    }
+                    None => Message::Request(r),
+                },
                 Out::Cancel(r) => Message::Cancel(r),
                 Out::Piece(r) => {
                     let data = &mut block[..r.length as usize];
@@ -591,6 +625,7 @@ async fn write_loop(ctx: &ConnCtx, link: &PeerLink, wr: &mut PeerWriter) -> Resu
                             shares: ctx.shares,
                             injects: ctx.inject.is_some(),
                         },
+                        ctx.serves_urgent,
                     );
                     continue;
                 }

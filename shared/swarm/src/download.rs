@@ -31,6 +31,12 @@
 //! given up), `abandoned` (buffered, then lost unverified: a piece given up without a
 //! block-hash table, or a block we could not write).
 //!
+//! # A peer that chokes us
+//! Nothing is asked of it, unless it serves urgent requests (see [`crate::urgent`]): then the
+//! blocks a reader waits for, in pieces it holds, are asked of it as urgent requests, at most
+//! [`URGENT_QUEUE`] outstanding; never planned or background blocks. A choke voids them like
+//! any request; if it unchokes us meanwhile they are ordinary requests from then on.
+//!
 //! # An injecting seeder
 //! From a seeder that injects (see [`crate::inject`]) this connection asks only for demanded
 //! and planned pieces, and is interested only while it has one of those to ask; a piece the
@@ -62,6 +68,7 @@ use crate::picker::{PickReason, PiecePicker};
 use crate::sources::{Source, SourceId};
 use crate::state::TorrentState;
 use crate::stats::{Counters, PeerCounters};
+use crate::urgent::URGENT_QUEUE;
 use crate::window::RequestWindow;
 use crate::wire::Out;
 
@@ -145,6 +152,8 @@ pub(crate) struct Download {
     injector: bool,
     /// Pieces the remote declined, and when to ask it again, oldest first.
     declined: VecDeque<(u32, Instant)>,
+    /// The remote serves urgent requests while it chokes us.
+    urgent: bool,
 }
 
 impl Download {
@@ -176,12 +185,18 @@ impl Download {
             source: st.sources().intern(Source::Peer(addr)),
             injector: false,
             declined: VecDeque::new(),
+            urgent: false,
         }
     }
 
     /// The remote is an injecting seeder and we share what we get (see the module doc).
     pub fn set_injector(&mut self, injector: bool) {
         self.injector = injector;
+    }
+
+    /// The remote serves urgent requests (`vmt_urgent`), and we ask them.
+    pub fn set_urgent(&mut self, urgent: bool) {
+        self.urgent = urgent;
     }
 
     /// The remote declined `piece` (`vmt_elsewhere`): it is not asked for it again until
@@ -708,7 +723,7 @@ impl Download {
         if st.has_failed() {
             return self.stop_fetching(st, out);
         }
-        if self.peer_choking || !self.am_interested {
+        if !self.am_interested || (self.peer_choking && !self.urgent) {
             return Ok(());
         }
         {
@@ -734,6 +749,12 @@ impl Download {
 
     fn decide(&mut self, picker: &mut PiecePicker, now: Instant, out: &mut Outputs) {
         let layout = *picker.layout();
+        // Choked (the remote serves urgent requests): only blocks a reader waits for.
+        let ceiling = if self.peer_choking {
+            self.remote_reqq.min(URGENT_QUEUE)
+        } else {
+            self.remote_reqq
+        };
         if !self.urgent_pending(picker) {
             for a in &mut self.active {
                 a.withdrawn = EMPTY;
@@ -754,7 +775,7 @@ impl Download {
                 if picker.is_block_urgent(b)
                     && !self.active[k].pending.get(i)
                     && !self.active[k].received.get(i)
-                    && self.outstanding < self.remote_reqq
+                    && self.outstanding < ceiling
                 {
                     issued_urgent = true;
                     self.request(&layout, k, b, now, out);
@@ -763,7 +784,7 @@ impl Download {
         }
         // 2. Demanded pieces nobody here holds yet (or a slow peer holds).
         for _ in 0..MAX_URGENT_STARTS {
-            if self.outstanding >= self.remote_reqq {
+            if self.outstanding >= ceiling {
                 break;
             }
             let (has, active) = (&self.remote_has, &self.active);
@@ -776,7 +797,7 @@ impl Download {
             let duplicate = picker.copies(pick.piece) > 1;
             let k = self.start(&layout, pick.piece, pick.reason, duplicate);
             for b in layout.piece_blocks(pick.piece) {
-                if picker.is_block_urgent(b) && self.outstanding < self.remote_reqq {
+                if picker.is_block_urgent(b) && self.outstanding < ceiling {
                     issued_urgent = true;
                     self.request(&layout, k, b, now, out);
                 }
@@ -797,7 +818,7 @@ impl Download {
         // rest of the pieces held comes first, wanted or not (see `wanted_here`): only whole
         // pieces can be traded, and a crowd whose members hold partial pieces all wait on the
         // seeder.
-        let hold_back = picker.demand_in_flight();
+        let hold_back = picker.demand_in_flight() || self.peer_choking;
         let whole_first = picker.has_several_peers();
         let depth = self.window.depth().min(self.remote_reqq);
         while !hold_back && self.outstanding < depth {
@@ -823,11 +844,14 @@ impl Download {
                 break;
             }
         }
-        // 4. Pieces with nothing pending and nothing more wanted here: finish or give back.
+        // 4. Pieces with nothing pending and nothing more wanted here (choked: nothing more
+        // asked here, so an unchoked connection takes the rest up): finish or give back.
         for a in &self.active {
             if a.pending.is_empty()
                 && a.withdrawn.is_empty()
-                && !(0..a.blocks).any(|i| !a.received.get(i) && wanted_here(picker, a, a.first + i))
+                && (self.peer_choking
+                    || !(0..a.blocks)
+                        .any(|i| !a.received.get(i) && wanted_here(picker, a, a.first + i)))
             {
                 self.idle.push(a.piece);
             }
@@ -921,6 +945,8 @@ impl Download {
         self.active.len() - 1
     }
 
+    /// Asks for block `b` of active piece `k`; choked, as an urgent request (see
+    /// [`crate::urgent`]).
     fn request(
         &mut self,
         layout: &crate::layout::Layout,
@@ -933,11 +959,12 @@ impl Download {
         a.pending.set(b - a.first);
         self.outstanding += 1;
         self.sent.push_back((b, now));
-        out.msgs.push(Out::Request(Request::new(
-            a.piece,
-            layout.begin_in_piece(b),
-            layout.block_size(b),
-        )));
+        let r = Request::new(a.piece, layout.begin_in_piece(b), layout.block_size(b));
+        out.msgs.push(if self.peer_choking {
+            Out::Urgent(r)
+        } else {
+            Out::Request(r)
+        });
     }
 
     /// Returns assignments and availability when the connection ends.
@@ -1378,6 +1405,51 @@ mod tests {
         }
         assert_eq!(out.verified, vec![1]);
         assert!((4..8).all(|b| f.stored(b)));
+    }
+
+    /// Choked by a peer that serves urgent requests: only the blocks a reader waits for are
+    /// asked, as urgent requests, and the rest of their piece goes back for an unchoked
+    /// connection; a stock peer that chokes is asked nothing.
+    #[test]
+    fn a_choking_peer_is_asked_urgently_for_the_blocks_a_reader_waits_for_only() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.on_choke(&f.st, &mut out).unwrap();
+        out.clear();
+        let urgent = |out: &Outputs| -> Vec<u32> {
+            out.msgs
+                .iter()
+                .filter_map(|m| match m {
+                    Out::Urgent(r) => f.layout().block_at(r.index, r.begin, r.length),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(f.st.picker().demand(9..11));
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(
+            out.msgs.is_empty(),
+            "a stock peer that chokes: {:?}",
+            out.msgs
+        );
+        d.set_urgent(true);
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(urgent(&out), vec![9, 10]);
+        assert!(f.requested(&out).is_empty(), "no background while choked");
+        out.clear();
+        f.answer(&mut d, 9, false, &mut out).unwrap();
+        f.answer(&mut d, 10, false, &mut out).unwrap();
+        assert!(f.stored(9) && f.stored(10));
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(out.msgs.is_empty(), "{:?}", out.msgs);
+        assert!(out.released, "the rest of the piece is given back");
+        assert_eq!(d.outstanding(), 0);
+        assert_eq!(f.st.picker().state(2), crate::picker::PieceState::Queued);
+        out.clear();
+        // Unchoked, the same connection fetches as usual, with ordinary requests.
+        d.on_unchoke();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(!f.requested(&out).is_empty() && urgent(&out).is_empty());
     }
 
     #[test]

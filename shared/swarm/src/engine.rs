@@ -110,6 +110,9 @@ pub struct EngineConfig {
     /// request for a piece another sharing peer holds or is being sent, and tell such peers to
     /// ask only for what they read or plan to read. For a seeder of a flash crowd.
     pub inject: bool,
+    /// Urgent requests (see `urgent.rs`): ask a peer that chokes us for the blocks a reader
+    /// waits for, and, when we upload, serve such requests from peers we choke.
+    pub urgent: bool,
     /// The address dials go out from when we do not listen (a client-server client): on a
     /// host with several addresses, its own, so a peer's per-address limit counts it alone.
     /// With a listener, dials go out from the listening address instead.
@@ -132,6 +135,7 @@ impl Default for EngineConfig {
             max_redial_backoff: Duration::from_secs(10),
             dial_from: None,
             inject: false,
+            urgent: true,
             fetch_all: true,
             use_trackers: true,
             dht: None,
@@ -256,6 +260,8 @@ impl Engine {
                 .inject
                 .then(|| Arc::new(Injector::new(layout.pieces(), config.rechoke_interval))),
             decline_retry: crate::inject::retry(config.rechoke_interval),
+            asks_urgent: config.urgent,
+            serves_urgent: config.urgent && policy.slots > 0,
             cancel: CancellationToken::new(),
         };
         let origins = origins(&ctx.state, &config);
@@ -520,6 +526,8 @@ impl Engine {
             evicted,
             declined_requests: c.declined.load(Ordering::Relaxed),
             declines_received: c.declines.load(Ordering::Relaxed),
+            urgent_asked: c.urgent_asked.load(Ordering::Relaxed),
+            urgent_served: c.urgent_served.load(Ordering::Relaxed),
             failure: st.failure().map(|e| crate::error::chain(&*e)),
             connected,
             peers,

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::inject::{self, OurInjection, RemoteInjection, MY_ELSEWHERE_ID};
 use crate::table_exchange::{self, MY_TABLE_ID};
+use crate::urgent::{self, MY_URGENT_ID};
 use crate::wire::ADVERTISED_REQQ;
 
 /// Our `v`: client name and version.
@@ -26,7 +27,8 @@ pub const DEFAULT_REMOTE_REQQ: usize = 250;
 
 /// Our extended handshake, as librqbit-peer-protocol's `ExtendedHandshake` writes it plus
 /// keys that type cannot hold: `vmt_block_hashes` in `m` (see [`crate::table_exchange`]),
-/// `vmt_elsewhere` in `m` and `vmt_inject` (see [`crate::inject`]).
+/// `vmt_elsewhere` in `m` and `vmt_inject` (see [`crate::inject`]), `vmt_urgent` in `m` (see
+/// [`crate::urgent`]).
 #[derive(Serialize)]
 struct WireHandshake<'a> {
     m: WireIds,
@@ -50,13 +52,15 @@ struct WireIds {
     vmt_block_hashes: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vmt_elsewhere: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmt_urgent: Option<u8>,
 }
 
 /// Writes our extended handshake as a whole peer-wire message into `out` and returns its
 /// length. `listen_port` is `p` (only when we accept connections), `metadata_size` the length
 /// of the info dictionary we serve over ut_metadata, `pex` whether we speak ut_pex, and
 /// `table` whether we serve a block-hash table over `vmt_block_hashes`, `injection` our part
-/// in injection. `out` needs 256 bytes.
+/// in injection, `urgent` whether we serve urgent requests. `out` needs 256 bytes.
 pub(crate) fn encode_handshake(
     out: &mut [u8],
     listen_port: Option<u16>,
@@ -64,6 +68,7 @@ pub(crate) fn encode_handshake(
     pex: bool,
     table: bool,
     injection: OurInjection,
+    urgent: bool,
 ) -> usize {
     let h = WireHandshake {
         m: WireIds {
@@ -71,6 +76,7 @@ pub(crate) fn encode_handshake(
             ut_pex: pex.then_some(MY_EXTENDED_UT_PEX),
             vmt_block_hashes: table.then_some(MY_TABLE_ID),
             vmt_elsewhere: injection.shares.then_some(MY_ELSEWHERE_ID),
+            vmt_urgent: urgent.then_some(MY_URGENT_ID),
         },
         metadata_size: u32::try_from(metadata_size).ok().filter(|&n| n > 0),
         p: listen_port.map(u32::from),
@@ -103,6 +109,8 @@ pub(crate) struct RemoteExtensions {
     elsewhere: AtomicU8,
     /// It is an injecting seeder.
     injects: AtomicBool,
+    /// Its id for vmt_urgent; 0 = not supported.
+    urgent: AtomicU8,
 }
 
 impl RemoteExtensions {
@@ -130,6 +138,13 @@ impl RemoteExtensions {
         self.elsewhere
             .store(inj.elsewhere.unwrap_or(0), Ordering::Relaxed);
         self.injects.store(inj.injects, Ordering::Relaxed);
+        let urgent = urgent::remote_id(payload).unwrap_or(0);
+        self.urgent.store(urgent, Ordering::Relaxed);
+    }
+
+    /// The remote's id for `vmt_urgent`, if it serves urgent requests.
+    pub fn urgent_id(&self) -> Option<u8> {
+        Some(self.urgent.load(Ordering::Relaxed)).filter(|&i| i != 0)
     }
 
     /// What the remote said about injection.
@@ -185,7 +200,8 @@ mod tests {
             shares: true,
             injects: true,
         };
-        let ours = |buf: &mut [u8]| encode_handshake(buf, Some(43001), 321, true, true, injection);
+        let ours =
+            |buf: &mut [u8]| encode_handshake(buf, Some(43001), 321, true, true, injection, true);
         let n = ours(&mut buf);
         let (back, len) = Message::deserialize(&buf[..n], &[]).unwrap();
         assert_eq!(len, n);
@@ -206,8 +222,10 @@ mod tests {
         assert_eq!(r.ids(), PeerExtendedMessageIds::my());
         assert_eq!(r.table_id(), None);
         assert_eq!(r.injection(), RemoteInjection::default());
+        assert_eq!(r.urgent_id(), None);
         r.update_raw(&buf[6..n]);
         assert_eq!(r.table_id(), Some(MY_TABLE_ID));
+        assert_eq!(r.urgent_id(), Some(MY_URGENT_ID));
         assert_eq!(
             r.injection(),
             RemoteInjection {
@@ -215,11 +233,19 @@ mod tests {
                 injects: true
             }
         );
-        let n2 = encode_handshake(&mut buf, None, 321, false, false, OurInjection::default());
+        let n2 = encode_handshake(
+            &mut buf,
+            None,
+            321,
+            false,
+            false,
+            OurInjection::default(),
+            false,
+        );
         r.update_raw(&buf[6..n2]);
         assert_eq!(
-            (r.table_id(), r.injection()),
-            (None, RemoteInjection::default()),
+            (r.table_id(), r.injection(), r.urgent_id()),
+            (None, RemoteInjection::default(), None),
             "a re-sent handshake without them turns them off"
         );
         let n = ours(&mut buf);
@@ -235,7 +261,15 @@ mod tests {
     #[test]
     fn without_pex_the_handshake_encodes_and_disables_ut_pex() {
         let mut buf = [0u8; 256];
-        let n = encode_handshake(&mut buf, None, 321, false, false, OurInjection::default());
+        let n = encode_handshake(
+            &mut buf,
+            None,
+            321,
+            false,
+            false,
+            OurInjection::default(),
+            false,
+        );
         assert!(
             !buf[..n].windows(8).any(|w| w == b"6:ut_pex"),
             "{:?}",

@@ -95,6 +95,7 @@ mod table_exchange;
 mod testutil;
 mod torrent;
 mod tracker;
+mod urgent;
 mod webseed;
 mod window;
 mod wire;

@@ -340,7 +340,7 @@ async fn from_peer(
         return Err(fault("does not speak the extension protocol (BEP 10)"));
     }
     // We serve nothing; advertising ut_metadata and the table gives the peer our ids for them.
-    let n = encode_handshake(&mut out, None, 0, false, true, Default::default());
+    let n = encode_handshake(&mut out, None, 0, false, true, Default::default(), false);
     wr.write_all(&mut out[..n]).await?;
 
     let mut buf = vec![0u8; 2 * MAX_MSG_LEN];
@@ -606,6 +606,7 @@ mod tests {
                         false,
                         fake.table.is_some(),
                         Default::default(),
+                        false,
                     );
                     s.write_all(&out[..n]).await?;
                     let mut buf = vec![0u8; 1 << 16];

@@ -683,6 +683,7 @@ mod tests {
             true,
             false,
             Default::default(),
+            false,
         );
         let (msg, _) = peer_binary_protocol::Message::deserialize(&buf[..n], &[]).unwrap();
         let peer_binary_protocol::Message::Extended(

@@ -39,6 +39,10 @@ pub(crate) struct Counters {
     pub declined: AtomicU64,
     /// Pieces an injecting seeder declined us.
     pub declines: AtomicU64,
+    /// Urgent requests we sent to peers that choked us (`vmt_urgent`).
+    pub urgent_asked: AtomicU64,
+    /// Urgent requests we queued for peers we choked.
+    pub urgent_served: AtomicU64,
 }
 
 impl Counters {
@@ -169,6 +173,10 @@ pub struct SwarmStats {
     pub declined_requests: u64,
     /// Pieces an injecting seeder declined us (we fetched them from peers).
     pub declines_received: u64,
+    /// Urgent requests we sent to peers that choked us: blocks a reader waited for.
+    pub urgent_asked: u64,
+    /// Urgent requests we served to peers we choked.
+    pub urgent_served: u64,
     /// Why the engine stopped fetching (local storage failed), if it did.
     pub failure: Option<String>,
     /// Connected peers.

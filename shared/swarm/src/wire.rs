@@ -37,6 +37,8 @@ pub(crate) enum Out {
     Unchoke,
     Have(u32),
     Request(Request),
+    /// A request for a block a reader waits for, to a peer that chokes us (`vmt_urgent`).
+    Urgent(Request),
     Cancel(Request),
     /// Upload of a block the peer requested.
     Piece(Request),
@@ -97,6 +99,11 @@ impl Outbox {
             _ => {}
         }
         Some(out)
+    }
+
+    /// Uploads queued.
+    pub fn uploads(&self) -> usize {
+        self.uploads
     }
 
     /// Forgets queued uploads (we choked the peer, which voids its requests).

@@ -1,0 +1,140 @@
+//! Urgent requests: a block a reader waits for, asked of a peer that chokes us
+//! (`vmt_urgent`, a BEP 10 extension of vmt's own).
+//!
+//! Each uploader unchokes a few of its interested peers (`EngineConfig::upload_slots`) and
+//! moves one slot per rotation, so a client is fed by a few of its neighbours at a time. In a
+//! crowd the piece a read misses has usually just entered it: one or two neighbours hold it,
+//! and they are likely to be choking this client, so the read would wait for their rotation
+//! (or, from an injecting seeder, for the decline's retry). A peer that lists `vmt_urgent` in
+//! its handshake's `m` serves a request sent under that id even while it chokes the requester,
+//! up to [`URGENT_QUEUE`] blocks queued for that peer. Our clients send one only for blocks a
+//! reader waits for, never for plan or background fill, so the slots still decide who gets the
+//! bulk of an uplink; the bound caps what a peer that sends everything this way can take.
+//! A choke voids urgent requests like any other (BEP 3), and an injecting seeder declines
+//! them like any other.
+//!
+//! The message is a bencoded dictionary with a request's three fields,
+//! `d5:begini<B>e5:indexi<I>e6:lengthi<L>ee`, under the id the receiver gave `vmt_urgent`;
+//! the answer is an ordinary `piece` message and `cancel` withdraws it. Stock clients ignore
+//! the key, as BEP 10 asks, and are only ever sent ordinary requests.
+
+use bencode::{BencodeValue, ByteBuf};
+use peer_binary_protocol::Request;
+use serde::Deserialize;
+
+/// Our id for it (librqbit-peer-protocol takes 1 and 3, `vmt_block_hashes` 5,
+/// `vmt_elsewhere` 6).
+pub(crate) const MY_URGENT_ID: u8 = 7;
+
+/// Urgent requests a choking peer queues for one connection, and the most a client keeps
+/// outstanding at a peer that chokes it: 512 KiB, a few reads' worth of 16 KiB blocks.
+pub(crate) const URGENT_QUEUE: usize = 32;
+
+/// The BEP 10 message id.
+const MSGID_EXTENDED: u8 = 20;
+
+/// The remote's id for `vmt_urgent`, from its extended handshake's bencoded payload (after
+/// the two id bytes); `None` if it does not serve urgent requests.
+pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
+    #[derive(Deserialize)]
+    struct Ids {
+        vmt_urgent: Option<u8>,
+    }
+    #[derive(Deserialize)]
+    struct Handshake {
+        m: Option<Ids>,
+    }
+    let h = bencode::from_bytes::<Handshake>(handshake).ok()?;
+    h.m.and_then(|m| m.vmt_urgent).filter(|&id| id != 0)
+}
+
+/// Writes urgent request `r` as one whole peer-wire message into `out` (80 bytes suffice)
+/// for a peer whose id for the extension is `remote_id`; returns its length.
+pub(crate) fn encode(out: &mut [u8], remote_id: u8, r: &Request) -> usize {
+    use std::io::Write;
+    const BODY: usize = 76;
+    let mut body = [0u8; BODY];
+    body[0] = MSGID_EXTENDED;
+    body[1] = remote_id;
+    let mut w = &mut body[2..];
+    write!(
+        w,
+        "d5:begini{}e5:indexi{}e6:lengthi{}ee",
+        r.begin, r.index, r.length
+    )
+    .expect("three u32 fit");
+    let n = BODY - w.len();
+    out[..4].copy_from_slice(&(n as u32).to_be_bytes());
+    out[4..4 + n].copy_from_slice(&body[..n]);
+    4 + n
+}
+
+/// The request an urgent message carries; `None` for anything malformed (ignored).
+pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<Request> {
+    let BencodeValue::Dict(d) = value else {
+        return None;
+    };
+    let field = |k: &[u8]| match d.get(&ByteBuf(k)) {
+        Some(BencodeValue::Integer(i)) => u32::try_from(*i).ok(),
+        _ => None,
+    };
+    Some(Request::new(
+        field(b"index")?,
+        field(b"begin")?,
+        field(b"length")?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peer_binary_protocol::extended::ExtendedMessage;
+    use peer_binary_protocol::Message;
+
+    #[test]
+    fn an_urgent_request_round_trips_through_the_wire_decoder() {
+        let r = Request::new(u32::MAX, 1 << 20, 16384);
+        let mut buf = [0u8; 80];
+        let n = encode(&mut buf, MY_URGENT_ID, &r);
+        let (msg, len) = Message::deserialize(&buf[..n], &[]).expect("a whole message");
+        assert_eq!(len, n);
+        let Message::Extended(ExtendedMessage::Dyn(id, v)) = msg else {
+            panic!("not an extended message: {msg:?}");
+        };
+        assert_eq!(id, MY_URGENT_ID);
+        let got = decode(&v).expect("decodes");
+        assert_eq!(
+            (got.index, got.begin, got.length),
+            (r.index, r.begin, r.length)
+        );
+    }
+
+    #[test]
+    fn malformed_messages_decode_to_nothing() {
+        for bad in [
+            &b"d5:indexi1e5:begini0ee"[..],
+            b"d5:begini0e5:indexi-1e6:lengthi16384ee",
+            b"d5:begini0e5:index1:x6:lengthi16384ee",
+            b"i3e",
+        ] {
+            let mut buf = vec![0u8; 6];
+            buf[..4].copy_from_slice(&(bad.len() as u32 + 2).to_be_bytes());
+            buf[4] = MSGID_EXTENDED;
+            buf[5] = MY_URGENT_ID;
+            buf.extend_from_slice(bad);
+            let (msg, _) = Message::deserialize(&buf, &[]).expect("a whole message");
+            let Message::Extended(ExtendedMessage::Dyn(_, v)) = msg else {
+                panic!("not an extended message: {msg:?}");
+            };
+            assert!(decode(&v).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn the_remote_id_comes_from_m_and_zero_disables_it() {
+        assert_eq!(remote_id(b"d1:md10:vmt_urgenti9eee"), Some(9));
+        assert_eq!(remote_id(b"d1:md10:vmt_urgenti0eee"), None);
+        assert_eq!(remote_id(b"d1:md6:ut_pexi1eee"), None);
+        assert_eq!(remote_id(b"not bencode"), None);
+    }
+}
