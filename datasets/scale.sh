@@ -15,6 +15,7 @@
 # default DILATION), THINK (default 5s), STRATEGY (default markov), PEERS_PER_CLIENT (default
 # 8), TRACES (names in traces/test; default every walk-* and session-*), PORT (the seeder's,
 # default 45000), SEED_ARGS (more `vmt-run seed` flags, e.g. "--inject --upload-slots 8"),
+# CLIENT_ARGS (more `vmt-run replay-client` flags, e.g. "--no-urgent"),
 # KEEP=1 keeps the scratch dir, BUILD=0 uses target/release/vmt-run as it is.
 #
 # N=1 runs every trace once, one after another (so the N=1 mean is over the same mix of traces
@@ -36,13 +37,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
     --summarize) summarize=1 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "scale.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 cmdline=
-for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_PER_CLIENT TRACES PORT SEED_ARGS KEEP BUILD; do
+for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_PER_CLIENT TRACES PORT SEED_ARGS CLIENT_ARGS KEEP BUILD; do
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/scale.sh${out:+ --out $(printf '%q' "$out")}"
@@ -104,7 +105,7 @@ crowd() {
     --strategy "$STRATEGY" "${args[@]}" --clients "$n" --peer "127.0.0.1:$PORT" \
     --link-rate "$(bps "$RATE" 1)" --seed-rate "$(bps "$SEED_RATE" "$k")" --dilation "$k" \
     --think "$THINK" --peers-per-client "$PEERS_PER_CLIENT" --dir "$W/clients" \
-    --out "$W/run.jsonl" 2>>"$W/clients.log" || say "$mode N=$n: some client failed (see its lines)"
+    --out "$W/run.jsonl" ${CLIENT_ARGS:-} 2>>"$W/clients.log" || say "$mode N=$n: some client failed (see its lines)"
   cat "$W/run.jsonl" >> "$out/headless-$mode-n$n.jsonl"
   echo "$(uptime)" >> "$W/load.txt"
 }

@@ -124,6 +124,10 @@ struct MountArgs {
     /// Never upload (client-server setting).
     #[arg(long)]
     no_upload: bool,
+    /// Wait for a peer's unchoke. By default a read that misses asks peers that choke this
+    /// mount for its blocks (`vmt_urgent`, vmt peers only), and the mount serves such requests.
+    #[arg(long)]
+    no_urgent: bool,
     #[command(flatten)]
     limits: Limits,
     #[command(flatten)]
@@ -347,6 +351,10 @@ struct SeedArgs {
     /// served as always. The pieces nobody reads then never leave this seeder.
     #[arg(long)]
     inject: bool,
+    /// Serve only unchoked peers. By default a vmt client this seeder chokes may still ask
+    /// for the blocks its reader waits for (`vmt_urgent`), up to 512 KiB queued at a time.
+    #[arg(long)]
+    no_urgent: bool,
     /// Also dial this peer, as HOST:PORT (repeatable): for leechers that cannot dial us, e.g.
     /// Transmission, which never dials 127.0.0.0/8 addresses.
     #[arg(long, value_name = "HOST:PORT")]
@@ -606,6 +614,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
         inject: a.inject,
+        urgent: !a.no_urgent,
         rechoke_interval: a.rechoke,
         peers: a.peer,
         dht: a.dht.config(),
@@ -813,6 +822,7 @@ async fn mount_setup(
         oracle_trace: a.oracle_trace,
         mountpoint,
         upload: !a.no_upload,
+        urgent: !a.no_urgent,
         download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
         upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
         web_seeds: a.web_seeds.urls,

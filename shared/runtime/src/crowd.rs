@@ -56,6 +56,8 @@ pub struct CrowdParams {
     pub seeders: Vec<SocketAddr>,
     /// Clients upload to each other (swarm); `false` is client-server.
     pub upload: bool,
+    /// Clients ask and serve urgent requests (`vmt_swarm::EngineConfig::urgent`).
+    pub urgent: bool,
     /// The link rate each client stands for, bytes/s, in both directions; its engine runs at
     /// this divided by `dilation`. `None` = unlimited.
     pub link_rate: Option<u64>,
@@ -113,6 +115,7 @@ impl CrowdParams {
             clients,
             seeders,
             upload: true,
+            urgent: true,
             link_rate: None,
             seed_rate: None,
             dilation: 1,
@@ -150,6 +153,7 @@ impl CrowdParams {
             data_dir: self.dir.join(format!("c{id}")),
             peers,
             upload: self.upload,
+            urgent: self.urgent,
             download_limit: rate,
             upload_limit: rate,
             window_bytes: self.window_bytes,

@@ -58,6 +58,8 @@ pub struct SeedParams {
     pub encryption: vmt_swarm::Encryption,
     /// Inject each piece into the crowd once (`EngineConfig::inject`). Default off.
     pub inject: bool,
+    /// Serve urgent requests from peers we choke (`EngineConfig::urgent`). Default on.
+    pub urgent: bool,
 }
 
 impl SeedParams {
@@ -77,6 +79,7 @@ impl SeedParams {
             dht: None,
             encryption: vmt_swarm::Encryption::default(),
             inject: false,
+            urgent: true,
         }
     }
 
@@ -111,6 +114,7 @@ impl SeedParams {
                 dht: self.dht,
                 encryption: self.encryption,
                 inject: self.inject,
+                urgent: self.urgent,
                 ..Default::default()
             },
         })

@@ -89,6 +89,7 @@ impl<R: ReadReply> Streaming<R> {
             dht: params.dht.clone(),
             encryption: params.encryption,
             upload: params.upload,
+            urgent: params.urgent,
             download_limit: params.download_limit,
             upload_limit: params.upload_limit,
             fetch_all: params.strategy.fills_background(),

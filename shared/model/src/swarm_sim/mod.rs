@@ -27,13 +27,18 @@
 //! - **Arrivals.** All at once (flash crowd) or Poisson. A client leaves when its trace ends
 //!   (the benchmark unmounts after the replay), taking its pieces with it.
 //!
+//! - **Urgent requests** ([`SwarmParams::urgent`], the engine's `vmt_urgent`). A waiting
+//!   read's units that no connection serving the client is fetching are asked of a holder
+//!   that chokes it (a neighbour, or the seeder, chosen in turn by the client's stall count),
+//!   outside that holder's slots: an urgent connection that carries demanded units only and
+//!   ends when it has none (or turns into an ordinary one if the holder unchokes the client).
 //! - **Injecting seeder** ([`SwarmParams::inject`], `vmt-run seed --inject`). The seeder
 //!   declines a piece that a client holds, or that it is sending to another client, so each
 //!   piece enters the crowd once and spreads from there; clients ask it only for demanded and
 //!   planned pieces, never background fill, and are not interested in it otherwise, so its
 //!   slots go round. Only with uploading clients (the engine declines only peers that share).
-//!   Not modelled: the engine's fallback, which serves a piece a client asks for again a
-//!   retry (5 s) after its decline.
+//!   Not modelled: the engine's
+//!   fallback, which serves a piece a client asks for again a retry (5 s) after its decline.
 //!
 //! Peers: every client knows the seeder, and all other clients up to `max_peers`, beyond which
 //! a ring of `max_peers` neighbours stands for the tracker's random subset. The seeder is one
@@ -110,6 +115,9 @@ pub struct SwarmParams {
     pub seed: u64,
     /// The seeder injects each piece once (see the module doc); `false` serves every request.
     pub inject: bool,
+    /// Urgent requests (`EngineConfig::urgent`, on by default): a waiting read's units are
+    /// fetched from a holder that chokes the client, outside its slots.
+    pub urgent: bool,
 }
 
 impl SwarmParams {
@@ -132,6 +140,7 @@ impl SwarmParams {
             quantum_us: 0.0,
             seed: 1,
             inject: false,
+            urgent: true,
         }
     }
 }
@@ -278,6 +287,8 @@ struct Conn {
     /// picker keeps it assigned to this peer until it is complete.
     last_piece: Option<u32>,
     flow: Option<(FlowId, Job)>,
+    /// Outside the uploader's slots: demanded units only (see [`SwarmParams::urgent`]).
+    urgent: bool,
 }
 
 struct Client {
@@ -702,6 +713,13 @@ impl Sim<'_> {
         for d in peers {
             self.drop_conn(d, me);
         }
+        if self.p.urgent {
+            for d in 0..self.clients.len() as u32 {
+                if self.clients[d as usize].conns.iter().any(|x| x.up == me) {
+                    self.drop_conn(d, me);
+                }
+            }
+        }
         let cl = &self.clients[c as usize];
         if self.p.upload {
             for p in 0..self.pieces {
@@ -722,6 +740,7 @@ impl Sim<'_> {
             }
         }
         self.kick(d);
+        self.ask_urgently(d);
     }
 
     /// A read of `c` missed: demanded units go first on every connection that can serve them
@@ -754,6 +773,72 @@ impl Sim<'_> {
                         }
                     }
                 }
+            }
+        }
+        self.ask_urgently(c);
+    }
+
+    /// Asks holders that choke `c` for the waiting read's units no connection fetches (see
+    /// [`SwarmParams::urgent`]): one urgent connection per holder, until every such unit is
+    /// on its way or none of the rest has a holder.
+    fn ask_urgently(&mut self, c: u32) {
+        if !self.p.urgent {
+            return;
+        }
+        loop {
+            let cl = &self.clients[c as usize];
+            let Some(w) = cl.waiting.clone() else {
+                return;
+            };
+            let Some(unit) = w
+                .into_iter()
+                .find(|&u| !cl.have.get(u) && !cl.inflight.get(u))
+            else {
+                return;
+            };
+            let piece = unit / self.upp;
+            // Candidates: the neighbours, then the seeder; the stall count picks the first
+            // one looked at, so a client's misses spread over its holders.
+            let count = if self.p.upload {
+                self.neighbour_count()
+            } else {
+                0
+            };
+            let start = cl.out.stalls as usize;
+            let mut holder = None;
+            for k in 0..=count {
+                let j = (start + k) % (count + 1);
+                let u = if j == count {
+                    0
+                } else {
+                    match self.neighbour(c, j) {
+                        Some(d) => d + 1,
+                        None => continue,
+                    }
+                };
+                if u > 0 {
+                    let upc = &self.clients[(u - 1) as usize];
+                    if !upc.arrived || upc.left {
+                        continue;
+                    }
+                }
+                if cl.conns.iter().all(|x| x.up != u) && self.has_piece(c, u, piece) {
+                    holder = Some(u);
+                    break;
+                }
+            }
+            let Some(up) = holder else { return };
+            let cl = &mut self.clients[c as usize];
+            cl.conns.push(Conn {
+                up,
+                last_piece: None,
+                flow: None,
+                urgent: true,
+            });
+            let i = cl.conns.len() - 1;
+            self.pick(c, i);
+            if !self.clients[c as usize].inflight.get(unit) {
+                return; // it took nothing after all (cannot happen: the same `has_piece`)
             }
         }
     }
@@ -823,6 +908,9 @@ impl Sim<'_> {
             if let Some(p) = piece {
                 return Some(self.job_of(p, mask, Kind::Demand));
             }
+        }
+        if cl.conns[i].urgent {
+            return None;
         }
         // 1b. With background fill every piece is wanted whole: finish the one assigned here.
         let fills = cl.sched.strategy().fills_background();
@@ -953,9 +1041,11 @@ impl Sim<'_> {
     /// is choked (the client is not interested) and the uploader's slot refilled.
     fn pick(&mut self, c: u32, i: usize) {
         let Some(job) = self.choose(c, i) else {
-            let up = self.clients[c as usize].conns[i].up;
-            self.clients[c as usize].conns.swap_remove(i);
-            self.choke(up, c);
+            let conn = self.clients[c as usize].conns.swap_remove(i);
+            // An urgent connection is no slot: nothing to free.
+            if !conn.urgent {
+                self.choke(conn.up, c);
+            }
             return;
         };
         let cl = &mut self.clients[c as usize];
@@ -1069,6 +1159,8 @@ impl Sim<'_> {
         {
             self.pick(c, i);
         }
+        // Units of the read that other holders have (an urgent connection ends with its own).
+        self.ask_urgently(c);
     }
 
     /// Whether the seeder injects: clients that do not upload hold nothing for the crowd, so
@@ -1227,10 +1319,19 @@ impl Sim<'_> {
         self.ups[u as usize].changed[s] = self.now;
         self.ups[u as usize].unchoked.push(d);
         let cl = &mut self.clients[d as usize];
+        if let Some(i) = cl.conns.iter().position(|x| x.up == u) {
+            // Its urgent connection takes the slot.
+            cl.conns[i].urgent = false;
+            if cl.conns[i].flow.is_none() {
+                self.pick(d, i);
+            }
+            return;
+        }
         cl.conns.push(Conn {
             up: u,
             flow: None,
             last_piece: None,
+            urgent: false,
         });
         let i = cl.conns.len() - 1;
         self.pick(d, i);

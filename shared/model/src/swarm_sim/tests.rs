@@ -263,6 +263,46 @@ fn an_injecting_seeder_sends_each_piece_at_most_once() {
     );
 }
 
+/// Urgent requests: the seeder's one slot belongs to a client fetching the whole image, and
+/// another client's read misses. With urgent requests that read shares the seeder's link at
+/// once (it gets at least half of it); without, it waits for the slot, until the first client
+/// has the whole image.
+#[test]
+fn a_read_choked_by_a_busy_slot_is_served_urgently() {
+    // 8 Mbit/s (1 byte/µs), 1 MiB pieces, 500 µs round trip; client-server, so the seeder is
+    // the only holder.
+    let traces = [
+        trace(&[(0, 0), (8_000_000, 100)]),
+        trace(&[(1_000_000, 3 * MIB)]),
+    ];
+    let g = Granularity::pieces(MIB as u32).unwrap();
+    let mut p = SwarmParams::new(8e6);
+    p.rtt_us = 500;
+    p.seeder_slots = 1;
+    p.upload = false;
+    let crowd = |p: &SwarmParams| {
+        let specs = vec![
+            spec(&traces[0], 0, Strategy::Stream, &g),
+            spec(&traces[1], 1, Strategy::Demand, &g),
+        ];
+        let out = run(&traces, specs, &g, p, |_| {}).unwrap();
+        assert_eq!(out.finished, 2);
+        out.clients[1].stall_us.unwrap()
+    };
+    let urgent = crowd(&p);
+    assert!(
+        (MIB + 500..=2 * MIB + 500).contains(&urgent),
+        "an urgent read waited {urgent} µs"
+    );
+    p.urgent = false;
+    let waited = crowd(&p);
+    // The first client holds the slot until its 4 MiB are in, about 4.2 s after the start.
+    assert!(
+        waited > 3 * MIB,
+        "a read without urgent requests waited {waited} µs"
+    );
+}
+
 /// Client-server: a faster seeder never makes the crowd slower.
 #[test]
 fn more_seeder_bandwidth_is_never_slower_in_client_server_mode() {
