@@ -15,7 +15,7 @@
 # default DILATION), THINK (default 5s), STRATEGY (default markov), PEERS_PER_CLIENT (default
 # 8), TRACES (names in traces/test; default every walk-* and session-*), PORT (the seeder's,
 # default 45000), SEED_ARGS (more `vmt-run seed` flags, e.g. "--inject --upload-slots 8"),
-# CLIENT_ARGS (more `vmt-run replay-client` flags, e.g. "--no-urgent"),
+# CLIENT_ARGS (more `vmt-run replay-client` flags, e.g. "--urgent"),
 # KEEP=1 keeps the scratch dir, BUILD=0 uses target/release/vmt-run as it is.
 #
 # N=1 runs every trace once, one after another (so the N=1 mean is over the same mix of traces

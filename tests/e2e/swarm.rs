@@ -164,6 +164,7 @@ async fn a_choked_client_gets_what_its_reader_waits_for_without_a_rotation() {
             upload_limit: Some(2 * MIB as u64),
             upload_slots: 1,
             rechoke_interval: Duration::from_secs(60),
+            urgent: true,
             ..Default::default()
         })
         .await;
@@ -191,6 +192,7 @@ async fn a_choked_client_gets_what_its_reader_waits_for_without_a_rotation() {
             EngineConfig {
                 upload: false,
                 fetch_all: false,
+                urgent: true,
                 ..dialing(&[&seed])
             },
         )

@@ -124,10 +124,11 @@ struct MountArgs {
     /// Never upload (client-server setting).
     #[arg(long)]
     no_upload: bool,
-    /// Wait for a peer's unchoke. By default a read that misses asks peers that choke this
-    /// mount for its blocks (`vmt_urgent`, vmt peers only), and the mount serves such requests.
+    /// Urgent requests: a read that misses asks the vmt peers that choke this mount for its
+    /// blocks (`vmt_urgent`), and the mount serves such requests. Measured only in a crowd of
+    /// an injecting seeder (`seed --inject --urgent`), so off by default.
     #[arg(long)]
-    no_urgent: bool,
+    urgent: bool,
     #[command(flatten)]
     limits: Limits,
     #[command(flatten)]
@@ -351,10 +352,11 @@ struct SeedArgs {
     /// served as always. The pieces nobody reads then never leave this seeder.
     #[arg(long)]
     inject: bool,
-    /// Serve only unchoked peers. By default a vmt client this seeder chokes may still ask
-    /// for the blocks its reader waits for (`vmt_urgent`), up to 512 KiB queued at a time.
+    /// Serve urgent requests: a vmt client this seeder chokes may still ask for the blocks its
+    /// reader waits for (`vmt_urgent`, clients run with --urgent), up to 512 KiB queued at a
+    /// time.
     #[arg(long)]
-    no_urgent: bool,
+    urgent: bool,
     /// Also dial this peer, as HOST:PORT (repeatable): for leechers that cannot dial us, e.g.
     /// Transmission, which never dials 127.0.0.0/8 addresses.
     #[arg(long, value_name = "HOST:PORT")]
@@ -614,7 +616,7 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
         upload_limit: a.upload_limit,
         upload_slots: a.upload_slots,
         inject: a.inject,
-        urgent: !a.no_urgent,
+        urgent: a.urgent,
         rechoke_interval: a.rechoke,
         peers: a.peer,
         dht: a.dht.config(),
@@ -822,7 +824,7 @@ async fn mount_setup(
         oracle_trace: a.oracle_trace,
         mountpoint,
         upload: !a.no_upload,
-        urgent: !a.no_urgent,
+        urgent: a.urgent,
         download_limit: a.limits.download_limit.map(Rate::bytes_per_s),
         upload_limit: a.limits.upload_limit.map(Rate::bytes_per_s),
         web_seeds: a.web_seeds.urls,

@@ -37,9 +37,9 @@ pub(crate) struct ReplayClientArgs {
     /// Clients never upload (client-server setting); without it they form a swarm.
     #[arg(long)]
     no_upload: bool,
-    /// Clients wait for their peers' unchokes: no urgent requests (`vmt-run --no-urgent`).
+    /// Clients ask and serve urgent requests (`vmt-run mount --urgent`).
     #[arg(long)]
-    no_urgent: bool,
+    urgent: bool,
     /// The link each client stands for, both directions (100Mbit, 10MiB/s); its engine runs at
     /// RATE / --dilation [default: unlimited].
     #[arg(long, value_name = "RATE")]
@@ -104,7 +104,7 @@ pub(crate) async fn replay_client(a: ReplayClientArgs, cancel: CancellationToken
         .unwrap_or(vmt_runtime::mount::default_strategy(a.bundle.is_some()));
     params.bundle = a.bundle;
     params.upload = !a.no_upload;
-    params.urgent = !a.no_urgent;
+    params.urgent = a.urgent;
     params.link_rate = a.link_rate.map(Rate::bytes_per_s);
     params.seed_rate = a.seed_rate.map(Rate::bytes_per_s);
     params.dilation = a.dilation;

@@ -239,10 +239,10 @@ enum Command {
         /// read or plan to read.
         #[arg(long)]
         inject: bool,
-        /// Clients never ask a holder that chokes them for what a read waits for (`vmt-run
-        /// --no-urgent`); by default they do, outside its upload slots.
+        /// Clients ask a holder that chokes them for what a read waits for, outside its upload
+        /// slots (`vmt-run mount --urgent`).
         #[arg(long)]
-        no_urgent: bool,
+        urgent: bool,
         /// Other clients each client knows; in bigger crowds a ring of this many neighbours
         /// (half each side) stands for the tracker's subset. `vmt-run replay-client
         /// --peers-per-client K` dials K and is dialed by K, so K=8 there is 16 here.
@@ -440,7 +440,7 @@ fn run(cli: Cli) -> Result<()> {
             seeder_rate,
             seeder_slots,
             inject,
-            no_urgent,
+            urgent,
             max_peers,
             rechoke,
             think,
@@ -457,7 +457,7 @@ fn run(cli: Cli) -> Result<()> {
             params.seeder_bits_per_s = seeder_rate.bits_per_s() as f64;
             params.seeder_slots = seeder_slots;
             params.inject = inject;
-            params.urgent = !no_urgent;
+            params.urgent = urgent;
             params.max_peers = max_peers;
             params.rechoke_us = rechoke as f64;
             params.upload = !no_upload;

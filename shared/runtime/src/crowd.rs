@@ -115,7 +115,7 @@ impl CrowdParams {
             clients,
             seeders,
             upload: true,
-            urgent: true,
+            urgent: false,
             link_rate: None,
             seed_rate: None,
             dilation: 1,

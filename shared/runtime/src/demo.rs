@@ -168,7 +168,7 @@ fn client_params(
         data_dir: dir.join(format!("{name}-data")),
         peers: vec![seeder],
         upload: false,
-        urgent: true,
+        urgent: false,
         download_limit: None,
         upload_limit: None,
         web_seeds: Vec::new(),

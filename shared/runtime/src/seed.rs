@@ -58,7 +58,7 @@ pub struct SeedParams {
     pub encryption: vmt_swarm::Encryption,
     /// Inject each piece into the crowd once (`EngineConfig::inject`). Default off.
     pub inject: bool,
-    /// Serve urgent requests from peers we choke (`EngineConfig::urgent`). Default on.
+    /// Serve urgent requests from peers we choke (`EngineConfig::urgent`). Default off.
     pub urgent: bool,
 }
 
@@ -79,7 +79,7 @@ impl SeedParams {
             dht: None,
             encryption: vmt_swarm::Encryption::default(),
             inject: false,
-            urgent: true,
+            urgent: false,
         }
     }
 

@@ -111,7 +111,8 @@ pub struct EngineConfig {
     /// ask only for what they read or plan to read. For a seeder of a flash crowd.
     pub inject: bool,
     /// Urgent requests (see `urgent.rs`): ask a peer that chokes us for the blocks a reader
-    /// waits for, and, when we upload, serve such requests from peers we choke.
+    /// waits for, and, when we upload, serve such requests from peers we choke. Off by
+    /// default: measured only with an injecting seeder (see `urgent.rs`).
     pub urgent: bool,
     /// The address dials go out from when we do not listen (a client-server client): on a
     /// host with several addresses, its own, so a peer's per-address limit counts it alone.
@@ -135,7 +136,7 @@ impl Default for EngineConfig {
             max_redial_backoff: Duration::from_secs(10),
             dial_from: None,
             inject: false,
-            urgent: true,
+            urgent: false,
             fetch_all: true,
             use_trackers: true,
             dht: None,

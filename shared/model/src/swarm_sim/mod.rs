@@ -32,6 +32,11 @@
 //!   that chokes it (a neighbour, or the seeder, chosen in turn by the client's stall count),
 //!   outside that holder's slots: an urgent connection that carries demanded units only and
 //!   ends when it has none (or turns into an ordinary one if the holder unchokes the client).
+//!   Not validated: against the one real crowd with urgent requests
+//!   (`datasets/results/scale/urgent/`, 44.4 s) it says 38.8 s with a ring of 16 neighbours but
+//!   74 s with every client a neighbour of every other, as the real clients were (peer
+//!   exchange): there a fresh piece's one holder shares its uplink among every waiting
+//!   client's urgent requests, which the engine's crowd did not show.
 //! - **Injecting seeder** ([`SwarmParams::inject`], `vmt-run seed --inject`). The seeder
 //!   declines a piece that a client holds, or that it is sending to another client, so each
 //!   piece enters the crowd once and spreads from there; clients ask it only for demanded and
@@ -115,7 +120,7 @@ pub struct SwarmParams {
     pub seed: u64,
     /// The seeder injects each piece once (see the module doc); `false` serves every request.
     pub inject: bool,
-    /// Urgent requests (`EngineConfig::urgent`, on by default): a waiting read's units are
+    /// Urgent requests (`EngineConfig::urgent`, off by default): a waiting read's units are
     /// fetched from a holder that chokes the client, outside its slots.
     pub urgent: bool,
 }
@@ -140,7 +145,7 @@ impl SwarmParams {
             quantum_us: 0.0,
             seed: 1,
             inject: false,
-            urgent: true,
+            urgent: false,
         }
     }
 }

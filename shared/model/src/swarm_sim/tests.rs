@@ -280,6 +280,7 @@ fn a_read_choked_by_a_busy_slot_is_served_urgently() {
     p.rtt_us = 500;
     p.seeder_slots = 1;
     p.upload = false;
+    p.urgent = true;
     let crowd = |p: &SwarmParams| {
         let specs = vec![
             spec(&traces[0], 0, Strategy::Stream, &g),
