@@ -8,8 +8,8 @@
 #          links; under 5 minutes, for development.
 # --full: every held-out task run, boot session and the first two walks (sessions with 0 and 5 s
 #          think), N = 1 2 4 8 16, 100 Mbit/s links;
-#          about 40 minutes with two held-out sessions (strategies ~18, crowd ~20), more with
-#          four (not yet measured: each session adds about 18 replays to phase strategies).
+#          over an hour: on 2026-11-28 (12 held-out task runs, 17 replays per strategy) the
+#          strategies phase alone took 32 minutes (results/full-urgent-n1/); crowd ~20 before.
 # Env: WORK (default datasets/work, holds appliance.img), RATE, SEED_RATE (tc rates, e.g.
 # 100mbit), BURST (tbf bucket, default 256kb: what an idle link passes at once), THINK (full
 # 5s, quick 2s), NS (crowd sizes, e.g. "1 2 4"), TASKS and SESSIONS (names of held-out
