@@ -42,8 +42,8 @@
 //!   piece enters the crowd once and spreads from there; clients ask it only for demanded and
 //!   planned pieces, never background fill, and are not interested in it otherwise, so its
 //!   slots go round. Only with uploading clients (the engine declines only peers that share).
-//!   Not modelled: the engine's
-//!   fallback, which serves a piece a client asks for again a retry (5 s) after its decline.
+//!   Not modelled: the engine's fallback, which serves a piece a client asks for again a
+//!   retry (5 s) after its decline.
 //!
 //! Peers: every client knows the seeder, and all other clients up to `max_peers`, beyond which
 //! a ring of `max_peers` neighbours stands for the tracker's random subset. The seeder is one
