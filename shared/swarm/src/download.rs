@@ -1140,12 +1140,20 @@ mod tests {
             (d, out)
         }
 
-        /// The blocks requested in `out`, in order.
+        /// The blocks requested in `out` with ordinary requests, in order.
         fn requested(&self, out: &Outputs) -> Vec<u32> {
+            self.asked(out, false)
+        }
+
+        /// The blocks requested in `out`, in order: with urgent requests if `urgent`, else with
+        /// ordinary ones.
+        fn asked(&self, out: &Outputs, urgent: bool) -> Vec<u32> {
             out.msgs
                 .iter()
-                .filter_map(|m| match m {
-                    Out::Request(r) => self.layout().block_at(r.index, r.begin, r.length),
+                .filter_map(|m| match (m, urgent) {
+                    (Out::Request(r), false) | (Out::Urgent(r), true) => {
+                        self.layout().block_at(r.index, r.begin, r.length)
+                    }
                     _ => None,
                 })
                 .collect()
@@ -1416,15 +1424,6 @@ mod tests {
         let (mut d, mut out) = f.connected();
         d.on_choke(&f.st, &mut out).unwrap();
         out.clear();
-        let urgent = |out: &Outputs| -> Vec<u32> {
-            out.msgs
-                .iter()
-                .filter_map(|m| match m {
-                    Out::Urgent(r) => f.layout().block_at(r.index, r.begin, r.length),
-                    _ => None,
-                })
-                .collect()
-        };
         assert!(f.st.picker().demand(9..11));
         d.fill(&f.st, Instant::now(), &mut out).unwrap();
         assert!(
@@ -1434,7 +1433,7 @@ mod tests {
         );
         d.set_urgent(true);
         d.fill(&f.st, Instant::now(), &mut out).unwrap();
-        assert_eq!(urgent(&out), vec![9, 10]);
+        assert_eq!(f.asked(&out, true), vec![9, 10]);
         assert!(f.requested(&out).is_empty(), "no background while choked");
         out.clear();
         f.answer(&mut d, 9, false, &mut out).unwrap();
@@ -1449,7 +1448,7 @@ mod tests {
         // Unchoked, the same connection fetches as usual, with ordinary requests.
         d.on_unchoke();
         d.fill(&f.st, Instant::now(), &mut out).unwrap();
-        assert!(!f.requested(&out).is_empty() && urgent(&out).is_empty());
+        assert!(!f.requested(&out).is_empty() && f.asked(&out, true).is_empty());
     }
 
     #[test]
