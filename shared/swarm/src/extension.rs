@@ -91,18 +91,6 @@ pub(crate) fn encode_handshake(
     4 + body.len()
 }
 
-/// Integer field `key` of a vmt extension message's bencoded dictionary, as a u32; `None` if
-/// the message is no dictionary or the field is missing, not an integer, or out of range.
-pub(crate) fn dict_u32(value: &bencode::BencodeValue<ByteBuf<'_>>, key: &[u8]) -> Option<u32> {
-    let bencode::BencodeValue::Dict(d) = value else {
-        return None;
-    };
-    match d.get(&ByteBuf(key)) {
-        Some(bencode::BencodeValue::Integer(i)) => u32::try_from(*i).ok(),
-        _ => None,
-    }
-}
-
 /// What the remote told us in its extended handshake; lock-free, shared by the connection's
 /// reader (which sets it) and writer and the engine's PEX task (which read it).
 #[derive(Default)]

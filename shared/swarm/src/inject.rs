@@ -114,7 +114,13 @@ pub(crate) fn encode_elsewhere(out: &mut [u8], remote_id: u8, piece: u32) -> usi
 
 /// The piece a decline names; `None` for anything malformed (ignored).
 pub(crate) fn decode_elsewhere(value: &BencodeValue<ByteBuf<'_>>) -> Option<u32> {
-    crate::extension::dict_u32(value, b"piece")
+    let BencodeValue::Dict(d) = value else {
+        return None;
+    };
+    match d.get(&ByteBuf(b"piece")) {
+        Some(BencodeValue::Integer(i)) => u32::try_from(*i).ok(),
+        _ => None,
+    }
 }
 
 /// The seeder's side: which pieces sharing peers hold and which it is sending, shared by its

@@ -76,7 +76,13 @@ pub(crate) fn encode(out: &mut [u8], remote_id: u8, r: &Request) -> usize {
 
 /// The request an urgent message carries; `None` for anything malformed (ignored).
 pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<Request> {
-    let field = |k: &[u8]| crate::extension::dict_u32(value, k);
+    let BencodeValue::Dict(d) = value else {
+        return None;
+    };
+    let field = |k: &[u8]| match d.get(&ByteBuf(k)) {
+        Some(BencodeValue::Integer(i)) => u32::try_from(*i).ok(),
+        _ => None,
+    };
     Some(Request::new(
         field(b"index")?,
         field(b"begin")?,
