@@ -2,7 +2,7 @@
 """Issue 15's validation against headless crowds: for every headless run in DIR (scale.sh's
 headless-MODE-nN.jsonl), the simulator (vmt-train swarm-sim) on the same setup, side by side.
 
-    datasets/headless-vs-sim.py DIR [--bundle B] [--traces-dir D] [--sim-args ARGS] [--out FILE]
+    datasets/headless-vs-sim.py DIR [--bundle B] [--traces-dir D] [--sim-args ARGS] [--max-peers M] [--out FILE]
 
 Same setup means: the run's traces in its command's order (client i replays trace i mod T in
 both), its undilated links (the run's rates times its dilation), its think time, its strategy
@@ -12,7 +12,9 @@ is one single-client simulation per trace, averaged. Completion and stall are me
 clients in undilated seconds; seeder bytes are the seeder's upload over the image size.
 A cell is flagged * when the simulator is more than 15% off. --sim-args: more swarm-sim flags
 for what the run's seeder did differently (e.g. "--inject --seeder-slots 8" for a seeder run
-with SEED_ARGS="--inject --upload-slots 8").
+with SEED_ARGS="--inject --upload-slots 8"). --max-peers: the simulator's neighbours instead of
+the ring of 2K (peer exchange joins a real crowd of N <= 128 into one mesh: its clients report
+N connected peers, so `--max-peers 128` is that topology).
 """
 import argparse, glob, json, os, re, shlex, subprocess, sys
 
@@ -23,6 +25,7 @@ ap.add_argument("--bundle", default=os.path.join(here, "appliance.vmtp"))
 ap.add_argument("--traces-dir", default=os.path.join(here, "traces", "test"))
 ap.add_argument("--bin", default=os.path.join(here, "..", "target", "release", "vmt-train"))
 ap.add_argument("--sim-args", default="")
+ap.add_argument("--max-peers", type=int)
 ap.add_argument("--out")
 a = ap.parse_args()
 
@@ -31,7 +34,7 @@ def sim(traces, clients, run):
     args = [a.bin, "swarm-sim", "--bundle", a.bundle, "--traces", *traces, "--clients", str(clients),
             "--strategy", run["strategy"], "--client-rate", str(run["client_rate"] * run["dilation"]),
             "--seeder-rate", str(run["seed_rate"] * run["dilation"]), "--think", f"{run['think_s']}s",
-            "--max-peers", str(2 * run["peers_per_client"])]
+            "--max-peers", str(a.max_peers or 2 * run["peers_per_client"])]
     if run["mode"] == "cs":
         args.append("--no-upload")
     args += shlex.split(a.sim_args)

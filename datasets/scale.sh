@@ -17,6 +17,8 @@
 # default 45000), SEED_ARGS (more `vmt-run seed` flags, e.g. "--inject --upload-slots 8"),
 # CLIENT_ARGS (more `vmt-run replay-client` flags, e.g. "--urgent"),
 # KEEP=1 keeps the scratch dir, BUILD=0 uses target/release/vmt-run as it is.
+# Traces and bundle: the repository's, or, on a rebuilt image, ones recorded for it into WORK
+# (dataset-for-image.sh, as bench.sh does).
 #
 # N=1 runs every trace once, one after another (so the N=1 mean is over the same mix of traces
 # as a crowd's); a crowd of N starts together, client i replaying trace i mod T.
@@ -54,14 +56,17 @@ DILATION=${DILATION:-10}; DILATION_N1=${DILATION_N1:-$DILATION}; THINK=${THINK:-
 STRATEGY=${STRATEGY:-markov}; PEERS_PER_CLIENT=${PEERS_PER_CLIENT:-8}; PORT=${PORT:-45000}
 work=${WORK:-$here/work}; image=$work/appliance.img
 out=${out:-$here/results/scale}
-traces=$here/traces/test
 bin=$root/target/release
+say() { printf '[scale %s] %s\n' "$(date -u +%T)" "$*" >&2; }
+[ $summarize = 1 ] || [ -f "$image" ] || { echo "scale.sh: no image at $image (set WORK)" >&2; exit 1; }
+[ $summarize = 1 ] || [ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q --bins -p vmt-run -p vmt-record -p vmt-train)
+traces=$here/traces bundle=$here/appliance.vmtp
+# shellcheck source=datasets/dataset-for-image.sh
+[ $summarize = 1 ] || . "$here/dataset-for-image.sh"
+traces=$traces/test
 if [ -z "${TRACES:-}" ]; then
   TRACES=$(cd "$traces" && ls walk-*.vmtrace session-*.vmtrace | sed 's/\.vmtrace$//' | sort -V | tr '\n' ' ')
 fi
-say() { printf '[scale %s] %s\n' "$(date -u +%T)" "$*" >&2; }
-[ $summarize = 1 ] || [ -f "$image" ] || { echo "scale.sh: no image at $image (set WORK)" >&2; exit 1; }
-[ $summarize = 1 ] || [ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q --bins -p vmt-run)
 W=$(mktemp -d "${TMPDIR:-/tmp}/vmt-scale.XXXXXX")
 seed_pid=
 cleanup() {
@@ -101,7 +106,7 @@ crowd() {
   [ "$mode" = cs ] && args+=(--no-upload)
   seeder "$k"
   say "$mode N=$n K=$k: $*"
-  "$bin/vmt-run" replay-client --torrent "$W/app.torrent" --bundle "$here/appliance.vmtp" \
+  "$bin/vmt-run" replay-client --torrent "$W/app.torrent" --bundle "$bundle" \
     --strategy "$STRATEGY" "${args[@]}" --clients "$n" --peer "127.0.0.1:$PORT" \
     --link-rate "$(bps "$RATE" 1)" --seed-rate "$(bps "$SEED_RATE" "$k")" --dilation "$k" \
     --think "$THINK" --peers-per-client "$PEERS_PER_CLIENT" --dir "$W/clients" \
