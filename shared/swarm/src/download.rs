@@ -34,8 +34,9 @@
 //! # A peer that chokes us
 //! Nothing is asked of it, unless it serves urgent requests (see [`crate::urgent`]): then the
 //! blocks a reader waits for, in pieces it holds, are asked of it as urgent requests, at most
-//! [`URGENT_QUEUE`] outstanding; never planned or background blocks. A choke voids them like
-//! any request; if it unchokes us meanwhile they are ordinary requests from then on.
+//! [`URGENT_QUEUE`] outstanding; never planned or background blocks, but from an injecting
+//! seeder the rest of a demanded piece too. A choke voids them like any request; if it
+//! unchokes us meanwhile they are ordinary requests from then on.
 //!
 //! # An injecting seeder
 //! From a seeder that injects (see [`crate::inject`]) this connection asks only for demanded
@@ -808,6 +809,14 @@ impl Download {
         if issued_urgent {
             self.withdraw_background(picker, &layout, out);
         }
+        // 2b. Choked by an injecting seeder: the rest of each demanded piece started here,
+        // urgently too, after the blocks the reader waits for. The seeder declines the piece to
+        // every other sharing peer while it sends it here, so the crowd can only fetch it from
+        // us once we hold it whole; given back, it would wait for a slot of ours at the seeder
+        // (or its decline's retry), and with it every other reader of the piece.
+        if self.peer_choking && self.injector {
+            self.ask_rest_of_demanded(picker, &layout, ceiling, now, out);
+        }
         // 3. Other wanted blocks within the window, unless a demanded block is arriving: over
         // another connection, background here would share our downlink with it; over this
         // one, it would queue at the remote ahead of the reader's next miss (misses come in
@@ -854,6 +863,38 @@ impl Download {
                         .any(|i| !a.received.get(i) && wanted_here(picker, a, a.first + i)))
             {
                 self.idle.push(a.piece);
+            }
+        }
+    }
+
+    /// Asks for every missing block of the demanded pieces started here (not duplicates) that
+    /// is neither pending, received nor withdrawn, up to `ceiling` outstanding.
+    fn ask_rest_of_demanded(
+        &mut self,
+        picker: &PiecePicker,
+        layout: &crate::layout::Layout,
+        ceiling: usize,
+        now: Instant,
+        out: &mut Outputs,
+    ) {
+        for k in 0..self.active.len() {
+            let a = &self.active[k];
+            if a.duplicate || !picker.is_demanded(a.piece) {
+                continue;
+            }
+            let (first, blocks) = (a.first, a.blocks);
+            for i in 0..blocks {
+                if self.outstanding >= ceiling {
+                    return;
+                }
+                let a = &self.active[k];
+                if !a.pending.get(i)
+                    && !a.received.get(i)
+                    && !a.withdrawn.get(i)
+                    && !picker.is_present(first + i)
+                {
+                    self.request(layout, k, first + i, now, out);
+                }
             }
         }
     }
@@ -1449,6 +1490,44 @@ mod tests {
         d.on_unchoke();
         d.fill(&f.st, Instant::now(), &mut out).unwrap();
         assert!(!f.requested(&out).is_empty() && f.asked(&out, true).is_empty());
+    }
+
+    /// Choked by an injecting seeder that serves urgent requests: the blocks a reader waits
+    /// for first, then the rest of their piece, urgently too (the seeder declines that piece to
+    /// everyone else while it sends it here), and nothing of other pieces; the piece is then
+    /// verified here instead of given back.
+    #[test]
+    fn a_choking_injecting_seeder_is_asked_urgently_for_the_whole_demanded_piece() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.set_injector(true);
+        d.set_urgent(true);
+        d.on_choke(&f.st, &mut out).unwrap();
+        out.clear();
+        let l = f.layout();
+        let plan: Vec<u32> = l.piece_blocks(3).collect();
+        f.st.picker().set_plan(&plan);
+        assert!(f.st.picker().demand(9..10));
+        d.update_interest(&f.st, &mut out);
+        out.clear();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(
+            f.asked(&out, true),
+            vec![9, 8, 10, 11],
+            "the waited-for block, then the rest of piece 2; not the planned piece 3"
+        );
+        assert!(f.requested(&out).is_empty(), "nothing but urgent requests");
+        out.clear();
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert!(out.msgs.is_empty(), "asked once: {:?}", out.msgs);
+        for b in [9, 8, 10, 11] {
+            f.answer(&mut d, b, false, &mut out).unwrap();
+        }
+        d.fill(&f.st, Instant::now(), &mut out).unwrap();
+        assert_eq!(out.verified, vec![2], "verified here");
+        assert!(!out.released, "nothing given back");
+        assert!((8..12).all(|b| f.stored(b)));
+        assert_eq!(f.st.picker().state(2), crate::picker::PieceState::Have);
     }
 
     #[test]

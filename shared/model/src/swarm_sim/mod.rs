@@ -30,13 +30,18 @@
 //! - **Urgent requests** ([`SwarmParams::urgent`], the engine's `vmt_urgent`). A waiting
 //!   read's units that no connection serving the client is fetching are asked of a holder
 //!   that chokes it (a neighbour, or the seeder, chosen in turn by the client's stall count),
-//!   outside that holder's slots: an urgent connection that carries demanded units only and
-//!   ends when it has none (or turns into an ordinary one if the holder unchokes the client).
-//!   Not validated: against the one real crowd with urgent requests
-//!   (`datasets/results/scale/urgent/`, 44.4 s) it says 38.8 s with a ring of 16 neighbours but
-//!   74 s with every client a neighbour of every other, as the real clients were (peer
-//!   exchange): there a fresh piece's one holder shares its uplink among every waiting
-//!   client's urgent requests, which the engine's crowd did not show.
+//!   outside that holder's slots: an urgent connection that carries demanded units only (from
+//!   an injecting seeder, then the rest of their piece, which it declines to everyone else
+//!   meanwhile) and ends when it has none (or turns into an ordinary one if the holder
+//!   unchokes the client).
+//!   Validated at N = 1 and 6 (`datasets/results/scale/rebuilt/`: within 3% and 10% in
+//!   completion), not at 128: against the real crowd of 128 with an injecting seeder (41.9 s)
+//!   it says 35.0 s with a ring of 16 neighbours and 62.8 s with every client a neighbour of
+//!   every other, as the real clients were (peer exchange): there a fresh piece's one holder
+//!   shares its uplink among every waiting client's urgent requests, which the engine's
+//!   crowd does not show. With a plain seeder it said the crowd would stall (291 s
+//!   against 45.6 s), and the engine's did (no client done in 16 minutes), so a plain seeder
+//!   serves no urgent requests (`vmt-run seed` refuses `--urgent` without `--inject`).
 //! - **Injecting seeder** ([`SwarmParams::inject`], `vmt-run seed --inject`). The seeder
 //!   declines a piece that a client holds, or that it is sending to another client, so each
 //!   piece enters the crowd once and spreads from there; clients ask it only for demanded and
@@ -915,6 +920,20 @@ impl Sim<'_> {
             }
         }
         if cl.conns[i].urgent {
+            // 1a. An injecting seeder's urgent connection then carries the rest of the piece
+            // it served (the engine's choked download asks for it urgently too: the seeder
+            // declines that piece to every other client meanwhile).
+            if up == 0 && self.injects() {
+                if let Some(p) = cl.conns[i].last_piece.filter(|&p| self.has_piece(c, up, p)) {
+                    let mask = self
+                        .piece_units(p)
+                        .filter(|&u| !cl.have.get(u) && !cl.inflight.get(u))
+                        .fold(0u64, |m, u| m | 1 << (u % upp));
+                    if mask != 0 {
+                        return Some(self.job_of(p, mask, Kind::Plan));
+                    }
+                }
+            }
             return None;
         }
         // 1b. With background fill every piece is wanted whole: finish the one assigned here.

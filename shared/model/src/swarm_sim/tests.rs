@@ -304,6 +304,42 @@ fn a_read_choked_by_a_busy_slot_is_served_urgently() {
     );
 }
 
+/// Urgent requests to an injecting seeder: the connection that brings a choked client the
+/// block its read waits for then brings the rest of that piece (the seeder declines the
+/// piece to everyone else meanwhile), so the piece is whole there and can be traded.
+#[test]
+fn an_injecting_seeder_sends_the_rest_of_an_urgently_demanded_piece() {
+    // 8 Mbit/s (1 byte/µs), 1 MiB pieces of 16 KiB blocks, 500 µs round trip; the seeder's
+    // one slot belongs to a client streaming the image from the start.
+    // The reader reads on later, so it stays for the rest to arrive.
+    let traces = [
+        trace(&[(0, 0), (8_000_000, 100)]),
+        trace(&[(1_000_000, 3 * MIB), (6_000_000, 3 * MIB + 100)]),
+    ];
+    let g = Granularity::blocks(MIB as u32).unwrap();
+    let mut p = SwarmParams::new(8e6);
+    p.rtt_us = 500;
+    p.seeder_slots = 1;
+    p.inject = true;
+    p.urgent = true;
+    let specs = vec![
+        spec(&traces[0], 0, Strategy::Stream, &g),
+        spec(&traces[1], 1, Strategy::Demand, &g),
+    ];
+    let out = run(&traces, specs, &g, &p, |_| {}).unwrap();
+    assert_eq!(out.finished, 2);
+    let reader = &out.clients[1];
+    assert!(
+        reader.stall_us.unwrap() < MIB / 2,
+        "the read waited {:?} µs",
+        reader.stall_us
+    );
+    assert_eq!(
+        reader.from_seeder, MIB,
+        "the reader got the whole piece from the seeder (a demand client wants two blocks)"
+    );
+}
+
 /// Client-server: a faster seeder never makes the crowd slower.
 #[test]
 fn more_seeder_bandwidth_is_never_slower_in_client_server_mode() {
