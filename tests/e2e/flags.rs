@@ -132,20 +132,26 @@ fn bad_units_and_peers_are_one_line_errors() {
     );
     let img = dir.path().join("x.img");
     std::fs::write(&img, content(41, MIB)).unwrap();
+    // `vmt-run seed` of that image on any port, with `extra` flags.
+    let seed = |extra: &[&str]| {
+        let mut args = vec![
+            "seed",
+            "--image",
+            img.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        run("vmt-run", &args)
+    };
     one_line_error(
-        &run(
-            "vmt-run",
-            &[
-                "seed",
-                "--image",
-                img.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--peer",
-                "no-such-host.invalid:6881",
-            ],
-        ),
+        &seed(&["--peer", "no-such-host.invalid:6881"]),
         &["vmt-run: error: cannot resolve peer no-such-host.invalid:6881"],
+    );
+    // Urgent requests at a seeder that does not inject: refused before any hashing.
+    one_line_error(
+        &seed(&["--urgent"]),
+        &["vmt-run: error: --urgent needs --inject"],
     );
 }
 

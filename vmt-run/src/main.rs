@@ -126,7 +126,8 @@ struct MountArgs {
     no_upload: bool,
     /// Urgent requests: a read that misses asks the vmt peers that choke this mount for its
     /// blocks (`vmt_urgent`), and the mount serves such requests. Measured only in a crowd of
-    /// an injecting seeder (`seed --inject --urgent`), so off by default.
+    /// an injecting seeder (`seed --inject --urgent`), so off by default; a seeder that does
+    /// not inject ignores them.
     #[arg(long)]
     urgent: bool,
     #[command(flatten)]
@@ -354,7 +355,8 @@ struct SeedArgs {
     inject: bool,
     /// Serve urgent requests: a vmt client this seeder chokes may still ask for the blocks its
     /// reader waits for (`vmt_urgent`, clients run with --urgent), up to 512 KiB queued at a
-    /// time.
+    /// time. Only with --inject: a plain seeder would send each client its own copy of every
+    /// block it waits for, and a crowd stalls on those copies.
     #[arg(long)]
     urgent: bool,
     /// Also dial this peer, as HOST:PORT (repeatable): for leechers that cannot dial us, e.g.

@@ -9,14 +9,19 @@
 //! its handshake's `m` serves a request sent under that id even while it chokes the requester,
 //! up to [`URGENT_QUEUE`] blocks queued for that peer. Our clients send one only for blocks a
 //! reader waits for, never for plan or background fill, so the slots still decide who gets the
-//! bulk of an uplink; the bound caps what a peer that sends everything this way can take.
+//! bulk of an uplink; the bound caps what a peer that sends everything this way can take. One
+//! exception: of an injecting seeder they also ask the rest of a demanded piece, after the
+//! blocks waited for, since it declines that piece to every other sharing peer while it sends
+//! it to one (the other readers of the piece wait until that one holds it whole).
 //! A choke voids urgent requests like any other (BEP 3), and an injecting seeder declines
 //! them like any other.
 //!
-//! Off by default (`EngineConfig::urgent`, `--urgent`): measured once, at headless N=128 with
-//! an injecting seeder (`datasets/results/scale/urgent/`: mean completion 44.4 s against
-//! 52.0 s without), not with a plain seeder, which every choked client could then ask for
-//! each of its misses at once; the simulator's model of it is not validated yet.
+//! Off by default (`EngineConfig::urgent`, `--urgent`): measured at headless N=128 with an
+//! injecting seeder (`datasets/results/scale/urgent/`: mean completion 44.4 s against 52.0 s
+//! without). A plain seeder must not serve them (`vmt-run seed` refuses `--urgent` without
+//! `--inject`): it holds every piece, so every client it chokes asks it for each block it
+//! waits for and gets its own copy; such a crowd of 128 (`results/scale/rebuilt/`) had not
+//! one client done after 16 minutes, where it takes 10 with an injecting seeder.
 //!
 //! The message is a bencoded dictionary with a request's three fields,
 //! `d5:begini<B>e5:indexi<I>e6:lengthi<L>ee`, under the id the receiver gave `vmt_urgent`;
