@@ -36,7 +36,7 @@ use vmt_model::scheduler::Strategy;
 
 use crate::cpu::{CpuSample, CpuUse};
 use crate::params::{RuntimeError, RuntimeParams, DEFAULT_WINDOW};
-use crate::report::Status;
+use crate::report::{StallSummary, Status};
 use crate::streaming::{Streaming, SwarmFs};
 
 /// What to run.
@@ -219,6 +219,17 @@ pub struct ClientResult {
     pub uploaded: u64,
     /// Reads whose bytes differed from the image (with a check image).
     pub mismatches: u64,
+    /// Reads that waited for missing blocks, as measured (dilated seconds): how the stall
+    /// is made, many short waits or a few long ones.
+    pub waits: StallSummary,
+    /// Bytes received twice or more (urgent and endgame copies, withdrawn requests).
+    pub duplicate: u64,
+    /// Pieces an injecting seeder declined this client.
+    pub declines: u64,
+    /// Urgent requests this client sent.
+    pub urgent_asked: u64,
+    /// Urgent requests this client served.
+    pub urgent_served: u64,
     /// Every read succeeded, none differed from the check image, and storage never failed.
     pub verified: bool,
     /// Why the replay failed, if it did.
@@ -567,6 +578,11 @@ fn client_result(
         downloaded: status.downloaded,
         uploaded: status.uploaded,
         mismatches,
+        waits: status.stalls.clone(),
+        duplicate: status.wasted_by.duplicate,
+        declines: status.declines_received,
+        urgent_asked: status.urgent_asked,
+        urgent_served: status.urgent_served,
         verified: error.is_none() && mismatches == 0,
         error,
     }

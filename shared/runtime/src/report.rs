@@ -1,6 +1,6 @@
 //! The runtime's snapshot for progress bars, the `--status` endpoint and the exit report.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vmt_fs::{ReadStatsSnapshot, Waiting, COARSE_BOUNDS_US};
 use vmt_swarm::{WastedBytes, WebSeedStats};
 
@@ -52,7 +52,7 @@ pub struct OldestParked {
 
 /// Stalls: reads parked on missing blocks, from the FUSE request to its reply, however they
 /// were answered.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StallSummary {
     /// Parked reads answered: with data, or with an error (the three counts below).
     pub count: u64,
@@ -164,6 +164,13 @@ pub struct Status {
     pub failure: Option<String>,
     /// Payload bytes uploaded.
     pub uploaded: u64,
+    /// Pieces an injecting seeder declined us (`vmt_elsewhere`): each costs a read that
+    /// needs the piece a fetch from a peer, or a retry.
+    pub declines_received: u64,
+    /// Urgent requests sent to peers that choked us (blocks a reader waited for).
+    pub urgent_asked: u64,
+    /// Urgent requests served to peers we choked.
+    pub urgent_served: u64,
     /// Peers connected now.
     pub peers_connected: usize,
     /// Per peer.

@@ -208,6 +208,9 @@ impl<R: ReadReply> Streaming<R> {
             peers_connected: st.connected,
             failure: st.failure.clone(),
             uploaded: st.uploaded,
+            declines_received: st.declines_received,
+            urgent_asked: st.urgent_asked,
+            urgent_served: st.urgent_served,
             peers: st
                 .peers
                 .iter()
