@@ -670,7 +670,12 @@ async fn accept_loop(i: Arc<Inner>, listener: TcpListener) -> std::io::Result<()
 
 fn add_dialer(i: &Arc<Inner>, addr: SocketAddr) {
     // Port 0 is a peer that announced it does not listen: nothing to dial.
-    if addr.port() == 0 || Some(addr) == i.listen_addr || !i.ctx.peers.add_dial(addr) {
+    // A peer connected already (it dialed us, and PEX names where it listens) is not dialed.
+    if addr.port() == 0
+        || Some(addr) == i.listen_addr
+        || i.ctx.peers.listens_at(addr)
+        || !i.ctx.peers.add_dial(addr)
+    {
         return;
     }
     spawn(

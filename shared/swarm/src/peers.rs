@@ -139,6 +139,19 @@ struct LivePeer {
     link: Arc<PeerLink>,
 }
 
+/// Where `p` accepts connections, if known: the address we dialed, or for a peer that
+/// dialed us, its address with the port of its extended handshake's `p`.
+fn listening(p: &LivePeer) -> Option<SocketAddr> {
+    if p.inbound {
+        p.link
+            .ext
+            .listen_port()
+            .map(|port| SocketAddr::new(p.addr.ip(), port))
+    } else {
+        Some(p.addr)
+    }
+}
+
 #[derive(Default)]
 struct PeerTable {
     live: Vec<LivePeer>,
@@ -398,20 +411,18 @@ impl PeerRegistry {
         &self.origin_wake
     }
 
+    /// Whether a live peer accepts connections at `addr`: one we dialed there, or one that
+    /// dialed us and named that port in its extended handshake. Dialing it again would only
+    /// make a second connection that replaces the first (see [`Peers::register`]), with all
+    /// the first one's requests, choke state and reservations.
+    pub fn listens_at(&self, addr: SocketAddr) -> bool {
+        self.table().live.iter().any(|p| listening(p) == Some(addr))
+    }
+
     /// One round of peer exchange: every peer that speaks ut_pex and is due gets the
     /// connectable peers it was not told of (and those gone) queued (see [`crate::pex`]).
     pub fn pex_round(&self, now: Instant, interval: std::time::Duration) {
         let t = self.table();
-        let listening = |p: &LivePeer| {
-            if p.inbound {
-                p.link
-                    .ext
-                    .listen_port()
-                    .map(|port| SocketAddr::new(p.addr.ip(), port))
-            } else {
-                Some(p.addr)
-            }
-        };
         // A closing connection (banned, evicted, replaced) is gone already: a banned peer shows
         // in `dropped` at once, not when its task gets to unregister it.
         let going = |p: &LivePeer| p.link.close.is_cancelled() || t.is_banned_ip(p.addr.ip());
