@@ -413,8 +413,8 @@ impl PeerRegistry {
 
     /// Whether a live peer accepts connections at `addr`: one we dialed there, or one that
     /// dialed us and named that port in its extended handshake. Dialing it again would only
-    /// make a second connection that replaces the first (see [`Peers::register`]), with all
-    /// the first one's requests, choke state and reservations.
+    /// make a second connection that replaces the first (see [`PeerRegistry::register`]),
+    /// with all the first one's requests, choke state and reservations.
     pub fn listens_at(&self, addr: SocketAddr) -> bool {
         self.table().live.iter().any(|p| listening(p) == Some(addr))
     }
