@@ -101,6 +101,31 @@ fn connected_to(engine: &Engine, other: &Engine) -> bool {
         .any(|p| p.peer_id == id && p.connected)
 }
 
+/// Clients "a", "b" and "c", each given only `seed`, once each is connected to the other two
+/// (they learn of each other through PEX).
+async fn clients_meeting_through_pex(img: &TestImage, seed: &Engine) -> [Engine; 3] {
+    let clients = [
+        img.client("a", dialing(&[seed])).await,
+        img.client("b", dialing(&[seed])).await,
+        img.client("c", dialing(&[seed])).await,
+    ];
+    within(
+        "the clients meet through PEX",
+        Duration::from_secs(30),
+        async {
+            while !clients.iter().all(|x| {
+                clients
+                    .iter()
+                    .all(|y| std::ptr::eq(x, y) || connected_to(x, y))
+            }) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    clients
+}
+
 /// Three vmt clients given only the seeder (no tracker) find each other through the seeder's
 /// PEX messages; with PEX off, they stay strangers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,29 +159,7 @@ async fn vmt_clients_given_one_common_peer_learn_each_other_through_pex() {
     );
     shutdown_all(&[&quiet[0], &quiet[1]]).await;
 
-    let clients = [
-        img.client("a", dialing(&[&seed])).await,
-        img.client("b", dialing(&[&seed])).await,
-        img.client("c", dialing(&[&seed])).await,
-    ];
-    within(
-        "the clients meet through PEX",
-        Duration::from_secs(30),
-        async {
-            loop {
-                let met = clients.iter().all(|x| {
-                    clients
-                        .iter()
-                        .all(|y| std::ptr::eq(x, y) || connected_to(x, y))
-                });
-                if met {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        },
-    )
-    .await;
+    let clients = clients_meeting_through_pex(&img, &seed).await;
     for (c, name) in clients.iter().zip(["a", "b", "c"]) {
         img.finish_download(c, name).await;
     }
@@ -178,25 +181,7 @@ async fn a_seeder_does_not_dial_clients_connected_to_it() {
             ..Default::default()
         })
         .await;
-    let clients = [
-        img.client("a", dialing(&[&seed])).await,
-        img.client("b", dialing(&[&seed])).await,
-        img.client("c", dialing(&[&seed])).await,
-    ];
-    within(
-        "the clients meet through PEX",
-        Duration::from_secs(30),
-        async {
-            while !clients.iter().all(|x| {
-                clients
-                    .iter()
-                    .all(|y| std::ptr::eq(x, y) || connected_to(x, y))
-            }) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        },
-    )
-    .await;
+    let clients = clients_meeting_through_pex(&img, &seed).await;
     // Each client's PEX names the two others to the seeder within a tick of meeting them.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let listening: Vec<SocketAddr> = clients.iter().filter_map(|c| c.listen_addr()).collect();
