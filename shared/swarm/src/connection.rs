@@ -227,6 +227,7 @@ pub(crate) async fn run(
         "connected"
     );
     let (mut rd, mut wr) = stream.into_split();
+    let inject_conn = ctx.inject.as_ref().map_or(0, |i| i.connection());
     let mut reader = Reader {
         ctx,
         link: &link,
@@ -241,13 +242,13 @@ pub(crate) async fn run(
         ),
         out: Outputs::default(),
         ignored_requests: 0,
-        inject_conn: ctx.inject.as_ref().map_or(0, |i| i.connection()),
+        inject_conn,
         sharer: false,
         declined: Declines::default(),
     };
     let result = tokio::select! {
         r = reader.run(&mut rd) => r,
-        r = write_loop(ctx, &link, &mut wr) => r,
+        r = write_loop(ctx, &link, inject_conn, &mut wr) => r,
         _ = link.close.cancelled() => Ok(()),
     };
     // Closing verifies what it buffered, which may strike the address's last strike.
@@ -441,9 +442,12 @@ impl Reader<'_> {
         if self.sharer {
             if let Some(inj) = &self.ctx.inject {
                 let now = Instant::now();
-                if !inj.admit(r.index, self.inject_conn, now)
-                    && !self.declined.asks_again(r.index, inj.retry(), now)
-                {
+                // A second ask (after a retry) is served unless the piece is still on its
+                // way to another peer: that copy reaches the asker sooner than a new one.
+                let served = inj.admit(r.index, self.inject_conn, now)
+                    || (!inj.on_its_way_elsewhere(r.index, self.inject_conn, now)
+                        && self.declined.asks_again(r.index, inj.retry(), now));
+                if !served {
                     // Held in the crowd, or on its way to another peer: fetch it there. Each
                     // request gets its decline (the peer ignores repeats): one that crossed
                     // an earlier decline, or came after the peer's retry, must not go
@@ -556,7 +560,12 @@ fn metadata_reply(info: &[u8], piece: u32) -> UtMetadata<ByteBuf<'_>> {
     ))
 }
 
-async fn write_loop(ctx: &ConnCtx, link: &PeerLink, wr: &mut PeerWriter) -> Result<(), PeerError> {
+async fn write_loop(
+    ctx: &ConnCtx,
+    link: &PeerLink,
+    inject_conn: u32,
+    wr: &mut PeerWriter,
+) -> Result<(), PeerError> {
     let st = &*ctx.state;
     let bitfield_len = st.torrent().lengths().piece_bitfield_bytes();
     let mut buf = vec![0u8; (2 * MAX_BLOCK as usize + 64).max(bitfield_len + 64)];
@@ -609,6 +618,9 @@ async fn write_loop(ctx: &ConnCtx, link: &PeerLink, wr: &mut PeerWriter) -> Resu
                         .read_at(offset, data)
                         .map_err(PeerError::Storage)?;
                     ctx.up_limit.consume(r.length as u64).await;
+                    if let Some(inj) = &ctx.inject {
+                        inj.sent(r.index, inject_conn, Instant::now());
+                    }
                     Counters::add(&st.counters().uploaded, r.length as u64);
                     Counters::add(&link.counters.uploaded, r.length as u64);
                     Message::Piece(Piece::from_data(r.index, r.begin, data))

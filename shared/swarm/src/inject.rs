@@ -8,10 +8,11 @@
 //! were for a piece no neighbour had). An injecting seeder instead:
 //!
 //! - **declines** a request for a piece that a sharing peer (one that advertised
-//!   `vmt_elsewhere`: it uploads what it gets) holds, or that it sent another peer within
-//!   the hold period (0.3 of a choke rotation): the `vmt_elsewhere` message names the piece,
-//!   and the client fetches it from a peer instead. Requests from peers that do not advertise the extension (stock clients,
-//!   `--no-upload` clients) are served as always;
+//!   `vmt_elsewhere`: it uploads what it gets) holds, or that is on its way to another peer
+//!   (asked by it or sent to it within the hold period, 0.3 of a choke rotation): the
+//!   `vmt_elsewhere` message names the piece, and the client fetches it from a peer instead.
+//!   Requests from peers that do not advertise the extension (stock clients, `--no-upload`
+//!   clients) are served as always;
 //! - says so in its extended handshake (`vmt_inject: 1`), so its sharing clients ask it only for
 //!   demanded and planned pieces, never background fill, and are not interested in it
 //!   otherwise: its upload slots go round the clients that need a new piece.
@@ -20,7 +21,11 @@
 //! rotation period, [`retry`]: holders' slots move meanwhile), then may ask again; the seeder
 //! serves a piece it declined that peer at least that long ago (its peers did not give it the
 //! piece meanwhile: none that holds it unchoked it, or every holder left), so a decline costs
-//! a read at most one retry. Both periods follow the rotation period, so a time-dilated crowd
+//! a read at most one retry; unless the piece is still on its way to another peer, whose copy
+//! the asker then gets once it arrives there. The hold counts from the last block *sent* as
+//! well as asked: a busy uplink interleaves a hundred peers' blocks, and a first copy still in
+//! its queue after the hold was sent again to every peer that asked (at N=128 one piece went
+//! out 45 times, each copy queued behind the others). Both periods follow the rotation period, so a time-dilated crowd
 //! (`replay-client --dilation K`, rotation K times longer) keeps them in proportion. The
 //! simulator's `inject` setting models the declines, not this fallback
 //! (`vmt_model::swarm_sim`).
@@ -178,6 +183,43 @@ impl Injector {
         }
     }
 
+    /// A block of `piece` left for connection `conn` at `now`: a reservation of `conn`'s lasts
+    /// a hold period from its last block sent, not only from its last request, so a piece
+    /// still queued here (a busy uplink serves many peers at once) is not sent again to the
+    /// next peer that asks.
+    pub fn sent(&self, piece: u32, conn: u32, now: Instant) {
+        let Some(sending) = self.sending.get(piece as usize) else {
+            return;
+        };
+        let ms = self.ms(now);
+        let me = u64::from(conn) + 1;
+        let _ = sending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            (v >> 32 == me).then_some(me << 32 | (ms & 0xffff_ffff))
+        });
+    }
+
+    /// Whether `piece` is on its way to another connection than `conn`: reserved for it and
+    /// held by no sharing peer yet. A peer asking again then waits for that copy (its
+    /// recipient announces it) rather than get one more from the seeder's uplink.
+    pub fn on_its_way_elsewhere(&self, piece: u32, conn: u32, now: Instant) -> bool {
+        let (Some(holders), Some(sending)) = (
+            self.holders.get(piece as usize),
+            self.sending.get(piece as usize),
+        ) else {
+            return false;
+        };
+        let v = sending.load(Ordering::Relaxed);
+        let (owner, at) = (v >> 32, v & 0xffff_ffff);
+        holders.load(Ordering::Relaxed) == 0
+            && v != 0
+            && owner != u64::from(conn) + 1
+            && self.ms(now).saturating_sub(at) < self.hold_ms
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+
     /// Whether to serve connection `conn` a block of `piece` at `now`: nobody sharing holds
     /// it, and it is reserved for nobody else (or the reservation lapsed). If so, it is
     /// reserved for `conn` for the hold period more.
@@ -191,7 +233,7 @@ impl Injector {
         if holders.load(Ordering::Relaxed) > 0 {
             return false;
         }
-        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        let ms = self.ms(now);
         let me = u64::from(conn) + 1;
         let hold = self.hold_ms;
         sending
@@ -316,5 +358,55 @@ mod tests {
         inj.remove_holder(3);
         assert!(inj.admit(3, a, t0), "the holder left");
         assert!(!inj.admit(9, a, t0), "no such piece");
+    }
+
+    /// A reservation lasts a hold period from the last block sent to its owner: a piece
+    /// queued behind a busy uplink is not admitted to a second peer (a fault: every peer
+    /// that asked after the hold got its own copy, each queued behind the others).
+    #[test]
+    fn a_reservation_lasts_while_its_blocks_are_sent() {
+        let inj = Injector::new(4, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let (a, b) = (inj.connection(), inj.connection());
+        assert!(inj.admit(1, a, t0));
+        inj.sent(1, b, t0 + s(2));
+        assert!(
+            inj.admit(1, b, t0 + s(4)),
+            "sent by a non-owner: lapsed 3 s after a's request"
+        );
+        inj.sent(1, b, t0 + s(5));
+        assert!(!inj.admit(1, a, t0 + s(7)), "b's own copy left at 5 s");
+        assert!(
+            inj.admit(1, a, t0 + s(8)),
+            "lapsed 3 s after b's last block"
+        );
+    }
+
+    /// While a piece is on its way to one peer and nobody holds it, another peer's second
+    /// ask is not a reason to send it again; once a sharer holds it, or the reservation
+    /// lapsed, it is.
+    #[test]
+    fn a_piece_on_its_way_to_another_peer_is_not_sent_again() {
+        let inj = Injector::new(4, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let (a, b) = (inj.connection(), inj.connection());
+        assert!(!inj.on_its_way_elsewhere(1, b, t0), "never sent");
+        assert!(inj.admit(1, a, t0));
+        assert!(inj.on_its_way_elsewhere(1, b, t0 + s(1)));
+        assert!(!inj.on_its_way_elsewhere(1, a, t0 + s(1)), "its own");
+        inj.sent(1, a, t0 + s(2));
+        assert!(
+            inj.on_its_way_elsewhere(1, b, t0 + s(4)),
+            "still sending at 2 s"
+        );
+        assert!(!inj.on_its_way_elsewhere(1, b, t0 + s(5)), "lapsed");
+        inj.add_holder(1);
+        assert!(
+            !inj.on_its_way_elsewhere(1, b, t0 + s(1)),
+            "held: a second ask is served"
+        );
+        assert!(!inj.on_its_way_elsewhere(9, b, t0), "no such piece");
     }
 }
