@@ -12,9 +12,11 @@
 # (default "swarm cs"), RATE and SEED_RATE (the undilated links in Mbit/s, per client both ways
 # and the seeder's uplink: default 100 and 100, as bench.sh --full), DILATION (K, default 10:
 # engines run at RATE/K, gaps and think times K times longer), DILATION_N1 (K of the N=1 runs,
-# default DILATION), THINK (default 5s), STRATEGY (default markov), PEERS_PER_CLIENT (default
-# 8), TRACES (names in traces/test; default every walk-* and session-*), PORT (the seeder's,
-# default 45000), SEED_ARGS (more `vmt-run seed` flags, e.g. "--inject --upload-slots 8"),
+# default DILATION), THINK (default 5s), RECHOKE (the choke rotation period of the seeder and
+# the clients, undilated seconds; default 10, the engine's), STRATEGY (default markov),
+# PEERS_PER_CLIENT (default 8), TRACES (names in traces/test; default every walk-* and
+# session-*), PORT (the seeder's, default 45000), SEED_ARGS (more `vmt-run seed` flags, e.g.
+# "--inject --upload-slots 8"),
 # CLIENT_ARGS (more `vmt-run replay-client` flags, e.g. "--urgent"),
 # KEEP=1 keeps the scratch dir, BUILD=0 uses target/release/vmt-run as it is.
 # Traces and bundle: the repository's, or, on a rebuilt image, ones recorded for it into WORK
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 cmdline=
-for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK STRATEGY PEERS_PER_CLIENT TRACES PORT SEED_ARGS CLIENT_ARGS KEEP BUILD; do
+for v in WORK NS MODES RATE SEED_RATE DILATION DILATION_N1 THINK RECHOKE STRATEGY PEERS_PER_CLIENT TRACES PORT SEED_ARGS CLIENT_ARGS KEEP BUILD; do
   if [ -n "${!v+x}" ]; then cmdline+="$v=$(printf '%q' "${!v}") "; fi
 done
 cmdline+="datasets/scale.sh${out:+ --out $(printf '%q' "$out")}"
@@ -53,6 +55,7 @@ if [ $summarize = 1 ]; then cmdline+=" --summarize"; fi
 commit=$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')
 NS=${NS:-1 32 64 128}; MODES=${MODES:-swarm cs}; RATE=${RATE:-100}; SEED_RATE=${SEED_RATE:-100}
 DILATION=${DILATION:-10}; DILATION_N1=${DILATION_N1:-$DILATION}; THINK=${THINK:-5s}
+RECHOKE=${RECHOKE:-10}
 STRATEGY=${STRATEGY:-markov}; PEERS_PER_CLIENT=${PEERS_PER_CLIENT:-8}; PORT=${PORT:-45000}
 work=${WORK:-$here/work}; image=$work/appliance.img
 out=${out:-$here/results/scale}
@@ -87,7 +90,7 @@ seeder() {
   [ -s "$W/app.torrent" ] && torrent=(--torrent "$W/app.torrent")
   say "seeder at $(bps "$SEED_RATE" "$1") B/s (K=$1; hashing the image)"
   "$bin/vmt-run" seed --image "$image" --listen "127.0.0.1:$PORT" "${torrent[@]}" \
-    --upload-limit "$(bps "$SEED_RATE" "$1")" --rechoke "$((10 * $1))s" ${SEED_ARGS:-} >"$W/seed-k$1.log" 2>&1 &
+    --upload-limit "$(bps "$SEED_RATE" "$1")" --rechoke "$((RECHOKE * $1))s" ${SEED_ARGS:-} >"$W/seed-k$1.log" 2>&1 &
   seed_pid=$!
   local end=$((SECONDS + 600))
   until [ -s "$W/app.torrent" ] && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
@@ -109,7 +112,7 @@ crowd() {
   "$bin/vmt-run" replay-client --torrent "$W/app.torrent" --bundle "$bundle" \
     --strategy "$STRATEGY" "${args[@]}" --clients "$n" --peer "127.0.0.1:$PORT" \
     --link-rate "$(bps "$RATE" 1)" --seed-rate "$(bps "$SEED_RATE" "$k")" --dilation "$k" \
-    --think "$THINK" --peers-per-client "$PEERS_PER_CLIENT" --dir "$W/clients" \
+    --think "$THINK" --rechoke "${RECHOKE}s" --peers-per-client "$PEERS_PER_CLIENT" --dir "$W/clients" \
     --out "$W/run.jsonl" ${CLIENT_ARGS:-} 2>>"$W/clients.log" || say "$mode N=$n: some client failed (see its lines)"
   cat "$W/run.jsonl" >> "$out/headless-$mode-n$n.jsonl"
   echo "$(uptime)" >> "$W/load.txt"
@@ -133,7 +136,7 @@ done
 {
   echo "command: $cmdline"
   echo "commit: $commit; $(nproc) cores; finished $(date -u +%FT%TZ)"
-  echo "links (undilated): clients ${RATE} Mbit/s both ways, seeder ${SEED_RATE} Mbit/s up; think $THINK; strategy $STRATEGY; traces: $TRACES"
+  echo "links (undilated): clients ${RATE} Mbit/s both ways, seeder ${SEED_RATE} Mbit/s up; think $THINK; rechoke ${RECHOKE}s; strategy $STRATEGY; traces: $TRACES"
   python3 - "$out" $MODES -- $NS <<'PY'
 import glob, json, os, re, sys
 out = sys.argv[1]; i = sys.argv.index('--'); modes = sys.argv[2:i]; ns = sys.argv[i + 1:]

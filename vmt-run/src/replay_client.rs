@@ -51,6 +51,10 @@ pub(crate) struct ReplayClientArgs {
     /// multiplied by K, so N clients fit on few cores; results are given undilated too.
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     dilation: u32,
+    /// How often each client's choker moves an upload slot (undilated: its engine rotates
+    /// every DURATION x --dilation); give the seeder's `--rechoke` the same, dilated.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = units::parse_duration)]
+    rechoke: Duration,
     /// Idle time at each task boundary of a session trace (undilated).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = units::parse_duration)]
     think: Duration,
@@ -109,6 +113,7 @@ pub(crate) async fn replay_client(a: ReplayClientArgs, cancel: CancellationToken
     params.seed_rate = a.seed_rate.map(Rate::bytes_per_s);
     params.dilation = a.dilation;
     params.think = a.think;
+    params.rechoke = a.rechoke;
     params.peers_per_client = a.peers_per_client;
     params.stagger = a.stagger;
     params.bind = a.bind;

@@ -67,6 +67,8 @@ pub struct CrowdParams {
     pub dilation: u32,
     /// Think time at task boundaries, undilated.
     pub think: Duration,
+    /// The clients' choke rotation period, undilated ([`crate::DEFAULT_RECHOKE`]).
+    pub rechoke: Duration,
     /// Other clients each client dials (the next ones, round the ring); they dial back.
     pub peers_per_client: usize,
     /// Between two clients' starts, undilated (zero: a flash crowd).
@@ -120,6 +122,7 @@ impl CrowdParams {
             seed_rate: None,
             dilation: 1,
             think: Duration::ZERO,
+            rechoke: crate::DEFAULT_RECHOKE,
             peers_per_client: DEFAULT_PEERS_PER_CLIENT,
             stagger: Duration::ZERO,
             dir,
@@ -164,7 +167,7 @@ impl CrowdParams {
             encryption: vmt_swarm::Encryption::default(),
             web_seeds: Vec::new(),
             web_seed_limit: None,
-            rechoke_interval: crate::DEFAULT_RECHOKE * k,
+            rechoke_interval: self.rechoke * k,
             // Its own address, listening or not: the seeder admits 16 connections per address.
             dial_from: Some(client_ip(self.bind, id)),
         }
@@ -729,6 +732,12 @@ mod tests {
         );
         p.dilation = 1;
         assert_eq!(p.client(0, &addrs).rechoke_interval, crate::DEFAULT_RECHOKE);
+        p.rechoke = Duration::from_secs(3);
+        p.dilation = 10;
+        assert_eq!(
+            p.client(0, &addrs).rechoke_interval,
+            Duration::from_secs(30)
+        );
     }
 
     /// Client-server clients do not listen, yet each dials from its own address, as the
