@@ -25,9 +25,9 @@
 //! the asker then gets once it arrives there. The hold counts from the last block *sent* as
 //! well as asked: a busy uplink interleaves a hundred peers' blocks, and a first copy still in
 //! its queue after the hold was sent again to every peer that asked (at N=128 one piece went
-//! out 45 times, each copy queued behind the others). Both periods follow the rotation period, so a time-dilated crowd
-//! (`replay-client --dilation K`, rotation K times longer) keeps them in proportion. The
-//! simulator's `inject` setting models the declines, not this fallback
+//! out 45 times, each copy queued behind the others). Both periods follow the rotation period,
+//! so a time-dilated crowd (`replay-client --dilation K`, rotation K times longer) keeps them
+//! in proportion. The simulator's `inject` setting models the declines, not this fallback
 //! (`vmt_model::swarm_sim`).
 //!
 //! Measured (issue 15, `datasets/results/scale/inject/`): at headless N=128 the seeder sends
