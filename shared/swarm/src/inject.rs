@@ -202,10 +202,7 @@ impl Injector {
     /// held by no sharing peer yet. A peer asking again then waits for that copy (its
     /// recipient announces it) rather than get one more from the seeder's uplink.
     pub fn on_its_way_elsewhere(&self, piece: u32, conn: u32, now: Instant) -> bool {
-        let (Some(holders), Some(sending)) = (
-            self.holders.get(piece as usize),
-            self.sending.get(piece as usize),
-        ) else {
+        let Some((holders, sending)) = self.slots(piece) else {
             return false;
         };
         let v = sending.load(Ordering::Relaxed);
@@ -216,6 +213,14 @@ impl Injector {
             && self.ms(now).saturating_sub(at) < self.hold_ms
     }
 
+    /// `piece`'s holder count and reservation; `None` past the last piece.
+    fn slots(&self, piece: u32) -> Option<(&AtomicU16, &AtomicU64)> {
+        Some((
+            self.holders.get(piece as usize)?,
+            self.sending.get(piece as usize)?,
+        ))
+    }
+
     fn ms(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.started).as_millis() as u64
     }
@@ -224,10 +229,7 @@ impl Injector {
     /// it, and it is reserved for nobody else (or the reservation lapsed). If so, it is
     /// reserved for `conn` for the hold period more.
     pub fn admit(&self, piece: u32, conn: u32, now: Instant) -> bool {
-        let (Some(holders), Some(sending)) = (
-            self.holders.get(piece as usize),
-            self.sending.get(piece as usize),
-        ) else {
+        let Some((holders, sending)) = self.slots(piece) else {
             return false;
         };
         if holders.load(Ordering::Relaxed) > 0 {
