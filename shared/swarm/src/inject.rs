@@ -339,13 +339,19 @@ mod tests {
         }
     }
 
+    /// An injector for 4 pieces rotating every 10 s (a hold of 3 s), the time it starts from,
+    /// and two of its connections.
+    fn two_connections() -> (Injector, Instant, u32, u32) {
+        let inj = Injector::new(4, Duration::from_secs(10));
+        let (a, b) = (inj.connection(), inj.connection());
+        (inj, Instant::now(), a, b)
+    }
+
     /// A piece goes to one connection at a time, to nobody once a sharer holds it, and to
     /// another connection once the first stopped asking for the hold period (3 s).
     #[test]
     fn a_piece_is_admitted_once_until_its_reservation_lapses() {
-        let inj = Injector::new(4, Duration::from_secs(10));
-        let t0 = Instant::now();
-        let (a, b) = (inj.connection(), inj.connection());
+        let (inj, t0, a, b) = two_connections();
         assert_ne!(a, b);
         assert!(inj.admit(1, a, t0));
         assert!(inj.admit(1, a, t0 + Duration::from_secs(2)), "its own");
@@ -367,10 +373,8 @@ mod tests {
     /// that asked after the hold got its own copy, each queued behind the others).
     #[test]
     fn a_reservation_lasts_while_its_blocks_are_sent() {
-        let inj = Injector::new(4, Duration::from_secs(10));
-        let t0 = Instant::now();
+        let (inj, t0, a, b) = two_connections();
         let s = Duration::from_secs;
-        let (a, b) = (inj.connection(), inj.connection());
         assert!(inj.admit(1, a, t0));
         inj.sent(1, b, t0 + s(2));
         assert!(
@@ -390,10 +394,8 @@ mod tests {
     /// lapsed, it is.
     #[test]
     fn a_piece_on_its_way_to_another_peer_is_not_sent_again() {
-        let inj = Injector::new(4, Duration::from_secs(10));
-        let t0 = Instant::now();
+        let (inj, t0, a, b) = two_connections();
         let s = Duration::from_secs;
-        let (a, b) = (inj.connection(), inj.connection());
         assert!(!inj.on_its_way_elsewhere(1, b, t0), "never sent");
         assert!(inj.admit(1, a, t0));
         assert!(inj.on_its_way_elsewhere(1, b, t0 + s(1)));
