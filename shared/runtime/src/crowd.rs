@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use vmt_appliance::replay::{replay_on, ReadTarget, ReplayParams, ReplayReport};
 use vmt_formats::trace::Trace;
 use vmt_fs::{FsError, Node, ReadReply};
@@ -374,8 +375,11 @@ pub async fn run(
     let mut starting = Vec::with_capacity(params.clients);
     for (id, listener) in listeners.into_iter().enumerate() {
         let rp = params.client(id, &addrs);
+        // Its log lines (parked reads, above all) name their client.
+        let span = tracing::info_span!("client", id);
         starting.push(async move {
             Streaming::<Answer>::start(&rp, listener)
+                .instrument(span)
                 .await
                 .map_err(|source| CrowdError::Client { id, source })
         });

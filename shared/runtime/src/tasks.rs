@@ -1,4 +1,6 @@
-//! The one way the runtime starts tasks: named, inside a tracing span, tracked, and stopped by
+//! The one way the runtime starts tasks: named, inside a tracing span (a child of the span
+//! current where it was spawned, so a crowd's 128 runtimes in one process log under their
+//! client's span), tracked, and stopped by
 //! one cancellation token, so shutdown can wait for every one of them (up to a deadline)
 //! instead of leaving them running behind a returned `shutdown`. A task is dropped at its next
 //! await once the token fires: final work (the last overlay sync, the report) belongs to the
@@ -34,7 +36,9 @@ impl Tasks {
                     () = cancel.cancelled() => tracing::trace!("task {name} stopped"),
                 }
             }
-            .instrument(tracing::debug_span!("task", name)),
+            .instrument(tracing::debug_span!("task", name))
+            // The debug span is off at the default level: without this, so would the caller's.
+            .in_current_span(),
         );
     }
 
@@ -91,6 +95,54 @@ mod tests {
         assert!(
             rx.await.is_ok(),
             "the endless task was dropped before stop returned"
+        );
+    }
+
+    /// A task logs under the span current where it was spawned (in a crowd, its client's), at
+    /// the default level too, where the task's own span is off.
+    #[test]
+    fn a_task_logs_under_the_span_it_was_spawned_in() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let tasks = Tasks::default();
+                let span = tracing::info_span!("client", id = 17);
+                let _in = span.enter();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tasks.spawn("watch", async move {
+                    tracing::warn!("waited");
+                    let _ = tx.send(());
+                });
+                drop(_in);
+                rx.await.unwrap();
+                tasks.stop(Duration::from_secs(5)).await;
+            });
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            log.contains("client{id=17}") && log.contains("waited"),
+            "{log}"
         );
     }
 }
