@@ -375,8 +375,9 @@ pub async fn run(
     let mut starting = Vec::with_capacity(params.clients);
     for (id, listener) in listeners.into_iter().enumerate() {
         let rp = params.client(id, &addrs);
-        // Its log lines (parked reads, above all) name their client.
-        let span = tracing::info_span!("client", id);
+        // Its log lines (parked reads, above all) name their client; a span at warn level,
+        // so that it is on whenever the warnings it names are (vmt-run's default filter).
+        let span = tracing::warn_span!("client", id);
         starting.push(async move {
             Streaming::<Answer>::start(&rp, listener)
                 .instrument(span)

@@ -116,7 +116,7 @@ mod tests {
         let buf = Buf::default();
         let w = buf.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
+            .with_max_level(tracing::Level::WARN)
             .with_ansi(false)
             .with_writer(move || w.clone())
             .finish();
@@ -127,7 +127,7 @@ mod tests {
                 .unwrap();
             rt.block_on(async {
                 let tasks = Tasks::default();
-                let span = tracing::info_span!("client", id = 17);
+                let span = tracing::warn_span!("client", id = 17);
                 let _in = span.enter();
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 tasks.spawn("watch", async move {
