@@ -444,9 +444,22 @@ impl Reader<'_> {
                 let now = Instant::now();
                 // A second ask (after a retry) is served unless the piece is still on its
                 // way to another peer: that copy reaches the asker sooner than a new one.
-                let served = inj.admit(r.index, self.inject_conn, now)
+                let admitted = inj.admit(r.index, self.inject_conn, now);
+                let served = admitted
                     || (!inj.on_its_way_elsewhere(r.index, self.inject_conn, now)
                         && self.declined.asks_again(r.index, inj.retry(), now));
+                // How one piece enters a crowd, request by request (RUST_LOG=vmt_swarm=trace,
+                // with each client's "piece verified"): what stop 28 needed prints for.
+                tracing::trace!(
+                    piece = r.index,
+                    begin = r.begin,
+                    conn = self.inject_conn,
+                    urgent,
+                    choking,
+                    admitted,
+                    served,
+                    "injector"
+                );
                 if !served {
                     // Held in the crowd, or on its way to another peer: fetch it there. Each
                     // request gets its decline (the peer ignores repeats): one that crossed
