@@ -1,6 +1,5 @@
-//! The one way the engine starts tasks: named, inside a tracing span (and the span current
-//! where they were spawned: a crowd's engines log under their client's), errors logged,
-//! tracked so shutdown can wait for them (after the shared cancellation token fires).
+//! The one way the engine starts tasks: named, inside a tracing span, errors logged, tracked so
+//! shutdown can wait for them (after the shared cancellation token fires).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -22,8 +21,6 @@ where
                 Err(e) => tracing::debug!("task {name} ended: {e:#}"),
             }
         }
-        .instrument(span)
-        // Under the caller's span too (a crowd's client), even where `span` is filtered off.
-        .in_current_span(),
+        .instrument(span),
     );
 }
