@@ -1,10 +1,9 @@
 //! The one way the runtime starts tasks: named, inside a tracing span (a child of the span
 //! current where it was spawned, so a crowd's 128 runtimes in one process log under their
-//! client's span), tracked, and stopped by
-//! one cancellation token, so shutdown can wait for every one of them (up to a deadline)
-//! instead of leaving them running behind a returned `shutdown`. A task is dropped at its next
-//! await once the token fires: final work (the last overlay sync, the report) belongs to the
-//! shutdown sequence, not to a task.
+//! client's span), tracked, and stopped by one cancellation token, so shutdown can wait for
+//! every one of them (up to a deadline) instead of leaving them running behind a returned
+//! `shutdown`. A task is dropped at its next await once the token fires: final work (the last
+//! overlay sync, the report) belongs to the shutdown sequence, not to a task.
 
 use std::future::Future;
 use std::time::Duration;

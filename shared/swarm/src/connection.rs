@@ -448,8 +448,9 @@ impl Reader<'_> {
                 let served = admitted
                     || (!inj.on_its_way_elsewhere(r.index, self.inject_conn, now)
                         && self.declined.asks_again(r.index, inj.retry(), now));
-                // How one piece enters a crowd, request by request (RUST_LOG=vmt_swarm=trace,
-                // with each client's "piece verified"): what stop 28 needed prints for.
+                // How one piece enters a crowd, request by request: with each client's
+                // "piece verified", what `datasets/piece-timeline.py` reads
+                // (VMT_LOG=vmt_swarm::connection=trace,vmt_swarm::download=trace).
                 tracing::trace!(
                     piece = r.index,
                     begin = r.begin,
