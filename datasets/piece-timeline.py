@@ -10,12 +10,17 @@ Usage: a crowd kept and traced,
 then  datasets/piece-timeline.py /tmp/vmt-scale.XXXX PIECE...
 (tracing costs the crowd CPU: such a run's completion figures are not evidence).
 """
-import re,sys,collections
+import re,sys,collections,glob
 from datetime import datetime
+# 16 KiB blocks per piece, as the rebuilt image's torrent has 256 KiB pieces (a warning names
+# blocks, the trace pieces). Another piece size needs another value here.
+BLOCKS_PER_PIECE=16
 d=sys.argv[1]; pieces=[int(x) for x in sys.argv[2:]]
+seed_logs=glob.glob(d+"/seed-k*.log")
+if len(seed_logs)!=1: sys.exit(f"{d}: expected one seed-k*.log (one dilation), found {seed_logs}")
 ts=lambda s: datetime.fromisoformat(s).timestamp()
 seed=collections.defaultdict(list); ver=collections.defaultdict(list); t0=None
-for l in open(d+"/seed-k10.log"):
+for l in open(seed_logs[0]):
     m=re.match(r"(\S+)Z TRACE .*?vmt_swarm::connection: injector piece=(\d+) begin=(\d+) conn=(\d+) urgent=(\w+) choking=(\w+) admitted=(\w+) served=(\w+)",l)
     if not m: continue
     t=ts(m.group(1)); t0=t if t0 is None else min(t0,t)
@@ -29,7 +34,8 @@ for l in open(d+"/clients.log"):
         if p in pieces: ver[p].append((ts(m.group(1)),m.group(3)))
         continue
     m=re.match(r"(\S+)Z\s+WARN client\{id=(\d+)\}.*from block (\d+) to",l)
-    if m and int(m.group(3))//16 in pieces: waits[int(m.group(3))//16].append(ts(m.group(1))-5)
+    if m and int(m.group(3))//BLOCKS_PER_PIECE in pieces:
+        waits[int(m.group(3))//BLOCKS_PER_PIECE].append(ts(m.group(1))-5)
 for p in pieces:
     s=seed[p]; v=sorted(ver[p])
     adm=[x for x in s if x[3] and x[5]==0]; srv=[x for x in s if x[4] and not x[3] and x[5]==0]; dec=[x for x in s if not x[4]]
