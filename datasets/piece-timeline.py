@@ -28,10 +28,11 @@ for l in open(seed_logs[0]):
     if p in pieces: seed[p].append((t,int(m.group(4)),m.group(5)=="true",m.group(7)=="true",m.group(8)=="true",int(m.group(3))))
 waits=collections.defaultdict(list)
 for l in open(d+"/clients.log"):
-    m=re.match(r"(\S+)Z TRACE .*?vmt_swarm::download: piece verified piece=(\d+) reason=(\w+)",l)
+    m=re.match(r"(\S+)Z TRACE .*?vmt_swarm::download: piece verified piece=(\d+) reason=(\w+)(?: first=(\w+))?",l)
     if m:
         p=int(m.group(2))
-        if p in pieces: ver[p].append((ts(m.group(1)),m.group(3)))
+        # A second completion of a piece at one client (a duplicate copy) is not a holder more.
+        if p in pieces and m.group(4)!="false": ver[p].append((ts(m.group(1)),m.group(3)))
         continue
     m=re.match(r"(\S+)Z\s+WARN client\{id=(\d+)\}.*from block (\d+) to",l)
     if m and int(m.group(3))//BLOCKS_PER_PIECE in pieces:

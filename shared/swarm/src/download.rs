@@ -505,8 +505,10 @@ impl Download {
                 self.drop_piece(st, a, out);
                 return Ok(());
             }
-            tracing::trace!(piece = a.piece, reason = ?a.reason, "piece verified");
             let (first, new_bytes) = st.piece_stored(piece, true);
+            // `first`: false when another connection of ours completed the piece meanwhile
+            // (its copy was the duplicate); `datasets/piece-timeline.py` counts first ones.
+            tracing::trace!(piece = a.piece, reason = ?a.reason, first, "piece verified");
             if new_bytes > 0 {
                 st.sources().record(a.piece, self.source);
             }
