@@ -2,7 +2,7 @@
 //! and mounts the image; in a swarm, peers carry most bytes; an origin serving wrong bytes is
 //! banned and nothing of it is kept; a server without Range support, a redirect loop and a
 //! 5xx get bounded handling; `vmt-run torrent` writes what `seed` writes. nginx listens on
-//! 127.0.0.1, ports 42001-42010 and 45010.
+//! a free 127.0.0.1 port.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -55,7 +55,7 @@ fn a_client_with_only_a_web_seed_fetches_and_mounts() {
     let image = served.join("app.img");
     let data = vmt_tests::content(41, 6 * MIB + 12345);
     std::fs::write(&image, &data).unwrap();
-    let nginx = Nginx::start(&served, 42001, "");
+    let nginx = Nginx::start(&served, "");
     let torrent = dir.path().join("app.torrent");
     let url = format!("{}/", nginx.base);
     {
@@ -150,7 +150,7 @@ fn the_torrent_command_writes_what_seed_writes() {
     let image = served.join("app.img");
     let data = vmt_tests::content(43, 5 * MIB + 4321);
     std::fs::write(&image, &data).unwrap();
-    let nginx = Nginx::start(&served, 45010, "");
+    let nginx = Nginx::start(&served, "");
     let url = format!("{}/app.img", nginx.base);
     let options = ["--piece-size", "64KiB", "--web-seed", &url];
 
@@ -238,7 +238,7 @@ async fn a_swarm_takes_most_bytes_from_peers() {
         return;
     }
     let mut img = TestImage::new(24 * MIB, 42).await;
-    let nginx = Nginx::start(img.dir.path(), 42002, "");
+    let nginx = Nginx::start(img.dir.path(), "");
     img.torrent = img
         .torrent
         .with_web_seeds(&[format!("{}/image.img", nginx.base)])
@@ -281,7 +281,7 @@ async fn an_origin_with_wrong_bytes_is_banned_and_never_served() {
         bad[p + 1000] ^= 0x5a;
     }
     std::fs::write(www.join("image.img"), &bad).unwrap();
-    let nginx = Nginx::start(&www, 42003, "");
+    let nginx = Nginx::start(&www, "");
     img.torrent = img
         .torrent
         .with_web_seeds(&[format!("{}/image.img", nginx.base)])
@@ -334,7 +334,7 @@ async fn broken_origins_are_handled_and_bounded() {
          location /err {{ return 503; }}\n",
         img.path.display()
     );
-    let nginx = Nginx::start(img.dir.path(), 42004, &extra);
+    let nginx = Nginx::start(img.dir.path(), &extra);
     let b = &nginx.base;
     let config = EngineConfig {
         web_seeds: vec![
@@ -393,7 +393,7 @@ async fn transmission_downloads_from_the_web_seed() {
         return;
     }
     let img = TestImage::new(8 * MIB, 45).await;
-    let nginx = Nginx::start(img.dir.path(), 42005, "");
+    let nginx = Nginx::start(img.dir.path(), "");
     let torrent = img
         .torrent
         .with_web_seeds(&[format!("{}/image.img", nginx.base)])

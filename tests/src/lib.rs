@@ -115,12 +115,30 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
     vmt_appliance::content::bytes(seed, len)
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody uses right now (TCP and UDP), for a daemon a test starts.
+///
+/// Taken from below the kernel's ephemeral range, so no outgoing connection of a concurrent
+/// test can claim it between this call and the daemon's bind (CI once lost nginx to a fixed
+/// port in that range); a per-process counter keeps two calls from returning the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // 10,000 ports just under the ephemeral range (or just above 1024 if it starts low).
+    let span = 10_000.min(ephemeral_low.saturating_sub(1025)).max(1);
+    let low = ephemeral_low.saturating_sub(span).max(1025);
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let port = (low + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        let addr = ("127.0.0.1", port);
+        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{}", low + span);
 }
 
 /// Writes `files` (path relative to the image root, content) under `dir/root` and packs them
