@@ -356,6 +356,9 @@ impl Reader<'_> {
     /// every peer.
     fn flush(&mut self) {
         self.link.fed_by.store(self.dl.is_fed(), Ordering::Relaxed);
+        if tracing::enabled!(target: "vmt_swarm::waits", tracing::Level::TRACE) {
+            self.trace_requests();
+        }
         self.link.push_all(&self.out.msgs);
         for &piece in &self.out.verified {
             self.ctx.peers.announce(piece);
@@ -364,6 +367,39 @@ impl Reader<'_> {
             self.ctx.peers.wake_readers();
         }
         self.out.clear();
+    }
+
+    /// Where a reader's wait goes, hop by hop, as trace events of the target
+    /// `vmt_swarm::waits` (on only with `VMT_LOG=vmt_swarm::waits=trace`; read by
+    /// `datasets/wait-phases.py`): the intake's "demand", then here each "request" queued
+    /// for a block a reader waits for, the writer's "request sent", at the holder "urgent in"
+    /// ([`Reader::on_request`]) and "upload" (the writer), and "arrival" ([`Reader::handle`]).
+    /// Each names us by our listening port and the other end by its own (`p` of its
+    /// handshake), so one log of a whole crowd joins up. The picker lock is taken only when
+    /// the target is on, and as everywhere with nothing else held.
+    fn trace_requests(&self) {
+        let st = &*self.ctx.state;
+        let layout = st.layout();
+        let picker = st.picker();
+        for m in &self.out.msgs {
+            let (Out::Request(r) | Out::Urgent(r)) = m else {
+                continue;
+            };
+            let Some(b) = layout.block_at(r.index, r.begin, r.length) else {
+                continue;
+            };
+            if picker.is_block_demanded(b) {
+                tracing::trace!(
+                    target: "vmt_swarm::waits",
+                    me = self.ctx.listen_port.unwrap_or(0),
+                    block = b,
+                    peer = %self.dl.addr(),
+                    to = self.link.ext.listen_port().unwrap_or(0),
+                    urgent = matches!(m, Out::Urgent(_)),
+                    "request"
+                );
+            }
+        }
     }
 
     fn handle(&mut self, msg: Message<'_>) -> Result<(), PeerError> {
@@ -403,6 +439,21 @@ impl Reader<'_> {
             Message::Piece(p) => {
                 let asked = self.dl.outstanding();
                 let data = p.data();
+                if tracing::enabled!(target: "vmt_swarm::waits", tracing::Level::TRACE) {
+                    let len = (data.0.len() + data.1.len()) as u32;
+                    if let Some(b) = st.layout().block_at(p.index, p.begin, len) {
+                        if st.picker().is_block_demanded(b) {
+                            tracing::trace!(
+                                target: "vmt_swarm::waits",
+                                me = self.ctx.listen_port.unwrap_or(0),
+                                block = b,
+                                peer = %self.dl.addr(),
+                                from = self.link.ext.listen_port().unwrap_or(0),
+                                "arrival"
+                            );
+                        }
+                    }
+                }
                 let r = self
                     .dl
                     .on_block(st, p.index, p.begin, data, Instant::now(), &mut self.out);
@@ -428,6 +479,19 @@ impl Reader<'_> {
             return Ok(());
         }
         let st = &*self.ctx.state;
+        if urgent && tracing::enabled!(target: "vmt_swarm::waits", tracing::Level::TRACE) {
+            if let Some(b) = st.layout().block_at(r.index, r.begin, r.length) {
+                tracing::trace!(
+                    target: "vmt_swarm::waits",
+                    me = self.ctx.listen_port.unwrap_or(0),
+                    block = b,
+                    from = self.link.ext.listen_port().unwrap_or(0),
+                    choking,
+                    queued = self.link.outbox().uploads(),
+                    "urgent in"
+                );
+            }
+        }
         let lengths = st.torrent().lengths();
         let Some(piece) = lengths.validate_piece_index(r.index) else {
             return Ok(());
@@ -547,6 +611,27 @@ impl Reader<'_> {
     }
 }
 
+/// A request for a block a reader waits for (`what` = "request sent"), or any upload
+/// ("upload"), as the writer sends it: see [`Reader::trace_requests`].
+fn trace_sent(ctx: &ConnCtx, link: &PeerLink, r: &Request, what: &'static str) {
+    if !tracing::enabled!(target: "vmt_swarm::waits", tracing::Level::TRACE) {
+        return;
+    }
+    let st = &*ctx.state;
+    let Some(b) = st.layout().block_at(r.index, r.begin, r.length) else {
+        return;
+    };
+    if what == "upload" || st.picker().is_block_demanded(b) {
+        tracing::trace!(
+            target: "vmt_swarm::waits",
+            me = ctx.listen_port.unwrap_or(0),
+            block = b,
+            to = link.ext.listen_port().unwrap_or(0),
+            "{what}"
+        );
+    }
+}
+
 /// Makes room in a read buffer holding unparsed bytes `start..end`: back to the start when all
 /// are parsed, else moved down once less than a whole message fits after them.
 pub(crate) fn compact(buf: &mut [u8], start: &mut usize, end: &mut usize) {
@@ -611,9 +696,13 @@ async fn write_loop(
                 Out::Choke => Message::Choke,
                 Out::Unchoke => Message::Unchoke,
                 Out::Have(i) => Message::Have(i),
-                Out::Request(r) => Message::Request(r),
+                Out::Request(r) => {
+                    trace_sent(ctx, link, &r, "request sent");
+                    Message::Request(r)
+                }
                 Out::Urgent(r) => match link.ext.urgent_id() {
                     Some(id) => {
+                        trace_sent(ctx, link, &r, "request sent");
                         len += urgent::encode(&mut buf[len..], id, &r);
                         Counters::add(&st.counters().urgent_asked, 1);
                         continue;
@@ -632,6 +721,7 @@ async fn write_loop(
                         .read_at(offset, data)
                         .map_err(PeerError::Storage)?;
                     ctx.up_limit.consume(r.length as u64).await;
+                    trace_sent(ctx, link, &r, "upload");
                     if let Some(inj) = &ctx.inject {
                         inj.sent(r.index, inject_conn, Instant::now());
                     }

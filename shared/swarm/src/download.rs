@@ -257,6 +257,11 @@ impl Download {
         self.remote_reqq = reqq.max(1);
     }
 
+    /// The remote's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Requests sent and not answered: the connection's snub timer runs while this is positive.
     pub fn outstanding(&self) -> usize {
         self.outstanding

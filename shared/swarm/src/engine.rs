@@ -621,8 +621,12 @@ async fn intake_loop(
                 let Some(d) = d else { return Ok(()) };
                 let wanted = {
                     let mut picker = i.ctx.state.picker();
+                    let me = i.ctx.listen_port.unwrap_or(0);
+                    // Where a reader's wait begins (see `connection::Reader::trace_requests`).
+                    tracing::trace!(target: "vmt_swarm::waits", me, start = d.start, end = d.end, "demand");
                     let mut wanted = picker.demand(d);
                     while let Ok(d) = demands.try_recv() {
+                        tracing::trace!(target: "vmt_swarm::waits", me, start = d.start, end = d.end, "demand");
                         wanted |= picker.demand(d);
                     }
                     wanted
