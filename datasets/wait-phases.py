@@ -86,13 +86,8 @@ def main():
     print(f"  {'total':22} {100.0:5.1f}%   p50 {q(xs, .5) * 1000:7.1f} ms"
           f"   p90 {q(xs, .9) * 1000:7.1f} ms   p99 {q(xs, .99) * 1000:7.1f} ms")
     for label, sel in (("arrived from the seeder", lambda r: r[5]),
-                       ("arrived from a peer", lambda r: not r[5])):
-        rs = [r for r in rows if sel(r)]
-        if rs:
-            print(f"{label}: {len(rs)} blocks, {100 * sum(r[0] for r in rs) / tot:.1f}% of the"
-                  f" time; served p50 {q([r[3] for r in rs], .5) * 1000:.1f} ms,"
-                  f" p90 {q([r[3] for r in rs], .9) * 1000:.1f} ms")
-    for label, sel in (("last asked urgently (the peer chokes us)", lambda r: r[7]),
+                       ("arrived from a peer", lambda r: not r[5]),
+                       ("last asked urgently (the peer chokes us)", lambda r: r[7]),
                        ("last asked as a plain request (unchoked)", lambda r: not r[7])):
         rs = [r for r in rows if sel(r)]
         if rs:
