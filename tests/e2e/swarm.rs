@@ -232,6 +232,73 @@ async fn a_choked_client_gets_what_its_reader_waits_for_without_a_rotation() {
     shutdown_all(&[&reader, &hog, &seed]).await;
 }
 
+/// A block verified alone is served before its piece is whole (`vmt_have_block`): a client
+/// that fetched one block a reader waited for gives it to a peer whose reader waits for the
+/// same block, with the seeder gone and the piece still partial at both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_verified_alone_is_served_before_its_piece_is_whole() {
+    let img = TestImage::new(4 * MIB, 17).await;
+    let seed = img
+        .seeder(EngineConfig {
+            urgent: true,
+            ..Default::default()
+        })
+        .await;
+    let demand_only = |peers: &[&vmt_swarm::Engine]| EngineConfig {
+        fetch_all: false,
+        urgent: true,
+        pex: false,
+        ..dialing(peers)
+    };
+    let first = img.client("first", demand_only(&[&seed])).await;
+    // A block in the middle of piece 5, whose other blocks nobody asks for.
+    let piece = 5;
+    let block = first.layout().piece_blocks(piece).start + 3;
+    first.demand_blocks(block..block + 1);
+    within("the first reader's block", Duration::from_secs(20), async {
+        while !first.has_block(block) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    shutdown_all(&[&seed]).await;
+    let p = img.torrent.piece(piece).unwrap();
+    assert!(
+        !first.has_piece(p),
+        "the piece must stay partial: the test proves nothing"
+    );
+    let second = img.client("second", demand_only(&[&first])).await;
+    second.demand_blocks(block..block + 1);
+    within(
+        "the second reader's block, from a partial piece",
+        Duration::from_secs(20),
+        async {
+            while !second.has_block(block) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    let bl = second.layout().block_len() as usize;
+    let mut buf = vec![0u8; bl];
+    let at = block as usize * bl;
+    second.read_at(at as u64, &mut buf).expect("read the block");
+    assert!(
+        buf == img.data[at..at + bl],
+        "the block's bytes differ from the image's"
+    );
+    assert!(
+        !first.has_piece(p) && !second.has_piece(p),
+        "only the one block moved"
+    );
+    assert_eq!(
+        first.stats().uploaded,
+        bl as u64,
+        "the first sent the block, once"
+    );
+    shutdown_all(&[&second, &first]).await;
+}
+
 /// A demanded piece arrives long before the plan would reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demand_overtakes_plan() {

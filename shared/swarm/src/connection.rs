@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::download::{Download, Outputs};
 use crate::error::PeerError;
 use crate::extension::encode_handshake;
+use crate::have_block::{self, MY_HAVE_BLOCK_ID};
 use crate::inject::{self, Declines, Injector, OurInjection, MY_ELSEWHERE_ID};
 use crate::mse::{self, Encryption, Form};
 use crate::peer_stream::{PeerReader, PeerStream, PeerWriter};
@@ -245,6 +246,7 @@ pub(crate) async fn run(
         inject_conn,
         sharer: false,
         declined: Declines::default(),
+        told_blocks: false,
     };
     let result = tokio::select! {
         r = reader.run(&mut rd) => r,
@@ -281,6 +283,9 @@ struct Reader<'a> {
     sharer: bool,
     /// Pieces we declined this peer (we inject).
     declined: Declines,
+    /// The blocks we held alone when the remote said it takes `vmt_have_block` were queued
+    /// for it; later ones go out as they are verified.
+    told_blocks: bool,
 }
 
 impl Reader<'_> {
@@ -362,6 +367,10 @@ impl Reader<'_> {
         self.link.push_all(&self.out.msgs);
         for &piece in &self.out.verified {
             self.ctx.peers.announce(piece);
+        }
+        // Served while we choke, so worth announcing (see [`crate::have_block`]).
+        if self.ctx.shares && self.ctx.serves_urgent {
+            self.ctx.peers.announce_blocks(&self.out.blocks);
         }
         if self.out.released {
             self.ctx.peers.wake_readers();
@@ -499,7 +508,7 @@ impl Reader<'_> {
         let ok = r.length > 0
             && r.length <= MAX_BLOCK
             && r.begin as u64 + r.length as u64 <= lengths.piece_length(piece) as u64
-            && st.storage().has_piece(r.index);
+            && (st.storage().has_piece(r.index) || blocks_present(st, &r));
         if !ok {
             return Ok(());
         }
@@ -554,6 +563,31 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// Queues an announcement of every block we hold of a piece not yet whole, for a peer
+    /// that just said it takes them (see [`crate::have_block`]): the blocks verified before
+    /// it connected. Its extended handshake set its id first, so a block verified meanwhile
+    /// is announced live instead (or twice, which is harmless).
+    fn tell_blocks(&self) {
+        if !(self.ctx.shares && self.ctx.serves_urgent) {
+            return;
+        }
+        let st = &*self.ctx.state;
+        let layout = st.layout();
+        let mut outbox = self.link.outbox();
+        for piece in 0..layout.pieces() {
+            if st.storage().has_piece(piece) {
+                continue;
+            }
+            for b in layout.piece_blocks(piece) {
+                if st.storage().has_block(b) {
+                    outbox.push(Out::HaveBlock(b));
+                }
+            }
+        }
+        drop(outbox);
+        self.link.wake_writer.notify_one();
+    }
+
     /// Extension messages (BEP 10): the remote's handshake, peer exchange, metadata requests,
     /// declines. Anything else (unknown ids, ut_metadata data and rejects, which we never ask
     /// for) is ignored, as BEP 10 asks.
@@ -561,6 +595,10 @@ impl Reader<'_> {
         match e {
             ExtendedMessage::Handshake(h) => {
                 self.link.ext.update(&h);
+                if !self.told_blocks && self.link.ext.have_block_id().is_some() {
+                    self.told_blocks = true;
+                    self.tell_blocks();
+                }
                 self.dl.set_remote_reqq(self.link.ext.reqq());
                 self.dl
                     .set_urgent(self.ctx.asks_urgent && self.link.ext.urgent_id().is_some());
@@ -600,6 +638,11 @@ impl Reader<'_> {
                     return self.dl.on_elsewhere(st, piece, retry_at, &mut self.out);
                 }
             }
+            ExtendedMessage::Dyn(MY_HAVE_BLOCK_ID, v) => {
+                if let Some(b) = have_block::decode(&v) {
+                    self.dl.on_have_block(&self.ctx.state, b);
+                }
+            }
             ExtendedMessage::Dyn(MY_URGENT_ID, v) => {
                 if let Some(r) = urgent::decode(&v) {
                     return self.on_request(r, true);
@@ -630,6 +673,16 @@ fn trace_sent(ctx: &ConnCtx, link: &PeerLink, r: &Request, what: &'static str) {
             "{what}"
         );
     }
+}
+
+/// Whether every block `r` covers is present (verified alone, or with its piece): such
+/// blocks are served before their piece is whole (see [`crate::have_block`]).
+fn blocks_present(st: &TorrentState, r: &Request) -> bool {
+    let layout = st.layout();
+    let first = layout.piece_blocks(r.index).start;
+    let bl = layout.block_len();
+    let (from, to) = (r.begin / bl, (r.begin + r.length - 1) / bl);
+    (first + from..=first + to).all(|b| st.storage().has_block(b))
 }
 
 /// Makes room in a read buffer holding unparsed bytes `start..end`: back to the start when all
@@ -696,6 +749,13 @@ async fn write_loop(
                 Out::Choke => Message::Choke,
                 Out::Unchoke => Message::Unchoke,
                 Out::Have(i) => Message::Have(i),
+                Out::HaveBlock(b) => {
+                    let Some(id) = link.ext.have_block_id() else {
+                        continue;
+                    };
+                    len += have_block::encode(&mut buf[len..], id, b);
+                    continue;
+                }
                 Out::Request(r) => {
                     trace_sent(ctx, link, &r, "request sent");
                     Message::Request(r)

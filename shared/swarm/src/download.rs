@@ -12,7 +12,9 @@
 //! beyond the request window, ahead of everything; other wanted blocks keep a delay-based
 //! [`RequestWindow`] outstanding (enough to fill the link, a few blocks of queue, so a later
 //! demand does not wait behind much). While a demanded piece arrives over another connection,
-//! this one asks for nothing else, so it has the downlink.
+//! this one asks for nothing else, so it has the downlink. A peer that holds only some blocks
+//! of a piece (announced alone, see [`crate::have_block`]) is asked for those a reader waits
+//! for, and never for anything else of it.
 //!
 //! # Arrivals
 //! With the torrent's block-hash table, a block someone waits for or plans to read is verified
@@ -89,6 +91,9 @@ struct Active {
     /// A second copy of a demanded piece another connection fetches: only its urgent blocks
     /// are asked for here, so the two do not both fetch the rest.
     duplicate: bool,
+    /// The remote holds only some blocks of the piece (announced with `vmt_have_block`): only
+    /// the urgent blocks among those are asked for here.
+    partial: bool,
     first: u32,
     blocks: u32,
     /// Requested and not yet answered.
@@ -110,6 +115,9 @@ pub(crate) struct Outputs {
     pub msgs: Vec<Out>,
     /// Pieces this connection verified first: to announce to every peer.
     pub verified: Vec<u32>,
+    /// Blocks a reader waited for that this connection verified alone: to announce to the
+    /// peers that take `vmt_have_block` (see [`crate::have_block`]).
+    pub blocks: Vec<u32>,
     /// A piece was given back unfinished: other connections may take it up.
     pub released: bool,
 }
@@ -118,6 +126,7 @@ impl Outputs {
     pub fn clear(&mut self) {
         self.msgs.clear();
         self.verified.clear();
+        self.blocks.clear();
         self.released = false;
     }
 }
@@ -155,7 +164,16 @@ pub(crate) struct Download {
     declined: VecDeque<(u32, Instant)>,
     /// The remote serves urgent requests while it chokes us.
     urgent: bool,
+    /// Blocks the remote announced with `vmt_have_block` (its pieces not whole yet); allocated
+    /// at its first announcement.
+    remote_blocks: Option<Bits>,
+    /// Scratch for a fill: demanded pieces of which the remote holds an urgent block, but
+    /// not the whole piece.
+    partial_demand: Vec<u32>,
 }
+
+/// One bit per block of the image.
+type Bits = crate::bitmap::Bits<Vec<u64>>;
 
 impl Download {
     pub fn new(
@@ -187,6 +205,8 @@ impl Download {
             injector: false,
             declined: VecDeque::new(),
             urgent: false,
+            remote_blocks: None,
+            partial_demand: Vec::new(),
         }
     }
 
@@ -283,7 +303,31 @@ impl Download {
         }
         self.remote_has[(piece / 64) as usize] |= 1 << (piece % 64);
         st.picker().add_availability(piece);
+        for a in &mut self.active {
+            if a.piece == piece {
+                a.partial = false;
+            }
+        }
         true
+    }
+
+    /// The remote announced `block`, verified alone (see [`crate::have_block`]); ignored if it
+    /// is out of range or its piece is held whole there.
+    pub fn on_have_block(&mut self, st: &TorrentState, block: u32) {
+        let layout = st.layout();
+        if block >= layout.blocks() || self.remote_has(layout.piece_of(block)) {
+            return;
+        }
+        self.remote_blocks
+            .get_or_insert_with(|| {
+                crate::bitmap::Bits(vec![0; layout.blocks().div_ceil(64) as usize])
+            })
+            .set(block);
+    }
+
+    /// Whether the remote announced `block` alone.
+    fn remote_block(&self, block: u32) -> bool {
+        self.remote_blocks.as_ref().is_some_and(|r| r.get(block))
     }
 
     /// The remote's bitfield (its first message).
@@ -371,10 +415,11 @@ impl Download {
             Counters::add(&st.counters().abandoned, len as u64);
             return Ok(());
         }
-        let alone = st.block_hashes().is_some() && {
+        let (demanded, planned) = {
             let picker = st.picker();
-            picker.is_block_demanded(b) || picker.is_block_planned(b)
+            (picker.is_block_demanded(b), picker.is_block_planned(b))
         };
+        let alone = st.block_hashes().is_some() && (demanded || planned);
         if alone {
             // Someone waits for it, or will soon read it: verified and readable now, written
             // straight from the message (no piece buffer for a piece fetched for a few blocks).
@@ -387,7 +432,8 @@ impl Download {
                 scratch.extend_from_slice(data.1);
                 &scratch[..]
             };
-            let stored = self.store_alone(st, b, block);
+            let announce = demanded.then_some(&mut out.blocks);
+            let stored = self.store_alone(st, b, block, announce);
             self.scratch = scratch;
             if !stored? {
                 return Ok(());
@@ -413,8 +459,14 @@ impl Download {
 
     /// Verifies one block against the block-hash table and stores it. Ok(false): it was not
     /// stored (corrupt: thrown away, the peer struck, it stays wanted and is asked for again;
-    /// or storage failed).
-    fn store_alone(&mut self, st: &TorrentState, b: u32, data: &[u8]) -> Result<bool, PeerError> {
+    /// or storage failed). A new block is added to `announce`, if given.
+    fn store_alone(
+        &mut self,
+        st: &TorrentState,
+        b: u32,
+        data: &[u8],
+        announce: Option<&mut Vec<u32>>,
+    ) -> Result<bool, PeerError> {
         let len = data.len() as u64;
         let ok = st.block_hashes().is_some_and(|h| h.verify(b, data));
         if !ok {
@@ -434,6 +486,9 @@ impl Download {
         let new = st.block_stored(b);
         if new {
             st.sources().record(st.layout().piece_of(b), self.source);
+            if let Some(announce) = announce {
+                announce.push(b);
+            }
         }
         Counters::add(
             if new {
@@ -597,7 +652,7 @@ impl Download {
                 if self.strikes.load(Ordering::Relaxed) >= MAX_STRIKES {
                     // Banned meanwhile: nothing more of it is looked at.
                     Counters::add(&st.counters().abandoned, block.len() as u64);
-                } else if let Err(e) = self.store_alone(st, b, block) {
+                } else if let Err(e) = self.store_alone(st, b, block, None) {
                     result = Err(e);
                 }
             }
@@ -668,7 +723,7 @@ impl Download {
                             a.received_bytes -= st.layout().block_size(b) as u64;
                             let at = i as usize * bl;
                             let block = &a.buf[at..at + st.layout().block_size(b) as usize];
-                            let r = self.store_alone(st, b, block);
+                            let r = self.store_alone(st, b, block, Some(&mut out.blocks));
                             if let Err(e) = r {
                                 self.active[k] = a;
                                 return Err(e);
@@ -731,7 +786,11 @@ impl Download {
         if st.has_failed() {
             return self.stop_fetching(st, out);
         }
-        if !self.am_interested || (self.peer_choking && !self.urgent) {
+        // A peer holding only blocks of pieces (announced alone) leaves us not interested, yet
+        // may give a reader's block.
+        if !(self.am_interested || self.remote_blocks.is_some())
+            || (self.peer_choking && !self.urgent)
+        {
             return Ok(());
         }
         {
@@ -783,6 +842,7 @@ impl Download {
                 if picker.is_block_urgent(b)
                     && !self.active[k].pending.get(i)
                     && !self.active[k].received.get(i)
+                    && (!self.active[k].partial || self.remote_block(b))
                     && self.outstanding < ceiling
                 {
                     issued_urgent = true;
@@ -790,22 +850,28 @@ impl Download {
                 }
             }
         }
-        // 2. Demanded pieces nobody here holds yet (or a slow peer holds).
+        // 2. Demanded pieces nobody here holds yet (or a slow peer holds), whole or the
+        // blocks a reader waits for.
+        self.find_partial_demand(picker);
         for _ in 0..MAX_URGENT_STARTS {
             if self.outstanding >= ceiling {
                 break;
             }
-            let (has, active) = (&self.remote_has, &self.active);
+            let (has, active, partial) = (&self.remote_has, &self.active, &self.partial_demand);
             let pick = picker.pick(
-                |i| has[(i / 64) as usize] & (1 << (i % 64)) != 0,
+                |i| has[(i / 64) as usize] & (1 << (i % 64)) != 0 || partial.contains(&i),
                 |i| active.iter().any(|a| a.piece == i),
                 true,
             );
             let Some(pick) = pick else { break };
             let duplicate = picker.copies(pick.piece) > 1;
-            let k = self.start(&layout, pick.piece, pick.reason, duplicate);
+            let partial = !self.remote_has(pick.piece);
+            let k = self.start(&layout, pick.piece, pick.reason, duplicate, partial);
             for b in layout.piece_blocks(pick.piece) {
-                if picker.is_block_urgent(b) && self.outstanding < ceiling {
+                if picker.is_block_urgent(b)
+                    && (!partial || self.remote_block(b))
+                    && self.outstanding < ceiling
+                {
                     issued_urgent = true;
                     self.request(&layout, k, b, now, out);
                 }
@@ -862,14 +928,35 @@ impl Download {
         }
         // 4. Pieces with nothing pending and nothing more wanted here (choked: nothing more
         // asked here, so an unchoked connection takes the rest up): finish or give back.
+        let remote = self.remote_blocks.as_ref();
         for a in &self.active {
             if a.pending.is_empty()
                 && a.withdrawn.is_empty()
                 && (self.peer_choking
                     || !(0..a.blocks)
-                        .any(|i| !a.received.get(i) && wanted_here(picker, a, a.first + i)))
+                        .any(|i| !a.received.get(i) && wanted_here(picker, a, a.first + i, remote)))
             {
                 self.idle.push(a.piece);
+            }
+        }
+    }
+
+    /// Collects in `partial_demand` the demanded pieces the remote does not hold whole but of
+    /// which it announced an urgent block.
+    fn find_partial_demand(&mut self, picker: &PiecePicker) {
+        self.partial_demand.clear();
+        let Some(rb) = &self.remote_blocks else {
+            return;
+        };
+        let layout = picker.layout();
+        for &p in picker.demanded_pieces() {
+            let has = self.remote_has[(p / 64) as usize] & (1 << (p % 64)) != 0;
+            if !has
+                && layout
+                    .piece_blocks(p)
+                    .any(|b| rb.get(b) && picker.is_block_urgent(b))
+            {
+                self.partial_demand.push(p);
             }
         }
     }
@@ -886,7 +973,7 @@ impl Download {
     ) {
         for k in 0..self.active.len() {
             let a = &self.active[k];
-            if a.duplicate || !picker.is_demanded(a.piece) {
+            if a.duplicate || a.partial || !picker.is_demanded(a.piece) {
                 continue;
             }
             let (first, blocks) = (a.first, a.blocks);
@@ -941,7 +1028,7 @@ impl Download {
                     !a.pending.get(i)
                         && !a.withdrawn.get(i)
                         && !a.received.get(i)
-                        && wanted_here(picker, a, b)
+                        && wanted_here(picker, a, b, self.remote_blocks.as_ref())
                         && (!planned || picker.is_block_planned(b))
                 })
                 .map(|i| (k, a.first + i))
@@ -963,7 +1050,7 @@ impl Download {
         );
         match pick {
             Some(pick) => {
-                self.start(layout, pick.piece, pick.reason, false);
+                self.start(layout, pick.piece, pick.reason, false, false);
                 true
             }
             None => false,
@@ -976,12 +1063,14 @@ impl Download {
         piece: u32,
         reason: PickReason,
         duplicate: bool,
+        partial: bool,
     ) -> usize {
         let blocks = layout.piece_blocks(piece);
         self.active.push(Active {
             piece,
             reason,
             duplicate,
+            partial,
             first: blocks.start,
             blocks: blocks.len() as u32,
             pending: EMPTY,
@@ -1037,6 +1126,7 @@ impl Active {
             piece: u32::MAX,
             reason: PickReason::Rarest,
             duplicate: false,
+            partial: false,
             first: 0,
             blocks: 0,
             pending: EMPTY,
@@ -1048,11 +1138,14 @@ impl Active {
     }
 }
 
-/// Whether this connection should fetch `b` of `a`: a duplicate copy only its urgent blocks;
-/// with several peers connected every missing block (a started piece is finished, so it can
-/// be traded); otherwise the wanted ones.
-fn wanted_here(picker: &PiecePicker, a: &Active, b: u32) -> bool {
-    if a.duplicate {
+/// Whether this connection should fetch `b` of `a`: of a piece the remote holds in part, its
+/// urgent blocks there (`remote`: the blocks it announced); a duplicate copy only its urgent
+/// blocks; with several peers connected every missing block (a started piece is finished, so
+/// it can be traded); otherwise the wanted ones.
+fn wanted_here(picker: &PiecePicker, a: &Active, b: u32, remote: Option<&Bits>) -> bool {
+    if a.partial {
+        picker.is_block_urgent(b) && remote.is_some_and(|r| r.get(b))
+    } else if a.duplicate {
         picker.is_block_urgent(b)
     } else if picker.has_several_peers() {
         !picker.is_present(b)
@@ -1497,6 +1590,64 @@ mod tests {
         d.on_unchoke();
         d.fill(&f.st, Instant::now(), &mut out).unwrap();
         assert!(!f.requested(&out).is_empty() && f.asked(&out, true).is_empty());
+    }
+
+    /// A peer that holds no whole piece but announced blocks (`vmt_have_block`) is asked,
+    /// urgently while it chokes us, for the announced blocks a reader waits for, and for
+    /// nothing else; the blocks we got that a reader waited for are reported for announcing.
+    #[test]
+    fn a_peer_holding_blocks_alone_is_asked_for_those_a_reader_waits_for() {
+        let f = fixture(true, true);
+        let now = Instant::now();
+        let mut d = Download::new(
+            &f.st,
+            Id20::new([7; 20]),
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::default(),
+            Arc::default(),
+            256,
+            now,
+        );
+        let mut out = Outputs::default();
+        d.set_urgent(true);
+        d.update_interest(&f.st, &mut out);
+        assert!(out.msgs.is_empty(), "it holds no piece: not interested");
+        // Four blocks a piece: 9 and 11 are in piece 2, 13 in piece 3.
+        for b in [9, 11, 13] {
+            d.on_have_block(&f.st, b);
+        }
+        d.on_have_block(&f.st, f.layout().blocks() + 5);
+        assert!(f.st.picker().demand(9..11));
+        d.fill(&f.st, now, &mut out).unwrap();
+        assert_eq!(
+            f.asked(&out, true),
+            vec![9],
+            "the demanded block it holds, not 10 (not announced) nor 11 and 13 (not waited for)"
+        );
+        assert!(f.requested(&out).is_empty());
+        out.clear();
+        f.answer(&mut d, 9, false, &mut out).unwrap();
+        assert!(f.stored(9));
+        assert_eq!(
+            out.blocks,
+            vec![9],
+            "a waited-for block verified alone is announced"
+        );
+        d.fill(&f.st, now, &mut out).unwrap();
+        assert!(
+            out.released,
+            "nothing more to ask here: the piece is given back"
+        );
+        assert_eq!(d.outstanding(), 0);
+        out.clear();
+        d.fill(&f.st, now, &mut out).unwrap();
+        assert!(out.msgs.is_empty(), "no churn: {:?}", out.msgs);
+        // Once it holds the whole piece, the piece is asked for as from any holder.
+        let mut bits = vec![0u8; (f.layout().pieces() as usize).div_ceil(8)];
+        bits[0] = 0x20;
+        d.on_bitfield(&f.st, &bits).unwrap();
+        d.fill(&f.st, now, &mut out).unwrap();
+        assert_eq!(f.asked(&out, true), vec![10]);
     }
 
     /// Choked by an injecting seeder that serves urgent requests: the blocks a reader waits

@@ -13,6 +13,7 @@ use peer_binary_protocol::extended::PeerExtendedMessageIds;
 use peer_binary_protocol::{MY_EXTENDED_UT_METADATA, MY_EXTENDED_UT_PEX};
 use serde::Serialize;
 
+use crate::have_block::{self, MY_HAVE_BLOCK_ID};
 use crate::inject::{self, OurInjection, RemoteInjection, MY_ELSEWHERE_ID};
 use crate::table_exchange::{self, MY_TABLE_ID};
 use crate::urgent::{self, MY_URGENT_ID};
@@ -27,8 +28,8 @@ pub const DEFAULT_REMOTE_REQQ: usize = 250;
 
 /// Our extended handshake, as librqbit-peer-protocol's `ExtendedHandshake` writes it plus
 /// keys that type cannot hold: `vmt_block_hashes` in `m` (see [`crate::table_exchange`]),
-/// `vmt_elsewhere` in `m` and `vmt_inject` (see [`crate::inject`]), `vmt_urgent` in `m` (see
-/// [`crate::urgent`]).
+/// `vmt_elsewhere` in `m` and `vmt_inject` (see [`crate::inject`]), `vmt_urgent` and
+/// `vmt_have_block` in `m` (see [`crate::urgent`], [`crate::have_block`]).
 #[derive(Serialize)]
 struct WireHandshake<'a> {
     m: WireIds,
@@ -53,6 +54,8 @@ struct WireIds {
     #[serde(skip_serializing_if = "Option::is_none")]
     vmt_elsewhere: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    vmt_have_block: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     vmt_urgent: Option<u8>,
 }
 
@@ -60,7 +63,8 @@ struct WireIds {
 /// length. `listen_port` is `p` (only when we accept connections), `metadata_size` the length
 /// of the info dictionary we serve over ut_metadata, `pex` whether we speak ut_pex, and
 /// `table` whether we serve a block-hash table over `vmt_block_hashes`, `injection` our part
-/// in injection, `urgent` whether we serve urgent requests. `out` needs 256 bytes.
+/// in injection, `urgent` whether we serve urgent requests (and then take `vmt_have_block`
+/// announcements: we are a client that asks urgently too). `out` needs 256 bytes.
 pub(crate) fn encode_handshake(
     out: &mut [u8],
     listen_port: Option<u16>,
@@ -76,6 +80,7 @@ pub(crate) fn encode_handshake(
             ut_pex: pex.then_some(MY_EXTENDED_UT_PEX),
             vmt_block_hashes: table.then_some(MY_TABLE_ID),
             vmt_elsewhere: injection.shares.then_some(MY_ELSEWHERE_ID),
+            vmt_have_block: urgent.then_some(MY_HAVE_BLOCK_ID),
             vmt_urgent: urgent.then_some(MY_URGENT_ID),
         },
         metadata_size: u32::try_from(metadata_size).ok().filter(|&n| n > 0),
@@ -111,6 +116,8 @@ pub(crate) struct RemoteExtensions {
     injects: AtomicBool,
     /// Its id for vmt_urgent; 0 = not supported.
     urgent: AtomicU8,
+    /// Its id for vmt_have_block; 0 = it takes no announcements.
+    have_block: AtomicU8,
 }
 
 impl RemoteExtensions {
@@ -140,6 +147,13 @@ impl RemoteExtensions {
         self.injects.store(inj.injects, Ordering::Relaxed);
         let urgent = urgent::remote_id(payload).unwrap_or(0);
         self.urgent.store(urgent, Ordering::Relaxed);
+        let have_block = have_block::remote_id(payload).unwrap_or(0);
+        self.have_block.store(have_block, Ordering::Relaxed);
+    }
+
+    /// The remote's id for `vmt_have_block`, if it takes announcements of blocks.
+    pub fn have_block_id(&self) -> Option<u8> {
+        Some(self.have_block.load(Ordering::Relaxed)).filter(|&i| i != 0)
     }
 
     /// The remote's id for `vmt_urgent`, if it serves urgent requests.
@@ -223,9 +237,11 @@ mod tests {
         assert_eq!(r.table_id(), None);
         assert_eq!(r.injection(), RemoteInjection::default());
         assert_eq!(r.urgent_id(), None);
+        assert_eq!(r.have_block_id(), None);
         r.update_raw(&buf[6..n]);
         assert_eq!(r.table_id(), Some(MY_TABLE_ID));
         assert_eq!(r.urgent_id(), Some(MY_URGENT_ID));
+        assert_eq!(r.have_block_id(), Some(MY_HAVE_BLOCK_ID));
         assert_eq!(
             r.injection(),
             RemoteInjection {
@@ -244,8 +260,13 @@ mod tests {
         );
         r.update_raw(&buf[6..n2]);
         assert_eq!(
-            (r.table_id(), r.injection(), r.urgent_id()),
-            (None, RemoteInjection::default(), None),
+            (
+                r.table_id(),
+                r.injection(),
+                r.urgent_id(),
+                r.have_block_id()
+            ),
+            (None, RemoteInjection::default(), None, None),
             "a re-sent handshake without them turns them off"
         );
         let n = ours(&mut buf);

@@ -73,6 +73,7 @@ mod engine;
 mod error;
 mod events;
 mod extension;
+mod have_block;
 mod inject;
 mod layout;
 mod magnet;

@@ -398,6 +398,22 @@ impl PeerRegistry {
         }
     }
 
+    /// Announces `blocks`, verified alone, to every peer that takes such announcements (see
+    /// [`crate::have_block`]).
+    pub fn announce_blocks(&self, blocks: &[u32]) {
+        if blocks.is_empty() {
+            return;
+        }
+        for p in &self.table().live {
+            if p.link.ext.have_block_id().is_some() {
+                for &b in blocks {
+                    p.link.outbox().push(Out::HaveBlock(b));
+                }
+                p.link.wake_writer.notify_one();
+            }
+        }
+    }
+
     /// Wakes every connection's reader to reconsider its requests, and the web-seed workers.
     pub fn wake_readers(&self) {
         for p in &self.table().live {

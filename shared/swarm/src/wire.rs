@@ -36,6 +36,8 @@ pub(crate) enum Out {
     Choke,
     Unchoke,
     Have(u32),
+    /// Block `n` verified alone, of a piece not yet whole (`vmt_have_block`).
+    HaveBlock(u32),
     Request(Request),
     /// A request for a block a reader waits for, to a peer that chokes us (`vmt_urgent`).
     Urgent(Request),
