@@ -232,6 +232,89 @@ async fn a_choked_client_gets_what_its_reader_waits_for_without_a_rotation() {
     shutdown_all(&[&reader, &hog, &seed]).await;
 }
 
+/// A holder with a long backlog of urgent uploads answers one more busy (`vmt_busy`) instead
+/// of queuing it, and the asker gets the block from another holder at once, with both still
+/// choking it (their one upload slot taken by a hog, rotated once a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_holder_sends_the_reader_to_another() {
+    let img = TestImage::new(32 * MIB, 19).await;
+    let holder = |busy_backlog| EngineConfig {
+        upload_limit: Some(MIB as u64),
+        upload_slots: 1,
+        rechoke_interval: Duration::from_secs(60),
+        urgent: true,
+        busy_backlog,
+        ..Default::default()
+    };
+    // `busy` answers every urgent request busy; `free` has the default backlog.
+    let busy = img.seeder(holder(0)).await;
+    let free = img
+        .seeder(holder(vmt_swarm::EngineConfig::default().busy_backlog))
+        .await;
+    let hog = img
+        .client(
+            "hog",
+            EngineConfig {
+                upload: false,
+                ..dialing(&[&busy, &free])
+            },
+        )
+        .await;
+    within("the hog takes both slots", Duration::from_secs(30), async {
+        while busy.stats().uploaded == 0 || free.stats().uploaded == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let reader = img
+        .client(
+            "reader",
+            EngineConfig {
+                upload: false,
+                fetch_all: false,
+                urgent: true,
+                pex: false,
+                ..dialing(&[&busy])
+            },
+        )
+        .await;
+    let last = img.torrent.piece(img.torrent.piece_count() - 1).unwrap();
+    assert!(reader.demand(last));
+    within("a busy answer", Duration::from_secs(10), async {
+        while reader.stats().busy_received == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    reader.add_peer(free.listen_addr().expect("it listens"));
+    within(
+        "the demanded piece, from the other holder",
+        Duration::from_secs(10),
+        reader.wait_piece(last),
+    )
+    .await
+    .expect("the piece arrives");
+    let (bs, fs) = (busy.stats(), free.stats());
+    assert!(bs.busy_sent > 0, "the busy holder never said so");
+    assert_eq!(
+        bs.urgent_served, 0,
+        "the busy holder queued an urgent request"
+    );
+    assert!(
+        fs.urgent_served > 0,
+        "the free holder served nothing urgently"
+    );
+    assert!(
+        !hog.is_complete(),
+        "the hog gave its slots up: the test proves nothing"
+    );
+    let mut buf = vec![0u8; img.torrent.lengths().piece_length(last) as usize];
+    let at = img.torrent.lengths().piece_offset(last);
+    reader.read_at(at, &mut buf).expect("read the piece");
+    assert!(buf == img.data[at as usize..at as usize + buf.len()]);
+    shutdown_all(&[&reader, &hog, &busy, &free]).await;
+}
+
 /// A block verified alone is served before its piece is whole (`vmt_have_block`): a client
 /// that fetched one block a reader waited for gives it to a peer whose reader waits for the
 /// same block, with the seeder gone and the piece still partial at both.

@@ -234,6 +234,10 @@ pub struct ClientResult {
     pub urgent_asked: u64,
     /// Urgent requests this client served.
     pub urgent_served: u64,
+    /// Urgent requests this client answered busy.
+    pub busy_sent: u64,
+    /// Busy answers this client got.
+    pub busy_received: u64,
     /// Every read succeeded, none differed from the check image, and storage never failed.
     pub verified: bool,
     /// Why the replay failed, if it did.
@@ -591,6 +595,8 @@ fn client_result(
         declines: status.declines_received,
         urgent_asked: status.urgent_asked,
         urgent_served: status.urgent_served,
+        busy_sent: status.busy_sent,
+        busy_received: status.busy_received,
         verified: error.is_none() && mismatches == 0,
         error,
     }

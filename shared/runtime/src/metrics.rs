@@ -318,6 +318,8 @@ mod tests {
             declines_received: 0,
             urgent_asked: 0,
             urgent_served: 0,
+            busy_sent: 0,
+            busy_received: 0,
             peers_connected: 2,
             peers: Vec::new(),
             peer_status: String::new(),

@@ -171,6 +171,10 @@ pub struct Status {
     pub urgent_asked: u64,
     /// Urgent requests served to peers we choked.
     pub urgent_served: u64,
+    /// Urgent requests answered busy (our backlog of them was long).
+    pub busy_sent: u64,
+    /// Busy answers got to our urgent requests.
+    pub busy_received: u64,
     /// Peers connected now.
     pub peers_connected: usize,
     /// Per peer.

@@ -211,6 +211,8 @@ impl<R: ReadReply> Streaming<R> {
             declines_received: st.declines_received,
             urgent_asked: st.urgent_asked,
             urgent_served: st.urgent_served,
+            busy_sent: st.busy_sent,
+            busy_received: st.busy_received,
             peers: st
                 .peers
                 .iter()

@@ -14,7 +14,7 @@
 //! still reaches it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use peer_binary_protocol::{
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::busy::{self, MY_BUSY_ID};
 use crate::download::{Download, Outputs};
 use crate::error::PeerError;
 use crate::extension::encode_handshake;
@@ -84,6 +85,11 @@ pub(crate) struct ConnCtx {
     pub asks_urgent: bool,
     /// We serve urgent requests from peers we choke (see [`crate::urgent`]).
     pub serves_urgent: bool,
+    /// Urgent uploads queued over all connections: past [`BUSY_BACKLOG`], one more is
+    /// answered busy (see [`crate::busy`]).
+    pub urgent_backlog: Arc<AtomicUsize>,
+    /// How long that backlog may get (`EngineConfig::busy_backlog`).
+    pub busy_backlog: usize,
     /// Cancelled when the engine stops.
     pub cancel: CancellationToken,
 }
@@ -203,6 +209,7 @@ pub(crate) async fn run(
         ctx.cancel.child_token(),
         counters,
         ctx.peers.now_ms(),
+        ctx.urgent_backlog.clone(),
     ));
     // Queued before registration so it precedes every Have the registry broadcasts. The
     // bitfield must be the first message (BEP 3); the extended handshake follows at once.
@@ -512,6 +519,15 @@ impl Reader<'_> {
         if !ok {
             return Ok(());
         }
+        if urgent && choking && self.ctx.inject.is_none() {
+            let backlog = self.ctx.urgent_backlog.load(Ordering::Relaxed);
+            if backlog >= self.ctx.busy_backlog && self.link.ext.busy_id().is_some() {
+                let retry = busy::retry(backlog, r.length, self.ctx.up_limit.rate());
+                self.link.push(Out::Busy(r, retry));
+                Counters::add(&st.counters().busy_sent, 1);
+                return Ok(());
+            }
+        }
         if self.sharer {
             if let Some(inj) = &self.ctx.inject {
                 let now = Instant::now();
@@ -545,7 +561,7 @@ impl Reader<'_> {
                 }
             }
         }
-        if self.link.push(Out::Piece(r)) {
+        if self.link.push(Out::Piece(r, choking)) {
             if choking {
                 Counters::add(&st.counters().urgent_served, 1);
             }
@@ -641,6 +657,12 @@ impl Reader<'_> {
             ExtendedMessage::Dyn(MY_HAVE_BLOCK_ID, v) => {
                 if let Some(b) = have_block::decode(&v) {
                     self.dl.on_have_block(&self.ctx.state, b);
+                }
+            }
+            ExtendedMessage::Dyn(MY_BUSY_ID, v) => {
+                if let Some((r, retry)) = busy::decode(&v) {
+                    let retry_at = Instant::now() + retry;
+                    return self.dl.on_busy(&self.ctx.state, r, retry_at, &mut self.out);
                 }
             }
             ExtendedMessage::Dyn(MY_URGENT_ID, v) => {
@@ -770,7 +792,7 @@ async fn write_loop(
                     None => Message::Request(r),
                 },
                 Out::Cancel(r) => Message::Cancel(r),
-                Out::Piece(r) => {
+                Out::Piece(r, _) => {
                     let data = &mut block[..r.length as usize];
                     let lengths = st.torrent().lengths();
                     let piece = lengths
@@ -803,6 +825,13 @@ async fn write_loop(
                         },
                         ctx.serves_urgent,
                     );
+                    continue;
+                }
+                Out::Busy(r, retry) => {
+                    let Some(id) = link.ext.busy_id() else {
+                        continue;
+                    };
+                    len += busy::encode(&mut buf[len..], id, &r, retry);
                     continue;
                 }
                 Out::Elsewhere(piece) => {

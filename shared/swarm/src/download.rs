@@ -164,6 +164,8 @@ pub(crate) struct Download {
     declined: VecDeque<(u32, Instant)>,
     /// The remote serves urgent requests while it chokes us.
     urgent: bool,
+    /// The remote answered an urgent request busy: no more are asked of it until then.
+    busy_until: Option<Instant>,
     /// Blocks the remote announced with `vmt_have_block` (its pieces not whole yet); allocated
     /// at its first announcement.
     remote_blocks: Option<Bits>,
@@ -205,6 +207,7 @@ impl Download {
             injector: false,
             declined: VecDeque::new(),
             urgent: false,
+            busy_until: None,
             remote_blocks: None,
             partial_demand: Vec::new(),
         }
@@ -245,13 +248,53 @@ impl Download {
         self.give_back(st, a)
     }
 
-    /// When the oldest decline lapses.
-    pub fn next_retry(&self) -> Option<Instant> {
-        self.declined.front().map(|&(_, at)| at)
+    /// The remote answered urgent request `r` busy (see [`crate::busy`]): it is dropped, so
+    /// the block can be asked elsewhere, and nothing more is asked of the remote urgently
+    /// until `retry_at`. Requests it queued stay.
+    pub fn on_busy(
+        &mut self,
+        st: &TorrentState,
+        r: Request,
+        retry_at: Instant,
+        out: &mut Outputs,
+    ) -> Result<(), PeerError> {
+        Counters::add(&st.counters().busy_received, 1);
+        let layout = st.layout();
+        let Some(b) = layout.block_at(r.index, r.begin, r.length) else {
+            return Ok(());
+        };
+        let Some(a) = self.active.iter_mut().find(|a| a.piece == r.index) else {
+            return Ok(());
+        };
+        let i = b - a.first;
+        if !a.pending.get(i) {
+            return Ok(());
+        }
+        a.pending.clear(i);
+        self.outstanding -= 1;
+        forget(&mut self.sent, b);
+        self.busy_until = Some(self.busy_until.map_or(retry_at, |t| t.max(retry_at)));
+        // Given back by the fill's step 4 if nothing else is pending here: another
+        // connection takes it up.
+        out.released = true;
+        Ok(())
     }
 
-    /// The remote has again the pieces whose decline lapsed by `now`.
+    /// When the oldest decline, or the remote's busy answer, lapses.
+    pub fn next_retry(&self) -> Option<Instant> {
+        let decline = self.declined.front().map(|&(_, at)| at);
+        match (decline, self.busy_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The remote has again the pieces whose decline lapsed by `now`, and takes urgent
+    /// requests again if its busy answer lapsed.
     pub fn retry_declined(&mut self, st: &TorrentState, now: Instant) {
+        if self.busy_until.is_some_and(|t| t <= now) {
+            self.busy_until = None;
+        }
         while let Some(&(piece, at)) = self.declined.front() {
             if at > now {
                 break;
@@ -816,8 +859,11 @@ impl Download {
 
     fn decide(&mut self, picker: &mut PiecePicker, now: Instant, out: &mut Outputs) {
         let layout = *picker.layout();
-        // Choked (the remote serves urgent requests): only blocks a reader waits for.
-        let ceiling = if self.peer_choking {
+        // Choked (the remote serves urgent requests): only blocks a reader waits for, none
+        // while it said it is busy.
+        let ceiling = if self.peer_choking && self.busy_until.is_some() {
+            0
+        } else if self.peer_choking {
             self.remote_reqq.min(URGENT_QUEUE)
         } else {
             self.remote_reqq
@@ -1590,6 +1636,50 @@ mod tests {
         d.on_unchoke();
         d.fill(&f.st, Instant::now(), &mut out).unwrap();
         assert!(!f.requested(&out).is_empty() && f.asked(&out, true).is_empty());
+    }
+
+    /// A choking peer that answers an urgent request busy is asked nothing more urgently until
+    /// its retry, and the piece goes back to the picker for another connection; then it is
+    /// asked again.
+    #[test]
+    fn a_busy_answer_drops_the_request_and_holds_urgent_asks_until_its_retry() {
+        let f = fixture(true, true);
+        let (mut d, mut out) = f.connected();
+        d.on_choke(&f.st, &mut out).unwrap();
+        d.set_urgent(true);
+        out.clear();
+        assert!(f.st.picker().demand(9..10));
+        let t0 = Instant::now();
+        d.fill(&f.st, t0, &mut out).unwrap();
+        assert_eq!(f.asked(&out, true), vec![9]);
+        out.clear();
+        let layout = f.layout();
+        let r = Request::new(
+            layout.piece_of(9),
+            layout.begin_in_piece(9),
+            layout.block_size(9),
+        );
+        let retry_at = t0 + std::time::Duration::from_millis(200);
+        d.on_busy(&f.st, r, retry_at, &mut out).unwrap();
+        assert_eq!(d.outstanding(), 0, "the request is dropped");
+        assert!(out.released);
+        assert_eq!(d.next_retry(), Some(retry_at));
+        out.clear();
+        d.fill(&f.st, t0, &mut out).unwrap();
+        assert!(out.msgs.is_empty(), "busy: {:?}", out.msgs);
+        assert_eq!(
+            f.st.picker().state(layout.piece_of(9)),
+            crate::picker::PieceState::Queued,
+            "given back"
+        );
+        // A busy answer to a request no longer pending changes nothing.
+        d.on_busy(&f.st, r, t0 + std::time::Duration::from_secs(9), &mut out)
+            .unwrap();
+        assert_eq!(d.next_retry(), Some(retry_at));
+        d.retry_declined(&f.st, retry_at);
+        assert_eq!(d.next_retry(), None);
+        d.fill(&f.st, retry_at, &mut out).unwrap();
+        assert_eq!(f.asked(&out, true), vec![9], "asked again after the retry");
     }
 
     /// A peer that holds no whole piece but announced blocks (`vmt_have_block`) is asked,

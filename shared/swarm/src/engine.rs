@@ -114,6 +114,9 @@ pub struct EngineConfig {
     /// waits for, and, when we upload, serve such requests from peers we choke. Off by
     /// default: measured only with an injecting seeder (see `urgent.rs`).
     pub urgent: bool,
+    /// Urgent uploads queued over all connections past which one more urgent request is
+    /// answered busy, so its asker goes to another holder (see `busy.rs`).
+    pub busy_backlog: usize,
     /// The address dials go out from when we do not listen (a client-server client): on a
     /// host with several addresses, its own, so a peer's per-address limit counts it alone.
     /// With a listener, dials go out from the listening address instead.
@@ -137,6 +140,7 @@ impl Default for EngineConfig {
             dial_from: None,
             inject: false,
             urgent: false,
+            busy_backlog: crate::busy::BUSY_BACKLOG,
             fetch_all: true,
             use_trackers: true,
             dht: None,
@@ -263,6 +267,8 @@ impl Engine {
             decline_retry: crate::inject::retry(config.rechoke_interval),
             asks_urgent: config.urgent,
             serves_urgent: config.urgent && policy.slots > 0,
+            urgent_backlog: Arc::default(),
+            busy_backlog: config.busy_backlog,
             cancel: CancellationToken::new(),
         };
         let origins = origins(&ctx.state, &config);
@@ -529,6 +535,8 @@ impl Engine {
             declines_received: c.declines.load(Ordering::Relaxed),
             urgent_asked: c.urgent_asked.load(Ordering::Relaxed),
             urgent_served: c.urgent_served.load(Ordering::Relaxed),
+            busy_sent: c.busy_sent.load(Ordering::Relaxed),
+            busy_received: c.busy_received.load(Ordering::Relaxed),
             failure: st.failure().map(|e| crate::error::chain(&*e)),
             connected,
             peers,

@@ -13,6 +13,7 @@ use peer_binary_protocol::extended::PeerExtendedMessageIds;
 use peer_binary_protocol::{MY_EXTENDED_UT_METADATA, MY_EXTENDED_UT_PEX};
 use serde::Serialize;
 
+use crate::busy::{self, MY_BUSY_ID};
 use crate::have_block::{self, MY_HAVE_BLOCK_ID};
 use crate::inject::{self, OurInjection, RemoteInjection, MY_ELSEWHERE_ID};
 use crate::table_exchange::{self, MY_TABLE_ID};
@@ -28,8 +29,9 @@ pub const DEFAULT_REMOTE_REQQ: usize = 250;
 
 /// Our extended handshake, as librqbit-peer-protocol's `ExtendedHandshake` writes it plus
 /// keys that type cannot hold: `vmt_block_hashes` in `m` (see [`crate::table_exchange`]),
-/// `vmt_elsewhere` in `m` and `vmt_inject` (see [`crate::inject`]), `vmt_urgent` and
-/// `vmt_have_block` in `m` (see [`crate::urgent`], [`crate::have_block`]).
+/// `vmt_elsewhere` in `m` and `vmt_inject` (see [`crate::inject`]), `vmt_urgent`,
+/// `vmt_have_block` and `vmt_busy` in `m` (see [`crate::urgent`], [`crate::have_block`],
+/// [`crate::busy`]).
 #[derive(Serialize)]
 struct WireHandshake<'a> {
     m: WireIds,
@@ -52,6 +54,8 @@ struct WireIds {
     #[serde(skip_serializing_if = "Option::is_none")]
     vmt_block_hashes: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    vmt_busy: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     vmt_elsewhere: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vmt_have_block: Option<u8>,
@@ -64,7 +68,8 @@ struct WireIds {
 /// of the info dictionary we serve over ut_metadata, `pex` whether we speak ut_pex, and
 /// `table` whether we serve a block-hash table over `vmt_block_hashes`, `injection` our part
 /// in injection, `urgent` whether we serve urgent requests (and then take `vmt_have_block`
-/// announcements: we are a client that asks urgently too). `out` needs 256 bytes.
+/// announcements: we are a client that asks urgently too); `vmt_busy` is always listed. `out`
+/// needs 256 bytes.
 pub(crate) fn encode_handshake(
     out: &mut [u8],
     listen_port: Option<u16>,
@@ -79,6 +84,8 @@ pub(crate) fn encode_handshake(
             ut_metadata: Some(MY_EXTENDED_UT_METADATA),
             ut_pex: pex.then_some(MY_EXTENDED_UT_PEX),
             vmt_block_hashes: table.then_some(MY_TABLE_ID),
+            // Busy answers come only to urgent requests: listed by whoever might send one.
+            vmt_busy: Some(MY_BUSY_ID),
             vmt_elsewhere: injection.shares.then_some(MY_ELSEWHERE_ID),
             vmt_have_block: urgent.then_some(MY_HAVE_BLOCK_ID),
             vmt_urgent: urgent.then_some(MY_URGENT_ID),
@@ -118,6 +125,8 @@ pub(crate) struct RemoteExtensions {
     urgent: AtomicU8,
     /// Its id for vmt_have_block; 0 = it takes no announcements.
     have_block: AtomicU8,
+    /// Its id for vmt_busy; 0 = it takes no busy answers.
+    busy: AtomicU8,
 }
 
 impl RemoteExtensions {
@@ -149,6 +158,13 @@ impl RemoteExtensions {
         self.urgent.store(urgent, Ordering::Relaxed);
         let have_block = have_block::remote_id(payload).unwrap_or(0);
         self.have_block.store(have_block, Ordering::Relaxed);
+        let busy = busy::remote_id(payload).unwrap_or(0);
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// The remote's id for `vmt_busy`, if it takes busy answers to its urgent requests.
+    pub fn busy_id(&self) -> Option<u8> {
+        Some(self.busy.load(Ordering::Relaxed)).filter(|&i| i != 0)
     }
 
     /// The remote's id for `vmt_have_block`, if it takes announcements of blocks.

@@ -65,6 +65,7 @@
 
 mod bitmap;
 mod block_hashes;
+mod busy;
 mod connection;
 mod dht;
 mod digest;

@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -66,9 +66,15 @@ pub const MAX_STRIKES: u32 = 2;
 const EVICT_GRACE_MS: u64 = 5_000;
 
 impl PeerLink {
-    pub fn new(close: CancellationToken, counters: Arc<PeerCounters>, now_ms: u64) -> PeerLink {
+    /// `backlog` counts the urgent uploads queued over all of the engine's connections.
+    pub fn new(
+        close: CancellationToken,
+        counters: Arc<PeerCounters>,
+        now_ms: u64,
+        backlog: Arc<AtomicUsize>,
+    ) -> PeerLink {
         PeerLink {
-            outbox: Mutex::new(Outbox::new()),
+            outbox: Mutex::new(Outbox::new(backlog)),
             wake_writer: Notify::new(),
             wake_reader: Notify::new(),
             am_choking: AtomicBool::new(true),
@@ -601,7 +607,12 @@ mod tests {
     }
 
     fn link() -> Arc<PeerLink> {
-        Arc::new(PeerLink::new(CancellationToken::new(), Arc::default(), 0))
+        Arc::new(PeerLink::new(
+            CancellationToken::new(),
+            Arc::default(),
+            0,
+            Arc::default(),
+        ))
     }
 
     fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
@@ -663,6 +674,7 @@ mod tests {
             CancellationToken::new(),
             Arc::default(),
             r.now_ms(),
+            Arc::default(),
         ));
         assert!(r.register(id(3), addr(B, 2), false, newcomer).is_ok());
         assert!(l2.close.is_cancelled() && !l1.close.is_cancelled());

@@ -46,6 +46,7 @@ impl TokenBucket {
 #[derive(Debug)]
 pub struct RateLimiter {
     bucket: Option<Mutex<TokenBucket>>,
+    rate: Option<u64>,
 }
 
 impl RateLimiter {
@@ -53,11 +54,17 @@ impl RateLimiter {
     /// unlimited for `None`.
     pub fn new(rate: Option<u64>) -> RateLimiter {
         RateLimiter {
+            rate,
             bucket: rate.map(|r| {
                 let burst = (r / 10).max(64 * 1024);
                 Mutex::new(TokenBucket::new(r, burst, Instant::now()))
             }),
         }
+    }
+
+    /// Its rate in bytes per second; `None` if unlimited.
+    pub fn rate(&self) -> Option<u64> {
+        self.rate
     }
 
     /// Accounts `n` bytes just moved, sleeping while the bucket is in debt.

@@ -43,6 +43,10 @@ pub(crate) struct Counters {
     pub urgent_asked: AtomicU64,
     /// Urgent requests we queued for peers we choked.
     pub urgent_served: AtomicU64,
+    /// Urgent requests we answered busy (`vmt_busy`).
+    pub busy_sent: AtomicU64,
+    /// Busy answers we got.
+    pub busy_received: AtomicU64,
 }
 
 impl Counters {
@@ -177,6 +181,10 @@ pub struct SwarmStats {
     pub urgent_asked: u64,
     /// Urgent requests we served to peers we choked.
     pub urgent_served: u64,
+    /// Urgent requests we answered busy: our backlog of them was long (see `busy.rs`).
+    pub busy_sent: u64,
+    /// Busy answers we got to our urgent requests.
+    pub busy_received: u64,
     /// Why the engine stopped fetching (local storage failed), if it did.
     pub failure: Option<String>,
     /// Connected peers.

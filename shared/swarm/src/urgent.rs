@@ -14,7 +14,8 @@
 //! blocks waited for, since it declines that piece to every other sharing peer while it sends
 //! it to one (the other readers of the piece wait until that one holds it whole).
 //! A choke voids urgent requests like any other (BEP 3), and an injecting seeder declines
-//! them like any other.
+//! them like any other. A client with many urgent uploads queued over all its connections
+//! answers one more busy instead (see [`crate::busy`]), so its asker goes to another holder.
 //!
 //! Off by default (`EngineConfig::urgent`, `--urgent`): measured at headless N=128 with an
 //! injecting seeder (`datasets/results/scale/urgent/`: mean completion 44.4 s against 52.0 s

@@ -7,6 +7,8 @@
 //! choke can still withdraw queued uploads.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use peer_binary_protocol::Request;
 
@@ -42,8 +44,12 @@ pub(crate) enum Out {
     /// A request for a block a reader waits for, to a peer that chokes us (`vmt_urgent`).
     Urgent(Request),
     Cancel(Request),
-    /// Upload of a block the peer requested.
-    Piece(Request),
+    /// Upload of a block the peer requested; `true` if it asked urgently while we choke it
+    /// (counted in the engine's urgent backlog, see [`crate::busy`]).
+    Piece(Request, bool),
+    /// Our answer to an urgent request we do not queue: ask again after the duration
+    /// (`vmt_busy`).
+    Busy(Request, std::time::Duration),
     /// Our extended handshake (BEP 10); the first message after the handshake.
     ExtendedHandshake,
     /// The peer-exchange message waiting in the connection's PEX state (BEP 11).
@@ -61,15 +67,26 @@ pub(crate) struct Outbox {
     queue: VecDeque<Out>,
     uploads: usize,
     metadata: usize,
+    /// Urgent uploads queued here, also counted in `backlog`.
+    urgent: usize,
+    /// Urgent uploads queued over all of the engine's connections.
+    backlog: Arc<AtomicUsize>,
 }
 
 impl Outbox {
-    pub fn new() -> Outbox {
+    pub fn new(backlog: Arc<AtomicUsize>) -> Outbox {
         Outbox {
             queue: VecDeque::with_capacity(256),
             uploads: 0,
             metadata: 0,
+            urgent: 0,
+            backlog,
         }
+    }
+
+    fn forget_urgent(&mut self, n: usize) {
+        self.urgent -= n;
+        self.backlog.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Queues `out`; false (and nothing queued) if it is an upload beyond [`MAX_UPLOAD_QUEUE`]:
@@ -77,11 +94,15 @@ impl Outbox {
     /// (without the fast extension there is no reject); the peer re-requests it after its
     /// request timeout.
     pub fn push(&mut self, out: Out) -> bool {
-        if let Out::Piece(_) = out {
+        if let Out::Piece(_, urgent) = out {
             if self.uploads >= MAX_UPLOAD_QUEUE {
                 return false;
             }
             self.uploads += 1;
+            if urgent {
+                self.urgent += 1;
+                self.backlog.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if let Out::Metadata(_) | Out::BlockTable(_) = out {
             if self.metadata >= MAX_METADATA_QUEUE {
@@ -96,7 +117,12 @@ impl Outbox {
     pub fn pop(&mut self) -> Option<Out> {
         let out = self.queue.pop_front()?;
         match out {
-            Out::Piece(_) => self.uploads -= 1,
+            Out::Piece(_, urgent) => {
+                self.uploads -= 1;
+                if urgent {
+                    self.forget_urgent(1);
+                }
+            }
             Out::Metadata(_) | Out::BlockTable(_) => self.metadata -= 1,
             _ => {}
         }
@@ -110,17 +136,31 @@ impl Outbox {
 
     /// Forgets queued uploads (we choked the peer, which voids its requests).
     pub fn drop_uploads(&mut self) {
-        self.queue.retain(|o| !matches!(o, Out::Piece(_)));
+        self.queue.retain(|o| !matches!(o, Out::Piece(..)));
         self.uploads = 0;
+        self.forget_urgent(self.urgent);
     }
 
     /// Withdraws a queued upload the peer cancelled.
     pub fn cancel_upload(&mut self, r: &Request) {
-        let before = self.queue.len();
-        self.queue.retain(|o| {
-            !matches!(o, Out::Piece(q) if q.index == r.index && q.begin == r.begin && q.length == r.length)
+        let (before, mut urgent) = (self.queue.len(), 0);
+        self.queue.retain(|o| match o {
+            Out::Piece(q, u)
+                if q.index == r.index && q.begin == r.begin && q.length == r.length =>
+            {
+                urgent += usize::from(*u);
+                false
+            }
+            _ => true,
         });
         self.uploads -= before - self.queue.len();
+        self.forget_urgent(urgent);
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.forget_urgent(self.urgent);
     }
 }
 
@@ -130,17 +170,45 @@ mod tests {
 
     #[test]
     fn uploads_are_bounded_cancellable_and_dropped_on_choke() {
-        let mut o = Outbox::new();
+        let mut o = Outbox::new(Arc::default());
         let r = |i| Request::new(i, 0, 16384);
         for i in 0..MAX_UPLOAD_QUEUE as u32 {
-            assert!(o.push(Out::Piece(r(i))));
+            assert!(o.push(Out::Piece(r(i), false)));
         }
-        assert!(!o.push(Out::Piece(r(9999))), "beyond the bound");
+        assert!(!o.push(Out::Piece(r(9999), false)), "beyond the bound");
         assert!(o.push(Out::Have(1)), "other messages always queue");
         o.cancel_upload(&r(0));
-        assert!(o.push(Out::Piece(r(9999))), "a cancel frees a slot");
+        assert!(o.push(Out::Piece(r(9999), false)), "a cancel frees a slot");
         o.drop_uploads();
         assert!(matches!(o.pop(), Some(Out::Have(1))));
         assert!(o.pop().is_none());
+    }
+
+    /// The engine-wide urgent backlog counts exactly the urgent uploads queued in every
+    /// outbox, whichever way they leave: sent, cancelled, dropped by a choke, or with the
+    /// connection.
+    #[test]
+    fn the_urgent_backlog_follows_every_outbox() {
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let n = || backlog.load(Ordering::Relaxed);
+        let r = |i| Request::new(i, 0, 16384);
+        let mut a = Outbox::new(backlog.clone());
+        let mut b = Outbox::new(backlog.clone());
+        for i in 0..4 {
+            a.push(Out::Piece(r(i), true));
+            b.push(Out::Piece(r(i), i % 2 == 0));
+        }
+        assert_eq!(n(), 6);
+        assert!(matches!(a.pop(), Some(Out::Piece(_, true))));
+        assert_eq!(n(), 5, "sent");
+        a.cancel_upload(&r(1));
+        b.cancel_upload(&r(1));
+        assert_eq!(n(), 4, "a cancelled urgent one, and a plain one");
+        b.drop_uploads();
+        assert_eq!(n(), 2, "a choke");
+        drop(a);
+        assert_eq!(n(), 0, "the connection closed");
+        drop(b);
+        assert_eq!(n(), 0);
     }
 }
