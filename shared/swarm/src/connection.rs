@@ -85,8 +85,8 @@ pub(crate) struct ConnCtx {
     pub asks_urgent: bool,
     /// We serve urgent requests from peers we choke (see [`crate::urgent`]).
     pub serves_urgent: bool,
-    /// Urgent uploads queued over all connections: past [`BUSY_BACKLOG`], one more is
-    /// answered busy (see [`crate::busy`]).
+    /// Urgent uploads queued over all connections: at `busy_backlog`, one more is answered
+    /// busy (see [`crate::busy`]).
     pub urgent_backlog: Arc<AtomicUsize>,
     /// How long that backlog may get (`EngineConfig::busy_backlog`).
     pub busy_backlog: usize,
