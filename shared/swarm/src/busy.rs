@@ -36,7 +36,7 @@ pub(crate) const MY_BUSY_ID: u8 = 9;
 
 /// Urgent uploads queued over all connections at which one more is answered busy, by default
 /// (`EngineConfig::busy_backlog`): two pieces' worth of 16 KiB blocks. At headless N=128, 16,
-/// 32 and 64 gave 40.2-40.6, 39.8 and 40.2 s, within a run's noise of each other and all
+/// 32 and 64 gave 40.2-40.6, 39.8-40.8 and 40.2 s, within a run's noise of each other and all
 /// below main's 41.5-42.1 s (`datasets/results/scale/rebuilt/stop32/`).
 pub(crate) const BUSY_BACKLOG: usize = 32;
 
@@ -46,9 +46,6 @@ const UNLIMITED_RETRY: Duration = Duration::from_millis(50);
 /// Bounds of the retry a holder names.
 const MIN_RETRY: Duration = Duration::from_millis(10);
 const MAX_RETRY: Duration = Duration::from_secs(2);
-
-/// The BEP 10 message id.
-const MSGID_EXTENDED: u8 = 20;
 
 /// How long a holder with `backlog` urgent blocks of `block_len` bytes queued takes to send
 /// them at `up_rate` bytes per second.
@@ -78,23 +75,15 @@ pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
 /// Writes a busy answer to `r` with `retry` as one whole peer-wire message into `out` (96
 /// bytes suffice) for a peer whose id for the extension is `remote_id`; returns its length.
 pub(crate) fn encode(out: &mut [u8], remote_id: u8, r: &Request, retry: Duration) -> usize {
-    use std::io::Write;
-    const BODY: usize = 92;
-    let mut body = [0u8; BODY];
-    body[0] = MSGID_EXTENDED;
-    body[1] = remote_id;
     let ms = u32::try_from(retry.as_millis()).unwrap_or(u32::MAX);
-    let mut w = &mut body[2..];
-    write!(
-        w,
-        "d5:begini{}e5:indexi{}e6:lengthi{}e5:retryi{}ee",
-        r.begin, r.index, r.length, ms
+    crate::extension::encode_small(
+        out,
+        remote_id,
+        format_args!(
+            "d5:begini{}e5:indexi{}e6:lengthi{}e5:retryi{}ee",
+            r.begin, r.index, r.length, ms
+        ),
     )
-    .expect("four u32 fit");
-    let n = BODY - w.len();
-    out[..4].copy_from_slice(&(n as u32).to_be_bytes());
-    out[4..4 + n].copy_from_slice(&body[..n]);
-    4 + n
 }
 
 /// The request a busy answer names and its retry; `None` for anything malformed (ignored).

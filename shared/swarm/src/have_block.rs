@@ -32,9 +32,6 @@ use serde::Deserialize;
 /// `vmt_elsewhere` 6, `vmt_urgent` 7).
 pub(crate) const MY_HAVE_BLOCK_ID: u8 = 8;
 
-/// The BEP 10 message id.
-const MSGID_EXTENDED: u8 = 20;
-
 /// The remote's id for `vmt_have_block`, from its extended handshake's bencoded payload (after
 /// the two id bytes); `None` if it takes no announcements.
 pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
@@ -53,17 +50,7 @@ pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
 /// Writes an announcement of `block` as one whole peer-wire message into `out` (32 bytes
 /// suffice) for a peer whose id for the extension is `remote_id`; returns its length.
 pub(crate) fn encode(out: &mut [u8], remote_id: u8, block: u32) -> usize {
-    use std::io::Write;
-    const BODY: usize = 28;
-    let mut body = [0u8; BODY];
-    body[0] = MSGID_EXTENDED;
-    body[1] = remote_id;
-    let mut w = &mut body[2..];
-    write!(w, "d5:blocki{block}ee").expect("a u32 fits");
-    let n = BODY - w.len();
-    out[..4].copy_from_slice(&(n as u32).to_be_bytes());
-    out[4..4 + n].copy_from_slice(&body[..n]);
-    4 + n
+    crate::extension::encode_small(out, remote_id, format_args!("d5:blocki{block}ee"))
 }
 
 /// The block an announcement names; `None` for anything malformed (ignored).
@@ -80,6 +67,7 @@ pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extension::MSGID_EXTENDED;
     use peer_binary_protocol::extended::ExtendedMessage;
     use peer_binary_protocol::Message;
 

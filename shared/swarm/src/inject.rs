@@ -60,9 +60,6 @@ fn hold(rechoke: Duration) -> Duration {
     rechoke.mul_f32(0.3)
 }
 
-/// The BEP 10 message id.
-const MSGID_EXTENDED: u8 = 20;
-
 /// What our extended handshake says about injection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct OurInjection {
@@ -105,16 +102,7 @@ pub(crate) fn remote_injection(handshake: &[u8]) -> RemoteInjection {
 /// Writes a decline of `piece` as one whole peer-wire message into `out` (32 bytes suffice)
 /// for a peer whose id for the extension is `remote_id`; returns its length.
 pub(crate) fn encode_elsewhere(out: &mut [u8], remote_id: u8, piece: u32) -> usize {
-    use std::io::Write;
-    let mut body = [0u8; 28];
-    body[0] = MSGID_EXTENDED;
-    body[1] = remote_id;
-    let mut w = &mut body[2..];
-    write!(w, "d5:piecei{piece}ee").expect("a u32 fits");
-    let n = 28 - w.len();
-    out[..4].copy_from_slice(&(n as u32).to_be_bytes());
-    out[4..4 + n].copy_from_slice(&body[..n]);
-    4 + n
+    crate::extension::encode_small(out, remote_id, format_args!("d5:piecei{piece}ee"))
 }
 
 /// The piece a decline names; `None` for anything malformed (ignored).

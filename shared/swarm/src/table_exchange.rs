@@ -14,6 +14,8 @@
 use bencode::{BencodeValue, ByteBuf};
 use serde::Deserialize;
 
+use crate::extension::MSGID_EXTENDED;
+
 /// Name of the extension in the handshake's `m`.
 pub const TABLE_EXTENSION: &str = "vmt_block_hashes";
 
@@ -23,9 +25,6 @@ pub(crate) const MY_TABLE_ID: u8 = 5;
 
 /// Bytes of the table per message: ut_metadata's piece size.
 pub(crate) const TABLE_PIECE: usize = 16 * 1024;
-
-/// The BEP 10 message id.
-const MSGID_EXTENDED: u8 = 20;
 
 /// One message of the exchange, as decoded.
 #[derive(Debug, PartialEq, Eq)]

@@ -41,9 +41,6 @@ pub(crate) const MY_URGENT_ID: u8 = 7;
 /// outstanding at a peer that chokes it: 512 KiB, a few reads' worth of 16 KiB blocks.
 pub(crate) const URGENT_QUEUE: usize = 32;
 
-/// The BEP 10 message id.
-const MSGID_EXTENDED: u8 = 20;
-
 /// The remote's id for `vmt_urgent`, from its extended handshake's bencoded payload (after
 /// the two id bytes); `None` if it does not serve urgent requests.
 pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
@@ -62,22 +59,14 @@ pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
 /// Writes urgent request `r` as one whole peer-wire message into `out` (80 bytes suffice)
 /// for a peer whose id for the extension is `remote_id`; returns its length.
 pub(crate) fn encode(out: &mut [u8], remote_id: u8, r: &Request) -> usize {
-    use std::io::Write;
-    const BODY: usize = 76;
-    let mut body = [0u8; BODY];
-    body[0] = MSGID_EXTENDED;
-    body[1] = remote_id;
-    let mut w = &mut body[2..];
-    write!(
-        w,
-        "d5:begini{}e5:indexi{}e6:lengthi{}ee",
-        r.begin, r.index, r.length
+    crate::extension::encode_small(
+        out,
+        remote_id,
+        format_args!(
+            "d5:begini{}e5:indexi{}e6:lengthi{}ee",
+            r.begin, r.index, r.length
+        ),
     )
-    .expect("three u32 fit");
-    let n = BODY - w.len();
-    out[..4].copy_from_slice(&(n as u32).to_be_bytes());
-    out[4..4 + n].copy_from_slice(&body[..n]);
-    4 + n
 }
 
 /// The request an urgent message carries; `None` for anything malformed (ignored).
@@ -99,6 +88,7 @@ pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extension::MSGID_EXTENDED;
     use peer_binary_protocol::extended::ExtendedMessage;
     use peer_binary_protocol::Message;
 
