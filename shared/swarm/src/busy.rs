@@ -76,7 +76,7 @@ pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
 /// bytes suffice) for a peer whose id for the extension is `remote_id`; returns its length.
 pub(crate) fn encode(out: &mut [u8], remote_id: u8, r: &Request, retry: Duration) -> usize {
     let ms = u32::try_from(retry.as_millis()).unwrap_or(u32::MAX);
-    crate::extension::encode_small(
+    crate::ext_frame::encode_small(
         out,
         remote_id,
         format_args!(

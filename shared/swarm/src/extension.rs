@@ -20,28 +20,6 @@ use crate::table_exchange::{self, MY_TABLE_ID};
 use crate::urgent::{self, MY_URGENT_ID};
 use crate::wire::ADVERTISED_REQQ;
 
-/// The BEP 10 message id.
-pub(crate) const MSGID_EXTENDED: u8 = 20;
-
-/// Writes one whole peer-wire message of one of vmt's small extensions (length, id 20, the
-/// remote's id for the extension, the bencoded `payload`) into `out`, formatted in place: they
-/// go out per block, so nothing is allocated. Returns its length; panics if `out` is too short.
-pub(crate) fn encode_small(
-    out: &mut [u8],
-    remote_id: u8,
-    payload: std::fmt::Arguments<'_>,
-) -> usize {
-    use std::io::Write;
-    let mut w = &mut out[6..];
-    let room = w.len();
-    w.write_fmt(payload).expect("room for the message");
-    let n = 2 + room - w.len();
-    out[..4].copy_from_slice(&(n as u32).to_be_bytes());
-    out[4] = MSGID_EXTENDED;
-    out[5] = remote_id;
-    4 + n
-}
-
 /// Our `v`: client name and version.
 pub const CLIENT_VERSION: &str = concat!("vmt ", env!("CARGO_PKG_VERSION"));
 

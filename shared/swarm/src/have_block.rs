@@ -50,7 +50,7 @@ pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
 /// Writes an announcement of `block` as one whole peer-wire message into `out` (32 bytes
 /// suffice) for a peer whose id for the extension is `remote_id`; returns its length.
 pub(crate) fn encode(out: &mut [u8], remote_id: u8, block: u32) -> usize {
-    crate::extension::encode_small(out, remote_id, format_args!("d5:blocki{block}ee"))
+    crate::ext_frame::encode_small(out, remote_id, format_args!("d5:blocki{block}ee"))
 }
 
 /// The block an announcement names; `None` for anything malformed (ignored).
@@ -67,7 +67,7 @@ pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extension::MSGID_EXTENDED;
+    use crate::ext_frame::MSGID_EXTENDED;
     use peer_binary_protocol::extended::ExtendedMessage;
     use peer_binary_protocol::Message;
 

@@ -102,7 +102,7 @@ pub(crate) fn remote_injection(handshake: &[u8]) -> RemoteInjection {
 /// Writes a decline of `piece` as one whole peer-wire message into `out` (32 bytes suffice)
 /// for a peer whose id for the extension is `remote_id`; returns its length.
 pub(crate) fn encode_elsewhere(out: &mut [u8], remote_id: u8, piece: u32) -> usize {
-    crate::extension::encode_small(out, remote_id, format_args!("d5:piecei{piece}ee"))
+    crate::ext_frame::encode_small(out, remote_id, format_args!("d5:piecei{piece}ee"))
 }
 
 /// The piece a decline names; `None` for anything malformed (ignored).

@@ -73,6 +73,7 @@ mod download;
 mod engine;
 mod error;
 mod events;
+mod ext_frame;
 mod extension;
 mod have_block;
 mod inject;

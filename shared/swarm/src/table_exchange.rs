@@ -14,7 +14,7 @@
 use bencode::{BencodeValue, ByteBuf};
 use serde::Deserialize;
 
-use crate::extension::MSGID_EXTENDED;
+use crate::ext_frame::MSGID_EXTENDED;
 
 /// Name of the extension in the handshake's `m`.
 pub const TABLE_EXTENSION: &str = "vmt_block_hashes";

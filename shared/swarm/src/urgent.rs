@@ -59,7 +59,7 @@ pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
 /// Writes urgent request `r` as one whole peer-wire message into `out` (80 bytes suffice)
 /// for a peer whose id for the extension is `remote_id`; returns its length.
 pub(crate) fn encode(out: &mut [u8], remote_id: u8, r: &Request) -> usize {
-    crate::extension::encode_small(
+    crate::ext_frame::encode_small(
         out,
         remote_id,
         format_args!(
@@ -88,7 +88,7 @@ pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extension::MSGID_EXTENDED;
+    use crate::ext_frame::MSGID_EXTENDED;
     use peer_binary_protocol::extended::ExtendedMessage;
     use peer_binary_protocol::Message;
 
