@@ -243,6 +243,14 @@ enum Command {
         /// slots (`vmt-run mount --urgent`).
         #[arg(long)]
         urgent: bool,
+        /// With --urgent: urgent blocks a client queues before it turns the next asker away
+        /// (`vmt_busy`; the engine's 32); 0: never.
+        #[arg(long, value_name = "BLOCKS", default_value_t = vmt_model::swarm_sim::BUSY_BACKLOG)]
+        busy_backlog: u32,
+        /// With --urgent: blocks a read waited for are not announced alone (no
+        /// `vmt_have_block`: an engine before it), so only whole pieces are traded.
+        #[arg(long)]
+        no_have_block: bool,
         /// Other clients each client knows; in bigger crowds a ring of this many neighbours
         /// (half each side) stands for the tracker's subset. `vmt-run replay-client
         /// --peers-per-client K` dials K and is dialed by K, so K=8 there is 16 here.
@@ -441,6 +449,8 @@ fn run(cli: Cli) -> Result<()> {
             seeder_slots,
             inject,
             urgent,
+            busy_backlog,
+            no_have_block,
             max_peers,
             rechoke,
             think,
@@ -458,6 +468,8 @@ fn run(cli: Cli) -> Result<()> {
             params.seeder_slots = seeder_slots;
             params.inject = inject;
             params.urgent = urgent;
+            params.busy_backlog = busy_backlog;
+            params.have_block = !no_have_block;
             params.max_peers = max_peers;
             params.rechoke_us = rechoke as f64;
             params.upload = !no_upload;

@@ -33,15 +33,21 @@
 //!   outside that holder's slots: an urgent connection that carries demanded units only (from
 //!   an injecting seeder, then the rest of their piece, which it declines to everyone else
 //!   meanwhile) and ends when it has none (or turns into an ordinary one if the holder
-//!   unchokes the client).
-//!   Validated at N = 1 and 6 (`datasets/results/scale/rebuilt/`: within 3% and 10% in
-//!   completion), not at 128: against the real crowd of 128 with an injecting seeder (41.9 s)
-//!   it says 35.0 s with a ring of 16 neighbours and 62.8 s with every client a neighbour of
-//!   every other, as the real clients were (peer exchange): there a fresh piece's one holder
-//!   shares its uplink among every waiting client's urgent requests, which the engine's
-//!   crowd does not show. With a plain seeder it said the crowd would stall (291 s
-//!   against 45.6 s), and the engine's did (no client done in 16 minutes), so a plain seeder
-//!   serves no urgent requests (`vmt-run seed` refuses `--urgent` without `--inject`).
+//!   unchokes the client). With them, as in the engine:
+//!   - **block announcements** ([`SwarmParams::have_block`], `vmt_have_block`): a unit a read
+//!     waited for makes its client a holder of that unit, before its piece is whole;
+//!   - **busy holders** ([`SwarmParams::busy_backlog`], `vmt_busy`): a client with that many
+//!     units in flight over urgent connections turns the next asker away, which tries the
+//!     next holder, or asks again after the time that backlog takes to drain (10 ms-2 s).
+//!
+//!   Without the last two, a fresh piece's one holder shared its uplink among every waiting
+//!   client's urgent requests: against the real crowd of 128 (every client a neighbour of
+//!   every other, as peer exchange makes it) the simulator said 62.8 s for 40.8 s. With them
+//!   it says 35.1 s (−14%), and is within 15% in completion at N = 1 and 6 too
+//!   (`datasets/results/scale/rebuilt/stop33/validation/`). With a plain seeder it said the
+//!   crowd would stall (291 s against 45.6 s), and the engine's did (no client done in 16
+//!   minutes), so a plain seeder serves no urgent requests (`vmt-run seed` refuses `--urgent`
+//!   without `--inject`).
 //! - **Injecting seeder** ([`SwarmParams::inject`], `vmt-run seed --inject`). The seeder
 //!   declines a piece that a client holds, or that it is sending to another client, so each
 //!   piece enters the crowd once and spreads from there; clients ask it only for demanded and
@@ -128,6 +134,13 @@ pub struct SwarmParams {
     /// Urgent requests (`EngineConfig::urgent`, off by default): a waiting read's units are
     /// fetched from a holder that chokes the client, outside its slots.
     pub urgent: bool,
+    /// With urgent requests: a unit a read waited for is announced alone and served before
+    /// its piece is whole (the engine's `vmt_have_block`).
+    pub have_block: bool,
+    /// With urgent requests: units a client queues for urgent connections before it turns
+    /// the next asker away (the engine's `vmt_busy`, `EngineConfig::busy_backlog`, 32); 0
+    /// never does.
+    pub busy_backlog: u32,
 }
 
 impl SwarmParams {
@@ -151,6 +164,8 @@ impl SwarmParams {
             seed: 1,
             inject: false,
             urgent: false,
+            have_block: true,
+            busy_backlog: BUSY_BACKLOG,
         }
     }
 }
@@ -288,6 +303,8 @@ struct Job {
     mask: u64,
     bytes: f64,
     kind: Kind,
+    /// Over an urgent connection: counted in the uploader's urgent backlog.
+    urgent: bool,
 }
 
 struct Conn {
@@ -309,6 +326,10 @@ struct Client {
     piece_have: Vec<u16>,
     piece_done: Bits,
     pieces_done: u32,
+    /// Units a read waited for, announced alone (see [`SwarmParams::have_block`]).
+    told: Bits,
+    /// A retry of urgent requests turned away by busy holders is scheduled.
+    retry_pending: bool,
     conns: Vec<Conn>,
     /// Next record of the trace.
     next: usize,
@@ -332,6 +353,8 @@ struct Uploader {
     changed: Vec<f64>,
     fill_pending: bool,
     uploaded: u64,
+    /// Units in flight over urgent connections from it (see [`SwarmParams::busy_backlog`]).
+    urgent_units: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -341,6 +364,8 @@ enum Event {
     Resume(u32),
     Fill(u32),
     Rechoke(u32),
+    /// Asks busy holders again (see [`SwarmParams::busy_backlog`]).
+    Retry(u32),
 }
 
 struct Sim<'a> {
@@ -430,6 +455,7 @@ pub fn run(
         changed: vec![0.0; n],
         fill_pending: false,
         uploaded: 0,
+        urgent_units: 0,
     });
     for _ in 0..n {
         ups.push(Uploader {
@@ -439,6 +465,7 @@ pub fn run(
             changed: vec![0.0; if params.upload { neighbours } else { 0 }],
             fill_pending: false,
             uploaded: 0,
+            urgent_units: 0,
         });
     }
     let up_caps: Vec<f64> = ups.iter().map(|u| u.cap).collect();
@@ -460,6 +487,8 @@ pub fn run(
                 piece_have: vec![0; pieces as usize],
                 piece_done: Bits::new(pieces as usize),
                 pieces_done: 0,
+                told: Bits::new(units as usize),
+                retry_pending: false,
                 conns: Vec::new(),
                 next: 0,
                 waiting: None,
@@ -593,6 +622,10 @@ pub fn run(
     Ok(out)
 }
 
+/// The engine's `vmt_busy` threshold (`vmt_swarm`'s `BUSY_BACKLOG`, which this layer cannot
+/// name): urgent blocks a client queues before it turns askers away.
+pub const BUSY_BACKLOG: u32 = 32;
+
 /// No client (`Sim::injecting`).
 const NOBODY: u32 = u32::MAX;
 
@@ -629,6 +662,10 @@ impl Sim<'_> {
                 self.fill(u);
             }
             Event::Rechoke(u) => self.rechoke(u),
+            Event::Retry(c) => {
+                self.clients[c as usize].retry_pending = false;
+                self.ask_urgently(c);
+            }
         }
     }
 
@@ -806,7 +843,6 @@ impl Sim<'_> {
             else {
                 return;
             };
-            let piece = unit / self.upp;
             // Candidates: the neighbours, then the seeder; the stall count picks the first
             // one looked at, so a client's misses spread over its holders.
             let count = if self.p.upload {
@@ -816,6 +852,7 @@ impl Sim<'_> {
             };
             let start = cl.out.stalls as usize;
             let mut holder = None;
+            let mut busy = None;
             for k in 0..=count {
                 let j = (start + k) % (count + 1);
                 let u = if j == count {
@@ -832,12 +869,24 @@ impl Sim<'_> {
                         continue;
                     }
                 }
-                if cl.conns.iter().all(|x| x.up != u) && self.has_piece(c, u, piece) {
+                if cl.conns.iter().all(|x| x.up != u) && self.has_unit(c, u, unit) {
+                    let backlog = self.ups[u as usize].urgent_units;
+                    if u > 0 && self.p.busy_backlog > 0 && backlog >= self.p.busy_backlog {
+                        // Turned away: asked again when the first such backlog has drained.
+                        let drain = backlog as f64 * self.unit as f64 / self.ups[u as usize].cap;
+                        busy = Some(busy.map_or(drain, |d: f64| d.min(drain)));
+                        continue;
+                    }
                     holder = Some(u);
                     break;
                 }
             }
-            let Some(up) = holder else { return };
+            let Some(up) = holder else {
+                if let Some(drain) = busy {
+                    self.retry_later(c, drain);
+                }
+                return;
+            };
             let cl = &mut self.clients[c as usize];
             cl.conns.push(Conn {
                 up,
@@ -851,6 +900,28 @@ impl Sim<'_> {
                 return; // it took nothing after all (cannot happen: the same `has_piece`)
             }
         }
+    }
+
+    /// Schedules client `c`'s urgent requests again after the retry a busy holder names: the
+    /// time its backlog takes to `drain` (µs), 10 ms to 2 s, as `vmt_busy`'s.
+    fn retry_later(&mut self, c: u32, drain: f64) {
+        let cl = &mut self.clients[c as usize];
+        if cl.retry_pending {
+            return;
+        }
+        cl.retry_pending = true;
+        self.push(self.now + drain.clamp(10e3, 2e6), Event::Retry(c));
+    }
+
+    /// Whether uploader `up` serves unit `u` to client `c` for a read that waits for it: it
+    /// has the piece, or (a client) announced the unit alone (see [`SwarmParams::have_block`]).
+    fn has_unit(&self, c: u32, up: u32, u: u32) -> bool {
+        self.has_piece(c, up, u / self.upp)
+            || (up > 0
+                && self.p.urgent
+                && self.p.upload
+                && self.p.have_block
+                && self.clients[(up - 1) as usize].told.get(u))
     }
 
     /// Whether uploader `up` serves `piece` to client `c`: a client, if it has it; the
@@ -873,7 +944,7 @@ impl Sim<'_> {
             return false;
         };
         w.into_iter()
-            .any(|u| !cl.have.get(u) && !cl.inflight.get(u) && self.has_piece(c, up, u / self.upp))
+            .any(|u| !cl.have.get(u) && !cl.inflight.get(u) && self.has_unit(c, up, u))
     }
 
     fn unit_bytes(&self, u: u32) -> u64 {
@@ -894,6 +965,7 @@ impl Sim<'_> {
             mask,
             bytes: bytes as f64,
             kind,
+            urgent: false,
         }
     }
 
@@ -907,7 +979,7 @@ impl Sim<'_> {
             let mut piece = None;
             let mut mask = 0u64;
             for u in w {
-                if cl.have.get(u) || cl.inflight.get(u) || !self.has_piece(c, up, u / upp) {
+                if cl.have.get(u) || cl.inflight.get(u) || !self.has_unit(c, up, u) {
                     continue;
                 }
                 let p = *piece.get_or_insert(u / upp);
@@ -1064,7 +1136,7 @@ impl Sim<'_> {
     /// Starts the next request on connection `i` of `c`; a connection with nothing to fetch
     /// is choked (the client is not interested) and the uploader's slot refilled.
     fn pick(&mut self, c: u32, i: usize) {
-        let Some(job) = self.choose(c, i) else {
+        let Some(mut job) = self.choose(c, i) else {
             let conn = self.clients[c as usize].conns.swap_remove(i);
             // An urgent connection is no slot: nothing to free.
             if !conn.urgent {
@@ -1081,6 +1153,10 @@ impl Sim<'_> {
             cl.inflight.set(first + k, true);
         }
         let up = cl.conns[i].up;
+        job.urgent = cl.conns[i].urgent;
+        if job.urgent {
+            self.ups[up as usize].urgent_units += job.mask.count_ones();
+        }
         if up == 0 && self.p.inject && self.p.upload {
             self.injecting[job.piece as usize] = c;
         }
@@ -1125,6 +1201,9 @@ impl Sim<'_> {
             if (whole || left >= b) && !cl.have.get(u) {
                 left -= b;
                 cl.have.set(u, true);
+                if job.kind == Kind::Demand {
+                    cl.told.set(u, true);
+                }
                 let p = job.piece as usize;
                 cl.piece_have[p] += 1;
                 if cl.piece_have[p] as usize == piece_len {
@@ -1195,6 +1274,9 @@ impl Sim<'_> {
 
     /// A request from `up` ended: an injecting seeder may send its piece to another client.
     fn flow_ended(&mut self, up: u32, job: Job) {
+        if job.urgent {
+            self.ups[up as usize].urgent_units -= job.mask.count_ones();
+        }
         if up == 0 {
             self.injecting[job.piece as usize] = NOBODY;
         }

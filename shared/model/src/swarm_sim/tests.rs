@@ -263,6 +263,33 @@ fn an_injecting_seeder_sends_each_piece_at_most_once() {
     );
 }
 
+/// Urgent requests on 8 Mbit/s links (1 byte/µs) with a 500 µs round trip, the seeder's one
+/// slot taken by client 0, which streams the image from the start.
+fn urgent_params() -> SwarmParams {
+    let mut p = SwarmParams::new(8e6);
+    p.rtt_us = 500;
+    p.seeder_slots = 1;
+    p.urgent = true;
+    p
+}
+
+/// Client 0 streams `traces[0]`, client i > 0 reads `traces[i]` on demand; all finish.
+fn stream_and_readers(traces: &[Trace], g: &Granularity, p: &SwarmParams) -> SwarmOutcome {
+    let specs = (0..traces.len())
+        .map(|i| {
+            let s = if i == 0 {
+                Strategy::Stream
+            } else {
+                Strategy::Demand
+            };
+            spec(&traces[i], i, s, g)
+        })
+        .collect();
+    let out = run(traces, specs, g, p, |_| {}).unwrap();
+    assert_eq!(out.finished, traces.len());
+    out
+}
+
 /// Urgent requests: the seeder's one slot belongs to a client fetching the whole image, and
 /// another client's read misses. With urgent requests that read shares the seeder's link at
 /// once (it gets at least half of it); without, it waits for the slot, until the first client
@@ -276,19 +303,12 @@ fn a_read_choked_by_a_busy_slot_is_served_urgently() {
         trace(&[(1_000_000, 3 * MIB)]),
     ];
     let g = Granularity::pieces(MIB as u32).unwrap();
-    let mut p = SwarmParams::new(8e6);
-    p.rtt_us = 500;
-    p.seeder_slots = 1;
+    let mut p = urgent_params();
     p.upload = false;
-    p.urgent = true;
     let crowd = |p: &SwarmParams| {
-        let specs = vec![
-            spec(&traces[0], 0, Strategy::Stream, &g),
-            spec(&traces[1], 1, Strategy::Demand, &g),
-        ];
-        let out = run(&traces, specs, &g, p, |_| {}).unwrap();
-        assert_eq!(out.finished, 2);
-        out.clients[1].stall_us.unwrap()
+        stream_and_readers(&traces, &g, p).clients[1]
+            .stall_us
+            .unwrap()
     };
     let urgent = crowd(&p);
     assert!(
@@ -317,17 +337,9 @@ fn an_injecting_seeder_sends_the_rest_of_an_urgently_demanded_piece() {
         trace(&[(1_000_000, 3 * MIB), (6_000_000, 3 * MIB + 100)]),
     ];
     let g = Granularity::blocks(MIB as u32).unwrap();
-    let mut p = SwarmParams::new(8e6);
-    p.rtt_us = 500;
-    p.seeder_slots = 1;
+    let mut p = urgent_params();
     p.inject = true;
-    p.urgent = true;
-    let specs = vec![
-        spec(&traces[0], 0, Strategy::Stream, &g),
-        spec(&traces[1], 1, Strategy::Demand, &g),
-    ];
-    let out = run(&traces, specs, &g, &p, |_| {}).unwrap();
-    assert_eq!(out.finished, 2);
+    let out = stream_and_readers(&traces, &g, &p);
     let reader = &out.clients[1];
     assert!(
         reader.stall_us.unwrap() < MIB / 2,
@@ -337,6 +349,105 @@ fn an_injecting_seeder_sends_the_rest_of_an_urgently_demanded_piece() {
     assert_eq!(
         reader.from_seeder, MIB,
         "the reader got the whole piece from the seeder (a demand client wants two blocks)"
+    );
+}
+
+/// Reads `(t_us, offset, len)` on a 4 MiB image.
+fn reads(records: &[(u64, u64, u32)]) -> Trace {
+    let mut t = trace(&[]);
+    t.records = records
+        .iter()
+        .map(|&(t_us, offset, len)| Record {
+            t_us,
+            op: Op::Read,
+            offset,
+            len,
+            task: 0,
+        })
+        .collect();
+    t
+}
+
+/// Block announcements (`vmt_have_block`): a block one client's read waited for is served
+/// to another client's read at once, while the injecting seeder still sends the rest of its
+/// piece to the first (and so declines it to everyone else). Without them the second read
+/// waits for that piece to be whole.
+#[test]
+fn a_block_a_read_waited_for_is_served_before_its_piece_is_whole() {
+    // 8 Mbit/s (1 byte/µs), 1 MiB pieces of 16 KiB blocks, 500 µs round trip. The seeder's
+    // one slot belongs to a client streaming the image from the start; two readers read the
+    // same block of piece 3, 200 ms apart, and read again later so they stay.
+    let traces = [
+        reads(&[(0, 0, 4096), (8_000_000, 100, 4096)]),
+        reads(&[(1_000_000, 3 * MIB, 4096), (6_000_000, 3 * MIB + 100, 4096)]),
+        reads(&[(1_200_000, 3 * MIB, 4096), (6_000_000, 3 * MIB + 100, 4096)]),
+    ];
+    let g = Granularity::blocks(MIB as u32).unwrap();
+    let mut p = urgent_params();
+    p.inject = true;
+    let crowd = |p: &SwarmParams| stream_and_readers(&traces, &g, p).clients[2].clone();
+    let second = crowd(&p);
+    // One 16 KiB block over the first reader's idle uplink, and a round trip.
+    assert!(
+        second.stall_us.unwrap() < 20_000,
+        "the second read waited {:?} µs",
+        second.stall_us
+    );
+    assert!(second.from_peers >= 16384, "{second:?}");
+    p.have_block = false;
+    let without = crowd(&p);
+    // The rest of piece 3 shares the seeder's link with the stream: about 2 s.
+    assert!(
+        without.stall_us.unwrap() > 500_000,
+        "without announcements the second read waited {:?} µs",
+        without.stall_us
+    );
+}
+
+/// Busy answers (`vmt_busy`): readers that all look at the same holder first are sent on to
+/// the next one once its urgent backlog is full, so both holders serve; without them the
+/// first holder serves every reader.
+#[test]
+fn a_busy_holder_sends_its_askers_to_the_next_holder() {
+    // 8 Mbit/s, 1 MiB pieces of 16 KiB blocks. Clients 1 and 2 stream the image from the
+    // seeder (both unchoked there) and unchoke nobody (no slots); clients 0, 3 and 4 each read
+    // 64 KiB (4 blocks) of piece 0 at 9 s, when both hold everything: urgent requests only,
+    // each reader looking at client 1 first (the same stall count picks the first holder).
+    let reader = reads(&[(9_000_000, 0, 65536)]);
+    let holder = reads(&[(0, 0, 4096), (12_000_000, 100, 4096)]);
+    let traces = [reader, holder];
+    let g = Granularity::blocks(MIB as u32).unwrap();
+    let mut p = urgent_params();
+    p.slots = 0;
+    p.seeder_slots = 2;
+    let crowd = |p: &SwarmParams| {
+        let specs = [0, 1, 1, 0, 0]
+            .iter()
+            .map(|&t| {
+                let s = if t == 0 {
+                    Strategy::Demand
+                } else {
+                    Strategy::Stream
+                };
+                spec(&traces[t], t, s, &g)
+            })
+            .collect();
+        let out = run(&traces, specs, &g, p, |_| {}).unwrap();
+        assert_eq!(out.finished, 5);
+        (out.clients[1].uploaded, out.clients[2].uploaded)
+    };
+    p.busy_backlog = 4;
+    let (first, second) = crowd(&p);
+    assert_eq!(
+        (first, second),
+        (65536, 65536),
+        "with a backlog of 4 blocks each holder serves one reader (the third is the seeder's)"
+    );
+    p.busy_backlog = 0;
+    assert_eq!(
+        crowd(&p),
+        (3 * 65536, 0),
+        "never busy: the first holder serves all"
     );
 }
 
