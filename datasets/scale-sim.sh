@@ -9,7 +9,9 @@
 # may be empty), TRACES (default bench.sh --full's crowd sessions, which results/crowd-mounts
 # replayed), RATE / SEED_RATE (default 100Mbit), THINK (5s), QUANTUM (rate recomputation step
 # for the large runs, default 1ms), SIM_ARGS (more swarm-sim flags for every run, e.g.
-# "--inject --seeder-slots 8": the seeder of `vmt-run seed --inject --upload-slots 8`).
+# "--inject --seeder-slots 8": the seeder of `vmt-run seed --inject --upload-slots 8`),
+# SWARM_ARGS (flags for the swarm-mode runs only, e.g. "--urgent": clients that share ask each
+# other urgently, as `replay-client --urgent` does; client-server runs stay plain), BUNDLE.
 # Output in DIR (default datasets/results/scale): sim-*.json (one per run; a crowd run in
 # rounds also has sim-*-roundR.json), tables.txt (validation and prediction), prediction.csv,
 # command.txt, scale.svg.
@@ -34,7 +36,7 @@ TRACES=${TRACES:-$(cd "$here/traces/test" && { ls session-*.vmtrace | sort -V; l
 bin=$root/target/release/vmt-train
 mkdir -p "$out"
 sim() {  # sim STRATEGY MODE N QUANTUM
-  local extra=(); [ "$2" = cs ] && extra=(--no-upload)
+  local extra=(--no-upload); [ "$2" = swarm ] && read -ra extra <<< "${SWARM_ARGS:-}"
   local f="$out/sim-$1-$2-$3.json"
   "$bin" swarm-sim --bundle "${BUNDLE:-$here/appliance.vmtp}" --gap-scale "${GAP_SCALE:-1}" --traces $TRACES --clients "$3" \
     --strategy "$1" "${extra[@]}" --client-rate "$RATE" --seeder-rate "$SEED_RATE" \
@@ -71,7 +73,7 @@ summary = dict(s[0], finished=sum(x["finished"] for x in s), wall_s=sum(x["wall_
 json.dump({"summary": summary, "runs": [r["summary"] for r in runs]}, open(sys.argv[1], "w"), indent=1)
 PY
 }
-echo "${SIM_ARGS:+SIM_ARGS=\"$SIM_ARGS\" }NS=\"$NS\" PREDICT=\"$PREDICT\" RATE=$RATE SEED_RATE=$SEED_RATE THINK=$THINK QUANTUM=$QUANTUM TRACES=\"$TRACES\" datasets/scale-sim.sh --real $real --out $out" > "$out/command.txt"
+echo "${BUNDLE:+BUNDLE=$BUNDLE }${SIM_ARGS:+SIM_ARGS=\"$SIM_ARGS\" }${SWARM_ARGS:+SWARM_ARGS=\"$SWARM_ARGS\" }NS=\"$NS\" PREDICT=\"$PREDICT\" RATE=$RATE SEED_RATE=$SEED_RATE THINK=$THINK QUANTUM=$QUANTUM TRACES=\"$TRACES\" datasets/scale-sim.sh --real $real --out $out" > "$out/command.txt"
 for n in $NS; do
   for sm in markov:swarm markov:cs oracle:swarm; do simr "${sm%%:*}" "${sm#*:}" "$n" 0s; done
 done
