@@ -103,21 +103,15 @@ pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<(Request, Dura
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peer_binary_protocol::extended::ExtendedMessage;
-    use peer_binary_protocol::Message;
+    use crate::ext_frame::wire_check::decoded;
 
     #[test]
     fn a_busy_answer_round_trips_through_the_wire_decoder() {
         let r = Request::new(u32::MAX, 1 << 20, 16384);
         let mut buf = [0u8; 96];
         let n = encode(&mut buf, MY_BUSY_ID, &r, Duration::from_millis(1234));
-        let (msg, len) = Message::deserialize(&buf[..n], &[]).expect("a whole message");
-        assert_eq!(len, n);
-        let Message::Extended(ExtendedMessage::Dyn(id, v)) = msg else {
-            panic!("not an extended message: {msg:?}");
-        };
+        let (id, (got, retry)) = decoded(&buf[..n], |id, v| (id, decode(v).expect("decodes")));
         assert_eq!(id, MY_BUSY_ID);
-        let (got, retry) = decode(&v).expect("decodes");
         assert_eq!(
             (got.index, got.begin, got.length),
             (r.index, r.begin, r.length)

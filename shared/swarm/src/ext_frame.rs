@@ -23,3 +23,34 @@ pub(crate) fn encode_small(
     out[5] = remote_id;
     4 + n
 }
+
+/// Test helpers: the small messages go through librqbit's own decoder, as a peer's reader
+/// takes them.
+#[cfg(test)]
+pub(crate) mod wire_check {
+    use bencode::{BencodeValue, ByteBuf};
+    use peer_binary_protocol::extended::ExtendedMessage;
+    use peer_binary_protocol::Message;
+
+    /// Decodes `message`, which must be exactly one whole extended message, and hands its
+    /// extension id and bencoded payload to `check`.
+    pub fn decoded<R>(
+        message: &[u8],
+        check: impl FnOnce(u8, &BencodeValue<ByteBuf<'_>>) -> R,
+    ) -> R {
+        let (msg, len) = Message::deserialize(message, &[]).expect("a whole message");
+        assert_eq!(len, message.len(), "one message, nothing after it");
+        let Message::Extended(ExtendedMessage::Dyn(id, v)) = msg else {
+            panic!("not an extended message: {msg:?}");
+        };
+        check(id, &v)
+    }
+
+    /// Frames a raw bencoded `payload` (well formed or not) as extension message `id`.
+    pub fn framed(id: u8, payload: &[u8]) -> Vec<u8> {
+        let mut buf = (payload.len() as u32 + 2).to_be_bytes().to_vec();
+        buf.extend_from_slice(&[super::MSGID_EXTENDED, id]);
+        buf.extend_from_slice(payload);
+        buf
+    }
+}

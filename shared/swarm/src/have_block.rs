@@ -67,22 +67,15 @@ pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ext_frame::MSGID_EXTENDED;
-    use peer_binary_protocol::extended::ExtendedMessage;
-    use peer_binary_protocol::Message;
+    use crate::ext_frame::wire_check::{decoded, framed};
 
     #[test]
     fn an_announcement_round_trips_through_the_wire_decoder() {
         for block in [0, 150 * 16 + 3, u32::MAX] {
             let mut buf = [0u8; 32];
             let n = encode(&mut buf, MY_HAVE_BLOCK_ID, block);
-            let (msg, len) = Message::deserialize(&buf[..n], &[]).expect("a whole message");
-            assert_eq!(len, n);
-            let Message::Extended(ExtendedMessage::Dyn(id, v)) = msg else {
-                panic!("not an extended message: {msg:?}");
-            };
-            assert_eq!(id, MY_HAVE_BLOCK_ID);
-            assert_eq!(decode(&v), Some(block));
+            let got = decoded(&buf[..n], |id, v| (id, decode(v)));
+            assert_eq!(got, (MY_HAVE_BLOCK_ID, Some(block)));
         }
     }
 
@@ -95,16 +88,8 @@ mod tests {
             b"d5:piecei3ee",
             b"i3e",
         ] {
-            let mut buf = vec![0u8; 6];
-            buf[..4].copy_from_slice(&(bad.len() as u32 + 2).to_be_bytes());
-            buf[4] = MSGID_EXTENDED;
-            buf[5] = MY_HAVE_BLOCK_ID;
-            buf.extend_from_slice(bad);
-            let (msg, _) = Message::deserialize(&buf, &[]).expect("a whole message");
-            let Message::Extended(ExtendedMessage::Dyn(_, v)) = msg else {
-                panic!("not an extended message: {msg:?}");
-            };
-            assert!(decode(&v).is_none(), "{}", String::from_utf8_lossy(bad));
+            let got = decoded(&framed(MY_HAVE_BLOCK_ID, bad), |_, v| decode(v));
+            assert!(got.is_none(), "{}", String::from_utf8_lossy(bad));
         }
     }
 

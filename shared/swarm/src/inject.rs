@@ -259,21 +259,15 @@ impl Declines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peer_binary_protocol::extended::ExtendedMessage;
-    use peer_binary_protocol::Message;
+    use crate::ext_frame::wire_check::decoded;
 
     #[test]
     fn a_decline_round_trips_through_the_codec() {
         let mut buf = [0u8; 32];
         for piece in [0, 7, u32::MAX] {
             let n = encode_elsewhere(&mut buf, MY_ELSEWHERE_ID, piece);
-            let (msg, len) = Message::deserialize(&buf[..n], &[]).unwrap();
-            assert_eq!(len, n);
-            let Message::Extended(ExtendedMessage::Dyn(id, v)) = msg else {
-                panic!("not a Dyn extended message: {msg:?}");
-            };
-            assert_eq!(id, MY_ELSEWHERE_ID);
-            assert_eq!(decode_elsewhere(&v), Some(piece));
+            let got = decoded(&buf[..n], |id, v| (id, decode_elsewhere(v)));
+            assert_eq!(got, (MY_ELSEWHERE_ID, Some(piece)));
         }
     }
 

@@ -132,18 +132,13 @@ pub(crate) fn remote_id(handshake: &[u8]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peer_binary_protocol::extended::ExtendedMessage;
-    use peer_binary_protocol::Message;
 
     /// Decodes `bytes` as librqbit-peer-protocol does for us (our id is `MY_TABLE_ID`).
     fn decoded(bytes: &[u8], f: impl FnOnce(Option<TableMsg<'_>>)) {
-        let (msg, len) = Message::deserialize(bytes, &[]).unwrap();
-        assert_eq!(len, bytes.len());
-        let Message::Extended(ExtendedMessage::Dyn(id, v)) = msg else {
-            panic!("not a Dyn extended message: {msg:?}");
-        };
-        assert_eq!(id, MY_TABLE_ID);
-        f(decode(&v));
+        crate::ext_frame::wire_check::decoded(bytes, |id, v| {
+            assert_eq!(id, MY_TABLE_ID);
+            f(decode(v))
+        })
     }
 
     #[test]

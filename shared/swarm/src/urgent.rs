@@ -88,22 +88,15 @@ pub(crate) fn decode(value: &BencodeValue<ByteBuf<'_>>) -> Option<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ext_frame::MSGID_EXTENDED;
-    use peer_binary_protocol::extended::ExtendedMessage;
-    use peer_binary_protocol::Message;
+    use crate::ext_frame::wire_check::{decoded, framed};
 
     #[test]
     fn an_urgent_request_round_trips_through_the_wire_decoder() {
         let r = Request::new(u32::MAX, 1 << 20, 16384);
         let mut buf = [0u8; 80];
         let n = encode(&mut buf, MY_URGENT_ID, &r);
-        let (msg, len) = Message::deserialize(&buf[..n], &[]).expect("a whole message");
-        assert_eq!(len, n);
-        let Message::Extended(ExtendedMessage::Dyn(id, v)) = msg else {
-            panic!("not an extended message: {msg:?}");
-        };
+        let (id, got) = decoded(&buf[..n], |id, v| (id, decode(v).expect("decodes")));
         assert_eq!(id, MY_URGENT_ID);
-        let got = decode(&v).expect("decodes");
         assert_eq!(
             (got.index, got.begin, got.length),
             (r.index, r.begin, r.length)
@@ -118,16 +111,8 @@ mod tests {
             b"d5:begini0e5:index1:x6:lengthi16384ee",
             b"i3e",
         ] {
-            let mut buf = vec![0u8; 6];
-            buf[..4].copy_from_slice(&(bad.len() as u32 + 2).to_be_bytes());
-            buf[4] = MSGID_EXTENDED;
-            buf[5] = MY_URGENT_ID;
-            buf.extend_from_slice(bad);
-            let (msg, _) = Message::deserialize(&buf, &[]).expect("a whole message");
-            let Message::Extended(ExtendedMessage::Dyn(_, v)) = msg else {
-                panic!("not an extended message: {msg:?}");
-            };
-            assert!(decode(&v).is_none(), "{}", String::from_utf8_lossy(bad));
+            let got = decoded(&framed(MY_URGENT_ID, bad), |_, v| decode(v));
+            assert!(got.is_none(), "{}", String::from_utf8_lossy(bad));
         }
     }
 
