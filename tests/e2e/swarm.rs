@@ -152,6 +152,16 @@ async fn an_injecting_seeder_sends_each_piece_about_once() {
     shutdown_all(&[&seed]).await;
 }
 
+/// A client that reads on demand, asks urgently while choked, and shares nothing.
+fn urgent_reader(peers: &[&vmt_swarm::Engine]) -> EngineConfig {
+    EngineConfig {
+        upload: false,
+        fetch_all: false,
+        urgent: true,
+        ..dialing(peers)
+    }
+}
+
 /// A read waits for no choke rotation (`vmt_urgent`): the seeder's one upload slot is taken
 /// by a client fetching the whole image, and rotates once a minute, yet the piece another
 /// client's reader demands arrives at once, served while that client stays choked.
@@ -169,34 +179,8 @@ async fn a_choked_client_gets_what_its_reader_waits_for_without_a_rotation() {
         })
         .await;
     // It does not upload: the reader learns of it over PEX, and must not get the piece there.
-    let hog = img
-        .client(
-            "hog",
-            EngineConfig {
-                upload: false,
-                ..dialing(&[&seed])
-            },
-        )
-        .await;
-    let mut arrivals = hog.subscribe();
-    within(
-        "the hog's first piece",
-        Duration::from_secs(30),
-        arrivals.recv(),
-    )
-    .await
-    .expect("a piece");
-    let reader = img
-        .client(
-            "reader",
-            EngineConfig {
-                upload: false,
-                fetch_all: false,
-                urgent: true,
-                ..dialing(&[&seed])
-            },
-        )
-        .await;
+    let hog = img.hog(&[&seed]).await;
+    let reader = img.client("reader", urgent_reader(&[&seed])).await;
     // The hog fetches in rarest-first order from a rotation start: the image's last piece is
     // as likely as any to be missing there.
     let last = img.torrent.piece(img.torrent.piece_count() - 1).unwrap();
@@ -225,10 +209,7 @@ async fn a_choked_client_gets_what_its_reader_waits_for_without_a_rotation() {
         !hog.is_complete(),
         "the hog gave its slot up: the test proves nothing"
     );
-    let mut buf = vec![0u8; img.torrent.lengths().piece_length(last) as usize];
-    let at = img.torrent.lengths().piece_offset(last);
-    reader.read_at(at, &mut buf).expect("read the piece");
-    assert!(buf == img.data[at as usize..at as usize + buf.len()]);
+    img.assert_piece(&reader, last);
     shutdown_all(&[&reader, &hog, &seed]).await;
 }
 
@@ -251,30 +232,13 @@ async fn a_busy_holder_sends_the_reader_to_another() {
     let free = img
         .seeder(holder(vmt_swarm::EngineConfig::default().busy_backlog))
         .await;
-    let hog = img
-        .client(
-            "hog",
-            EngineConfig {
-                upload: false,
-                ..dialing(&[&busy, &free])
-            },
-        )
-        .await;
-    within("the hog takes both slots", Duration::from_secs(30), async {
-        while busy.stats().uploaded == 0 || free.stats().uploaded == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let hog = img.hog(&[&busy, &free]).await;
     let reader = img
         .client(
             "reader",
             EngineConfig {
-                upload: false,
-                fetch_all: false,
-                urgent: true,
                 pex: false,
-                ..dialing(&[&busy])
+                ..urgent_reader(&[&busy])
             },
         )
         .await;
@@ -308,10 +272,7 @@ async fn a_busy_holder_sends_the_reader_to_another() {
         !hog.is_complete(),
         "the hog gave its slots up: the test proves nothing"
     );
-    let mut buf = vec![0u8; img.torrent.lengths().piece_length(last) as usize];
-    let at = img.torrent.lengths().piece_offset(last);
-    reader.read_at(at, &mut buf).expect("read the piece");
-    assert!(buf == img.data[at as usize..at as usize + buf.len()]);
+    img.assert_piece(&reader, last);
     shutdown_all(&[&reader, &hog, &busy, &free]).await;
 }
 

@@ -110,6 +110,39 @@ impl TestImage {
         self.assert_client_has_image(name);
     }
 
+    /// A client fetching the whole image from `holders` and uploading nothing, once every
+    /// holder is sending it: with one upload slot each, it holds them all until its rotation.
+    pub async fn hog(&self, holders: &[&Engine]) -> Engine {
+        let hog = self
+            .client(
+                "hog",
+                EngineConfig {
+                    upload: false,
+                    ..dialing(holders)
+                },
+            )
+            .await;
+        within("the hog takes every slot", Duration::from_secs(30), async {
+            while holders.iter().any(|h| h.stats().uploaded == 0) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        hog
+    }
+
+    /// What `client` reads of `piece` is the image's bytes.
+    pub fn assert_piece(&self, client: &Engine, piece: vmt_swarm::ValidPieceIndex) {
+        let lengths = self.torrent.lengths();
+        let mut buf = vec![0u8; lengths.piece_length(piece) as usize];
+        let at = lengths.piece_offset(piece) as usize;
+        client.read_at(at as u64, &mut buf).expect("read the piece");
+        assert!(
+            buf == self.data[at..at + buf.len()],
+            "piece {piece:?} differs"
+        );
+    }
+
     /// Client `name`'s file is the image byte for byte.
     pub fn assert_client_has_image(&self, name: &str) {
         let got = std::fs::read(self.client_paths(name).0).expect("the client's file");
