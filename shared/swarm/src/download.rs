@@ -1303,18 +1303,22 @@ mod tests {
             *self.st.layout()
         }
 
-        /// A download from a peer that has every piece and has unchoked us.
-        fn connected(&self) -> (Download, Outputs) {
-            let now = Instant::now();
-            let mut d = Download::new(
+        /// A download from a peer that has told us nothing yet (it chokes us).
+        fn fresh(&self) -> Download {
+            Download::new(
                 &self.st,
                 Id20::new([7; 20]),
                 "127.0.0.1:1".parse().unwrap(),
                 Arc::default(),
                 Arc::default(),
                 256,
-                now,
-            );
+                Instant::now(),
+            )
+        }
+
+        /// A download from a peer that has every piece and has unchoked us.
+        fn connected(&self) -> (Download, Outputs) {
+            let mut d = self.fresh();
             let mut out = Outputs::default();
             let n = self.layout().pieces();
             let mut bits = vec![0xffu8; (n as usize).div_ceil(8)];
@@ -1689,15 +1693,7 @@ mod tests {
     fn a_peer_holding_blocks_alone_is_asked_for_those_a_reader_waits_for() {
         let f = fixture(true, true);
         let now = Instant::now();
-        let mut d = Download::new(
-            &f.st,
-            Id20::new([7; 20]),
-            "127.0.0.1:1".parse().unwrap(),
-            Arc::default(),
-            Arc::default(),
-            256,
-            now,
-        );
+        let mut d = f.fresh();
         let mut out = Outputs::default();
         d.set_urgent(true);
         d.update_interest(&f.st, &mut out);
