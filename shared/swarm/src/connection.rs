@@ -676,9 +676,28 @@ impl Reader<'_> {
     }
 }
 
-/// A request for a block a reader waits for (`what` = "request sent"), or any upload
-/// ("upload"), as the writer sends it: see [`Reader::trace_requests`].
-fn trace_sent(ctx: &ConnCtx, link: &PeerLink, r: &Request, what: &'static str) {
+/// What the writer just sent, for `vmt_swarm::waits`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// A request (traced only for a block a reader waits for).
+    Request,
+    /// Any upload.
+    Upload,
+}
+
+impl Sent {
+    /// The event's message, which `datasets/wait-phases.py` matches.
+    fn event(self) -> &'static str {
+        match self {
+            Sent::Request => "request sent",
+            Sent::Upload => "upload",
+        }
+    }
+}
+
+/// A request for a block a reader waits for, or any upload, as the writer sends it: see
+/// [`Reader::trace_requests`].
+fn trace_sent(ctx: &ConnCtx, link: &PeerLink, r: &Request, what: Sent) {
     if !tracing::enabled!(target: "vmt_swarm::waits", tracing::Level::TRACE) {
         return;
     }
@@ -686,13 +705,14 @@ fn trace_sent(ctx: &ConnCtx, link: &PeerLink, r: &Request, what: &'static str) {
     let Some(b) = st.layout().block_at(r.index, r.begin, r.length) else {
         return;
     };
-    if what == "upload" || st.picker().is_block_demanded(b) {
+    if what == Sent::Upload || st.picker().is_block_demanded(b) {
         tracing::trace!(
             target: "vmt_swarm::waits",
             me = ctx.listen_port.unwrap_or(0),
             block = b,
             to = link.ext.listen_port().unwrap_or(0),
-            "{what}"
+            "{}",
+            what.event()
         );
     }
 }
@@ -779,12 +799,12 @@ async fn write_loop(
                     continue;
                 }
                 Out::Request(r) => {
-                    trace_sent(ctx, link, &r, "request sent");
+                    trace_sent(ctx, link, &r, Sent::Request);
                     Message::Request(r)
                 }
                 Out::Urgent(r) => match link.ext.urgent_id() {
                     Some(id) => {
-                        trace_sent(ctx, link, &r, "request sent");
+                        trace_sent(ctx, link, &r, Sent::Request);
                         len += urgent::encode(&mut buf[len..], id, &r);
                         Counters::add(&st.counters().urgent_asked, 1);
                         continue;
@@ -803,7 +823,7 @@ async fn write_loop(
                         .read_at(offset, data)
                         .map_err(PeerError::Storage)?;
                     ctx.up_limit.consume(r.length as u64).await;
-                    trace_sent(ctx, link, &r, "upload");
+                    trace_sent(ctx, link, &r, Sent::Upload);
                     if let Some(inj) = &ctx.inject {
                         inj.sent(r.index, inject_conn, Instant::now());
                     }
