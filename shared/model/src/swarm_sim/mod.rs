@@ -1286,11 +1286,12 @@ impl Sim<'_> {
     /// request brought them.
     fn check_waiting(&mut self, c: u32, demanded: bool) {
         let cl = &mut self.clients[c as usize];
-        let Some(w) = cl.waiting.clone() else {
+        // An empty range: its resume is scheduled already.
+        let Some(w) = cl.waiting.clone().filter(|w| !w.is_empty()) else {
             return;
         };
         if w.clone().all(|u| cl.have.get(u)) {
-            // Leave `waiting` set until the resume so no second resume is scheduled.
+            // Leave `waiting` set, empty, until the resume so no second resume is scheduled.
             cl.waiting = Some(0..0);
             let rtt = if demanded { self.p.rtt_us as f64 } else { 0.0 };
             self.push(self.now + rtt, Event::Resume(c));

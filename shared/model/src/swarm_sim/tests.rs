@@ -170,6 +170,33 @@ fn an_oracle_client_prefetches_in_the_gaps_as_the_one_client_simulator_does() {
     assert_eq!(Some(one.stall_us), out.clients[0].stall_us);
 }
 
+/// A read resumes once, a round trip after its units are in, however many other requests of
+/// its client end meanwhile. (Each one used to schedule another resume: the replay then ran
+/// on two cursors at once, and some clients of a crowd finished before their trace's own
+/// time; the crowd of six on the rebuilt image's traces came out 6% fast, 31.05 s for 33.03.)
+#[test]
+fn a_read_resumes_once_when_other_requests_end_in_its_round_trip() {
+    let t = trace(&[(0, 0), (10_000_000, MIB), (20_000_000, 2 * MIB)]);
+    let g = Granularity::pieces(MIB as u32).unwrap();
+    let mut p = SwarmParams::new(8e6);
+    // Long enough for the plan's next piece to arrive before the first read resumes.
+    p.rtt_us = 2_000_000;
+    let traces = [t];
+    let out = run(
+        &traces,
+        vec![spec(&traces[0], 0, Strategy::Oracle, &g)],
+        &g,
+        &p,
+        |_| {},
+    )
+    .unwrap();
+    let c = &out.clients[0];
+    // The first read waits for piece 0 and the round trip; the gaps hide the others.
+    assert_eq!(c.stalls, 1);
+    assert_eq!(c.stall_us, Some(MIB + 2_000_000));
+    assert_eq!(c.completion_us, Some(20_000_000 + MIB + 2_000_000));
+}
+
 fn synthetic(n: u64) -> (Vec<Trace>, Granularity) {
     synthetic_with(n, 30_000)
 }
