@@ -251,6 +251,12 @@ enum Command {
         /// `vmt_have_block`: an engine before it), so only whole pieces are traded.
         #[arg(long)]
         no_have_block: bool,
+        /// Blocks of a planned or background request still to come when a read misses (the
+        /// engine's request window, 2 at its smallest): the read's blocks wait behind them and
+        /// the client asks for nothing else meanwhile. 0: they are preempted at once and other
+        /// requests go on (the model before).
+        #[arg(long, value_name = "BLOCKS", default_value_t = vmt_model::swarm_sim::QUEUE)]
+        queue: u32,
         /// Other clients each client knows; in bigger crowds a ring of this many neighbours
         /// (half each side) stands for the tracker's subset. `vmt-run replay-client
         /// --peers-per-client K` dials K and is dialed by K, so K=8 there is 16 here.
@@ -451,6 +457,7 @@ fn run(cli: Cli) -> Result<()> {
             urgent,
             busy_backlog,
             no_have_block,
+            queue,
             max_peers,
             rechoke,
             think,
@@ -470,6 +477,7 @@ fn run(cli: Cli) -> Result<()> {
             params.urgent = urgent;
             params.busy_backlog = busy_backlog;
             params.have_block = !no_have_block;
+            params.queue = queue;
             params.max_peers = max_peers;
             params.rechoke_us = rechoke as f64;
             params.upload = !no_upload;

@@ -16,11 +16,18 @@
 //!   waiting (`peers.rs`'s `rechoke`). A peer is interested while the uploader has a piece it
 //!   wants; a connection with nothing left to fetch is choked and its slot refilled.
 //! - **Picking.** Over each unchoked connection one request at a time: the waiting read's
-//!   missing units first (they preempt a prefetch on that connection, keeping its whole units,
-//!   and pay one round trip), then the plan's units ([`SwarmParams::window`] of them, those of
-//!   the first planned piece the uploader has), then, for strategies that fill the background,
-//!   the rarest of a few pieces the uploader has, taken in a rotation from a per-client start
-//!   (the picker's rarest first with seeded tie-breaks).
+//!   missing units first (they pay one round trip), then the plan's units
+//!   ([`SwarmParams::window`] of them, those of the first planned piece the uploader has),
+//!   then, for strategies that fill the background, the rarest of a few pieces the uploader
+//!   has, taken in a rotation from a per-client start (the picker's rarest first with seeded
+//!   tie-breaks).
+//! - **The request window** ([`SwarmParams::queue`]). When a read misses, each of its
+//!   client's planned and background requests keeps only the units the engine's window would
+//!   have asked for ([`QUEUE`], 2), and the read's units follow them; while one of those is on
+//!   its way no connection of the client starts another such request (the engine's
+//!   hold-back). With `--queue 0` the read's units preempt the requests of the connections
+//!   that serve them at once, and the other connections go on: that made the simulator 5%
+//!   fast at N=6 (33.03 s for 34.74 s; 34.50 s with the window) and its stall 20% low (−3%).
 //! - **Bandwidth.** Every request is a flow from the uploader's uplink to the client's downlink;
 //!   flows share both max-min fairly ([`flows`]), recomputed when flows start or end, at most
 //!   once per [`SwarmParams::quantum_us`] (0 = at every change, exact).
@@ -43,11 +50,11 @@
 //!   Without the last two, a fresh piece's one holder shared its uplink among every waiting
 //!   client's urgent requests: against the real crowd of 128 (every client a neighbour of
 //!   every other, as peer exchange makes it) the simulator said 62.8 s for 40.8 s. With them
-//!   it says 35.1 s (−14%), and is within 15% in completion at N = 1 and 6 too
-//!   (`datasets/results/scale/rebuilt/stop33/validation/`). With a plain seeder it said the
-//!   crowd would stall (291 s against 45.6 s), and the engine's did (no client done in 16
-//!   minutes), so a plain seeder serves no urgent requests (`vmt-run seed` refuses `--urgent`
-//!   without `--inject`).
+//!   (and the request window above) it says 36.4 s (−11%), and is within 15% in completion
+//!   at N = 1 and 6 too (`datasets/results/scale/rebuilt/stop34/validation/`). With a plain
+//!   seeder it said the crowd would stall (291 s against 45.6 s), and the engine's did (no
+//!   client done in 16 minutes), so a plain seeder serves no urgent requests (`vmt-run seed`
+//!   refuses `--urgent` without `--inject`).
 //! - **Injecting seeder** ([`SwarmParams::inject`], `vmt-run seed --inject`). The seeder
 //!   declines a piece that a client holds, or that it is sending to another client, so each
 //!   piece enters the crowd once and spreads from there; clients ask it only for demanded and
@@ -141,6 +148,12 @@ pub struct SwarmParams {
     /// the next asker away (the engine's `vmt_busy`, `EngineConfig::busy_backlog`, 32); 0
     /// never does.
     pub busy_backlog: u32,
+    /// Units of a planned or background request still to come when a read misses (the
+    /// engine's request window, whose smallest depth is 2): the demanded units wait behind
+    /// them, and no connection of the client starts another such request while a read's unit
+    /// is on its way (the engine's hold-back). 0 is the older model: the demanded units
+    /// preempt the requests of the connections that serve them at once, and the others go on.
+    pub queue: u32,
 }
 
 impl SwarmParams {
@@ -166,6 +179,7 @@ impl SwarmParams {
             urgent: false,
             have_block: true,
             busy_backlog: BUSY_BACKLOG,
+            queue: QUEUE,
         }
     }
 }
@@ -626,6 +640,11 @@ pub fn run(
 /// name): urgent blocks a client queues before it turns askers away.
 pub const BUSY_BACKLOG: u32 = 32;
 
+/// Blocks a connection of the engine has asked for ahead of a read's miss: its request
+/// window's smallest depth (`vmt_swarm::window::MIN_DEPTH`, which this layer cannot name),
+/// where the window settles on a link it fills (see [`SwarmParams::queue`]).
+pub const QUEUE: u32 = 2;
+
 /// No client (`Sim::injecting`).
 const NOBODY: u32 = u32::MAX;
 
@@ -655,6 +674,10 @@ impl Sim<'_> {
             Event::Resume(c) => {
                 let cl = &mut self.clients[c as usize];
                 cl.waiting = None;
+                if self.p.queue > 0 {
+                    // Connections held back while the read waited ask for the rest again.
+                    self.kick(c);
+                }
                 self.after_record(c);
             }
             Event::Fill(u) => {
@@ -797,15 +820,16 @@ impl Sim<'_> {
         for i in 0..self.clients[c as usize].conns.len() {
             let conn = &self.clients[c as usize].conns[i];
             let (up, busy) = (conn.up, conn.flow);
-            if !self.serves_demand(c, up) {
+            let serves = self.serves_demand(c, up);
+            served |= serves;
+            let Some((id, job)) = busy.filter(|(_, j)| j.kind != Kind::Demand) else {
                 continue;
-            }
-            served = true;
-            if let Some((id, job)) = busy {
-                if job.kind != Kind::Demand {
-                    self.clients[c as usize].conns[i].flow = None;
-                    self.cancel(c, up, id, job);
-                }
+            };
+            if self.p.queue > 0 {
+                self.truncate(c, i);
+            } else if serves {
+                self.clients[c as usize].conns[i].flow = None;
+                self.cancel(c, up, id, job);
             }
         }
         self.kick(c);
@@ -974,23 +998,10 @@ impl Sim<'_> {
         let up = self.clients[c as usize].conns[i].up;
         let upp = self.upp;
         // 1. The waiting read.
-        let cl = &self.clients[c as usize];
-        if let Some(w) = cl.waiting.clone() {
-            let mut piece = None;
-            let mut mask = 0u64;
-            for u in w {
-                if cl.have.get(u) || cl.inflight.get(u) || !self.has_unit(c, up, u) {
-                    continue;
-                }
-                let p = *piece.get_or_insert(u / upp);
-                if u / upp == p {
-                    mask |= 1 << (u % upp);
-                }
-            }
-            if let Some(p) = piece {
-                return Some(self.job_of(p, mask, Kind::Demand));
-            }
+        if let Some(job) = self.demand_job(c, up) {
+            return Some(job);
         }
+        let cl = &self.clients[c as usize];
         if cl.conns[i].urgent {
             // 1a. An injecting seeder's urgent connection then carries the rest of the piece
             // it served (the engine's choked download asks for it urgently too: the seeder
@@ -1128,6 +1139,26 @@ impl Sim<'_> {
         Some(self.job_of(p, mask, Kind::Background))
     }
 
+    /// The waiting read's missing units that `up` serves and no connection fetches, of the
+    /// first such piece.
+    fn demand_job(&self, c: u32, up: u32) -> Option<Job> {
+        let upp = self.upp;
+        let cl = &self.clients[c as usize];
+        let w = cl.waiting.clone()?;
+        let mut piece = None;
+        let mut mask = 0u64;
+        for u in w {
+            if cl.have.get(u) || cl.inflight.get(u) || !self.has_unit(c, up, u) {
+                continue;
+            }
+            let p = *piece.get_or_insert(u / upp);
+            if u / upp == p {
+                mask |= 1 << (u % upp);
+            }
+        }
+        piece.map(|p| self.job_of(p, mask, Kind::Demand))
+    }
+
     fn piece_units(&self, p: u32) -> std::ops::Range<u32> {
         let first = p * self.upp;
         first..(first + self.upp).min(self.units)
@@ -1136,7 +1167,15 @@ impl Sim<'_> {
     /// Starts the next request on connection `i` of `c`; a connection with nothing to fetch
     /// is choked (the client is not interested) and the uploader's slot refilled.
     fn pick(&mut self, c: u32, i: usize) {
-        let Some(mut job) = self.choose(c, i) else {
+        if !self.clients[c as usize].conns[i].urgent && self.holds_back(c) {
+            // Only the waiting read's units; the connection stays, idle, until it resumes.
+            let up = self.clients[c as usize].conns[i].up;
+            if let Some(job) = self.demand_job(c, up) {
+                self.start(c, i, job);
+            }
+            return;
+        }
+        let Some(job) = self.choose(c, i) else {
             let conn = self.clients[c as usize].conns.swap_remove(i);
             // An urgent connection is no slot: nothing to free.
             if !conn.urgent {
@@ -1144,6 +1183,11 @@ impl Sim<'_> {
             }
             return;
         };
+        self.start(c, i, job);
+    }
+
+    /// Starts `job` over connection `i` of `c`.
+    fn start(&mut self, c: u32, i: usize, mut job: Job) {
         let cl = &mut self.clients[c as usize];
         let first = job.piece * self.upp;
         let mut m = job.mask;
@@ -1228,6 +1272,95 @@ impl Sim<'_> {
                 self.want_fill(me);
             }
         }
+    }
+
+    /// Cuts connection `i`'s request to the units already on their way (see
+    /// [`SwarmParams::queue`]): the whole units it delivered are credited, the next `queue`
+    /// go on (the first may be partly in), the rest are no longer asked for.
+    fn truncate(&mut self, c: u32, i: usize) {
+        let q = self.p.queue;
+        let cl = &mut self.clients[c as usize];
+        let Some((id, job)) = cl.conns[i].flow else {
+            return;
+        };
+        if job.mask.count_ones() <= q {
+            return;
+        }
+        let up = cl.conns[i].up;
+        let delivered = self.flows.end(id, job.bytes, self.now);
+        let first = job.piece * self.upp;
+        let (mut done, mut keep, mut dropped) = (0u64, 0u64, 0u64);
+        let (mut done_bytes, mut keep_bytes) = (0.0, 0.0);
+        let mut m = job.mask;
+        while m != 0 {
+            let k = m.trailing_zeros();
+            m &= m - 1;
+            let b = self.unit_bytes(first + k) as f64;
+            if done_bytes + b <= delivered {
+                done |= 1 << k;
+                done_bytes += b;
+            } else if keep.count_ones() < q {
+                keep |= 1 << k;
+                keep_bytes += b;
+            } else {
+                dropped |= 1 << k;
+            }
+        }
+        let cl = &mut self.clients[c as usize];
+        let mut d = dropped;
+        while d != 0 {
+            let k = d.trailing_zeros();
+            d &= d - 1;
+            cl.inflight.set(first + k, false);
+        }
+        if job.urgent {
+            self.ups[up as usize].urgent_units -= dropped.count_ones();
+        }
+        let partial = delivered - done_bytes;
+        if keep != 0 {
+            let rest = Job {
+                mask: keep,
+                bytes: (keep_bytes - partial).max(0.0),
+                ..job
+            };
+            let id = self.flows.start(up, c, rest.bytes, self.now);
+            self.clients[c as usize].conns[i].flow = Some((id, rest));
+            if self.owner.len() <= id as usize {
+                self.owner.resize(id as usize + 1, (0, 0));
+            }
+            self.owner[id as usize] = (c, up);
+        } else {
+            // Everything but whole delivered units was dropped (q ≥ 1 keeps at least one
+            // unit whenever one is left, so only a fully delivered request gets here).
+            self.clients[c as usize].conns[i].flow = None;
+            self.flow_ended(up, Job { mask: 0, ..job });
+        }
+        let credited = Job {
+            mask: done,
+            bytes: done_bytes,
+            urgent: false,
+            ..job
+        };
+        // Bytes of the partly received unit count as received now; its units when whole.
+        self.credit(c, up, credited, delivered, true);
+        self.check_waiting(c, false);
+    }
+
+    /// Whether `c` holds back new planned and background requests (see
+    /// [`SwarmParams::queue`]): a read waits and one of its units is on its way, or asked of a
+    /// connection that serves it after its queue.
+    fn holds_back(&self, c: u32) -> bool {
+        if self.p.queue == 0 {
+            return false;
+        }
+        let cl = &self.clients[c as usize];
+        let Some(w) = cl.waiting.clone() else {
+            return false;
+        };
+        w.into_iter().any(|u| {
+            !cl.have.get(u)
+                && (cl.inflight.get(u) || cl.conns.iter().any(|x| self.has_unit(c, x.up, u)))
+        })
     }
 
     fn cancel(&mut self, c: u32, up: u32, id: FlowId, job: Job) {

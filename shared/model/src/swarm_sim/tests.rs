@@ -395,6 +395,36 @@ fn reads(records: &[(u64, u64, u32)]) -> Trace {
     t
 }
 
+/// The request window ahead of a miss ([`SwarmParams::queue`]): a client streaming the image
+/// is 61 blocks and 576 bytes into piece 0 when its read of piece 3 misses. With a queue of 2
+/// the read waits for the two blocks already asked for (the rest of the 62nd and the 63rd),
+/// then its own block and a round trip; with 0 it preempts the stream at once.
+#[test]
+fn a_miss_waits_behind_the_blocks_its_connection_asked_for() {
+    // 8 Mbit/s (1 byte/µs), 1 MiB pieces of 16 KiB blocks, 500 µs round trip, one client.
+    let t = reads(&[(1_000_000, 3 * MIB, 4096)]);
+    let g = Granularity::blocks(MIB as u32).unwrap();
+    let mut p = SwarmParams::new(8e6);
+    p.rtt_us = 500;
+    let stall = |p: &SwarmParams| {
+        let traces = [t.clone()];
+        let out = run(
+            &traces,
+            vec![spec(&traces[0], 0, Strategy::Stream, &g)],
+            &g,
+            p,
+            |_| {},
+        )
+        .unwrap();
+        out.clients[0].stall_us.unwrap()
+    };
+    assert_eq!(p.queue, QUEUE);
+    p.queue = 2;
+    assert_eq!(stall(&p), (2 * 16384 - 576) + 16384 + 500);
+    p.queue = 0;
+    assert_eq!(stall(&p), 16384 + 500);
+}
+
 /// Block announcements (`vmt_have_block`): a block one client's read waited for is served
 /// to another client's read at once, while the injecting seeder still sends the rest of its
 /// piece to the first (and so declines it to everyone else). Without them the second read
