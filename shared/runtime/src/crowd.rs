@@ -705,6 +705,16 @@ impl ReadTarget for Target {
 mod tests {
     use super::*;
 
+    /// The crowd simulator (`vmt-train swarm-sim`) stands for these crowds, but the model layer
+    /// cannot name the swarm layer's constants, so it repeats them; here both are in sight.
+    #[test]
+    fn the_simulator_repeats_the_engines_constants() {
+        use vmt_model::swarm_sim::{BUSY_BACKLOG, QUEUE};
+        let engine = vmt_swarm::EngineConfig::default();
+        assert_eq!(BUSY_BACKLOG as usize, engine.busy_backlog);
+        assert_eq!(QUEUE as usize, vmt_swarm::MIN_REQUEST_WINDOW);
+    }
+
     /// Each loopback client gets its own address, counting up from the bind address; any
     /// other bind address is shared.
     #[test]

@@ -129,4 +129,5 @@ pub use storage::{ResumeReport, Storage, BITMAP_KIND};
 pub use table_exchange::TABLE_EXTENSION;
 pub use torrent::{TablePin, Torrent};
 pub use webseed::{MAX_ORIGIN_STRIKES, MAX_REDIRECTS};
+pub use window::MIN_DEPTH as MIN_REQUEST_WINDOW;
 pub use wire::{ADVERTISED_REQQ, MAX_UPLOAD_QUEUE};

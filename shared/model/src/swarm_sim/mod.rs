@@ -636,12 +636,13 @@ pub fn run(
     Ok(out)
 }
 
-/// The engine's `vmt_busy` threshold (`vmt_swarm`'s `BUSY_BACKLOG`, which this layer cannot
-/// name): urgent blocks a client queues before it turns askers away.
+/// The engine's `vmt_busy` threshold (`EngineConfig::busy_backlog`'s default, which this
+/// layer cannot name; `vmt-runtime`'s crowd tests check that the two agree): urgent blocks a
+/// client queues before it turns askers away.
 pub const BUSY_BACKLOG: u32 = 32;
 
 /// Blocks a connection of the engine has asked for ahead of a read's miss: its request
-/// window's smallest depth (`vmt_swarm::window::MIN_DEPTH`, which this layer cannot name),
+/// window's smallest depth (`vmt_swarm::MIN_REQUEST_WINDOW`, checked as [`BUSY_BACKLOG`]),
 /// where the window settles on a link it fills (see [`SwarmParams::queue`]).
 pub const QUEUE: u32 = 2;
 
