@@ -44,12 +44,12 @@ fn spec(t: &Trace, index: usize, strategy: Strategy, g: &Granularity) -> ClientS
     }
 }
 
-/// A crowd of one demand client replaying `t`.
-fn one_demand_client(t: Trace, g: &Granularity, p: &SwarmParams) -> SwarmOutcome {
+/// A crowd of one client replaying `t` with `strategy`.
+fn one_client(t: Trace, strategy: Strategy, g: &Granularity, p: &SwarmParams) -> SwarmOutcome {
     let traces = [t];
     run(
         &traces,
-        vec![spec(&traces[0], 0, Strategy::Demand, g)],
+        vec![spec(&traces[0], 0, strategy, g)],
         g,
         p,
         |_| {},
@@ -70,7 +70,7 @@ fn one_client_on_one_link_is_hand_computable() {
     let g = Granularity::pieces(MIB as u32).unwrap();
     let mut p = SwarmParams::new(8e6);
     p.rtt_us = 500;
-    let out = one_demand_client(t.clone(), &g, &p);
+    let out = one_client(t.clone(), Strategy::Demand, &g, &p);
     let miss = MIB + 500;
     let c = &out.clients[0];
     assert_eq!(c.stalls, 3);
@@ -121,7 +121,7 @@ fn think_time_and_the_end_follow_the_replay() {
     let mut p = SwarmParams::new(8e6);
     p.rtt_us = 500;
     p.think_us = 5_000_000;
-    let out = one_demand_client(t.clone(), &g, &p);
+    let out = one_client(t.clone(), Strategy::Demand, &g, &p);
     let miss = MIB + 500;
     let c = &out.clients[0];
     assert_eq!(c.stalls, 2);
@@ -147,26 +147,18 @@ fn an_oracle_client_prefetches_in_the_gaps_as_the_one_client_simulator_does() {
     let g = Granularity::pieces(MIB as u32).unwrap();
     let mut p = SwarmParams::new(8e6);
     p.rtt_us = 0;
-    let traces = [t];
-    let out = run(
-        &traces,
-        vec![spec(&traces[0], 0, Strategy::Oracle, &g)],
-        &g,
-        &p,
-        |_| {},
-    )
-    .unwrap();
+    let out = one_client(t.clone(), Strategy::Oracle, &g, &p);
     assert_eq!(out.clients[0].stall_us, Some(MIB));
     assert_eq!(out.clients[0].stalls, 1);
     let mut s = Scheduler::oracle(
         4 * MIB,
-        &first_access_units(&traces[0], g.unit()),
+        &first_access_units(&t, g.unit()),
         SchedulerParams::new(g.unit()),
     )
     .unwrap();
     let mut link = LinkParams::new(8e6);
     link.rtt_us = 0;
-    let one = simulate(&traces[0], &mut s, &link, &g, |_, _| {}).unwrap();
+    let one = simulate(&t, &mut s, &link, &g, |_, _| {}).unwrap();
     assert_eq!(Some(one.stall_us), out.clients[0].stall_us);
 }
 
@@ -181,15 +173,7 @@ fn a_read_resumes_once_when_other_requests_end_in_its_round_trip() {
     let mut p = SwarmParams::new(8e6);
     // Long enough for the plan's next piece to arrive before the first read resumes.
     p.rtt_us = 2_000_000;
-    let traces = [t];
-    let out = run(
-        &traces,
-        vec![spec(&traces[0], 0, Strategy::Oracle, &g)],
-        &g,
-        &p,
-        |_| {},
-    )
-    .unwrap();
+    let out = one_client(t, Strategy::Oracle, &g, &p);
     let c = &out.clients[0];
     // The first read waits for piece 0 and the round trip; the gaps hide the others.
     assert_eq!(c.stalls, 1);
@@ -407,16 +391,9 @@ fn a_miss_waits_behind_the_blocks_its_connection_asked_for() {
     let mut p = SwarmParams::new(8e6);
     p.rtt_us = 500;
     let stall = |p: &SwarmParams| {
-        let traces = [t.clone()];
-        let out = run(
-            &traces,
-            vec![spec(&traces[0], 0, Strategy::Stream, &g)],
-            &g,
-            p,
-            |_| {},
-        )
-        .unwrap();
-        out.clients[0].stall_us.unwrap()
+        one_client(t.clone(), Strategy::Stream, &g, p).clients[0]
+            .stall_us
+            .unwrap()
     };
     assert_eq!(p.queue, QUEUE);
     p.queue = 2;
@@ -576,7 +553,7 @@ fn a_crowd_still_fetching_after_the_guards_hour_is_not_cut_off() {
     p.rtt_us = 500;
     // 1 MiB in 7,200 s.
     p.seeder_bits_per_s = (8 * MIB) as f64 / 7200.0;
-    let out = one_demand_client(t, &g, &p);
+    let out = one_client(t, Strategy::Demand, &g, &p);
     assert_eq!(out.finished, 1);
     let want = 7200e6 + 500.0;
     assert!(
