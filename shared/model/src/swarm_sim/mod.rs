@@ -1205,9 +1205,14 @@ impl Sim<'_> {
         if up == 0 && self.p.inject && self.p.upload {
             self.injecting[job.piece as usize] = c;
         }
-        let id = self.flows.start(up, c, job.bytes, self.now);
-        cl.conns[i].flow = Some((id, job));
         cl.conns[i].last_piece = Some(job.piece);
+        self.begin_flow(c, i, up, job);
+    }
+
+    /// Puts `job`'s bytes on the links from `up` to `c`, as connection `i`'s request.
+    fn begin_flow(&mut self, c: u32, i: usize, up: u32, job: Job) {
+        let id = self.flows.start(up, c, job.bytes, self.now);
+        self.clients[c as usize].conns[i].flow = Some((id, job));
         if self.owner.len() <= id as usize {
             self.owner.resize(id as usize + 1, (0, 0));
         }
@@ -1324,12 +1329,7 @@ impl Sim<'_> {
                 bytes: (keep_bytes - partial).max(0.0),
                 ..job
             };
-            let id = self.flows.start(up, c, rest.bytes, self.now);
-            self.clients[c as usize].conns[i].flow = Some((id, rest));
-            if self.owner.len() <= id as usize {
-                self.owner.resize(id as usize + 1, (0, 0));
-            }
-            self.owner[id as usize] = (c, up);
+            self.begin_flow(c, i, up, rest);
         } else {
             // Everything but whole delivered units was dropped (q ≥ 1 keeps at least one
             // unit whenever one is left, so only a fully delivered request gets here).
@@ -1339,7 +1339,6 @@ impl Sim<'_> {
         let credited = Job {
             mask: done,
             bytes: done_bytes,
-            urgent: false,
             ..job
         };
         // Bytes of the partly received unit count as received now; its units when whole.
