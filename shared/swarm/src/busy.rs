@@ -9,12 +9,11 @@
 //! cannot know how long a holder's queue is, and once queued there it stays.
 //!
 //! So a client that serves urgent requests and already has [`BUSY_BACKLOG`] of them queued
-//! over all its connections (asked by peers it chokes or not: they all go before its other
-//! uploads, so they are what a new one waits behind) answers one more from a peer it chokes
-//! with `vmt_busy` instead of queuing it, naming the request and how long its backlog takes
-//! to drain at its upload rate. The asker drops that request, asks nothing more of the peer
-//! urgently until then, and its picker gives the piece to another connection, whose peer holds
-//! the piece or the block: a hot block's askers spread over its holders as the holders grow. Requests already queued stay queued. An
+//! over all its connections answers one more with `vmt_busy` instead of queuing it, naming the
+//! request and how long its backlog takes to drain at its upload rate. The asker drops that
+//! request, asks nothing more of the peer urgently until then, and its picker gives the
+//! piece to another connection, whose peer holds the piece or the block: a hot block's askers
+//! spread over its holders as the holders grow. Requests already queued stay queued. An
 //! injecting seeder never answers busy (it declines instead, see [`crate::inject`]), and
 //! nor does anyone to a peer that does not list `vmt_busy` in its handshake's `m`.
 //!
