@@ -304,7 +304,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match out {
                 Some(p) => std::fs::write(&p, t.to_csv())
                     .with_context(|| format!("writing {}", p.display()))?,
-                None => print_stdout(&t.to_csv())?,
+                None => vmt_formats::stdout::print(&t.to_csv())?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -377,22 +377,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )
             .with_context(|| format!("replaying {} against {}", trace.display(), file.display()))?;
             if json {
-                print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+                vmt_formats::stdout::print(&(serde_json::to_string_pretty(&report)? + "\n"))?;
             } else {
-                print_stdout(&report.to_string())?;
+                vmt_formats::stdout::print(&report.to_string())?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo(),
-    }
-}
-
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn print_stdout(text: &str) -> Result<()> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
     }
 }
 
@@ -516,7 +507,7 @@ fn show(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
             .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
     };
     let traces = load_all(traces, file_name)?;
-    print_stdout(&vmt_formats::summary::traces_table(&traces, block_size)?)?;
+    vmt_formats::stdout::print(&vmt_formats::summary::traces_table(&traces, block_size)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -524,7 +515,7 @@ fn show(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
 fn tasks_table(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
     let traces = load_all(traces, |p| p.display().to_string())?;
     let table = vmt_formats::summary::TaskTable::new(&traces, block_size)?;
-    print_stdout(&table.to_string())?;
+    vmt_formats::stdout::print(&table.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 

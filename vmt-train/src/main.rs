@@ -363,9 +363,9 @@ fn run(cli: Cli) -> Result<()> {
                 .support(support)
                 .cluster(ClusterParams::new().profiles(profiles))
                 .check()?;
-            print!("{}", train::fit(&traces, &out, &params, progress)?);
+            vmt_formats::stdout::print(&train::fit(&traces, &out, &params, progress)?.to_string())?;
         }
-        Command::Show { bundle } => print!("{}", train::show(&bundle)?),
+        Command::Show { bundle } => vmt_formats::stdout::print(&train::show(&bundle)?.to_string())?,
         Command::Eval {
             bundle,
             traces,
@@ -407,16 +407,22 @@ fn run(cli: Cli) -> Result<()> {
                 c.block_size = block_table.unwrap_or(c.block_size);
                 let report = train::eval_curve(bundle, &traces, cv, &c, progress)?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+                    vmt_formats::stdout::print(&format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&report.to_json())?
+                    ))?;
                 } else {
-                    print!("{report}");
+                    vmt_formats::stdout::print(&report.to_string())?;
                 }
             } else {
                 let report = train::eval(bundle, &traces, cv, &params, progress)?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+                    vmt_formats::stdout::print(&format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&report.to_json())?
+                    ))?;
                 } else {
-                    print!("{report}");
+                    vmt_formats::stdout::print(&report.to_string())?;
                 }
             }
         }
@@ -441,7 +447,7 @@ fn run(cli: Cli) -> Result<()> {
                 csv,
             }
             .check()?;
-            print!("{}", params.write(&out)?);
+            vmt_formats::stdout::print(&params.write(&out)?.to_string())?;
         }
         Command::SwarmSim {
             bundle,
@@ -513,7 +519,7 @@ fn run(cli: Cli) -> Result<()> {
                 "recomputes": o.recomputes,
                 "wall_s": started.elapsed().as_secs_f64(),
             });
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            vmt_formats::stdout::print(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
             if let Some(path) = out {
                 let full =
                     serde_json::json!({ "summary": summary, "params": params, "outcome": o });
@@ -525,7 +531,9 @@ fn run(cli: Cli) -> Result<()> {
             traces,
             image_size,
             tasks,
-        } => print!("{}", train::bench_fit(traces, image_size.bytes(), tasks)?),
+        } => vmt_formats::stdout::print(
+            &train::bench_fit(traces, image_size.bytes(), tasks)?.to_string(),
+        )?,
     }
     Ok(())
 }

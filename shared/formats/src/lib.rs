@@ -12,6 +12,7 @@
 //! - [`piece_size`]: the piece sizes vmt makes torrents with, one rule for the seeder and for
 //!   the evaluation that predicts its mounts.
 //! - [`summary`]: traces summarised for people: a line, a table, tasks compared.
+//! - [`stdout`]: what the tools print, where a closed pipe (`| head`) is no error.
 //! - [`text`]: text inputs (CSV, blkparse) read with a bound, refused at the first binary byte.
 //! - `fuzz` (feature `fuzz`): seeded mutation of valid files and a counting allocator, with
 //!   which every reader's tests check it never panics and takes bounded memory.
@@ -65,6 +66,7 @@ mod fuzz_readers;
 pub mod identify;
 pub mod image;
 pub mod piece_size;
+pub mod stdout;
 pub mod summary;
 pub mod text;
 pub mod trace;
