@@ -257,6 +257,11 @@ enum Command {
         /// requests go on (the model before).
         #[arg(long, value_name = "BLOCKS", default_value_t = vmt_model::swarm_sim::QUEUE)]
         queue: u32,
+        /// A what-if the engine does not do: with --urgent, every holder sends the blocks a read
+        /// waits for before its other uploads (the engine shares its links alike; tried in the
+        /// engine, it did not move a real crowd, see datasets/results/scale/stop35/).
+        #[arg(long)]
+        demand_first: bool,
         /// Other clients each client knows; in bigger crowds a ring of this many neighbours
         /// (half each side) stands for the tracker's subset. `vmt-run replay-client
         /// --peers-per-client K` dials K and is dialed by K, so K=8 there is 16 here.
@@ -464,6 +469,7 @@ fn run(cli: Cli) -> Result<()> {
             busy_backlog,
             no_have_block,
             queue,
+            demand_first,
             max_peers,
             rechoke,
             think,
@@ -484,6 +490,7 @@ fn run(cli: Cli) -> Result<()> {
             params.busy_backlog = busy_backlog;
             params.have_block = !no_have_block;
             params.queue = queue;
+            params.demand_first = demand_first;
             params.max_peers = max_peers;
             params.rechoke_us = rechoke as f64;
             params.upload = !no_upload;
