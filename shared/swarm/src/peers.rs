@@ -454,15 +454,21 @@ impl PeerRegistry {
             .filter(|p| !going(p))
             .filter_map(|p| Some((p.conn, listening(p)?)))
             .collect();
+        let list = crate::pex::fingerprint(&all);
         let mut others = Vec::with_capacity(all.len());
         for p in t
             .live
             .iter()
             .filter(|p| !going(p) && p.link.ext.supports_pex())
         {
+            let mut pex = lock(&p.link.pex);
+            if pex.idle(list, now, interval) {
+                continue;
+            }
             others.clear();
             others.extend(all.iter().filter(|(c, _)| *c != p.conn).map(|&(_, a)| a));
-            if lock(&p.link.pex).prepare(&others, now, interval) {
+            if pex.prepare(&others, list, now, interval) {
+                drop(pex);
                 p.link.push(Out::Pex);
             }
         }
