@@ -264,3 +264,47 @@ fn r16_3_8_one_error_style_in_every_tool() {
         &[missing, "No such file"],
     );
 }
+
+/// `tool … | head`: a reader that closed its end ends the output, for every tool that prints
+/// a result to stdout (print! would panic on the broken pipe: vmt-train's did).
+#[test]
+fn a_closed_stdout_ends_every_tools_output_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = image_and_torrent(dir.path());
+    let root = vmt_tests::workspace_root();
+    let trace = std::fs::read_dir(root.join("datasets/traces/test"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "vmtrace"))
+        .expect("a held-out trace in the repository");
+    let out = dir.path().join("again.torrent");
+    let bundle = root.join("datasets/appliance.vmtp");
+    let cases: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+        ("vmt-train", vec!["show".as_ref(), bundle.as_os_str()]),
+        ("vmt-record", vec!["export".as_ref(), trace.as_os_str()]),
+        (
+            "vmt-run",
+            vec![
+                "torrent".as_ref(),
+                "--image".as_ref(),
+                image.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ],
+        ),
+    ];
+    for (tool, args) in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = Command::new(bin(tool))
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let done = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert!(!err.contains("panicked"), "{tool}: {err}");
+        assert!(done.status.success(), "{tool}: {:?}: {err}", done.status);
+    }
+}

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use vmt_formats::stdout;
 use vmt_formats::summary::one_line;
 use vmt_formats::trace::Trace;
 use vmt_formats::units::{self, Size};
@@ -304,7 +305,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match out {
                 Some(p) => std::fs::write(&p, t.to_csv())
                     .with_context(|| format!("writing {}", p.display()))?,
-                None => vmt_formats::stdout::print(&t.to_csv())?,
+                None => stdout::print(&t.to_csv())?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -377,9 +378,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )
             .with_context(|| format!("replaying {} against {}", trace.display(), file.display()))?;
             if json {
-                vmt_formats::stdout::print(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+                stdout::print(&(serde_json::to_string_pretty(&report)? + "\n"))?;
             } else {
-                vmt_formats::stdout::print(&report.to_string())?;
+                stdout::print(&report.to_string())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -507,7 +508,7 @@ fn show(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
             .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
     };
     let traces = load_all(traces, file_name)?;
-    vmt_formats::stdout::print(&vmt_formats::summary::traces_table(&traces, block_size)?)?;
+    stdout::print(&vmt_formats::summary::traces_table(&traces, block_size)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -515,7 +516,7 @@ fn show(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
 fn tasks_table(traces: &[PathBuf], block_size: u32) -> Result<ExitCode> {
     let traces = load_all(traces, |p| p.display().to_string())?;
     let table = vmt_formats::summary::TaskTable::new(&traces, block_size)?;
-    vmt_formats::stdout::print(&table.to_string())?;
+    stdout::print(&table.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
+use vmt_formats::stdout;
 use vmt_formats::units::{self, Rate, Size};
 use vmt_runtime::fetch::{FetchEvent, FetchParams};
 use vmt_runtime::make_torrent::{self, TorrentEvent, TorrentParams};
@@ -593,8 +594,8 @@ async fn torrent(a: TorrentArgs, cancel: CancellationToken) -> Result<()> {
         }
     })
     .await?;
-    println!(
-        "{}: {} pieces, info hash {}, {} web seed(s), {} tracker(s)",
+    let mut out = format!(
+        "{}: {} pieces, info hash {}, {} web seed(s), {} tracker(s)\n",
         params.out().display(),
         t.piece_count(),
         t.info_hash().as_string(),
@@ -603,9 +604,9 @@ async fn torrent(a: TorrentArgs, cancel: CancellationToken) -> Result<()> {
     );
     // Without a tracker a magnet link finds nobody (but through --dht).
     if !t.trackers().is_empty() {
-        println!("magnet link: {}", t.magnet_link(None));
+        out += &format!("magnet link: {}\n", t.magnet_link(None));
     }
-    Ok(())
+    Ok(stdout::print(&out)?)
 }
 
 async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
@@ -646,8 +647,10 @@ async fn seed(a: SeedArgs, cancel: CancellationToken) -> Result<()> {
     .await?;
     bar.finish_and_clear();
     let elapsed = seeding_since.map_or(Duration::ZERO, |t| t.elapsed());
-    println!("seeded: {}", Totals::of(&stats, elapsed));
-    Ok(())
+    Ok(stdout::print(&format!(
+        "seeded: {}\n",
+        Totals::of(&stats, elapsed)
+    ))?)
 }
 
 async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
@@ -686,6 +689,8 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
     let mut log = PlainLog::new(&bar);
     let seed_after = params.seed_after();
     let started = std::time::Instant::now();
+    // The report is printed from the callback; a failure to print is returned after it.
+    let mut printed = Ok(());
     let result = vmt_runtime::fetch::run(params, listener, cancel, |ev| match ev {
         FetchEvent::Progress(st) => {
             bar.set_position(st.have_bytes);
@@ -694,7 +699,7 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
         }
         FetchEvent::Done(report) => {
             bar.finish_and_clear();
-            println!("{report}");
+            printed = stdout::print(&format!("{report}\n"));
         }
         FetchEvent::Seeding => eprintln!("seeding until Ctrl-C"),
         _ => bar.suspend(|| eprintln!("{ev}")),
@@ -702,11 +707,12 @@ async fn fetch(a: FetchArgs, cancel: CancellationToken) -> Result<()> {
     .await;
     bar.finish_and_clear();
     let report = result?;
+    printed?;
     if seed_after {
-        println!(
-            "fetched and seeded: {}",
+        stdout::print(&format!(
+            "fetched and seeded: {}\n",
             Totals::of(&report.stats, started.elapsed())
-        );
+        ))?;
     }
     Ok(())
 }
@@ -1023,10 +1029,10 @@ async fn demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<()> {
         _ = cancel.cancelled() => bail!("interrupted"),
     };
     bars.clear().ok();
-    println!("\n{}", vmt_runtime::demo::table(&rows));
-    println!(
-        "(demo finished in {:.0} s)",
+    stdout::print(&format!(
+        "\n{}\n(demo finished in {:.0} s)\n",
+        vmt_runtime::demo::table(&rows),
         started.elapsed().as_secs_f64()
-    );
+    ))?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use vmt_formats::stdout;
 use vmt_formats::units::{self, Rate, Size};
 use vmt_model::cluster::ClusterParams;
 use vmt_model::curve::CurveParams;
@@ -368,9 +369,9 @@ fn run(cli: Cli) -> Result<()> {
                 .support(support)
                 .cluster(ClusterParams::new().profiles(profiles))
                 .check()?;
-            vmt_formats::stdout::print(&train::fit(&traces, &out, &params, progress)?.to_string())?;
+            stdout::print(&train::fit(&traces, &out, &params, progress)?.to_string())?;
         }
-        Command::Show { bundle } => vmt_formats::stdout::print(&train::show(&bundle)?.to_string())?,
+        Command::Show { bundle } => stdout::print(&train::show(&bundle)?.to_string())?,
         Command::Eval {
             bundle,
             traces,
@@ -412,22 +413,22 @@ fn run(cli: Cli) -> Result<()> {
                 c.block_size = block_table.unwrap_or(c.block_size);
                 let report = train::eval_curve(bundle, &traces, cv, &c, progress)?;
                 if json {
-                    vmt_formats::stdout::print(&format!(
+                    stdout::print(&format!(
                         "{}\n",
                         serde_json::to_string_pretty(&report.to_json())?
                     ))?;
                 } else {
-                    vmt_formats::stdout::print(&report.to_string())?;
+                    stdout::print(&report.to_string())?;
                 }
             } else {
                 let report = train::eval(bundle, &traces, cv, &params, progress)?;
                 if json {
-                    vmt_formats::stdout::print(&format!(
+                    stdout::print(&format!(
                         "{}\n",
                         serde_json::to_string_pretty(&report.to_json())?
                     ))?;
                 } else {
-                    vmt_formats::stdout::print(&report.to_string())?;
+                    stdout::print(&report.to_string())?;
                 }
             }
         }
@@ -452,7 +453,7 @@ fn run(cli: Cli) -> Result<()> {
                 csv,
             }
             .check()?;
-            vmt_formats::stdout::print(&params.write(&out)?.to_string())?;
+            stdout::print(&params.write(&out)?.to_string())?;
         }
         Command::SwarmSim {
             bundle,
@@ -526,7 +527,7 @@ fn run(cli: Cli) -> Result<()> {
                 "recomputes": o.recomputes,
                 "wall_s": started.elapsed().as_secs_f64(),
             });
-            vmt_formats::stdout::print(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
+            stdout::print(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
             if let Some(path) = out {
                 let full =
                     serde_json::json!({ "summary": summary, "params": params, "outcome": o });
@@ -538,9 +539,7 @@ fn run(cli: Cli) -> Result<()> {
             traces,
             image_size,
             tasks,
-        } => vmt_formats::stdout::print(
-            &train::bench_fit(traces, image_size.bytes(), tasks)?.to_string(),
-        )?,
+        } => stdout::print(&train::bench_fit(traces, image_size.bytes(), tasks)?.to_string())?,
     }
     Ok(())
 }
