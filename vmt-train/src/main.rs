@@ -260,7 +260,8 @@ enum Command {
         queue: u32,
         /// A what-if the engine does not do: with --urgent, every holder sends the blocks a read
         /// waits for before its other uploads (the engine shares its links alike; tried in the
-        /// engine, it did not move a real crowd, see datasets/results/scale/stop35/).
+        /// engine, a real crowd moved by less than its spread, see
+        /// datasets/results/scale/stop35/).
         #[arg(long)]
         demand_first: bool,
         /// Other clients each client knows; in bigger crowds a ring of this many neighbours

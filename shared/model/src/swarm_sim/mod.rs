@@ -71,8 +71,9 @@
 //! A what-if, off by default: **demand first** ([`SwarmParams::demand_first`], `--demand-first`),
 //! every holder sending a read's units before its other uploads. Simulated at N=128 it took
 //! 36.4 s to 34.1 s (36.3 s to 33.6 s on the image of `datasets/results/scale/stop35/`); the
-//! engine built to do it (stop 35, reverted) left the real crowd where it was (42.7 s, then
-//! 43.3 and 43.0 s), so the simulator's gain from it is not evidence.
+//! engine built to do it (stop 35, reverted) left the real crowd at K=10 where it was
+//! (42.7 s, then 43.3 and 43.0 s) and took 36.6 s to 35.5 s at K=20, within one crowd's
+//! spread: not evidence yet.
 //!
 //! Not modelled: CPU (the real N=16 crowd is CPU-bound, see the validation), TCP slow start,
 //! endgame duplicates, the seeder's own `max_peers`.
