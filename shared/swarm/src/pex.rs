@@ -168,7 +168,6 @@ mod tests {
         SocketAddr::from(([10, 0, (k >> 8) as u8, k as u8], 6881))
     }
 
-    /// Encodes and decodes `m` as the remote would see it.
     /// The fingerprint of `live` as the engine's list (connection numbers by position).
     fn fp(live: &[SocketAddr]) -> u64 {
         let list: Vec<(u64, SocketAddr)> = (0..).zip(live.iter().copied()).collect();
@@ -202,6 +201,7 @@ mod tests {
         assert_eq!((added.len(), dropped.len()), (0, 5));
     }
 
+    /// Encodes and decodes `m` as the remote would see it.
     fn wire(m: &UtPex<ByteBufOwned>, buf: &mut Vec<u8>) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
         buf.resize(8192, 0);
         let msg = Message::Extended(ExtendedMessage::UtPex(m.as_borrowed()));
