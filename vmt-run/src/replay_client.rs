@@ -166,7 +166,7 @@ pub(crate) async fn replay_client(a: ReplayClientArgs, cancel: CancellationToken
     f.write_all(&out)
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
-        "{} clients ({}): mean completion {:.2} s, mean stall {:.2} s (undilated); seeder sent {} ({:.2} images); CPU {:.1} s over {:.1} s wall ({:.0}% of {} cores), machine busy {:.0}%{}",
+        "{} clients ({}): mean completion {:.2} s, mean stall {:.2} s (undilated); seeder sent {} ({:.2} images); CPU {:.1} s over {:.1} s wall ({:.0}% of {} cores), machine busy {:.0}% (saturated {:.0}% of the time, peak {:.0}%){}",
         run.n,
         run.mode,
         run.mean_completion_s,
@@ -178,6 +178,8 @@ pub(crate) async fn replay_client(a: ReplayClientArgs, cancel: CancellationToken
         run.cpu_frac * 100.0,
         run.cores,
         run.machine_busy * 100.0,
+        run.saturated_share * 100.0,
+        run.busy_peak * 100.0,
         if run.saturated { " (SATURATED: rejected)" } else { "" }
     );
     if run.failed > 0 {

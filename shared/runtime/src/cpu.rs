@@ -1,11 +1,21 @@
 //! CPU use over a run: this process's CPU time, and how busy the whole machine was, so that a
 //! run whose figures measure a saturated CPU rather than the links can be told apart.
+//!
+//! A run's mean hides its peaks: a crowd of 128 at K=10 averaged 51% busy while the machine sat
+//! at 1.6-1.9 cores through its first minutes, when every trace's first reads come at once
+//! (`datasets/results/scale/stop35/`). [`BusyWindows`] therefore also counts the seconds the
+//! machine was saturated, and a run saturated for [`SATURATED_SHARE`] of its time is rejected
+//! like one saturated on average.
 
 use std::time::Instant;
 
 /// A machine whose cores were busy at least this share of a run was the bottleneck: replays
 /// then wait for a core, not for the links, and the run's figures are rejected.
 pub const SATURATED: f64 = 0.9;
+
+/// A run whose machine was saturated ([`SATURATED`]) for at least this share of its
+/// [`BusyWindows`] was CPU-bound in its busiest phase: rejected too.
+pub const SATURATED_SHARE: f64 = 0.05;
 
 /// One reading of the counters; two make a [`CpuUse`].
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +108,60 @@ impl CpuUse {
     }
 }
 
+/// The machine's busy share window by window (one window per [`BusyWindows::tick`], about a
+/// second apart), so that a saturated phase shows however idle the rest of the run was.
+#[derive(Clone, Copy, Debug)]
+pub struct BusyWindows {
+    last: (u64, u64),
+    /// Windows counted.
+    pub windows: u32,
+    /// Windows at least [`SATURATED`] busy.
+    pub saturated: u32,
+    /// The busiest window's share.
+    pub peak: f64,
+}
+
+impl BusyWindows {
+    /// Starts counting from `sample`.
+    pub fn new(sample: &CpuSample) -> BusyWindows {
+        BusyWindows {
+            last: (sample.busy, sample.total),
+            windows: 0,
+            saturated: 0,
+            peak: 0.0,
+        }
+    }
+
+    /// Ends the window that began at the last sample; a window without elapsed jiffies (or
+    /// without `/proc/stat`) is not counted.
+    pub fn tick(&mut self, sample: &CpuSample) {
+        let total = sample.total.saturating_sub(self.last.1);
+        let busy = sample.busy.saturating_sub(self.last.0);
+        self.last = (sample.busy, sample.total);
+        if total == 0 {
+            return;
+        }
+        let share = busy as f64 / total as f64;
+        self.windows += 1;
+        self.saturated += u32::from(share >= SATURATED);
+        self.peak = self.peak.max(share);
+    }
+
+    /// The share of windows that were saturated (0 with none counted).
+    pub fn saturated_share(&self) -> f64 {
+        if self.windows == 0 {
+            0.0
+        } else {
+            f64::from(self.saturated) / f64::from(self.windows)
+        }
+    }
+
+    /// Whether the machine was saturated for [`SATURATED_SHARE`] of the windows.
+    pub fn saturated_phase(&self) -> bool {
+        self.windows > 0 && self.saturated_share() >= SATURATED_SHARE
+    }
+}
+
 /// Busy and total jiffies from `/proc/stat`'s `cpu` line: idle and iowait are not busy.
 fn machine_jiffies(line: &str) -> (u64, u64) {
     let v: Vec<u64> = line
@@ -119,6 +183,57 @@ mod tests {
         // user nice system idle iowait irq softirq steal guest guest_nice
         let (busy, total) = machine_jiffies("cpu  100 5 50 800 40 2 3 0 7 0");
         assert_eq!((busy, total), (160, 1000));
+    }
+
+    fn at(busy: u64, total: u64) -> CpuSample {
+        CpuSample {
+            at: Instant::now(),
+            process_s: 0.0,
+            busy,
+            total,
+            load1: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_saturated_phase_shows_in_the_windows_though_the_mean_is_low() {
+        let mut w = BusyWindows::new(&at(0, 0));
+        // Three saturated windows, then 17 nearly idle ones: the run's mean is 18.5% busy.
+        let mut busy = 0;
+        let mut total = 0;
+        for share in [95, 98, 90].into_iter().chain([5; 17]) {
+            busy += share;
+            total += 100;
+            w.tick(&at(busy, total));
+        }
+        assert_eq!((w.windows, w.saturated), (20, 3));
+        assert!((w.peak - 0.98).abs() < 1e-9);
+        assert!((w.saturated_share() - 0.15).abs() < 1e-9);
+        assert!(w.saturated_phase());
+        assert!(
+            !at(0, 0).until(&at(busy, total)).saturated(),
+            "the mean does not show it"
+        );
+        // A window in which no jiffy passed is not one.
+        w.tick(&at(busy, total));
+        assert_eq!(w.windows, 20);
+    }
+
+    #[test]
+    fn one_busy_second_in_a_long_run_is_not_a_saturated_phase() {
+        let mut w = BusyWindows::new(&at(0, 0));
+        let (mut busy, mut total) = (0, 0);
+        for share in [99].into_iter().chain([30; 99]) {
+            busy += share;
+            total += 100;
+            w.tick(&at(busy, total));
+        }
+        assert_eq!(w.saturated, 1);
+        assert!(!w.saturated_phase());
+        assert!(
+            !BusyWindows::new(&at(0, 0)).saturated_phase(),
+            "nothing counted"
+        );
     }
 
     #[test]

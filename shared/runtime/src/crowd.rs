@@ -35,7 +35,7 @@ use vmt_formats::trace::Trace;
 use vmt_fs::{FsError, Node, ReadReply};
 use vmt_model::scheduler::Strategy;
 
-use crate::cpu::{CpuSample, CpuUse};
+use crate::cpu::{BusyWindows, CpuSample, CpuUse};
 use crate::params::{RuntimeError, RuntimeParams, DEFAULT_WINDOW};
 use crate::report::{StallSummary, Status};
 use crate::streaming::{Streaming, SwarmFs};
@@ -283,7 +283,12 @@ pub struct RunResult {
     pub load1_start: f64,
     /// 1-minute load at the end.
     pub load1_end: f64,
-    /// `machine_busy` ≥ [`crate::cpu::SATURATED`]: rejected.
+    /// The busiest second's busy share (see [`BusyWindows`]).
+    pub busy_peak: f64,
+    /// The share of the run's seconds the machine was saturated ([`crate::cpu::SATURATED`]).
+    pub saturated_share: f64,
+    /// `machine_busy` ≥ [`crate::cpu::SATURATED`], or saturated for
+    /// [`crate::cpu::SATURATED_SHARE`] of its seconds: rejected.
     pub saturated: bool,
     /// Bytes the seeders sent (sum of `from_seeder`).
     pub seeder_bytes: u64,
@@ -411,6 +416,25 @@ pub async fn run(
             }
         })
     };
+    // The machine's busy share second by second while the replays run (`BusyWindows`).
+    // A late tick waits a whole second again, so no window is a sliver of jiffies.
+    let windows = Arc::new(Mutex::new(BusyWindows::new(&CpuSample::now())));
+    let sampler = {
+        let windows = windows.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let sample = CpuSample::now();
+                windows
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .tick(&sample);
+            }
+        })
+    };
     let start = Instant::now();
     let mode = if params.upload { "swarm" } else { "cs" };
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -471,8 +495,10 @@ pub async fn run(
         results.push(r);
     }
     closer.abort();
+    sampler.abort();
     let wall = start.elapsed();
     let cpu = cpu0.until(&CpuSample::now());
+    let windows = *windows.lock().unwrap_or_else(|e| e.into_inner());
     results.sort_by_key(|r| r.id);
     let mean = |f: fn(&ClientResult) -> f64| {
         results.iter().map(f).sum::<f64>() / results.len().max(1) as f64
@@ -495,7 +521,7 @@ pub async fn run(
         mean_stall_s: mean(|r| r.stall_s),
         failed: results.iter().filter(|r| !r.verified).count(),
         command,
-        ..RunResult::cpu(&cpu)
+        ..RunResult::cpu(&cpu, &windows)
     };
     for r in &mut results {
         r.mode = mode.into();
@@ -505,8 +531,8 @@ pub async fn run(
 }
 
 impl RunResult {
-    /// The CPU fields from `cpu`; the rest empty.
-    fn cpu(cpu: &CpuUse) -> RunResult {
+    /// The CPU fields from `cpu` and `windows`; the rest empty.
+    fn cpu(cpu: &CpuUse, windows: &BusyWindows) -> RunResult {
         RunResult {
             kind: String::new(),
             n: 0,
@@ -526,7 +552,9 @@ impl RunResult {
             machine_busy: cpu.machine_busy,
             load1_start: cpu.load1.0,
             load1_end: cpu.load1.1,
-            saturated: cpu.saturated(),
+            busy_peak: windows.peak,
+            saturated_share: windows.saturated_share(),
+            saturated: cpu.saturated() || windows.saturated_phase(),
             seeder_bytes: 0,
             mean_completion_s: 0.0,
             mean_stall_s: 0.0,
