@@ -838,6 +838,7 @@ async fn mount_setup(
         web_seeds: a.web_seeds.urls,
         web_seed_limit: a.web_seeds.limit.map(Rate::bytes_per_s),
         rechoke_interval: vmt_runtime::DEFAULT_RECHOKE,
+        busy_backlog: vmt_runtime::DEFAULT_BUSY_BACKLOG,
         dial_from: None,
         window_bytes: a.window.bytes(),
         threads: a.threads,

@@ -55,6 +55,10 @@ pub(crate) struct ReplayClientArgs {
     /// every DURATION x --dilation); give the seeder's `--rechoke` the same, dilated.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = units::parse_duration)]
     rechoke: Duration,
+    /// With --urgent: urgent blocks a client queues for its peers before it answers the next
+    /// asker busy, so that one goes to another holder (`vmt-swarm`'s `busy.rs`).
+    #[arg(long, value_name = "BLOCKS", default_value_t = vmt_runtime::DEFAULT_BUSY_BACKLOG, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    busy_backlog: usize,
     /// Idle time at each task boundary of a session trace (undilated).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = units::parse_duration)]
     think: Duration,
@@ -114,6 +118,7 @@ pub(crate) async fn replay_client(a: ReplayClientArgs, cancel: CancellationToken
     params.dilation = a.dilation;
     params.think = a.think;
     params.rechoke = a.rechoke;
+    params.busy_backlog = a.busy_backlog;
     params.peers_per_client = a.peers_per_client;
     params.stagger = a.stagger;
     params.bind = a.bind;

@@ -70,6 +70,9 @@ pub struct CrowdParams {
     pub think: Duration,
     /// The clients' choke rotation period, undilated ([`crate::DEFAULT_RECHOKE`]).
     pub rechoke: Duration,
+    /// Urgent uploads a client queues before it answers the next asker busy
+    /// ([`crate::DEFAULT_BUSY_BACKLOG`]).
+    pub busy_backlog: usize,
     /// Other clients each client dials (the next ones, round the ring); they dial back.
     pub peers_per_client: usize,
     /// Between two clients' starts, undilated (zero: a flash crowd).
@@ -124,6 +127,7 @@ impl CrowdParams {
             dilation: 1,
             think: Duration::ZERO,
             rechoke: crate::DEFAULT_RECHOKE,
+            busy_backlog: crate::DEFAULT_BUSY_BACKLOG,
             peers_per_client: DEFAULT_PEERS_PER_CLIENT,
             stagger: Duration::ZERO,
             dir,
@@ -169,6 +173,7 @@ impl CrowdParams {
             web_seeds: Vec::new(),
             web_seed_limit: None,
             rechoke_interval: self.rechoke * k,
+            busy_backlog: self.busy_backlog,
             // Its own address, listening or not: the seeder admits 16 connections per address.
             dial_from: Some(client_ip(self.bind, id)),
         }
@@ -787,6 +792,10 @@ mod tests {
             p.client(0, &addrs).rechoke_interval,
             Duration::from_secs(30)
         );
+        // The busy backlog is a count of blocks, not a time: K leaves it alone.
+        assert_eq!(c.busy_backlog, crate::DEFAULT_BUSY_BACKLOG);
+        p.busy_backlog = 8;
+        assert_eq!(p.client(0, &addrs).busy_backlog, 8);
     }
 
     /// Client-server clients do not listen, yet each dials from its own address, as the

@@ -174,6 +174,7 @@ fn client_params(
         web_seeds: Vec::new(),
         web_seed_limit: None,
         rechoke_interval: crate::DEFAULT_RECHOKE,
+        busy_backlog: crate::DEFAULT_BUSY_BACKLOG,
         dial_from: None,
         window_bytes: crate::DEFAULT_WINDOW,
         threads: 4,

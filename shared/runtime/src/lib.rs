@@ -75,7 +75,9 @@ mod streaming;
 mod tasks;
 pub mod totals;
 
-pub use params::{RuntimeError, RuntimeParams, DEFAULT_RECHOKE, DEFAULT_WINDOW};
+pub use params::{
+    RuntimeError, RuntimeParams, DEFAULT_BUSY_BACKLOG, DEFAULT_RECHOKE, DEFAULT_WINDOW,
+};
 pub use report::{OldestParked, PeerTraffic, ProfileSwitch, StallSummary, Status};
 pub use runtime::Runtime;
 pub use status::{serve_status, StatusAddr};

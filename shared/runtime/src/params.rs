@@ -19,6 +19,9 @@ pub const DEFAULT_WINDOW: u64 = 8 << 20;
 /// The choker's rotation period unless told otherwise: the engine's, BitTorrent's usual 10 s.
 pub const DEFAULT_RECHOKE: Duration = Duration::from_secs(10);
 
+/// The engine's busy backlog unless told otherwise (`vmt_swarm::EngineConfig::busy_backlog`).
+pub const DEFAULT_BUSY_BACKLOG: usize = vmt_swarm::BUSY_BACKLOG;
+
 /// What to mount and how.
 #[derive(Clone, Debug)]
 pub struct RuntimeParams {
@@ -58,6 +61,9 @@ pub struct RuntimeParams {
     /// How often the choker moves an upload slot ([`DEFAULT_RECHOKE`]). A time-dilated crowd
     /// stretches it by its factor, so the rotation keeps its place in undilated time.
     pub rechoke_interval: Duration,
+    /// Urgent uploads queued past which one more urgent request is answered busy
+    /// (`vmt_swarm::EngineConfig::busy_backlog`; [`DEFAULT_BUSY_BACKLOG`]).
+    pub busy_backlog: usize,
     /// The address dials go out from when the mount does not listen (`upload: false`);
     /// `None` leaves it to the system. A crowd on one host gives each client its own.
     pub dial_from: Option<IpAddr>,

@@ -96,6 +96,7 @@ impl<R: ReadReply> Streaming<R> {
             web_seeds: params.web_seeds.clone(),
             web_seed_limit: params.web_seed_limit,
             rechoke_interval: params.rechoke_interval,
+            busy_backlog: params.busy_backlog,
             dial_from: params.dial_from,
             ..Default::default()
         };

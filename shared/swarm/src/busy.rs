@@ -38,7 +38,7 @@ pub(crate) const MY_BUSY_ID: u8 = 9;
 /// (`EngineConfig::busy_backlog`): two pieces' worth of 16 KiB blocks. At headless N=128, 16,
 /// 32 and 64 gave 40.2-40.6, 39.8-40.8 and 40.2 s, within a run's noise of each other and all
 /// below main's 41.5-42.1 s (`datasets/results/scale/rebuilt/stop32/`).
-pub(crate) const BUSY_BACKLOG: usize = 32;
+pub const BUSY_BACKLOG: usize = 32;
 
 /// The retry a holder without an upload limit names (it cannot tell its drain time).
 const UNLIMITED_RETRY: Duration = Duration::from_millis(50);

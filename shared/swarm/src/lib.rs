@@ -105,6 +105,7 @@ mod wire;
 
 pub use bitmap::AtomicBitmap;
 pub use block_hashes::{BlockHashes, BlockTableError, BLOCK_HASH_LEN, BLOCK_SIZE};
+pub use busy::BUSY_BACKLOG;
 pub use dht::DhtConfig;
 pub use digest::sha1;
 pub use engine::{Engine, EngineConfig};
