@@ -48,6 +48,9 @@
 # miss latency is measured against is curl's TCP connect time to the tracker, once per run.
 # Everything it creates (namespaces, mounts, processes) is removed at the end and on failure.
 set -euo pipefail
+# The whole script is one block, read before it runs: a run takes up to an hour, and bash
+# reads a plain script as it goes, so editing it meanwhile would run the edit's bytes.
+{
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 mode=quick
@@ -564,3 +567,5 @@ $(for f in "$W"/raw/crowd-*.origin; do [ -f "$f" ] || continue
 "$bin/vmt-bench" report --csv "$out/results.csv" --out "$out" --header "$header" \
   --link-rate "$RATE" --seed-rate "$SEED_RATE" ${rtt_ms:+--rtt-ms "$rtt_ms"}
 say "results in $out"
+exit
+}

@@ -34,6 +34,9 @@
 # machine was busy >= 90% on average, or in 5% of its seconds, is marked SATURATED and its
 # figures are not evidence).
 set -euo pipefail
+# The whole script is one block, read before it runs: a run takes up to an hour, and bash
+# reads a plain script as it goes, so editing it meanwhile would run the edit's bytes.
+{
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 out=
@@ -187,3 +190,5 @@ PY
   if [ -s "$W/load.txt" ]; then echo "load at the end of each run:"; cat "$W/load.txt"; fi
 } > "$out/summary.txt"
 cat "$out/summary.txt"
+exit
+}
