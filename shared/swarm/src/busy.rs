@@ -37,7 +37,9 @@ pub(crate) const MY_BUSY_ID: u8 = 9;
 /// Urgent uploads queued over all connections at which one more is answered busy, by default
 /// (`EngineConfig::busy_backlog`): two pieces' worth of 16 KiB blocks. At headless N=128, 16,
 /// 32 and 64 gave 40.2-40.6, 39.8-40.8 and 40.2 s, within a run's noise of each other and all
-/// below main's 41.5-42.1 s (`datasets/results/scale/rebuilt/stop32/`).
+/// below main's 41.5-42.1 s (`datasets/results/scale/rebuilt/stop32/`). The simulator
+/// prefers 8 (−1.7 s of 36 at N=128); a real crowd at 8 took 35.55 s against 36.03 s, inside
+/// a run's spread (`datasets/results/scale/stop36/`).
 pub const BUSY_BACKLOG: usize = 32;
 
 /// The retry a holder without an upload limit names (it cannot tell its drain time).
