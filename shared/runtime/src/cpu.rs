@@ -81,7 +81,6 @@ impl CpuSample {
         let wall_s = later.at.duration_since(self.at).as_secs_f64();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu_s = later.process_s - self.process_s;
-        let total = later.total.saturating_sub(self.total);
         CpuUse {
             wall_s,
             cpu_s,
@@ -91,11 +90,8 @@ impl CpuSample {
             } else {
                 0.0
             },
-            machine_busy: if total > 0 {
-                later.busy.saturating_sub(self.busy) as f64 / total as f64
-            } else {
-                0.0
-            },
+            machine_busy: busy_share((self.busy, self.total), (later.busy, later.total))
+                .unwrap_or(0.0),
             load1: (self.load1, later.load1),
         }
     }
@@ -135,13 +131,10 @@ impl BusyWindows {
     /// Ends the window that began at the last sample; a window without elapsed jiffies (or
     /// without `/proc/stat`) is not counted.
     pub fn tick(&mut self, sample: &CpuSample) {
-        let total = sample.total.saturating_sub(self.last.1);
-        let busy = sample.busy.saturating_sub(self.last.0);
-        self.last = (sample.busy, sample.total);
-        if total == 0 {
+        let now = (sample.busy, sample.total);
+        let Some(share) = busy_share(std::mem::replace(&mut self.last, now), now) else {
             return;
-        }
-        let share = busy as f64 / total as f64;
+        };
         self.windows += 1;
         self.saturated += u32::from(share >= SATURATED);
         self.peak = self.peak.max(share);
@@ -160,6 +153,12 @@ impl BusyWindows {
     pub fn saturated_phase(&self) -> bool {
         self.windows > 0 && self.saturated_share() >= SATURATED_SHARE
     }
+}
+
+/// The busy share of the jiffies between two (busy, total) readings; `None` if none passed.
+fn busy_share(from: (u64, u64), to: (u64, u64)) -> Option<f64> {
+    let total = to.1.saturating_sub(from.1);
+    (total > 0).then(|| to.0.saturating_sub(from.0) as f64 / total as f64)
 }
 
 /// Busy and total jiffies from `/proc/stat`'s `cpu` line: idle and iowait are not busy.
