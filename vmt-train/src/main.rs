@@ -204,8 +204,8 @@ enum Command {
     /// with their trace's reads, as `vmt-run mount` would; they fetch over symmetric links from
     /// the seeder and, unless --no-upload, from each other: whole verified pieces, 4 upload
     /// slots per uploader rotating every 10 s, demand before plan before rarest first, flows
-    /// sharing links max-min fairly. Prints a JSON summary (mean and p95 completion, mean stall,
-    /// seeder bytes); --out writes it with every client's figures.
+    /// sharing links max-min fairly. Prints a JSON summary (mean and p95 completion, mean stall
+    /// and where it went, seeder bytes); --out writes it with every client's figures.
     #[command(after_help = units::HELP)]
     SwarmSim {
         /// The bundle (for profile and markov).
@@ -513,6 +513,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress,
             )?;
             let s = |us: f64| us / 1e6;
+            let w = o.mean_waits;
             let summary = serde_json::json!({
                 "clients": clients,
                 "strategy": strategy.name(),
@@ -521,6 +522,13 @@ fn run(cli: Cli) -> Result<()> {
                 "mean_completion_s": s(o.mean_completion_us),
                 "p95_completion_s": s(o.p95_completion_us),
                 "mean_stall_s": s(o.mean_stall_us),
+                "mean_waits_s": {
+                    "racing": s(w.racing_us as f64),
+                    "at_peers": s(w.at_peers_us as f64),
+                    "turned_away": s(w.turned_away_us as f64),
+                    "on_its_way": s(w.on_its_way_us as f64),
+                    "seeder": s(w.seeder_us as f64),
+                },
                 "seeder_bytes": o.seeder_bytes,
                 "seeder_per_image": o.seeder_bytes as f64 / o.image_bytes.max(1) as f64,
                 "image_bytes": o.image_bytes,

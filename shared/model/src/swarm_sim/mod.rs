@@ -45,7 +45,13 @@
 //!     waited for makes its client a holder of that unit, before its piece is whole;
 //!   - **busy holders** ([`SwarmParams::busy_backlog`], `vmt_busy`): a client with that many
 //!     units in flight over urgent connections turns the next asker away, which tries the
-//!     next holder, or asks again after the time that backlog takes to drain (10 ms-2 s).
+//!     next holder, or asks again after the time that backlog takes to drain (10 ms-2 s);
+//!   - **asking a new holder at once**: a read with a unit that no neighbour could serve
+//!     when asked (none held it, or every holder was busy) asks again as soon as a neighbour
+//!     completes that unit's piece or announces the unit, as the engine's reader asks on
+//!     each `have`. Before, it waited for its busy retry, a choke or unchoke, or one of its
+//!     own requests ending: at N=128 on `datasets/results/scale/stop35/`'s image that said
+//!     36.26 s, 35.53 and 35.70 s over three seeds, and now 35.01, 34.42 and 34.39 s.
 //!
 //!   Without the last two, a fresh piece's one holder shared its uplink among every waiting
 //!   client's urgent requests: against the real crowd of 128 (every client a neighbour of
@@ -74,6 +80,15 @@
 //! engine built to do it (stop 35, reverted) left the real crowd at K=10 where it was
 //! (42.7 s, then 43.3 and 43.0 s) and took 36.6 s to 35.5 s at K=20, within one crowd's
 //! spread: not evidence yet.
+//!
+//! **Where the stall goes** ([`Waits`]): each read that misses is counted, from the miss to
+//! its answer, under what its first missing unit was then: racing a request of its own, held
+//! by a neighbour (turned away by a busy one or not), on its way from the seeder to another
+//! client, or at the seeder only. At N=128 on that image (seed 1, a 10.7 s stall): racing
+//! 1.0 s, at peers 4.0 s, turned away 4.3 s, on its way 1.3 s, at the seeder only 0.06 s;
+//! each trace alone (N=1): racing 1.4 s, at the seeder 0.8 s. So a crowd's extra wait is
+//! for pieces its neighbours hold: their uplinks, shared with their slots' uploads and
+//! other askers, and their busy answers.
 //!
 //! Not modelled: CPU (the real N=16 crowd is CPU-bound, see the validation), TCP slow start,
 //! endgame duplicates, the seeder's own `max_peers`.
@@ -229,6 +244,68 @@ pub struct ClientOutcome {
     pub from_peers: u64,
     /// Bytes it uploaded to other clients.
     pub uploaded: u64,
+    /// Its reads' waits by what each found when it missed.
+    pub waits: Waits,
+}
+
+/// Where a crowd's stall goes: each read that missed, from the miss to its answer (µs),
+/// counted under what its first missing unit was then. The causes sum to the stall less the
+/// round trips and think-time shifts `stall_us` also holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Waits {
+    /// A request of the client's own already carried it (a prefetch racing the read).
+    pub racing_us: u64,
+    /// A neighbour held it (its piece, or the unit announced alone), and none turned the
+    /// client away during the wait.
+    pub at_peers_us: u64,
+    /// A neighbour held it, and a busy one turned the client away at least once.
+    pub turned_away_us: u64,
+    /// Only the seeder had it, and it was injecting that piece into another client.
+    pub on_its_way_us: u64,
+    /// Only the seeder had it, free to send.
+    pub seeder_us: u64,
+}
+
+impl Waits {
+    fn add(&mut self, cause: Cause, us: u64) {
+        *match cause {
+            Cause::Racing => &mut self.racing_us,
+            Cause::AtPeers => &mut self.at_peers_us,
+            Cause::TurnedAway => &mut self.turned_away_us,
+            Cause::OnItsWay => &mut self.on_its_way_us,
+            Cause::Seeder => &mut self.seeder_us,
+        } += us;
+    }
+
+    fn sum(&mut self, o: &Waits) {
+        self.racing_us += o.racing_us;
+        self.at_peers_us += o.at_peers_us;
+        self.turned_away_us += o.turned_away_us;
+        self.on_its_way_us += o.on_its_way_us;
+        self.seeder_us += o.seeder_us;
+    }
+
+    fn scale(&mut self, f: f64) {
+        for x in [
+            &mut self.racing_us,
+            &mut self.at_peers_us,
+            &mut self.turned_away_us,
+            &mut self.on_its_way_us,
+            &mut self.seeder_us,
+        ] {
+            *x = (*x as f64 * f).round() as u64;
+        }
+    }
+}
+
+/// What a waiting read's first missing unit was when the read missed (see [`Waits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    Racing,
+    AtPeers,
+    TurnedAway,
+    OnItsWay,
+    Seeder,
 }
 
 /// The crowd's outcome.
@@ -248,6 +325,8 @@ pub struct SwarmOutcome {
     pub p95_completion_us: f64,
     /// Mean stall (µs).
     pub mean_stall_us: f64,
+    /// Mean of the finished clients' [`Waits`].
+    pub mean_waits: Waits,
     /// Simulated time at the end (µs).
     pub end_us: f64,
     /// Events processed and rate recomputations: the simulation's cost.
@@ -359,6 +438,10 @@ struct Client {
     told: Bits,
     /// A retry of urgent requests turned away by busy holders is scheduled.
     retry_pending: bool,
+    /// In [`Sim::starved`].
+    starved: bool,
+    /// The waiting read: when it missed and what it found (see [`Waits`]).
+    missed: (f64, Cause),
     conns: Vec<Conn>,
     /// Next record of the trace.
     next: usize,
@@ -423,6 +506,16 @@ struct Sim<'a> {
     ring: usize,
     finished: usize,
     n_events: u64,
+    /// Clients whose waiting read has a unit that no connection fetches and that no
+    /// neighbour served when last asked (none held it, or every holder was busy): asked
+    /// again as soon as a neighbour gets a piece or announces a unit, as the engine's reader
+    /// asks whenever a `have` comes in, not only at its next retry.
+    starved: Vec<u32>,
+    /// [`Sim::starved`]'s spare, so waking them allocates nothing.
+    starved_spare: Vec<u32>,
+    /// Pieces a client completed, or of which it announced a unit, since the starved were
+    /// last woken.
+    fresh: Vec<u32>,
 }
 
 /// Simulates `clients` replaying `traces` at `granularity` under `params`; `progress(done)`
@@ -518,6 +611,8 @@ pub fn run(
                 pieces_done: 0,
                 told: Bits::new(units as usize),
                 retry_pending: false,
+                starved: false,
+                missed: (0.0, Cause::Racing),
                 conns: Vec::new(),
                 next: 0,
                 waiting: None,
@@ -563,6 +658,9 @@ pub fn run(
         ring,
         finished: 0,
         n_events: 0,
+        starved: Vec::new(),
+        starved_spare: Vec::new(),
+        fresh: Vec::new(),
     };
     let mut t = 0.0;
     for c in 0..n {
@@ -608,6 +706,7 @@ pub fn run(
             let (t, id) = tf.expect("a finite finish");
             sim.now = t;
             sim.finish(id);
+            sim.wake_starved();
             moved = t;
         } else {
             let Some(Reverse((Key(t), _, ev))) = sim.events.pop() else {
@@ -615,6 +714,7 @@ pub fn run(
             };
             sim.now = t;
             sim.event(ev);
+            sim.wake_starved();
         }
         if sim.finished != reported {
             reported = sim.finished;
@@ -637,11 +737,13 @@ pub fn run(
         if let (Some(x), Some(s)) = (c.out.completion_us, c.out.stall_us) {
             done.push(x as f64);
             stall += s as f64;
+            out.mean_waits.sum(&c.out.waits);
         }
     }
     if !done.is_empty() {
         out.mean_completion_us = done.iter().sum::<f64>() / done.len() as f64;
         out.mean_stall_us = stall / done.len() as f64;
+        out.mean_waits.scale(1.0 / done.len() as f64);
         done.sort_by(f64::total_cmp);
         let rank = ((0.95 * done.len() as f64).ceil() as usize).clamp(1, done.len());
         out.p95_completion_us = done[rank - 1];
@@ -688,8 +790,11 @@ impl Sim<'_> {
             Event::Arrive(c) => self.arrive(c),
             Event::Record(c) => self.records(c),
             Event::Resume(c) => {
+                let now = self.now;
                 let cl = &mut self.clients[c as usize];
                 cl.waiting = None;
+                let (at, cause) = cl.missed;
+                cl.out.waits.add(cause, (now - at).round() as u64);
                 if self.p.queue > 0 {
                     // Connections held back while the read waited ask for the rest again.
                     self.kick(c);
@@ -743,9 +848,11 @@ impl Sim<'_> {
         if r.op == Op::Read {
             cl.sched.on_read(r.offset, r.len as u64, self.now as u64);
             let range = cl.sched.units_of(r.offset, r.len as u64);
-            if range.clone().any(|u| !cl.have.get(u)) {
+            if let Some(first) = range.clone().find(|&u| !cl.have.get(u)) {
                 cl.out.stalls += 1;
                 cl.waiting = Some(range);
+                let cause = self.cause(c, first);
+                self.clients[c as usize].missed = (self.now, cause);
                 self.demand(c);
                 return;
             }
@@ -923,7 +1030,16 @@ impl Sim<'_> {
             }
             let Some(up) = holder else {
                 if let Some(drain) = busy {
+                    let missed = &mut self.clients[c as usize].missed.1;
+                    if *missed == Cause::AtPeers {
+                        *missed = Cause::TurnedAway;
+                    }
                     self.retry_later(c, drain);
+                }
+                let cl = &mut self.clients[c as usize];
+                if !cl.starved {
+                    cl.starved = true;
+                    self.starved.push(c);
                 }
                 return;
             };
@@ -939,6 +1055,54 @@ impl Sim<'_> {
             if !self.clients[c as usize].inflight.get(unit) {
                 return; // it took nothing after all (cannot happen: the same `has_piece`)
             }
+        }
+    }
+
+    /// Asks the starved clients (see [`Sim::starved`]) whose waiting read wants a unit of a
+    /// fresh piece again.
+    fn wake_starved(&mut self) {
+        while let Some(p) = self.fresh.pop() {
+            let units = self.piece_units(p);
+            let mut list = std::mem::take(&mut self.starved);
+            std::mem::swap(&mut self.starved, &mut self.starved_spare);
+            for &d in &list {
+                let cl = &mut self.clients[d as usize];
+                match cl.waiting.clone().filter(|w| !w.is_empty()) {
+                    None => cl.starved = false,
+                    Some(w) if w.start < units.end && units.start < w.end => {
+                        cl.starved = false;
+                        self.ask_urgently(d);
+                    }
+                    Some(_) => self.starved.push(d),
+                }
+            }
+            list.clear();
+            self.starved_spare = list;
+        }
+    }
+
+    /// What client `c`'s read found of `unit` when it missed (see [`Waits`]).
+    fn cause(&self, c: u32, unit: u32) -> Cause {
+        let cl = &self.clients[c as usize];
+        if cl.inflight.get(unit) {
+            return Cause::Racing;
+        }
+        if self.p.upload {
+            for j in 0..self.neighbour_count() {
+                let Some(d) = self.neighbour(c, j) else {
+                    continue;
+                };
+                let dc = &self.clients[d as usize];
+                if dc.arrived && !dc.left && self.has_unit(c, d + 1, unit) {
+                    return Cause::AtPeers;
+                }
+            }
+        }
+        let to = self.injecting[(unit / self.upp) as usize];
+        if self.injects() && to != NOBODY && to != c {
+            Cause::OnItsWay
+        } else {
+            Cause::Seeder
         }
     }
 
@@ -1294,6 +1458,10 @@ impl Sim<'_> {
             cl.out.from_peers += bytes;
         }
         self.ups[up as usize].uploaded += bytes;
+        let announced = completed || (job.kind == Kind::Demand && self.p.have_block);
+        if announced && self.p.urgent && self.p.upload && !self.starved.is_empty() {
+            self.fresh.push(job.piece);
+        }
         if completed && self.p.upload {
             self.avail[job.piece as usize] += 1;
             let me = c + 1;

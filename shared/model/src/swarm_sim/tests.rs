@@ -438,6 +438,77 @@ fn a_block_a_read_waited_for_is_served_before_its_piece_is_whole() {
     );
 }
 
+/// A read whose piece the injecting seeder is sending to another client is declined there
+/// and has no other holder; it is asked of that client as soon as the piece is whole there,
+/// as the engine's reader asks on the `have`, not when some later event comes along (nothing
+/// else would come here: nobody unchokes anybody). Its wait counts as "on its way", the
+/// first client's as "seeder".
+#[test]
+fn a_read_declined_for_a_piece_on_its_way_asks_its_new_holder_at_once() {
+    // 8 Mbit/s (1 byte/µs), 1 MiB pieces of 16 KiB blocks, 500 µs round trip, no slots: urgent
+    // requests only. A's read of piece 3 at 1 s brings its block (16,384 µs), then the rest of
+    // the piece over the same connection (1,032,192 µs): piece 3 is whole at A at 2,048,576
+    // µs. B reads another block of piece 3 at 1.2 s; both read again later, so they stay.
+    let traces = [
+        reads(&[(1_000_000, 3 * MIB, 4096), (6_000_000, 3 * MIB + 100, 4096)]),
+        reads(&[
+            (1_200_000, 3 * MIB + MIB / 2, 4096),
+            (6_000_000, 3 * MIB + MIB / 2 + 100, 4096),
+        ]),
+    ];
+    let g = Granularity::blocks(MIB as u32).unwrap();
+    let mut p = urgent_params();
+    p.inject = true;
+    p.slots = 0;
+    p.seeder_slots = 0;
+    let specs = (0..2)
+        .map(|i| spec(&traces[i], i, Strategy::Demand, &g))
+        .collect();
+    let out = run(&traces, specs, &g, &p, |_| {}).unwrap();
+    assert_eq!(out.finished, 2);
+    let (a, b) = (&out.clients[0], &out.clients[1]);
+    assert_eq!(a.stall_us, Some(16_384 + 500));
+    assert_eq!(a.waits.seeder_us, 16_384 + 500);
+    // From B's miss to piece 3 whole at A, then one block from A and a round trip.
+    let want = 2_048_576 - 1_200_000 + 16_384 + 500;
+    assert_eq!(b.stall_us, Some(want), "{b:?}");
+    assert_eq!(b.waits.on_its_way_us, want, "{b:?}");
+    assert_eq!((b.from_peers, b.from_seeder), (16_384, 0));
+}
+
+/// The causes of a crowd's waits add up to its stall, client by client (each wait is rounded
+/// to a microsecond).
+#[test]
+fn the_causes_of_the_waits_add_up_to_the_stall() {
+    let (traces, g) = synthetic(6);
+    for upload in [true, false] {
+        let mut p = SwarmParams::new(20e6);
+        p.upload = upload;
+        p.inject = true;
+        p.urgent = true;
+        // Streams (which race their prefetch) and readers on demand.
+        let specs = (0..6)
+            .map(|i| {
+                let s = [Strategy::Stream, Strategy::Demand][i % 2];
+                spec(&traces[i], i, s, &g)
+            })
+            .collect();
+        let out = run(&traces, specs, &g, &p, |_| {}).unwrap();
+        assert_eq!(out.finished, 6);
+        for c in &out.clients {
+            let w = &c.waits;
+            let sum =
+                w.racing_us + w.at_peers_us + w.turned_away_us + w.on_its_way_us + w.seeder_us;
+            let stall = c.stall_us.unwrap();
+            assert!(sum.abs_diff(stall) <= c.stalls, "{c:?}");
+            assert!(c.stalls > 0, "{c:?}");
+            if !upload {
+                assert_eq!(w.at_peers_us + w.turned_away_us, 0, "{c:?}");
+            }
+        }
+    }
+}
+
 /// Busy answers (`vmt_busy`): readers that all look at the same holder first are sent on to
 /// the next one once its urgent backlog is full, so both holders serve; without them the
 /// first holder serves every reader.
