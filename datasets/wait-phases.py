@@ -8,7 +8,10 @@ it arrived (asked again elsewhere: a decline, a choke, a slow peer), and from th
 the arrival (the source's queue, the transfer, our downlink's queue). Times are as logged
 (dilated by the run's K).
 
-usage: wait-phases.py CLIENTS_LOG [SEEDER_PORT]
+With --long SECONDS (as logged), the same split for the blocks that waited at least that
+long: in a crowd the time goes mostly to a tail of long waits, so say what they were.
+
+usage: wait-phases.py CLIENTS_LOG [SEEDER_PORT] [--long SECONDS]
 """
 import collections
 import re
@@ -27,8 +30,14 @@ def ts(s):
 
 
 def main():
-    log = sys.argv[1]
-    seeder = sys.argv[2] if len(sys.argv) > 2 else "45000"
+    args = sys.argv[1:]
+    long_s = None
+    if "--long" in args:
+        i = args.index("--long")
+        long_s = float(args[i + 1])
+        del args[i:i + 2]
+    log = args[0]
+    seeder = args[1] if len(args) > 1 else "45000"
     events = collections.defaultdict(list)  # (me, block) -> [(t, kind, peer, urgent)]
     for line in open(log):
         m = LINE.match(line)
@@ -69,6 +78,20 @@ def main():
             unanswered += 1
     if not rows:
         sys.exit("no demanded block with a request and an arrival: was the log traced?")
+    print(f"{len(rows)} waited-for blocks answered ({unanswered} asked and never answered over the wire)")
+    split(rows, seeder)
+    if long_s is not None:
+        longs = [r for r in rows if r[0] >= long_s]
+        tot = sum(r[0] for r in rows)
+        print(f"\nwaits of {long_s} s or more: {len(longs)} blocks, "
+              f"{100 * sum(r[0] for r in longs) / tot:.1f}% of the time waited")
+        if longs:
+            split(longs, seeder)
+    hops(log, seeder)
+
+
+def split(rows, seeder):
+    """Where `rows`' time went: finding a source, asking again, being served; by source."""
     n = len(rows)
 
     def q(xs, p):
@@ -76,8 +99,7 @@ def main():
         return xs[min(len(xs) - 1, int(p * len(xs)))]
 
     tot = sum(r[0] for r in rows)
-    print(f"{n} waited-for blocks answered ({unanswered} asked and never answered over the wire)")
-    print(f"time waited, summed: {tot:.0f} s (as logged)")
+    print(f"time waited, summed: {tot:.1f} s (as logged)")
     for name, k in (("finding a source", 1), ("asked again elsewhere", 2), ("served", 3)):
         xs = [r[k] for r in rows]
         print(f"  {name:22} {100 * sum(xs) / tot:5.1f}%   p50 {q(xs, .5) * 1000:7.1f} ms"
@@ -100,7 +122,6 @@ def main():
           f" first asked of the seeder: {sum(1 for r in rows if r[6])}")
     hist = collections.Counter(min(r[4], 5) for r in rows)
     print("requests per block:", dict(sorted(hist.items())))
-    hops(log, seeder)
 
 
 def hops(log, seeder):

@@ -17,4 +17,5 @@ mod run;
 mod swarm;
 mod swarm_interop;
 mod train;
+mod wait_phases;
 mod web_seed;
