@@ -22,7 +22,9 @@ const LOG: &str = "\
 
 /// The line of `out` after `after` (a line containing it) that starts with `prefix`.
 fn line<'a>(out: &'a str, after: &str, prefix: &str) -> &'a str {
-    let start = out.find(after).unwrap_or_else(|| panic!("no {after:?} in:\n{out}"));
+    let start = out
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after:?} in:\n{out}"));
     out[start..]
         .lines()
         .find(|l| l.trim_start().starts_with(prefix))
@@ -48,8 +50,14 @@ fn wait_phases_splits_a_handmade_log() {
     );
     assert!(stdout.contains("2 waited-for blocks answered"), "{stdout}");
     let all = "time waited, summed";
-    assert!(line(&stdout, all, "finding a source").contains(" 7.9%"), "{stdout}");
-    assert!(line(&stdout, all, "asked again elsewhere").contains(" 23.7%"), "{stdout}");
+    assert!(
+        line(&stdout, all, "finding a source").contains(" 7.9%"),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, all, "asked again elsewhere").contains(" 23.7%"),
+        "{stdout}"
+    );
     assert!(line(&stdout, all, "served").contains(" 68.4%"), "{stdout}");
     assert!(
         line(&stdout, all, "asked more than once").contains("1 blocks (50.0%)"),
@@ -60,6 +68,9 @@ fn wait_phases_splits_a_handmade_log() {
         line(&stdout, long, long).contains("1 blocks, 57.9% of the time waited"),
         "{stdout}"
     );
-    assert!(line(&stdout, long, "finding a source").contains(" 9.1%"), "{stdout}");
+    assert!(
+        line(&stdout, long, "finding a source").contains(" 9.1%"),
+        "{stdout}"
+    );
     assert!(line(&stdout, long, "served").contains(" 90.9%"), "{stdout}");
 }

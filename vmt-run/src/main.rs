@@ -125,8 +125,9 @@ struct MountArgs {
     /// Never upload (client-server setting).
     #[arg(long)]
     no_upload: bool,
-    /// Urgent requests: a read that misses asks the vmt peers that choke this mount for its
-    /// blocks (`vmt_urgent`), and the mount serves such requests. Measured only in a crowd of
+    /// Urgent requests: a read that misses asks vmt peers for its blocks urgently
+    /// (`vmt_urgent`), even those that choke this mount, and they send them before their other
+    /// uploads; the mount serves such requests the same way. Measured only in a crowd of
     /// an injecting seeder (`seed --inject --urgent`), so off by default; a seeder that does
     /// not inject ignores them.
     #[arg(long)]
@@ -354,9 +355,9 @@ struct SeedArgs {
     /// served as always. The pieces nobody reads then never leave this seeder.
     #[arg(long)]
     inject: bool,
-    /// Serve urgent requests: a vmt client this seeder chokes may still ask for the blocks its
-    /// reader waits for (`vmt_urgent`, clients run with --urgent), up to 512 KiB queued at a
-    /// time. Only with --inject: a plain seeder would send each client its own copy of every
+    /// Serve urgent requests: a vmt client (run with --urgent) asks for the blocks its reader
+    /// waits for with `vmt_urgent`, and they go before the seeder's other uploads; a client the
+    /// seeder chokes may ask too, up to 512 KiB queued at a time. Only with --inject: a plain seeder would send each client its own copy of every
     /// block it waits for, and a crowd stalls on those copies.
     #[arg(long)]
     urgent: bool,

@@ -245,7 +245,7 @@ enum Command {
         #[arg(long)]
         urgent: bool,
         /// With --urgent: urgent blocks a client queues before it turns the next asker away
-        /// (`vmt_busy`; the engine's 32); 0: never.
+        /// (`vmt_busy`; the engine's 8); 0: never.
         #[arg(long, value_name = "BLOCKS", default_value_t = vmt_model::swarm_sim::BUSY_BACKLOG)]
         busy_backlog: u32,
         /// With --urgent: blocks a read waited for are not announced alone (no
@@ -258,12 +258,10 @@ enum Command {
         /// requests go on (the model before).
         #[arg(long, value_name = "BLOCKS", default_value_t = vmt_model::swarm_sim::QUEUE)]
         queue: u32,
-        /// A what-if the engine does not do: with --urgent, every holder sends the blocks a read
-        /// waits for before its other uploads (the engine shares its links alike; tried in the
-        /// engine, a real crowd moved by less than its spread, see
-        /// datasets/results/scale/stop35/).
+        /// With --urgent: holders send the blocks a read waits for alike with their other
+        /// uploads (the engine before stop 37), not before them.
         #[arg(long)]
-        demand_first: bool,
+        no_demand_first: bool,
         /// Other clients each client knows; in bigger crowds a ring of this many neighbours
         /// (half each side) stands for the tracker's subset. `vmt-run replay-client
         /// --peers-per-client K` dials K and is dialed by K, so K=8 there is 16 here.
@@ -471,7 +469,7 @@ fn run(cli: Cli) -> Result<()> {
             busy_backlog,
             no_have_block,
             queue,
-            demand_first,
+            no_demand_first,
             max_peers,
             rechoke,
             think,
@@ -492,7 +490,7 @@ fn run(cli: Cli) -> Result<()> {
             params.busy_backlog = busy_backlog;
             params.have_block = !no_have_block;
             params.queue = queue;
-            params.demand_first = demand_first;
+            params.demand_first = !no_demand_first;
             params.max_peers = max_peers;
             params.rechoke_us = rechoke as f64;
             params.upload = !no_upload;

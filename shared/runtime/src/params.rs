@@ -47,8 +47,8 @@ pub struct RuntimeParams {
     pub encryption: vmt_swarm::Encryption,
     /// Serve verified pieces to other peers (swarm mode); `false` is client-server mode.
     pub upload: bool,
-    /// Urgent requests (`vmt_swarm::EngineConfig::urgent`): ask peers that choke us for the
-    /// blocks a read waits for, and serve such requests when we upload.
+    /// Urgent requests (`vmt_swarm::EngineConfig::urgent`): ask peers for the blocks a read
+    /// waits for urgently (choked too), and serve such requests first when we upload.
     pub urgent: bool,
     /// Download limit, bytes per second.
     pub download_limit: Option<u64>,

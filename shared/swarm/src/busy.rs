@@ -9,11 +9,12 @@
 //! cannot know how long a holder's queue is, and once queued there it stays.
 //!
 //! So a client that serves urgent requests and already has [`BUSY_BACKLOG`] of them queued
-//! over all its connections answers one more with `vmt_busy` instead of queuing it, naming the
-//! request and how long its backlog takes to drain at its upload rate. The asker drops that
-//! request, asks nothing more of the peer urgently until then, and its picker gives the
-//! piece to another connection, whose peer holds the piece or the block: a hot block's askers
-//! spread over its holders as the holders grow. Requests already queued stay queued. An
+//! over all its connections (asked by peers it chokes or not: they all go before its other
+//! uploads, so they are what a new one waits behind) answers one more from a peer it chokes
+//! with `vmt_busy` instead of queuing it, naming the request and how long its backlog takes
+//! to drain at its upload rate. The asker drops that request, asks nothing more of the peer
+//! urgently until then, and its picker gives the piece to another connection, whose peer holds
+//! the piece or the block: a hot block's askers spread over its holders as the holders grow. Requests already queued stay queued. An
 //! injecting seeder never answers busy (it declines instead, see [`crate::inject`]), and
 //! nor does anyone to a peer that does not list `vmt_busy` in its handshake's `m`.
 //!
@@ -35,12 +36,14 @@ use serde::Deserialize;
 pub(crate) const MY_BUSY_ID: u8 = 9;
 
 /// Urgent uploads queued over all connections at which one more is answered busy, by default
-/// (`EngineConfig::busy_backlog`): two pieces' worth of 16 KiB blocks. At headless N=128, 16,
-/// 32 and 64 gave 40.2-40.6, 39.8-40.8 and 40.2 s, within a run's noise of each other and all
-/// below main's 41.5-42.1 s (`datasets/results/scale/rebuilt/stop32/`). The simulator
-/// prefers 8 (−1.7 s of 36 at N=128); a real crowd at 8 took 35.55 s against 36.03 s, inside
-/// a run's spread (`datasets/results/scale/stop36/`).
-pub const BUSY_BACKLOG: usize = 32;
+/// (`EngineConfig::busy_backlog`): half a piece's worth of 16 KiB blocks, so a fresh block's
+/// holder serves one reader at a time at its whole upload rate, and that reader becomes a
+/// holder sooner than when four share it. At headless N=128, 16, 32 and 64 gave 40.2-40.6,
+/// 39.8-40.8 and 40.2 s, within a run's noise of each other and all below main's 41.5-42.1 s
+/// (`datasets/results/scale/rebuilt/stop32/`); the simulator prefers 8 (−1.7 s of 36 at N=128),
+/// and 8 with urgent uploads first (see [`crate::urgent`]) took the unsaturated K=40 crowd
+/// from 37.0-38.3 s to 36.45 and 35.19 s (`datasets/results/scale/stop37/`).
+pub const BUSY_BACKLOG: usize = 8;
 
 /// The retry a holder without an upload limit names (it cannot tell its drain time).
 const UNLIMITED_RETRY: Duration = Duration::from_millis(50);

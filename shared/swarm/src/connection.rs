@@ -561,7 +561,11 @@ impl Reader<'_> {
                 }
             }
         }
-        if self.link.push(Out::Piece(r, choking)) {
+        // Asked urgently, choked or not: a reader waits for it, so it goes first.
+        if self
+            .link
+            .push(Out::Piece(r, urgent && self.ctx.serves_urgent))
+        {
             if choking {
                 Counters::add(&st.counters().urgent_served, 1);
             }
@@ -771,12 +775,20 @@ async fn write_loop(
     let listen_port = ctx.listen_port;
     loop {
         let mut len = 0;
+        // Uploads nobody waits for stay queued while one a reader waits for paces our uplink
+        // (see `crate::ratelimit`); the other messages go on meanwhile.
+        let mut held = false;
         // Batch queued messages into one write while a worst-case message still fits, but
         // not much more than the socket's unsent allowance: what is popped cannot be cancelled.
         while len < UNSENT_LOW_WATER as usize && buf.len() - len >= MAX_BLOCK as usize + 64 {
-            let Some(out) = link.outbox().pop() else {
-                break;
+            let open = ctx.up_limit.others_may_go();
+            let popped = {
+                let mut outbox = link.outbox();
+                let out = outbox.pop(open);
+                held = out.is_none() && !open && outbox.uploads() > 0;
+                out
             };
+            let Some(out) = popped else { break };
             let pex_msg;
             let msg = match out {
                 Out::Bitfield => {
@@ -812,7 +824,7 @@ async fn write_loop(
                     None => Message::Request(r),
                 },
                 Out::Cancel(r) => Message::Cancel(r),
-                Out::Piece(r, _) => {
+                Out::Piece(r, first) => {
                     let data = &mut block[..r.length as usize];
                     let lengths = st.torrent().lengths();
                     let piece = lengths
@@ -822,7 +834,11 @@ async fn write_loop(
                     st.storage()
                         .read_at(offset, data)
                         .map_err(PeerError::Storage)?;
-                    ctx.up_limit.consume(r.length as u64).await;
+                    if first {
+                        ctx.up_limit.consume_first(r.length as u64).await;
+                    } else {
+                        ctx.up_limit.consume_after(r.length as u64).await;
+                    }
                     trace_sent(ctx, link, &r, Sent::Upload);
                     if let Some(inj) = &ctx.inject {
                         inj.sent(r.index, inject_conn, Instant::now());
@@ -884,6 +900,7 @@ async fn write_loop(
         if len == 0 {
             tokio::select! {
                 _ = link.wake_writer.notified() => continue,
+                _ = ctx.up_limit.others_free(), if held => continue,
                 _ = tokio::time::sleep(KEEPALIVE) => {
                     len = Message::KeepAlive
                         .serialize(&mut buf, &ext)

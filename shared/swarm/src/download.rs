@@ -892,7 +892,7 @@ impl Download {
                     && self.outstanding < ceiling
                 {
                     issued_urgent = true;
-                    self.request(&layout, k, b, now, out);
+                    self.request(&layout, k, b, true, now, out);
                 }
             }
         }
@@ -919,7 +919,7 @@ impl Download {
                     && self.outstanding < ceiling
                 {
                     issued_urgent = true;
-                    self.request(&layout, k, b, now, out);
+                    self.request(&layout, k, b, true, now, out);
                 }
             }
         }
@@ -951,12 +951,12 @@ impl Download {
         let depth = self.window.depth().min(self.remote_reqq);
         while !hold_back && self.outstanding < depth {
             if let Some((k, b)) = self.next_wanted(picker, true) {
-                self.request(&layout, k, b, now, out);
+                self.request(&layout, k, b, false, now, out);
                 continue;
             }
             if whole_first {
                 if let Some((k, b)) = self.next_wanted(picker, false) {
-                    self.request(&layout, k, b, now, out);
+                    self.request(&layout, k, b, false, now, out);
                     continue;
                 }
             }
@@ -964,7 +964,7 @@ impl Download {
                 continue;
             }
             if let Some((k, b)) = self.next_wanted(picker, false) {
-                self.request(&layout, k, b, now, out);
+                self.request(&layout, k, b, false, now, out);
                 continue;
             }
             // An injecting seeder is asked for demanded and planned pieces only.
@@ -1033,7 +1033,7 @@ impl Download {
                     && !a.withdrawn.get(i)
                     && !picker.is_present(first + i)
                 {
-                    self.request(layout, k, first + i, now, out);
+                    self.request(layout, k, first + i, false, now, out);
                 }
             }
         }
@@ -1128,13 +1128,15 @@ impl Download {
         self.active.len() - 1
     }
 
-    /// Asks for block `b` of active piece `k`; choked, as an urgent request (see
-    /// [`crate::urgent`]).
+    /// Asks for block `b` of active piece `k`: as an urgent request (see [`crate::urgent`])
+    /// if the remote chokes us, or if a reader `waits` for it and the remote serves urgent
+    /// requests, which it then sends before the blocks nobody waits for.
     fn request(
         &mut self,
         layout: &crate::layout::Layout,
         k: usize,
         b: u32,
+        waits: bool,
         now: Instant,
         out: &mut Outputs,
     ) {
@@ -1143,11 +1145,12 @@ impl Download {
         self.outstanding += 1;
         self.sent.push_back((b, now));
         let r = Request::new(a.piece, layout.begin_in_piece(b), layout.block_size(b));
-        out.msgs.push(if self.peer_choking {
-            Out::Urgent(r)
-        } else {
-            Out::Request(r)
-        });
+        out.msgs
+            .push(if self.peer_choking || (waits && self.urgent) {
+                Out::Urgent(r)
+            } else {
+                Out::Request(r)
+            });
     }
 
     /// Returns assignments and availability when the connection ends.
@@ -1640,6 +1643,32 @@ mod tests {
         d.on_unchoke();
         d.fill(&f.st, Instant::now(), &mut out).unwrap();
         assert!(!f.requested(&out).is_empty() && f.asked(&out, true).is_empty());
+    }
+
+    /// Unchoked too, a peer that serves urgent requests is asked urgently for the blocks a
+    /// reader waits for (it sends them before its other uploads), and ordinarily for the
+    /// rest; a stock peer gets ordinary requests for both.
+    #[test]
+    fn waited_for_blocks_are_asked_urgently_of_an_unchoking_peer_that_serves_them_first() {
+        for urgent in [false, true] {
+            let f = fixture(true, true);
+            let (mut d, mut out) = f.connected();
+            d.set_urgent(urgent);
+            assert!(f.st.picker().demand(9..11));
+            d.fill(&f.st, Instant::now(), &mut out).unwrap();
+            assert_eq!(f.asked(&out, urgent), vec![9, 10], "urgent: {urgent}");
+            assert!(f.asked(&out, !urgent).is_empty(), "{:?}", out.msgs);
+            out.clear();
+            f.answer(&mut d, 9, false, &mut out).unwrap();
+            f.answer(&mut d, 10, false, &mut out).unwrap();
+            out.clear();
+            d.fill(&f.st, Instant::now(), &mut out).unwrap();
+            assert!(
+                !f.requested(&out).is_empty(),
+                "nobody waits: ordinary requests"
+            );
+            assert!(f.asked(&out, true).is_empty(), "{:?}", out.msgs);
+        }
     }
 
     /// A choking peer that answers an urgent request busy is asked nothing more urgently until

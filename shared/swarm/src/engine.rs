@@ -110,9 +110,10 @@ pub struct EngineConfig {
     /// request for a piece another sharing peer holds or is being sent, and tell such peers to
     /// ask only for what they read or plan to read. For a seeder of a flash crowd.
     pub inject: bool,
-    /// Urgent requests (see `urgent.rs`): ask a peer that chokes us for the blocks a reader
-    /// waits for, and, when we upload, serve such requests from peers we choke. Off by
-    /// default: measured only with an injecting seeder (see `urgent.rs`).
+    /// Urgent requests (see `urgent.rs`): ask a peer that serves them for the blocks a reader
+    /// waits for, choked or not, and, when we upload, serve such requests (from peers we
+    /// choke too) before our other uploads. Off by default: measured only with an injecting
+    /// seeder (see `urgent.rs`).
     pub urgent: bool,
     /// Urgent uploads queued over all connections past which one more urgent request is
     /// answered busy, so its asker goes to another holder (see `busy.rs`).

@@ -13,6 +13,11 @@
 //! exception: of an injecting seeder they also ask the rest of a demanded piece, after the
 //! blocks waited for, since it declines that piece to every other sharing peer while it sends
 //! it to one (the other readers of the piece wait until that one holds it whole).
+//! A peer that unchokes us is asked urgently too for the blocks a reader waits for: it
+//! queues them ahead of its other uploads to us (`wire::Outbox::push`) and, on a paced uplink,
+//! ahead of its uploads to everyone ([`crate::ratelimit`]), so a reader's block waits for its
+//! own bytes, not a share of every slot's bulk. Simulated (`vmt-train swarm-sim
+//! --no-demand-first` against the default), this took a crowd of 128 from 36.4 to 34.1 s.
 //! A choke voids urgent requests like any other (BEP 3), and an injecting seeder declines
 //! them like any other. A client with many urgent uploads queued over all its connections
 //! answers one more busy instead (see [`crate::busy`]), so its asker goes to another holder.

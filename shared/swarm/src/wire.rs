@@ -44,8 +44,9 @@ pub(crate) enum Out {
     /// A request for a block a reader waits for, to a peer that chokes us (`vmt_urgent`).
     Urgent(Request),
     Cancel(Request),
-    /// Upload of a block the peer requested; `true` if it asked urgently while we choke it
-    /// (counted in the engine's urgent backlog, see [`crate::busy`]).
+    /// Upload of a block the peer requested; `true` if it asked urgently (`vmt_urgent`: a
+    /// reader waits for it), which goes before the others (see [`Outbox::push`]) and is
+    /// counted in the engine's urgent backlog (see [`crate::busy`]).
     Piece(Request, bool),
     /// Our answer to an urgent request we do not queue: ask again after the duration
     /// (`vmt_busy`).
@@ -92,7 +93,8 @@ impl Outbox {
     /// Queues `out`; false (and nothing queued) if it is an upload beyond [`MAX_UPLOAD_QUEUE`]:
     /// the request is ignored, as libtorrent does beyond its `max_allowed_in_request_queue`
     /// (without the fast extension there is no reject); the peer re-requests it after its
-    /// request timeout.
+    /// request timeout. An urgent upload goes ahead of the queued uploads nobody waits for
+    /// (BEP 3 asks no order of answers), behind the urgent ones before it.
     pub fn push(&mut self, out: Out) -> bool {
         if let Out::Piece(_, urgent) = out {
             if self.uploads >= MAX_UPLOAD_QUEUE {
@@ -110,12 +112,32 @@ impl Outbox {
             }
             self.metadata += 1;
         }
+        if let Out::Piece(_, true) = out {
+            if let Some(at) = self
+                .queue
+                .iter()
+                .position(|o| matches!(o, Out::Piece(_, false)))
+            {
+                self.queue.insert(at, out);
+                return true;
+            }
+        }
         self.queue.push_back(out);
         true
     }
 
-    pub fn pop(&mut self) -> Option<Out> {
-        let out = self.queue.pop_front()?;
+    /// The next message; with `others` false, the next but the uploads nobody waits for
+    /// (they stay queued, in order).
+    pub fn pop(&mut self, others: bool) -> Option<Out> {
+        let out = if others {
+            self.queue.pop_front()?
+        } else {
+            let at = self
+                .queue
+                .iter()
+                .position(|o| !matches!(o, Out::Piece(_, false)))?;
+            self.queue.remove(at)?
+        };
         match out {
             Out::Piece(_, urgent) => {
                 self.uploads -= 1;
@@ -180,8 +202,37 @@ mod tests {
         o.cancel_upload(&r(0));
         assert!(o.push(Out::Piece(r(9999), false)), "a cancel frees a slot");
         o.drop_uploads();
-        assert!(matches!(o.pop(), Some(Out::Have(1))));
-        assert!(o.pop().is_none());
+        assert!(matches!(o.pop(true), Some(Out::Have(1))));
+        assert!(o.pop(true).is_none());
+    }
+
+    /// An urgent upload overtakes the uploads nobody waits for, not the urgent ones before
+    /// it nor other messages.
+    #[test]
+    fn urgent_uploads_overtake_the_others() {
+        let mut o = Outbox::new(Arc::default());
+        let r = |i| Request::new(i, 0, 16384);
+        o.push(Out::Have(7));
+        o.push(Out::Piece(r(1), false));
+        o.push(Out::Piece(r(2), true));
+        o.push(Out::Piece(r(3), false));
+        o.push(Out::Piece(r(4), true));
+        let order: Vec<String> = std::iter::from_fn(|| o.pop(true))
+            .map(|m| match m {
+                Out::Have(i) => format!("have {i}"),
+                Out::Piece(r, u) => format!("{} {}", r.index, u),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(order, ["have 7", "2 true", "4 true", "1 false", "3 false"]);
+        assert_eq!(o.uploads(), 0);
+        // Held back, the others still go: a request queued behind an upload overtakes it.
+        o.push(Out::Piece(r(5), false));
+        o.push(Out::Request(r(6)));
+        assert!(matches!(o.pop(false), Some(Out::Request(q)) if q.index == 6));
+        assert!(o.pop(false).is_none());
+        assert_eq!(o.uploads(), 1);
+        assert!(matches!(o.pop(true), Some(Out::Piece(q, false)) if q.index == 5));
     }
 
     /// The engine-wide urgent backlog counts exactly the urgent uploads queued in every
@@ -199,7 +250,7 @@ mod tests {
             b.push(Out::Piece(r(i), i % 2 == 0));
         }
         assert_eq!(n(), 6);
-        assert!(matches!(a.pop(), Some(Out::Piece(_, true))));
+        assert!(matches!(a.pop(true), Some(Out::Piece(_, true))));
         assert_eq!(n(), 5, "sent");
         a.cancel_upload(&r(1));
         b.cancel_upload(&r(1));

@@ -74,12 +74,12 @@
 //! uploader among others ([`Source::Seeder`]): an HTTP origin would be another source with its
 //! own uplink and no choking, a seam left for later.
 //!
-//! A what-if, off by default: **demand first** ([`SwarmParams::demand_first`], `--demand-first`),
-//! every holder sending a read's units before its other uploads. Simulated at N=128 it took
+//! **Demand first** ([`SwarmParams::demand_first`]; `--no-demand-first` is the engine before stop
+//! 37): every holder sends a read's units before its other uploads. Simulated at N=128 it took
 //! 36.4 s to 34.1 s (36.3 s to 33.6 s on the image of `datasets/results/scale/stop35/`); the
-//! engine built to do it (stop 35, reverted) left the real crowd at K=10 where it was
-//! (42.7 s, then 43.3 and 43.0 s) and took 36.6 s to 35.5 s at K=20, within one crowd's
-//! spread: not evidence yet.
+//! engine built to do it left real crowds within their spread at K=10 and K=20 (stop 35,
+//! reverted then), and with a busy backlog of 8 took the unsaturated K=40 crowd from 37.0-38.3 s
+//! to 36.45 and 35.19 s (`datasets/results/scale/stop37/`): landed with that backlog.
 //!
 //! **Where the stall goes** ([`Waits`]): each read that misses is counted, from the miss to
 //! its answer, under what its first missing unit was then: racing a request of its own, held
@@ -167,7 +167,7 @@ pub struct SwarmParams {
     /// its piece is whole (the engine's `vmt_have_block`).
     pub have_block: bool,
     /// With urgent requests: units a client queues for urgent connections before it turns
-    /// the next asker away (the engine's `vmt_busy`, `EngineConfig::busy_backlog`, 32); 0
+    /// the next asker away (the engine's `vmt_busy`, `EngineConfig::busy_backlog`, 8); 0
     /// never does.
     pub busy_backlog: u32,
     /// Units of a planned or background request still to come when a read misses (the
@@ -176,12 +176,12 @@ pub struct SwarmParams {
     /// is on its way (the engine's hold-back). 0 is the older model: the demanded units
     /// preempt the requests of the connections that serve them at once, and the others go on.
     pub queue: u32,
-    /// A policy the engine does not have (a what-if): with urgent requests, a read's units
-    /// are asked urgently of every holder, choked or not, which sends them before its other
-    /// uploads and counts them in its busy backlog. Modelled as strict priority of those flows
-    /// at both their uplink and downlink ([`flows`]; the client's hold-back, see
-    /// [`SwarmParams::queue`], keeps its downlink mostly theirs anyway). False (the engine):
-    /// they share both alike with every other flow.
+    /// With urgent requests, a read's units are asked urgently of every holder, choked or
+    /// not, which sends them before its other uploads and counts them in its busy backlog (the
+    /// engine since stop 37). Modelled as strict priority of those flows at both their uplink
+    /// and downlink ([`flows`]; the client's hold-back, see [`SwarmParams::queue`], keeps its
+    /// downlink mostly theirs anyway). False (the engine before): they share both alike with
+    /// every other flow.
     pub demand_first: bool,
 }
 
@@ -209,7 +209,7 @@ impl SwarmParams {
             have_block: true,
             busy_backlog: BUSY_BACKLOG,
             queue: QUEUE,
-            demand_first: false,
+            demand_first: true,
         }
     }
 }
@@ -756,7 +756,7 @@ pub fn run(
 /// The engine's `vmt_busy` threshold (`EngineConfig::busy_backlog`'s default, which this
 /// layer cannot name; `vmt-runtime`'s crowd tests check that the two agree): urgent blocks a
 /// client queues before it turns askers away.
-pub const BUSY_BACKLOG: u32 = 32;
+pub const BUSY_BACKLOG: u32 = 8;
 
 /// Blocks a connection of the engine has asked for ahead of a read's miss: its request
 /// window's smallest depth (`vmt_swarm::MIN_REQUEST_WINDOW`, checked as [`BUSY_BACKLOG`]),
